@@ -1,0 +1,219 @@
+"""The `polymodal` command line. Each verb is a thin call into `MultimodalPredictor`; heavy imports happen inside."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, evaluate and use fused multimodal models.")
+console = Console()
+err = Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code=2)
+
+
+def _run(fn):
+    """Turn the errors a user can fix (bad rows, unknown columns, missing files) into a message and exit code 2."""
+    from polymodal.data import BadRowsError, SchemaError
+
+    try:
+        return fn()
+    except (BadRowsError, SchemaError, FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+
+
+@app.command()
+def fit(
+    train: Path = typer.Argument(..., help="Training table: .csv, .tsv, .parquet or .jsonl"),
+    label: str = typer.Option(..., "--label", "-y", help="The column to predict"),
+    output: Path = typer.Option(..., "--output", "-o", help="Model folder to write"),
+    fusion: str = typer.Option("attention", help="early | late | attention"),
+    valid: Path | None = typer.Option(None, help="Validation table (default: a stratified 10 % split of train)"),
+    text: list[str] = typer.Option([], "--text", help="Treat this column as text (repeatable)"),
+    image: list[str] = typer.Option([], "--image", help="Treat this column as image paths (repeatable)"),
+    audio: list[str] = typer.Option([], "--audio", help="Treat this column as audio paths (repeatable)"),
+    numeric: list[str] = typer.Option([], "--numeric", help="Treat this column as numeric (repeatable)"),
+    categorical: list[str] = typer.Option([], "--categorical", help="Treat this column as categorical (repeatable)"),
+    ignore: list[str] = typer.Option([], "--ignore", help="Leave this column out (repeatable)"),
+    problem_type: str | None = typer.Option(None, help="binary | multiclass | regression (default: inferred)"),
+    max_epochs: int = typer.Option(30, help="Upper bound on epochs; early stopping usually ends sooner"),
+    batch_size: int = typer.Option(64),
+    lr: float = typer.Option(1e-3, help="AdamW learning rate"),
+    weight_decay: float = typer.Option(1e-2),
+    patience: int = typer.Option(6, help="Epochs without improvement before early stopping"),
+    seed: int = typer.Option(0),
+    embed_dim: int = typer.Option(128, help="Embedding size of every encoder"),
+    image_size: int = typer.Option(64, help="Images are resized to this square size"),
+    sample_rate: int = typer.Option(16000, help="Audio is resampled to this rate"),
+    modality_dropout: float = typer.Option(0.0, help="Hide each modality with this probability in training"),
+    on_bad_rows: str = typer.Option("error", help="error: stop and list bad rows | skip: drop them, write a report"),
+    accelerator: str = typer.Option("auto", help="auto | cpu | gpu"),
+    devices: str = typer.Option("1", help="Number of devices, or 'auto'"),
+    precision: str = typer.Option("32-true", help="32-true | bf16-mixed | 16-mixed"),
+) -> None:
+    """Train a fused model on a table and save it to a folder."""
+    from polymodal.evaluation.table import metrics_table
+    from polymodal.predictor import MultimodalPredictor
+
+    modalities = {c: "text" for c in text} | {c: "image" for c in image} | {c: "audio" for c in audio}
+    modalities |= {c: "numeric" for c in numeric} | {c: "categorical" for c in categorical}
+
+    def go():
+        p = MultimodalPredictor(
+            label=label, fusion=fusion, problem_type=problem_type, modalities=modalities, ignore=ignore,
+            preprocess={"image_size": image_size, "sample_rate": sample_rate}, embed_dim=embed_dim,
+            max_epochs=max_epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
+            seed=seed, modality_dropout=modality_dropout, on_bad_rows=on_bad_rows, accelerator=accelerator,
+            devices=int(devices) if devices.isdigit() else devices, precision=precision,
+        )  # fmt: skip
+        p.fit(train, valid)
+        folder = p.save(output)
+        console.print(metrics_table({f"{fusion} (validation)": p.metrics_["valid"]}, title="validation metrics"))
+        if p.dropped_:
+            console.print(f"[yellow]dropped {len(p.dropped_)} bad row(s); report: {folder / 'dropped_rows.csv'}[/]")
+        console.print(f"saved model to {folder}")
+
+    _run(go)
+
+
+@app.command()
+def evaluate(
+    model: Path = typer.Argument(..., help="Model folder"),
+    table: Path = typer.Argument(..., help="Labelled table to evaluate on"),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="metrics.json to write (default: MODEL/metrics.json)"
+    ),
+    on_bad_rows: str = typer.Option("error", help="error | skip"),
+) -> None:
+    """Metrics of a saved model on a labelled table; writes them to metrics.json."""
+    from polymodal.evaluation.table import confusion_table, metrics_table
+    from polymodal.model.artifact import METRICS, read_json, write_json
+    from polymodal.predictor import MultimodalPredictor
+
+    def go():
+        p = MultimodalPredictor.load(model)
+        p.on_bad_rows = on_bad_rows
+        m = p.evaluate(table) | {"table": str(table)}
+        console.print(metrics_table({p.fusion: m}, title=f"metrics on {table}"))
+        if "confusion_matrix" in m:
+            console.print(confusion_table(m["confusion_matrix"], p.engine.task.classes))
+        if output is not None:
+            write_json(output, m)
+            console.print(f"wrote {output}")
+        else:
+            path = model / METRICS
+            saved = read_json(path) if path.exists() else {}
+            saved["test"] = m
+            write_json(path, saved)
+            console.print(f"wrote {path} (key 'test')")
+
+    _run(go)
+
+
+@app.command()
+def predict(
+    model: Path = typer.Argument(..., help="Model folder"),
+    table: Path = typer.Argument(..., help="Table to predict (the label column is not needed)"),
+    output: Path = typer.Option(
+        ..., "--output", "-o", help="CSV to write: the input columns, prediction, probabilities"
+    ),
+    on_bad_rows: str = typer.Option("error", help="error | missing (treat a broken file as an absent modality)"),
+) -> None:
+    """Predict labels (and class probabilities) for every row of a table."""
+    import os
+    import tempfile
+
+    from polymodal.data.io import read_table
+    from polymodal.predictor import MultimodalPredictor
+
+    def go():
+        p = MultimodalPredictor.load(model)
+        df, _ = read_table(table)
+        out = df.copy()
+        if p.engine.task.is_classification:
+            proba = p.predict_proba(table, on_bad_rows=on_bad_rows)
+            out["prediction"] = p.engine.task.decode(proba.to_numpy())
+            for c in proba.columns:
+                out[f"proba_{c}"] = proba[c].to_numpy()
+        else:
+            out["prediction"] = p.predict(table, on_bad_rows=on_bad_rows).to_numpy()
+        output.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=output.parent, suffix=".tmp")
+        os.close(fd)
+        out.to_csv(tmp, index=False)
+        os.replace(tmp, output)
+        console.print(f"wrote {len(out)} predictions to {output}")
+
+    _run(go)
+
+
+@app.command()
+def info(
+    model: Path = typer.Argument(..., help="Model folder"),
+    as_json: bool = typer.Option(False, "--json", help="Print everything as JSON"),
+) -> None:
+    """Schema, encoders, fusion, parameter count and metrics of a saved model."""
+    from rich.table import Table
+
+    from polymodal.evaluation.table import metrics_table
+    from polymodal.predictor import MultimodalPredictor
+
+    def go():
+        i = MultimodalPredictor.load(model).info()
+        if as_json:
+            sys.stdout.write(json.dumps(i, indent=2, default=str) + "\n")
+            return
+        t = Table(title=f"{model}: {i['fusion']} fusion, {i['task']['problem_type']}, label {i['label']!r}")
+        for c in ("input", "modality", "encoder", "parameters"):
+            t.add_column(c)
+        for name, enc in i["encoders"].items():
+            t.add_row(name, enc["modality"], enc["class"], f"{i['parameters_by_part'][name]:,}")
+        t.add_row("fusion", "", i["fusion"], f"{i['parameters_by_part']['fusion']:,}")
+        t.add_row("head", "", "", f"{i['parameters_by_part']['head']:,}")
+        t.add_row("total", "", "", f"{i['parameters']:,}")
+        console.print(t)
+        rows = {k: v for k, v in i["metrics"].items() if isinstance(v, dict) and ("accuracy" in v or "rmse" in v)}
+        if rows:
+            console.print(metrics_table(rows, title="metrics"))
+
+    _run(go)
+
+
+@app.command()
+def demo(
+    output: Path = typer.Option(Path("demo_out"), "--output", "-o", help="Folder for the data and the models"),
+    max_epochs: int = typer.Option(30),
+    n_train: int = typer.Option(1200),
+    n_test: int = typer.Option(400),
+) -> None:
+    """Generate a small text+image+audio+tabular dataset offline, fit each fusion, print their test metrics."""
+    from polymodal.demo_data import make_demo_data
+    from polymodal.evaluation.table import metrics_table
+    from polymodal.predictor import MultimodalPredictor
+
+    train_csv, test_csv = make_demo_data(output / "data", n_train=n_train, n_test=n_test)
+    console.print(f"demo data: {train_csv} ({n_train} rows), {test_csv} ({n_test} rows)")
+    results = {}
+    for fusion in ("early", "late", "attention"):
+        console.rule(f"{fusion} fusion")
+        p = MultimodalPredictor(label="digit", fusion=fusion, max_epochs=max_epochs, preprocess={"image_size": 32})
+        p.fit(train_csv)
+        p.save(output / f"model_{fusion}")
+        results[fusion] = p.evaluate(test_csv) | {"train_s": p.metrics_["train_seconds"]}
+    console.print(metrics_table(results, title="demo: test metrics by fusion", extra=["train_s"]))
+    console.print(f"models in {output}/model_*; try: polymodal info {output}/model_attention")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""Row-level validation: every problem names its row, column and reason, and nothing is dropped silently."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from polymodal.data.io import resolve_path
+from polymodal.data.media import MediaError, decode_audio, decode_image
+from polymodal.data.schema import Modality, Schema, SchemaError
+
+MAX_LISTED = 20
+
+
+@dataclass(frozen=True)
+class Problem:
+    row: int
+    column: str
+    reason: str
+
+
+class BadRowsError(ValueError):
+    """Raised when rows fail validation and the caller asked to stop (the default)."""
+
+    def __init__(self, problems: list[Problem], table: str = "the table"):
+        self.problems = problems
+        rows = sorted({p.row for p in problems})
+        lines = [f"  row {p.row}, column {p.column!r}: {p.reason}" for p in problems[:MAX_LISTED]]
+        if len(problems) > MAX_LISTED:
+            lines.append(f"  ... and {len(problems) - MAX_LISTED} more problem(s)")
+        super().__init__(
+            f"{len(rows)} bad row(s) in {table} ({len(problems)} problem(s)); rows are numbered from 0:\n"
+            + "\n".join(lines)
+            + "\nFix or remove these rows, or pass --on-bad-rows skip (Python: on_bad_rows='skip') "
+            "to drop them and write a report of what was dropped."
+        )
+
+
+def is_missing(value: object) -> bool:
+    """An empty cell: None, NaN, or a blank string. A missing input is a missing modality, not an error."""
+    if value is None:
+        return True
+    if isinstance(value, float) and np.isnan(value):
+        return True
+    return isinstance(value, str) and not value.strip()
+
+
+def check_columns(df: pd.DataFrame, schema: Schema, *, training: bool) -> None:
+    """Every input column must exist; in training an input column may not be 100 % empty."""
+    absent = [c for c in schema.columns if c not in df.columns]
+    if absent:
+        raise SchemaError(
+            f"column(s) {absent} are missing from the table (it has {list(df.columns)}). "
+            "Add them (an empty column means the modality is absent for every row) or fix the names."
+        )
+    if training:
+        for col in schema.columns:
+            if df[col].map(is_missing).all():
+                raise SchemaError(
+                    f"column {col!r} is 100% empty: there is nothing to learn from it. "
+                    f"Fill it in, or leave it out with --ignore {col}."
+                )
+
+
+def check_labels(df: pd.DataFrame, schema: Schema) -> list[Problem]:
+    if schema.label not in df.columns:
+        raise SchemaError(f"label column {schema.label!r} is missing from the table (it has {list(df.columns)})")
+    y = df[schema.label]
+    problems = [Problem(int(i), schema.label, "label is empty (NaN)") for i in np.flatnonzero(y.isna().to_numpy())]
+    if not schema.problem_type.is_classification:
+        values = pd.to_numeric(y, errors="coerce")
+        bad = np.flatnonzero(values.isna().to_numpy() & ~y.isna().to_numpy())
+        problems += [Problem(int(i), schema.label, f"label {y.iloc[i]!r} is not a number") for i in bad]
+    return problems
+
+
+def load_media(
+    df: pd.DataFrame,
+    schema: Schema,
+    base_dir: Path,
+    image_size: int,
+    sample_rate: int,
+    workers: int | None = None,
+) -> tuple[dict[str, list[np.ndarray | None]], list[Problem]]:
+    """Decode every image and audio cell. Returns per column a list (None where the cell is empty) and problems."""
+    decoders: dict[str, Callable[[Path], np.ndarray]] = {}
+    for col in schema.columns_of(Modality.IMAGE):
+        decoders[col] = lambda p: decode_image(p, image_size)
+    for col in schema.columns_of(Modality.AUDIO):
+        decoders[col] = lambda p: decode_audio(p, sample_rate)
+
+    def one(col: str, i: int, value: object) -> tuple[np.ndarray | None, Problem | None]:
+        if is_missing(value):
+            return None, None
+        try:
+            source = value if isinstance(value, bytes) else resolve_path(str(value), base_dir)
+            return decoders[col](source), None
+        except MediaError as e:
+            return None, Problem(i, col, str(e))
+
+    out: dict[str, list[np.ndarray | None]] = {}
+    problems: list[Problem] = []
+    n_workers = workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=n_workers) as pool:
+        for col in decoders:
+            results = list(pool.map(lambda iv, c=col: one(c, iv[0], iv[1]), enumerate(df[col].tolist())))
+            out[col] = [r[0] for r in results]
+            problems += [r[1] for r in results if r[1] is not None]
+    return out, problems
+
+
+def write_report(problems: list[Problem], path: Path) -> None:
+    """Write what was dropped as CSV (row, column, reason), atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    pd.DataFrame([p.__dict__ for p in problems], columns=["row", "column", "reason"]).to_csv(tmp, index=False)
+    os.replace(tmp, path)

@@ -1,0 +1,109 @@
+"""Encoders trained from scratch. Each maps one preprocessed input to a fixed-size embedding `(batch, dim)`."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class ImageCNN(nn.Module):
+    """A small VGG-style CNN: conv blocks with max-pooling, global average pooling, a projection."""
+
+    def __init__(self, channels: int, size: int, dim: int = 128, widths: tuple[int, ...] = (32, 64, 128)):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = channels
+        for i, w in enumerate(widths):
+            layers.append(_conv_block(c, w))
+            if size >> (i + 1) >= 2:  # stop pooling when the map is already tiny
+                layers.append(nn.MaxPool2d(2))
+            c = w
+        self.features = nn.Sequential(*layers)
+        self.proj = nn.Sequential(nn.Flatten(), nn.Linear(c, dim), nn.ReLU(inplace=True))
+        self.dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.features(x).mean(dim=(2, 3)))
+
+
+class TextRNN(nn.Module):
+    """Word embeddings, a bidirectional GRU, masked mean + max pooling over the words, a projection."""
+
+    def __init__(self, vocab_size: int, max_len: int, dim: int = 128, embed_dim: int = 128, hidden: int = 128):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
+        self.rnn = nn.GRU(embed_dim, hidden, batch_first=True, bidirectional=True)
+        self.proj = nn.Sequential(nn.Linear(4 * hidden, dim), nn.ReLU(inplace=True))
+        self.dim = dim
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        mask = (ids != 0).unsqueeze(-1)
+        h, _ = self.rnn(self.embed(ids))
+        denom = mask.sum(1).clamp(min=1)
+        mean = (h * mask).sum(1) / denom
+        maxed = h.masked_fill(~mask, float("-inf")).max(1).values
+        maxed = torch.where(torch.isfinite(maxed), maxed, torch.zeros_like(maxed))  # rows with no words
+        return self.proj(torch.cat([mean, maxed], dim=-1))
+
+
+class AudioCNN(nn.Module):
+    """Log-mel + MFCC frames -> 2-D conv blocks over (feature, time) -> GRU over time -> mean/max pooling."""
+
+    def __init__(self, n_features: int, dim: int = 128, widths: tuple[int, ...] = (32, 64), hidden: int = 128):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = 1
+        for w in widths:
+            layers += [_conv_block(c, w), nn.MaxPool2d(2)]
+            c = w
+        self.features = nn.Sequential(*layers)
+        f_out = n_features >> len(widths)
+        self.rnn = nn.GRU(c * f_out, hidden, batch_first=True, bidirectional=True)
+        self.proj = nn.Sequential(nn.Linear(4 * hidden, dim), nn.ReLU(inplace=True))
+        self.dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.features(x.unsqueeze(1))  # (b, c, f, t)
+        h = h.flatten(1, 2).transpose(1, 2)  # (b, t, c*f)
+        h, _ = self.rnn(h)
+        return self.proj(torch.cat([h.mean(1), h.max(1).values], dim=-1))
+
+
+class NumericMLP(nn.Module):
+    """Standardized numbers with their missing flags -> MLP."""
+
+    def __init__(self, n_features: int, dim: int = 128, hidden: int = 128, dropout: float = 0.1):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(n_features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(hidden, dim), nn.ReLU(inplace=True),
+        )  # fmt: skip
+        self.dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class CategoricalMLP(nn.Module):
+    """One embedding per categorical column (id 0 = missing, 1 = unseen), concatenated -> MLP."""
+
+    def __init__(self, cardinalities: list[int], dim: int = 128, hidden: int = 128, dropout: float = 0.1):
+        super().__init__()
+        sizes = [min(32, max(4, round(1.6 * c**0.56))) for c in cardinalities]
+        self.embeds = nn.ModuleList(nn.Embedding(c, s) for c, s in zip(cardinalities, sizes, strict=True))
+        self.net = NumericMLP(sum(sizes), dim, hidden, dropout)
+        self.dim = dim
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([e(ids[:, j]) for j, e in enumerate(self.embeds)], dim=-1))

@@ -1,0 +1,1 @@
+"""Evaluation output: metric tables for the terminal."""

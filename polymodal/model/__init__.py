@@ -1,0 +1,1 @@
+"""The model: network, inference engine and the model folder."""

@@ -1,0 +1,58 @@
+"""The one inference engine: raw rows (file paths or in-memory bytes) -> model outputs.
+
+`predict`, `evaluate`, `compare` and `serve` all go through `InferenceEngine`, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from polymodal.data.schema import Schema
+from polymodal.data.validate import BadRowsError, Problem, check_columns, load_media
+from polymodal.model.batch import iterate_batches, to_device
+from polymodal.model.network import MultimodalNet
+from polymodal.preprocess import Features, Preprocessor
+from polymodal.tasks import Task
+
+
+class InferenceEngine:
+    def __init__(self, schema: Schema, preprocessor: Preprocessor, task: Task, net: MultimodalNet):
+        self.schema, self.preprocessor, self.task, self.net = schema, preprocessor, task, net.eval()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    def features(self, df: pd.DataFrame, base_dir: Path, on_bad_rows: str = "error") -> tuple[Features, list[Problem]]:
+        """Decode and preprocess rows. Bad rows raise, or with on_bad_rows='missing' become an absent modality."""
+        for col in self.schema.columns:
+            if col not in df.columns:
+                df = df.assign(**{col: None})  # an input column left out: absent for every row
+        check_columns(df, self.schema, training=False)
+        cfg = self.preprocessor.config
+        media, problems = load_media(df, self.schema, base_dir, cfg.image_size, cfg.sample_rate)
+        if problems and on_bad_rows == "error":
+            raise BadRowsError(problems)
+        return self.preprocessor.transform(df, media), problems
+
+    @torch.inference_mode()
+    def outputs(self, features: Features, batch_size: int = 256, present: np.ndarray | None = None) -> np.ndarray:
+        """Probabilities (classification) or predictions (regression). `present` can hide inputs on purpose."""
+        if present is not None:
+            features = Features(features.inputs, features.present & present, features.input_names)
+        chunks = []
+        for batch in iterate_batches(features, batch_size):
+            batch = to_device(batch, self.device)
+            chunks.append(self.task.outputs(self.net(batch["inputs"], batch["present"])))
+        n_out = self.task.n_outputs if self.task.is_classification else None
+        if not chunks:
+            return np.zeros((0, n_out) if n_out else (0,), dtype=np.float32)
+        return np.concatenate(chunks)
+
+    def predict_table(self, df: pd.DataFrame, base_dir: Path, batch_size: int = 256) -> np.ndarray:
+        features, _ = self.features(df, base_dir)
+        return self.outputs(features, batch_size)

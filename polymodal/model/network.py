@@ -1,0 +1,46 @@
+"""The network: one encoder per input -> fusion -> task head. Pure `nn.Module`, no training logic."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+from torch import nn
+
+from polymodal.data.schema import Modality
+from polymodal.encoders import build_encoder
+from polymodal.fusion import build_fusion
+from polymodal.tasks import Task
+
+
+def module_keys(names: list[str]) -> dict[str, str]:
+    """Input name -> a key safe for `nn.ModuleDict` (column names may hold dots or spaces)."""
+    return {n: f"i{i}_{re.sub(r'[^0-9A-Za-z_]', '_', n)}" for i, n in enumerate(names)}
+
+
+class MultimodalNet(nn.Module):
+    def __init__(
+        self,
+        inputs: dict[str, Modality],
+        input_specs: dict[str, dict[str, Any]],
+        task: Task,
+        fusion: str = "attention",
+        embed_dim: int = 128,
+        hidden: int = 128,
+        dropout: float = 0.1,
+    ):
+        super().__init__()
+        self.input_names = list(inputs)
+        self.keys = module_keys(self.input_names)
+        self.encoders = nn.ModuleDict(
+            {self.keys[n]: build_encoder(m, input_specs[n], embed_dim) for n, m in inputs.items()}
+        )
+        dims = {self.keys[n]: self.encoders[self.keys[n]].dim for n in self.input_names}
+        self.fusion = build_fusion(fusion, dims, task.n_outputs, hidden=hidden, dropout=dropout)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Identity() if self.fusion.produces_logits else task.head(self.fusion.out_dim, hidden, dropout)
+
+    def forward(self, inputs: dict[str, torch.Tensor], present: torch.Tensor) -> torch.Tensor:
+        embeddings = {self.keys[n]: self.dropout(self.encoders[self.keys[n]](inputs[n])) for n in self.input_names}
+        return self.head(self.fusion(embeddings, present))

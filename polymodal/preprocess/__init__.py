@@ -1,0 +1,242 @@
+"""Per-modality preprocessing, fitted on training data only and saved as JSON with the model.
+
+`Preprocessor.fit` learns vocabularies and statistics; `transform` turns a table (plus its decoded media)
+into `Features`: one array per fusion input and a presence mask. Everything here is numpy; the arrays
+become the tensors of a batch.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from polymodal.data.schema import CATEGORICAL_INPUT, NUMERIC_INPUT, Modality, Schema
+from polymodal.data.validate import is_missing
+
+PAD, UNK = 0, 1
+CAT_MISSING, CAT_UNKNOWN = 0, 1
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
+@dataclass
+class PreprocessConfig:
+    image_size: int = 64
+    sample_rate: int = 16000
+    max_audio_seconds: float = 10.0
+    n_mels: int = 64
+    n_mfcc: int = 20
+    max_text_tokens: int = 128
+    max_vocab: int = 30000
+    min_token_count: int = 1
+    max_categories: int = 1000
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Features:
+    """Model-ready arrays: one per fusion input (rows first) and `present[row, input]`."""
+
+    inputs: dict[str, np.ndarray]
+    present: np.ndarray
+    input_names: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.present.shape[0])
+
+    def take(self, idx: np.ndarray) -> Features:
+        return Features({k: v[idx] for k, v in self.inputs.items()}, self.present[idx], self.input_names)
+
+
+def tokenize(text: str) -> list[str]:
+    return _TOKEN.findall(text.lower())
+
+
+def log_mel_mfcc(waves: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """(n, samples) -> (n, n_mels + n_mfcc, frames): log-mel (dB below each clip's peak) stacked with MFCC."""
+    import librosa
+
+    hop = cfg.sample_rate // 100  # 10 ms frames
+    n_fft = 1 << int(np.ceil(np.log2(cfg.sample_rate * 0.025)))  # >= 25 ms window
+    mel = librosa.feature.melspectrogram(
+        y=waves, sr=cfg.sample_rate, n_fft=n_fft, hop_length=hop, n_mels=cfg.n_mels, power=2.0
+    )
+    peak = np.maximum(mel.max(axis=(-2, -1), keepdims=True), 1e-10)
+    log_mel = np.maximum(10.0 * np.log10(np.maximum(mel, 1e-10) / peak), -80.0)
+    mfcc = librosa.feature.mfcc(S=log_mel, n_mfcc=cfg.n_mfcc)
+    return np.concatenate([log_mel, mfcc], axis=-2).astype(np.float32)
+
+
+class Preprocessor:
+    """Fits on the training table; transforms any table with the same schema."""
+
+    def __init__(self, schema: Schema, config: PreprocessConfig | None = None):
+        self.schema = schema
+        self.config = config or PreprocessConfig()
+        self.state: dict[str, Any] = {}
+        self._token_index: dict[str, dict[str, int]] = {}  # built once per text column, not saved
+
+    # ---- fitting -------------------------------------------------------------------------------
+    def fit(self, df: pd.DataFrame, media: dict[str, list[np.ndarray | None]]) -> Preprocessor:
+        cfg, st = self.config, {}
+        for col in self.schema.columns_of(Modality.TEXT):
+            counts = Counter(tok for v in df[col] if not is_missing(v) for tok in tokenize(str(v)))
+            vocab = [t for t, n in counts.most_common(cfg.max_vocab) if n >= cfg.min_token_count]
+            lengths = [len(tokenize(str(v))) for v in df[col] if not is_missing(v)]
+            max_len = int(np.clip(np.percentile(lengths, 95) if lengths else 1, 1, cfg.max_text_tokens))
+            st[col] = {"vocab": vocab, "max_len": max_len}
+        for col in self.schema.columns_of(Modality.IMAGE):
+            imgs = [m for m in media[col] if m is not None][:2000]
+            stack = np.stack(imgs).astype(np.float32) / 255.0
+            st[col] = {
+                "mean": stack.mean(axis=(0, 2, 3)).tolist(),
+                "std": np.maximum(stack.std(axis=(0, 2, 3)), 1e-3).tolist(),
+            }
+        for col in self.schema.columns_of(Modality.AUDIO):
+            waves = [m for m in media[col] if m is not None]
+            seconds = np.percentile([len(w) for w in waves], 95) / cfg.sample_rate
+            n_samples = int(cfg.sample_rate * float(np.clip(seconds, 0.1, cfg.max_audio_seconds)))
+            feats = log_mel_mfcc(self._pad_waves(waves[:2000], n_samples), cfg)
+            st[col] = {
+                "n_samples": n_samples,
+                "mean": feats.mean(axis=(0, 2)).tolist(),
+                "std": np.maximum(feats.std(axis=(0, 2)), 1e-3).tolist(),
+            }
+        num_cols = self.schema.columns_of(Modality.NUMERIC)
+        if num_cols:
+            x = self._numeric_frame(df, num_cols)
+            st[NUMERIC_INPUT] = {
+                "columns": num_cols,
+                "mean": np.nan_to_num(np.nanmean(x, axis=0)).tolist(),
+                "std": np.nan_to_num(np.nanstd(x, axis=0), nan=1.0).clip(1e-6).tolist(),
+            }
+        cat_cols = self.schema.columns_of(Modality.CATEGORICAL)
+        if cat_cols:
+            st[CATEGORICAL_INPUT] = {
+                "columns": cat_cols,
+                "vocabs": [
+                    [v for v, _ in Counter(str(v) for v in df[c] if not is_missing(v)).most_common(cfg.max_categories)]
+                    for c in cat_cols
+                ],
+            }
+        self.state = st
+        self._token_index = {}
+        return self
+
+    # ---- transforming --------------------------------------------------------------------------
+    def transform(self, df: pd.DataFrame, media: dict[str, list[np.ndarray | None]]) -> Features:
+        n = len(df)
+        names = list(self.schema.inputs)
+        present = np.zeros((n, len(names)), dtype=bool)
+        inputs: dict[str, np.ndarray] = {}
+        for j, (name, modality) in enumerate(self.schema.inputs.items()):
+            if modality is Modality.TEXT:
+                inputs[name], present[:, j] = self._text(df[name], self.state[name])
+            elif modality is Modality.IMAGE:
+                inputs[name], present[:, j] = self._image(media[name], self.state[name])
+            elif modality is Modality.AUDIO:
+                inputs[name], present[:, j] = self._audio(media[name], self.state[name])
+            elif modality is Modality.NUMERIC:
+                inputs[name], present[:, j] = self._numeric(df, self.state[name])
+            else:
+                inputs[name], present[:, j] = self._categorical(df, self.state[name])
+        return Features(inputs, present, names)
+
+    def input_specs(self) -> dict[str, dict[str, Any]]:
+        """What each encoder needs to know about its input (sizes, vocabularies)."""
+        cfg, specs = self.config, {}
+        for name, modality in self.schema.inputs.items():
+            st = self.state[name]
+            if modality is Modality.TEXT:
+                specs[name] = {"vocab_size": len(st["vocab"]) + 2, "max_len": st["max_len"]}
+            elif modality is Modality.IMAGE:
+                specs[name] = {"channels": 3, "size": cfg.image_size}
+            elif modality is Modality.AUDIO:
+                specs[name] = {"n_features": cfg.n_mels + cfg.n_mfcc}
+            elif modality is Modality.NUMERIC:
+                specs[name] = {"n_features": 2 * len(st["columns"])}
+            else:
+                specs[name] = {"cardinalities": [len(v) + 2 for v in st["vocabs"]]}
+        return specs
+
+    def _text(self, values: pd.Series, st: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        if values.name not in self._token_index:
+            self._token_index[values.name] = {t: i + 2 for i, t in enumerate(st["vocab"])}
+        index = self._token_index[values.name]
+        out = np.full((len(values), st["max_len"]), PAD, dtype=np.int64)
+        present = np.zeros(len(values), dtype=bool)
+        for i, v in enumerate(values):
+            if is_missing(v):
+                continue
+            ids = [index.get(t, UNK) for t in tokenize(str(v))][: st["max_len"]]
+            if ids:
+                out[i, : len(ids)] = ids
+                present[i] = True
+        return out, present
+
+    def _image(self, imgs: list[np.ndarray | None], st: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        s = self.config.image_size
+        out = np.zeros((len(imgs), 3, s, s), dtype=np.float32)
+        mean = np.asarray(st["mean"], dtype=np.float32)[:, None, None]
+        std = np.asarray(st["std"], dtype=np.float32)[:, None, None]
+        present = np.array([m is not None for m in imgs], dtype=bool)
+        for i, m in enumerate(imgs):
+            if m is not None:
+                out[i] = (m.astype(np.float32) / 255.0 - mean) / std
+        return out, present
+
+    @staticmethod
+    def _pad_waves(waves: list[np.ndarray], n_samples: int) -> np.ndarray:
+        out = np.zeros((len(waves), n_samples), dtype=np.float32)
+        for i, w in enumerate(waves):
+            out[i, : min(len(w), n_samples)] = w[:n_samples]
+        return out
+
+    def _audio(self, waves: list[np.ndarray | None], st: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        present = np.array([w is not None for w in waves], dtype=bool)
+        idx = np.flatnonzero(present)
+        n_frames = 1 + st["n_samples"] // (self.config.sample_rate // 100)
+        out = np.zeros((len(waves), self.config.n_mels + self.config.n_mfcc, n_frames), dtype=np.float32)
+        mean = np.asarray(st["mean"], dtype=np.float32)[:, None]
+        std = np.asarray(st["std"], dtype=np.float32)[:, None]
+        for start in range(0, len(idx), 256):
+            chunk = idx[start : start + 256]
+            feats = log_mel_mfcc(self._pad_waves([waves[i] for i in chunk], st["n_samples"]), self.config)
+            out[chunk] = (feats - mean) / std
+        return out, present
+
+    @staticmethod
+    def _numeric_frame(df: pd.DataFrame, cols: list[str]) -> np.ndarray:
+        # A value that is not a number is treated like an empty cell: imputed, with its missing flag set.
+        return np.stack([pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=np.float64) for c in cols], axis=1)
+
+    def _numeric(self, df: pd.DataFrame, st: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        x = self._numeric_frame(df, st["columns"])
+        missing = ~np.isfinite(x)
+        z = (x - np.asarray(st["mean"])) / np.asarray(st["std"])
+        z[missing] = 0.0
+        out = np.concatenate([z, missing.astype(np.float64)], axis=1).astype(np.float32)
+        return out, ~missing.all(axis=1)
+
+    def _categorical(self, df: pd.DataFrame, st: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        out = np.zeros((len(df), len(st["columns"])), dtype=np.int64)
+        for j, (col, vocab) in enumerate(zip(st["columns"], st["vocabs"], strict=True)):
+            index = {v: i + 2 for i, v in enumerate(vocab)}
+            out[:, j] = [CAT_MISSING if is_missing(v) else index.get(str(v), CAT_UNKNOWN) for v in df[col]]
+        return out, (out != CAT_MISSING).any(axis=1)
+
+    # ---- persistence ---------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"config": self.config.to_dict(), "state": self.state}
+
+    @classmethod
+    def from_dict(cls, schema: Schema, d: dict[str, Any]) -> Preprocessor:
+        p = cls(schema, PreprocessConfig(**d["config"]))
+        p.state = d["state"]
+        return p

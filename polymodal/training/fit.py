@@ -1,0 +1,199 @@
+"""The Lightning module, its callbacks, and `train()`.
+
+Best weights are kept in memory and restored at the end instead of Lightning's pickled checkpoints, so
+nothing in a run is ever written or read with pickle.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from polymodal.data.schema import Modality
+from polymodal.model.batch import Collate
+from polymodal.model.network import MultimodalNet
+from polymodal.preprocess import Features
+from polymodal.preprocess.augment import augment_images
+from polymodal.tasks import Task
+
+
+@dataclass
+class TrainConfig:
+    max_epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    patience: int = 6
+    seed: int = 0
+    accelerator: str = "auto"
+    devices: int | str = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    modality_dropout: float = 0.0
+    augment: bool = True
+    progress: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class LitMultimodal(pl.LightningModule):
+    def __init__(self, net: MultimodalNet, task: Task, image_inputs: list[str], cfg: TrainConfig):
+        super().__init__()
+        self.net, self.task, self.image_inputs, self.cfg = net, task, image_inputs, cfg
+        self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.net(batch["inputs"], batch["present"])
+
+    def training_step(self, batch: dict, _: int) -> torch.Tensor:
+        inputs, present = dict(batch["inputs"]), batch["present"]
+        if self.cfg.augment:
+            for name in self.image_inputs:
+                inputs[name] = augment_images(inputs[name])
+        if self.cfg.modality_dropout > 0 and present.shape[1] > 1:
+            present = drop_modalities(present, self.cfg.modality_dropout)
+        loss = self.task.loss(self.net(inputs, present), batch["target"])
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=present.shape[0])
+        return loss
+
+    def validation_step(self, batch: dict, _: int) -> None:
+        logits = self(batch)
+        self._val.append((logits.detach().float(), batch["target"]))
+
+    def on_validation_epoch_end(self) -> None:
+        logits = torch.cat([v[0] for v in self._val])
+        target = torch.cat([v[1] for v in self._val])
+        self._val.clear()
+        name, _ = self.task.monitor
+        self.log("val_loss", self.task.loss(logits, target), prog_bar=True, sync_dist=True)
+        self.log(f"val_{name}", self.task.score(target.cpu().numpy(), self.task.outputs(logits)), prog_bar=True)
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+
+
+def drop_modalities(present: torch.Tensor, p: float) -> torch.Tensor:
+    """Hide each present input with probability p, keeping at least one input per row."""
+    keep = torch.rand(present.shape, device=present.device) >= p
+    dropped = present & keep
+    # Rows that lost everything get back one of their inputs, chosen at random among the present ones.
+    empty = ~dropped.any(dim=1) & present.any(dim=1)
+    if empty.any():
+        scores = torch.rand(present.shape, device=present.device).masked_fill(~present, -1.0)
+        pick = torch.zeros_like(present).scatter_(1, scores.argmax(dim=1, keepdim=True), True)
+        dropped = torch.where(empty[:, None], pick, dropped)
+    return dropped
+
+
+class BestWeights(pl.Callback):
+    """Keep a copy of the best weights by the monitored metric (ties broken by validation loss); restore at the end."""
+
+    def __init__(self, monitor: str, mode: str):
+        self.monitor, self.sign = monitor, (1.0 if mode == "max" else -1.0)
+        self.best: tuple[float, float] | None = None
+        self.best_epoch = -1
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        m = trainer.callback_metrics
+        if self.monitor not in m or trainer.sanity_checking:
+            return
+        score = (self.sign * float(m[self.monitor]), -float(m["val_loss"]))
+        if self.best is None or score > self.best:
+            self.best, self.best_epoch = score, trainer.current_epoch
+            self.state = {k: v.detach().cpu().clone() for k, v in module.net.state_dict().items()}
+
+    def on_fit_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if self.state is not None:
+            module.net.load_state_dict(self.state)
+
+
+class History(pl.Callback):
+    """Per-epoch metrics, kept for metrics.json and the training curves of reports."""
+
+    def __init__(self):
+        self.rows: list[dict[str, float]] = []
+        self.start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        row = {"epoch": trainer.current_epoch, "seconds": round(time.perf_counter() - self.start, 3)}
+        row |= {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train_", "val_"))}
+        self.rows.append(row)
+
+
+def train(
+    net: MultimodalNet,
+    task: Task,
+    inputs: dict[str, Modality],
+    train_features: Features,
+    train_targets: np.ndarray,
+    valid_features: Features,
+    valid_targets: np.ndarray,
+    cfg: TrainConfig,
+) -> dict[str, Any]:
+    """Fit `net` in place; returns the history, best epoch and train seconds."""
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    name, mode = task.monitor
+    best = BestWeights(f"val_{name}", mode)
+    history = History()
+    callbacks: list[pl.Callback] = [
+        best,
+        history,
+        pl.callbacks.EarlyStopping(f"val_{name}", mode=mode, patience=cfg.patience),
+    ]
+    if cfg.progress:
+        callbacks.append(_progress_bar())
+    trainer = pl.Trainer(
+        max_epochs=cfg.max_epochs,
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        strategy=cfg.strategy,
+        precision=cfg.precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=cfg.progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        gradient_clip_val=1.0,
+        callbacks=callbacks,
+    )
+    image_inputs = [n for n, m in inputs.items() if m is Modality.IMAGE]
+    module = LitMultimodal(net, task, image_inputs, cfg)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    train_loader = DataLoader(
+        range(len(train_features)),
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        collate_fn=Collate(train_features, train_targets),
+        generator=generator,
+        drop_last=len(train_features) > cfg.batch_size,  # no batch of 1 for BatchNorm
+    )
+    valid_loader = DataLoader(
+        range(len(valid_features)),
+        batch_size=2 * cfg.batch_size,
+        collate_fn=Collate(valid_features, valid_targets),
+    )
+    start = time.perf_counter()
+    trainer.fit(module, train_loader, valid_loader)
+    net.cpu().eval()
+    return {
+        "history": history.rows,
+        "best_epoch": best.best_epoch,
+        "epochs": trainer.current_epoch,
+        "train_seconds": round(time.perf_counter() - start, 3),
+    }
+
+
+def _progress_bar() -> pl.Callback:
+    import sys
+
+    if sys.stdout.isatty():
+        return pl.callbacks.RichProgressBar(leave=True)
+    return pl.callbacks.TQDMProgressBar(refresh_rate=max(1, 10))
