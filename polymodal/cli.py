@@ -10,8 +10,9 @@ import typer
 from rich.console import Console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, evaluate and use fused multimodal models.")
-console = Console()
-err = Console(stderr=True)
+# Wide enough for the metric tables when output goes to a file or a pipe (rich would default to 80 columns).
+console = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def _fail(message: str) -> None:
@@ -203,7 +204,9 @@ def demo(
     results = {}
     for fusion in ("early", "late", "attention"):
         console.rule(f"{fusion} fusion")
-        p = MultimodalPredictor(label="digit", fusion=fusion, max_epochs=max_epochs, preprocess={"image_size": 32})
+        p = MultimodalPredictor(
+            label="digit", fusion=fusion, max_epochs=max_epochs, preprocess={"image_size": 32, "sample_rate": 8000}
+        )
         p.fit(train_csv)
         p.save(output / f"model_{fusion}")
         results[fusion] = p.evaluate(test_csv) | {"train_s": p.metrics_["train_seconds"]}

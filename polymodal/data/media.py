@@ -32,10 +32,11 @@ def _open_source(source: str | os.PathLike[str] | bytes):
     return path
 
 
-def decode_image(source: str | os.PathLike[str] | bytes, size: int, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+def decode_image(source: str | os.PathLike[str] | bytes, size: int, max_pixels: int | None = None) -> np.ndarray:
     """Decode to an RGB uint8 array of shape (3, size, size)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    max_pixels = max_pixels or MAX_IMAGE_PIXELS
     src = _open_source(source)
     try:
         with Image.open(src) as im:

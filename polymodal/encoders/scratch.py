@@ -7,14 +7,8 @@ from torch import nn
 
 
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
-        nn.BatchNorm2d(c_out),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
-        nn.BatchNorm2d(c_out),
-        nn.ReLU(inplace=True),
-    )
+    # One conv per block keeps CPU training fast; depth comes from the number of blocks.
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
 
 class ImageCNN(nn.Module):
@@ -60,7 +54,7 @@ class TextRNN(nn.Module):
 class AudioCNN(nn.Module):
     """Log-mel + MFCC frames -> 2-D conv blocks over (feature, time) -> GRU over time -> mean/max pooling."""
 
-    def __init__(self, n_features: int, dim: int = 128, widths: tuple[int, ...] = (32, 64), hidden: int = 128):
+    def __init__(self, n_features: int, dim: int = 128, widths: tuple[int, ...] = (16, 32, 64), hidden: int = 128):
         super().__init__()
         layers: list[nn.Module] = []
         c = 1

@@ -26,16 +26,17 @@ class LateFusion(Fusion):
             }
         )
         self.weight_logits = nn.Parameter(torch.zeros(len(dims)))
+        self.prior = nn.Parameter(torch.zeros(n_outputs))  # the answer for a row with no input at all
         self.out_dim = n_outputs
 
     def input_weights(self, present: torch.Tensor) -> torch.Tensor:
         """(batch, n_inputs) weights summing to 1 over the present inputs of each row."""
-        # A row with nothing present falls back to all inputs (their embeddings of empty input) to stay finite.
-        mask = present | ~present.any(dim=1, keepdim=True)
-        w = self.weight_logits.expand(present.shape[0], -1).masked_fill(~mask, float("-inf"))
-        return torch.softmax(w, dim=1)
+        w = self.weight_logits.expand(present.shape[0], -1).masked_fill(~present, float("-inf"))
+        # A row with nothing present would be all -inf (NaN after softmax); it gets zero weights instead.
+        return torch.nan_to_num(torch.softmax(w, dim=1), nan=0.0)
 
     def forward(self, embeddings: dict[str, torch.Tensor], present: torch.Tensor) -> torch.Tensor:
         logits = torch.stack([self.heads[k](embeddings[k]) for k in self.names], dim=1)  # (b, n_inputs, out)
         w = self.input_weights(present).to(logits.dtype)
-        return (w.unsqueeze(-1) * logits).sum(dim=1)
+        combined = (w.unsqueeze(-1) * logits).sum(dim=1)
+        return torch.where(present.any(dim=1, keepdim=True), combined, self.prior.to(logits.dtype))

@@ -28,7 +28,7 @@ class PreprocessConfig:
     image_size: int = 64
     sample_rate: int = 16000
     max_audio_seconds: float = 10.0
-    n_mels: int = 64
+    n_mels: int = 40
     n_mfcc: int = 20
     max_text_tokens: int = 128
     max_vocab: int = 30000

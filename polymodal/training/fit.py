@@ -6,7 +6,9 @@ nothing in a run is ever written or read with pickle.
 
 from __future__ import annotations
 
+import logging
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -101,7 +103,8 @@ class BestWeights(pl.Callback):
         self.best_epoch = -1
         self.state: dict[str, torch.Tensor] | None = None
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+    # Not on_validation_epoch_end: callbacks run before the module's hook there, so they would see stale metrics.
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         m = trainer.callback_metrics
         if self.monitor not in m or trainer.sanity_checking:
             return
@@ -128,6 +131,14 @@ class History(pl.Callback):
         self.rows.append(row)
 
 
+def _quiet_lightning() -> None:
+    """Lightning's start-up banners and tips are noise in a CLI; real warnings still show."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for pattern in (".*treespec.*", ".*does not have many workers.*", ".*litlogger.*"):
+        warnings.filterwarnings("ignore", message=pattern)
+
+
 def train(
     net: MultimodalNet,
     task: Task,
@@ -139,6 +150,7 @@ def train(
     cfg: TrainConfig,
 ) -> dict[str, Any]:
     """Fit `net` in place; returns the history, best epoch and train seconds."""
+    _quiet_lightning()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     name, mode = task.monitor
     best = BestWeights(f"val_{name}", mode)
