@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check polymodal tests benchmarks
 	$(BIN)/ruff format --check polymodal tests benchmarks
 
-test: lint
+# The browser tests drive Debian's Chromium headless (Playwright/Selenium cannot download a browser here).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+test: lint browser
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -161,7 +161,7 @@ def train(
         pl.callbacks.EarlyStopping(f"val_{name}", mode=mode, patience=cfg.patience),
     ]
     if cfg.progress:
-        callbacks.append(_progress_bar())
+        callbacks.append(_progress_callback())
     trainer = pl.Trainer(
         max_epochs=cfg.max_epochs,
         accelerator=cfg.accelerator,
@@ -170,7 +170,7 @@ def train(
         precision=cfg.precision,
         logger=False,
         enable_checkpointing=False,
-        enable_progress_bar=cfg.progress,
+        enable_progress_bar=cfg.progress and isinstance(callbacks[-1], pl.callbacks.ProgressBar),
         enable_model_summary=False,
         num_sanity_val_steps=0,
         gradient_clip_val=1.0,
@@ -203,9 +203,21 @@ def train(
     }
 
 
-def _progress_bar() -> pl.Callback:
+class EpochLog(pl.Callback):
+    """One line per epoch, for logs and CI where a redrawn progress bar turns into noise."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        m = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train_", "val_"))}
+        parts = " ".join(f"{k} {v:.4f}" for k, v in sorted(m.items()))
+        print(
+            f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs} {parts} ({time.perf_counter() - self.start:.1f} s)"
+        )
+
+
+def _progress_callback() -> pl.Callback:
     import sys
 
-    if sys.stdout.isatty():
-        return pl.callbacks.RichProgressBar(leave=True)
-    return pl.callbacks.TQDMProgressBar(refresh_rate=max(1, 10))
+    return pl.callbacks.RichProgressBar(leave=True) if sys.stdout.isatty() else EpochLog()
