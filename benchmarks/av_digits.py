@@ -40,7 +40,7 @@ def build_table(shared: Path, data: Path) -> Path:
     return data
 
 
-def run_entry(name: str, data: Path, max_epochs: int, seed: int) -> dict:
+def run_entry(name: str, data: Path, max_epochs: int, seed: int, modality_dropout: float = 0.0) -> dict:
     """Fit and evaluate one entry in this process; returns its metrics, time and peak memory."""
     from polymodal import MultimodalPredictor
 
@@ -54,6 +54,7 @@ def run_entry(name: str, data: Path, max_epochs: int, seed: int) -> dict:
         max_epochs=max_epochs,
         patience=8,
         seed=seed,
+        modality_dropout=modality_dropout if spec["ignore"] == ["speaker"] else 0.0,
         progress=False,
     )
     start = time.perf_counter()
@@ -83,19 +84,21 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "av_digits.json")
     ap.add_argument("--max-epochs", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--modality-dropout", type=float, default=0.0, help="for the fusion entries")
     ap.add_argument("--entries", nargs="*", default=list(ENTRIES))
     ap.add_argument("--entry", help=argparse.SUPPRESS)  # internal: run one entry, print JSON
     a = ap.parse_args()
 
     if a.entry:
-        print(json.dumps(run_entry(a.entry, a.data, a.max_epochs, a.seed)))
+        print(json.dumps(run_entry(a.entry, a.data, a.max_epochs, a.seed, a.modality_dropout)))
         return
 
     data = build_table(a.shared, a.data)
     results = []
     for name in a.entries:
         cmd = [sys.executable, __file__, "--entry", name, "--data", str(data), "--max-epochs", str(a.max_epochs)]
-        out = subprocess.run(cmd + ["--seed", str(a.seed)], check=True, capture_output=True, text=True).stdout
+        cmd += ["--modality-dropout", str(a.modality_dropout)]
+        out = subprocess.run(cmd + ["--seed", str(a.seed)], check=True, stdout=subprocess.PIPE, text=True).stdout
         results.append(json.loads(out.strip().splitlines()[-1]))
         r = results[-1]
         print(f"{name:18s} acc {r['accuracy']:.4f}  macro-F1 {r['f1_macro']:.4f}  {r['train_seconds']:7.1f} s  "
@@ -117,7 +120,13 @@ def main() -> None:
         "command": "python benchmarks/av_digits.py " + " ".join(sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "settings": {"max_epochs": a.max_epochs, "seed": a.seed, "image_size": 32, "sample_rate": 8000},
+        "settings": {
+            "max_epochs": a.max_epochs,
+            "seed": a.seed,
+            "image_size": 32,
+            "sample_rate": 8000,
+            "modality_dropout": a.modality_dropout,
+        },
         "results": results,
     }
     a.out.parent.mkdir(parents=True, exist_ok=True)

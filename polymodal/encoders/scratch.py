@@ -12,9 +12,12 @@ def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
 
 
 class ImageCNN(nn.Module):
-    """A small VGG-style CNN: conv blocks with max-pooling, global average pooling, a projection."""
+    """A small VGG-style CNN: conv blocks with max-pooling, then a coarse `grid` x `grid` average pool (keeping
+    where things are, which matters for digits and layouts) and a projection."""
 
-    def __init__(self, channels: int, size: int, dim: int = 128, widths: tuple[int, ...] = (32, 64, 128)):
+    def __init__(
+        self, channels: int, size: int, dim: int = 128, widths: tuple[int, ...] = (32, 64, 128), grid: int = 2
+    ):
         super().__init__()
         layers: list[nn.Module] = []
         c = channels
@@ -23,12 +26,12 @@ class ImageCNN(nn.Module):
             if size >> (i + 1) >= 2:  # stop pooling when the map is already tiny
                 layers.append(nn.MaxPool2d(2))
             c = w
-        self.features = nn.Sequential(*layers)
-        self.proj = nn.Sequential(nn.Flatten(), nn.Linear(c, dim), nn.ReLU(inplace=True))
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(grid))
+        self.proj = nn.Sequential(nn.Flatten(), nn.Linear(c * grid * grid, dim), nn.ReLU(inplace=True))
         self.dim = dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.features(x).mean(dim=(2, 3)))
+        return self.proj(self.features(x))
 
 
 class TextRNN(nn.Module):
