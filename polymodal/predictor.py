@@ -21,7 +21,6 @@ from polymodal.data.validate import (
     Problem,
     check_columns,
     check_labels,
-    load_media,
     write_report,
 )
 from polymodal.preprocess import Features, PreprocessConfig, Preprocessor
@@ -74,6 +73,16 @@ class MultimodalPredictor:
         devices: int | str = 1,
         precision: str = "32-true",
         progress: bool = True,
+        encoders: dict[str, str] | None = None,
+        text_encoder: str | None = None,
+        image_encoder: str | None = None,
+        audio_encoder: str | None = None,
+        preset: str | None = None,
+        freeze: bool = True,
+        finetune_layers: int | None = None,
+        lora: bool = False,
+        encoder_lr: float | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
     ):
         from polymodal.fusion import FUSIONS
 
@@ -91,12 +100,23 @@ class MultimodalPredictor:
         self.preprocess_config = preprocess or PreprocessConfig()
         self.embed_dim, self.hidden, self.dropout = embed_dim, hidden, dropout
         self.valid_fraction, self.on_bad_rows = valid_fraction, on_bad_rows
+        if preset not in (None, "scratch", "pretrained"):
+            raise ValueError(f"unknown preset {preset!r}; choose 'scratch' or 'pretrained'")
+        # Which encoder each text/image/audio column gets: per column, else per modality, else the preset's.
+        self.encoders = dict(encoders or {})
+        self.modality_encoders = {
+            Modality.TEXT: text_encoder,
+            Modality.IMAGE: image_encoder,
+            Modality.AUDIO: audio_encoder,
+        }
+        self.preset, self.freeze, self.finetune_layers, self.lora = preset, freeze, finetune_layers, lora
+        self.cache_dir = Path(cache_dir) if cache_dir else None
         from polymodal.training import TrainConfig
 
         self.train_config = TrainConfig(
             max_epochs=max_epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
             seed=seed, accelerator=accelerator, devices=devices, precision=precision,
-            modality_dropout=modality_dropout, augment=augment, progress=progress,
+            modality_dropout=modality_dropout, augment=augment, progress=progress, encoder_lr=encoder_lr,
         )  # fmt: skip
         self.engine = None
         self.schema: Schema | None = None
@@ -104,29 +124,48 @@ class MultimodalPredictor:
         self.dropped_: list[Problem] = []
 
     # ---- fitting -----------------------------------------------------------------------------------
-    def _load_rows(
-        self, source: Any, schema: Schema, *, training: bool, table: tuple[pd.DataFrame, Path] | None = None
-    ) -> tuple[pd.DataFrame, dict[str, list], list[Problem]]:
-        """Read, check and decode a table; bad rows raise or are dropped (and remembered), per on_bad_rows."""
+    def _load_rows(self, source: Any, pipeline: Any, *, training: bool, table: tuple[pd.DataFrame, Path] | None = None):
+        """Read, check and decode a table; bad rows raise or are dropped (and remembered), per on_bad_rows.
+
+        Returns (table, decoded media, frozen embeddings, problems).
+        """
+        from polymodal.model.pipeline import take_rows
+
         df, base_dir = table or read_table(source)
-        check_columns(df, schema, training=training)
-        problems = check_labels(df, schema)
-        cfg = self.preprocess_config
-        media, media_problems = load_media(df, schema, base_dir, cfg.image_size, cfg.sample_rate)
+        check_columns(df, pipeline.schema, training=training)
+        problems = check_labels(df, pipeline.schema)
+        media, frozen, media_problems = pipeline.decode(df, base_dir)
         problems = sorted(problems + media_problems, key=lambda p: (p.row, p.column))
         if problems:
             if self.on_bad_rows == "error":
                 raise BadRowsError(problems, _table_name(source))
             bad = sorted({p.row for p in problems})
             log.warning("dropping %d bad row(s) of %s; see %s", len(bad), _table_name(source), DROPPED_REPORT)
-            keep = np.setdiff1d(np.arange(len(df)), bad)
-            df, media = (
-                df.iloc[keep].reset_index(drop=True),
-                {k: [v[i] for i in keep] for k, v in media.items()},
-            )
-            if len(df) == 0:
+            if len(bad) == len(df):
                 raise BadRowsError(problems, _table_name(source))
-        return df, media, problems
+            df, media, frozen = take_rows(df, media, frozen, np.setdiff1d(np.arange(len(df)), bad))
+        return df, media, frozen, problems
+
+    def _pretrained_config(self, schema: Schema) -> dict[str, dict[str, Any]]:
+        """Resolve the pretrained encoder of each media column (nothing is loaded yet)."""
+        from polymodal.encoders.pretrained import PRESET_PRETRAINED, resolve
+
+        out = {}
+        for col, modality in schema.columns.items():
+            if modality not in (Modality.TEXT, Modality.IMAGE, Modality.AUDIO):
+                continue
+            name = self.encoders.get(col) or self.modality_encoders.get(modality)
+            if name is None and self.preset == "pretrained":
+                name = PRESET_PRETRAINED.get(modality)
+                if name is None:
+                    log.warning(
+                        "no offline pretrained %s encoder: column %r keeps the scratch encoder", modality.value, col
+                    )
+            if name in (None, "scratch"):
+                continue
+            mode = "frozen" if self.freeze else "finetune"
+            out[col] = {"ref": resolve(name).to_dict(), "mode": mode, "layers": self.finetune_layers, "lora": self.lora}
+        return out
 
     def fit(self, train: Any, valid: Any | None = None) -> MultimodalPredictor:
         """Train on `train` (path or DataFrame); validate on `valid`, or on a stratified 10 % split of train."""
@@ -136,21 +175,29 @@ class MultimodalPredictor:
         from polymodal.training import train as run_training
 
         start = time.perf_counter()
+        from polymodal.model.pipeline import FeaturePipeline
+
         table = read_table(train)
         schema = infer_schema(table[0], self.label, self.modalities, self.ignore, self.problem_type)
-        df, media, problems = self._load_rows(train, schema, training=True, table=table)
+        check_columns(table[0], schema, training=True)
+        config = PreprocessConfig(
+            **(self.preprocess_config.to_dict() | {"pretrained": self._pretrained_config(schema)})
+        )
+        preprocessor = Preprocessor(schema, config).fit_pretrained(table[0], table[1])
+        pipeline = FeaturePipeline(schema, preprocessor, self.cache_dir, progress=self.train_config.progress)
+        df, media, frozen, problems = self._load_rows(train, pipeline, training=True, table=table)
         self.dropped_ = list(problems)
         if valid is not None:
-            vdf, vmedia, vproblems = self._load_rows(valid, schema, training=False)
+            vdf, vmedia, vfrozen, vproblems = self._load_rows(valid, pipeline, training=False)
             self.dropped_ += [Problem(p.row, p.column, f"[valid] {p.reason}") for p in vproblems]
         else:
-            df, media, vdf, vmedia = self._split(df, media, schema)
+            (df, media, frozen), (vdf, vmedia, vfrozen) = self._split(df, media, frozen, schema)
         if schema.problem_type.is_classification and df[schema.label].nunique() < 2:
             raise ValueError(f"the label {schema.label!r} has a single class in the training rows")
 
-        preprocessor = Preprocessor(schema, self.preprocess_config).fit(df, media)
+        preprocessor.fit(df, media)
         task = Task.fit(schema.problem_type, df[schema.label])
-        train_x, valid_x = preprocessor.transform(df, media), preprocessor.transform(vdf, vmedia)
+        train_x, valid_x = pipeline.features(df, media, frozen), pipeline.features(vdf, vmedia, vfrozen)
         train_y, valid_y = task.encode_targets(df[schema.label]), task.encode_targets(vdf[schema.label])
 
         net = MultimodalNet(
@@ -162,22 +209,35 @@ class MultimodalPredictor:
             self.hidden,
             self.dropout,
         )
+        if any(p["mode"] == "finetune" for p in config.pretrained.values()):
+            self._prefer_bf16()
         result = run_training(net, task, schema.inputs, train_x, train_y, valid_x, valid_y, self.train_config)
         self.schema = schema
-        self.engine = InferenceEngine(schema, preprocessor, task, net)
+        self.engine = InferenceEngine(schema, preprocessor, task, net, cache_dir=self.cache_dir)
         self.metrics_ = {
             "valid": task.metrics(vdf[schema.label], self.engine.outputs(valid_x)) | {"data": fingerprint(vdf)},
             "train_rows": len(df),
             "valid_rows": len(vdf),
             "dropped_rows": len({(p.row, p.reason.startswith("[valid]")) for p in self.dropped_}),
             "fit_seconds": round(time.perf_counter() - start, 3),
+            "feature_cache": {k: e.stats for k, e in pipeline._extractors.items()},
         } | result
         return self
 
-    def _split(
-        self, df: pd.DataFrame, media: dict[str, list], schema: Schema
-    ) -> tuple[pd.DataFrame, dict[str, list], pd.DataFrame, dict[str, list]]:
+    def _prefer_bf16(self) -> None:
+        """Fine-tuning on a GPU that supports it trains in bf16 mixed precision unless asked otherwise."""
+        import torch
+
+        cfg = self.train_config
+        if cfg.precision == "32-true" and cfg.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+            if torch.cuda.is_bf16_supported():
+                cfg.precision = "bf16-mixed"
+
+    def _split(self, df: pd.DataFrame, media: dict[str, list], frozen: dict, schema: Schema) -> tuple[tuple, tuple]:
+        """A stratified (when possible) validation split of the training rows, same seed, same rows every time."""
         from sklearn.model_selection import train_test_split
+
+        from polymodal.model.pipeline import take_rows
 
         idx = np.arange(len(df))
         y = df[schema.label]
@@ -190,12 +250,7 @@ class MultimodalPredictor:
         tr, va = train_test_split(
             idx, test_size=self.valid_fraction, random_state=self.train_config.seed, stratify=stratify
         )
-        tr, va = np.sort(tr), np.sort(va)
-
-        def take(ix: np.ndarray) -> tuple[pd.DataFrame, dict[str, list]]:
-            return df.iloc[ix].reset_index(drop=True), {k: [v[i] for i in ix] for k, v in media.items()}
-
-        return (*take(tr), *take(va))
+        return take_rows(df, media, frozen, np.sort(tr)), take_rows(df, media, frozen, np.sort(va))
 
     # ---- using -------------------------------------------------------------------------------------
     def _require_fitted(self):
@@ -227,8 +282,8 @@ class MultimodalPredictor:
     def evaluate(self, data: Any) -> dict[str, Any]:
         """Metrics on a labelled table (accuracy, precision, recall, F1, AUROC, confusion matrix; RMSE, MAE, R2)."""
         engine = self._require_fitted()
-        df, media, problems = self._load_rows(data, engine.schema, training=False)
-        features = engine.preprocessor.transform(df, media)
+        df, media, frozen, problems = self._load_rows(data, engine.pipeline, training=False)
+        features = engine.pipeline.features(df, media, frozen)
         metrics = engine.task.metrics(df[engine.schema.label], engine.outputs(features))
         return metrics | {"data": fingerprint(df), "dropped_rows": len({p.row for p in problems})}
 
@@ -248,19 +303,40 @@ class MultimodalPredictor:
             "dropout": self.dropout,
             "input_specs": engine.preprocessor.input_specs(),
             "encoders": {
-                name: {"modality": m.value, "kind": "scratch", "class": type(enc).__name__}
+                name: {"modality": m.value, "class": type(enc).__name__}
+                | self._encoder_record(engine.preprocessor.config.pretrained.get(name))
                 for (name, m), enc in zip(engine.schema.inputs.items(), engine.net.encoders.values(), strict=True)
             },
             "train": self.train_config.to_dict(),
             "valid_fraction": self.valid_fraction,
         }
 
+    @staticmethod
+    def _encoder_record(p: dict[str, Any] | None) -> dict[str, Any]:
+        """What a saved model needs to find its pretrained encoder again: name, fingerprint, revision, mode."""
+        if p is None:
+            return {"kind": "scratch"}
+        return {"kind": p["mode"], "encoder": p["ref"]["name"], "fingerprint": p["ref"]["fingerprint"],
+                "revision": p["ref"]["revision"], "path": p["ref"]["path"], "lora": p.get("lora", False)}  # fmt: skip
+
     def save(self, folder: str | os.PathLike[str]) -> Path:
-        """Write the model folder atomically (temporary sibling folder, then rename)."""
+        """Write the model folder atomically (temporary sibling folder, then rename).
+
+        Fine-tuned encoders' weights are in model.safetensors; their config and tokenizer/processor files are
+        copied to encoders/<column>/ so the folder rebuilds them without the original download.
+        """
         from polymodal.model.artifact import save_folder
 
         engine = self._require_fitted()
-        extra = {}
+        extra: dict[str, Path] = {}
+        for name, p in engine.preprocessor.config.pretrained.items():
+            if p["mode"] == "finetune" and p["ref"]["kind"] == "hf":
+                src = Path(p["ref"]["path"])
+                for f in src.iterdir():
+                    if f.is_file() and not f.name.endswith(
+                        (".safetensors", ".bin", ".pth", ".pt", ".h5", ".onnx", ".msgpack")
+                    ):
+                        extra[f"encoders/{engine.net.keys[name]}/{f.name}"] = f
         if self.dropped_:
             import tempfile
 
@@ -294,15 +370,51 @@ class MultimodalPredictor:
             **{k: train[k] for k in ("max_epochs", "batch_size", "lr", "weight_decay", "patience", "seed")},
         )  # fmt: skip
         preprocessor = Preprocessor.from_dict(schema, preprocess)
+        specs = cls._relink_encoders(Path(folder), preprocessor, config["input_specs"])
         task = Task.from_dict(config["task"])
         net = MultimodalNet(
-            schema.inputs, config["input_specs"], task, config["fusion"], config["embed_dim"], config["hidden"],
-            config["dropout"],
+            schema.inputs, specs, task, config["fusion"], config["embed_dim"], config["hidden"], config["dropout"],
         )  # fmt: skip
         net.load_state_dict(state, strict=True)
         p.schema, p.metrics_ = schema, metrics
         p.engine = InferenceEngine(schema, preprocessor, task, net.to(device))
         return p
+
+    @staticmethod
+    def _relink_encoders(folder: Path, preprocessor: Preprocessor, specs: dict[str, dict]) -> dict[str, dict]:
+        """Point pretrained inputs at files on this machine: a fine-tuned encoder at its copy in the model folder,
+        a frozen one at its registry package, local folder or hub cache, checked against the saved fingerprint."""
+        from polymodal.encoders.pretrained import EncoderNotFound, resolve
+        from polymodal.model.network import module_keys
+
+        specs = {k: dict(v) for k, v in specs.items()}
+        keys = module_keys(list(preprocessor.schema.inputs))
+        for name, p in preprocessor.config.pretrained.items():
+            saved = p["ref"]
+            if p["mode"] == "finetune":
+                local = folder / "encoders" / keys[name]
+                specs[name]["from_config"] = str(local if local.exists() else saved["path"])
+                for tool in ("tokenizer", "extractor"):
+                    if tool in preprocessor.state[name] and local.exists():
+                        preprocessor.state[name][tool] = str(local)
+                continue
+            try:
+                ref = resolve(saved["name"])
+            except EncoderNotFound as e:
+                raise EncoderNotFound(
+                    f"this model's column {name!r} needs the frozen encoder {saved['name']!r}: {e}"
+                ) from e
+            if ref.fingerprint != saved["fingerprint"]:
+                raise EncoderNotFound(
+                    f"column {name!r} was trained on encoder {saved['name']!r} (fingerprint {saved['fingerprint']}), "
+                    f"but the files found at {ref.path} have fingerprint {ref.fingerprint}: a different model. "
+                    "Install or point at the exact encoder the model was trained with."
+                )
+            p["ref"] = ref.to_dict()
+            for tool in ("tokenizer", "extractor"):
+                if tool in preprocessor.state[name]:
+                    preprocessor.state[name][tool] = ref.path
+        return specs
 
     def info(self) -> dict[str, Any]:
         engine = self._require_fitted()

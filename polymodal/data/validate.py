@@ -87,13 +87,23 @@ def load_media(
     image_size: int,
     sample_rate: int,
     workers: int | None = None,
+    sizes: dict[str, int] | None = None,
+    rates: dict[str, int] | None = None,
+    skip: tuple[str, ...] = (),
 ) -> tuple[dict[str, list[np.ndarray | None]], list[Problem]]:
-    """Decode every image and audio cell. Returns per column a list (None where the cell is empty) and problems."""
+    """Decode every image and audio cell. Returns per column a list (None where the cell is empty) and problems.
+
+    `sizes`/`rates` override the image size / sample rate per column (pretrained encoders have their own);
+    columns in `skip` are left alone (frozen encoders read them through the feature cache).
+    """
+    sizes, rates = sizes or {}, rates or {}
     decoders: dict[str, Callable[[Path], np.ndarray]] = {}
     for col in schema.columns_of(Modality.IMAGE):
-        decoders[col] = lambda p: decode_image(p, image_size)
+        if col not in skip:
+            decoders[col] = lambda p, s=sizes.get(col, image_size): decode_image(p, s)
     for col in schema.columns_of(Modality.AUDIO):
-        decoders[col] = lambda p: decode_audio(p, sample_rate)
+        if col not in skip:
+            decoders[col] = lambda p, r=rates.get(col, sample_rate): decode_audio(p, r)
 
     def one(col: str, i: int, value: object) -> tuple[np.ndarray | None, Problem | None]:
         if is_missing(value):

@@ -1,9 +1,18 @@
-"""Encoders: one `nn.Module` per fusion input, each with `.dim` and `forward(x) -> (batch, dim)`."""
+"""Encoders: one `nn.Module` per fusion input, each with `.dim` and `forward(x) -> (batch, dim)`.
+
+Three kinds, chosen by the input spec the preprocessor writes:
+- scratch (default): the modality's small network, trained end to end;
+- frozen pretrained: the input already is the pretrained embedding (from the feature cache); a trainable
+  projection adapts it;
+- fine-tuned pretrained: the Hugging Face (or EfficientNet) backbone inside the network, all or its top layers
+  trained, optionally through LoRA adapters.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from polymodal.data.schema import Modality
@@ -18,17 +27,69 @@ SCRATCH_ENCODERS: dict[Modality, type[nn.Module]] = {
 }
 
 
+class FrozenProjection(nn.Module):
+    """Precomputed pretrained embeddings -> LayerNorm -> Linear -> ReLU."""
+
+    def __init__(self, in_dim: int, dim: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, dim), nn.ReLU(inplace=True))
+        self.dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class FineTuned(nn.Module):
+    """A pretrained backbone trained with the rest of the network, followed by a projection."""
+
+    def __init__(
+        self,
+        modality: Modality,
+        pretrained: dict[str, Any],
+        dim: int,
+        pad_id: int = 0,
+        layers: int | None = None,
+        lora: bool = False,
+        from_config: str | None = None,
+    ):
+        super().__init__()
+        from polymodal.encoders.pretrained import EncoderRef, build, unfreeze_top_layers
+
+        ref = EncoderRef(**pretrained)
+        self.backbone = build(ref, modality, pad_id=pad_id, from_config=from_config)
+        if lora:
+            from peft import LoraConfig, get_peft_model
+
+            # LoRA trains small adapters on every linear layer; the backbone's own weights stay as they are.
+            self.backbone.model = get_peft_model(
+                self.backbone.model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear")
+            )
+        else:
+            unfreeze_top_layers(self.backbone, layers)
+        self.proj = nn.Sequential(nn.Linear(self.backbone.dim, dim), nn.ReLU(inplace=True))
+        self.dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.backbone(x))
+
+
 def build_encoder(modality: Modality, input_spec: dict[str, Any], dim: int) -> nn.Module:
-    """Build the scratch encoder for a modality from the preprocessor's description of its input."""
+    """Build an input's encoder from the preprocessor's description of that input."""
+    if "in_dim" in input_spec:
+        return FrozenProjection(input_spec["in_dim"], dim)
+    if "pretrained" in input_spec:
+        return FineTuned(modality, dim=dim, **input_spec)
     return SCRATCH_ENCODERS[modality](**input_spec, dim=dim)
 
 
 __all__ = [
+    "SCRATCH_ENCODERS",
     "AudioCNN",
     "CategoricalMLP",
+    "FineTuned",
+    "FrozenProjection",
     "ImageCNN",
     "NumericMLP",
     "TextRNN",
     "build_encoder",
-    "SCRATCH_ENCODERS",
 ]

@@ -64,6 +64,7 @@ def save_folder(
         write_json(tmp / PREPROCESS, preprocess)
         write_json(tmp / METRICS, metrics)
         for name, src in (extra_files or {}).items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, tmp / name)
         if folder.exists():
             old = folder.with_name(f".{folder.name}.old-{os.getpid()}")

@@ -12,16 +12,20 @@ import pandas as pd
 import torch
 
 from polymodal.data.schema import Schema
-from polymodal.data.validate import BadRowsError, Problem, check_columns, load_media
+from polymodal.data.validate import BadRowsError, Problem, check_columns
 from polymodal.model.batch import iterate_batches, to_device
 from polymodal.model.network import MultimodalNet
+from polymodal.model.pipeline import FeaturePipeline
 from polymodal.preprocess import Features, Preprocessor
 from polymodal.tasks import Task
 
 
 class InferenceEngine:
-    def __init__(self, schema: Schema, preprocessor: Preprocessor, task: Task, net: MultimodalNet):
+    def __init__(
+        self, schema: Schema, preprocessor: Preprocessor, task: Task, net: MultimodalNet, cache_dir: Path | None = None
+    ):
         self.schema, self.preprocessor, self.task, self.net = schema, preprocessor, task, net.eval()
+        self.pipeline = FeaturePipeline(schema, preprocessor, cache_dir=cache_dir, progress=False)
 
     @property
     def device(self) -> torch.device:
@@ -33,11 +37,10 @@ class InferenceEngine:
             if col not in df.columns:
                 df = df.assign(**{col: None})  # an input column left out: absent for every row
         check_columns(df, self.schema, training=False)
-        cfg = self.preprocessor.config
-        media, problems = load_media(df, self.schema, base_dir, cfg.image_size, cfg.sample_rate)
+        media, frozen, problems = self.pipeline.decode(df, base_dir)
         if problems and on_bad_rows == "error":
             raise BadRowsError(problems)
-        return self.preprocessor.transform(df, media), problems
+        return self.pipeline.features(df, media, frozen), problems
 
     @torch.inference_mode()
     def outputs(self, features: Features, batch_size: int = 256, present: np.ndarray | None = None) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,8 @@ class PreprocessConfig:
     max_vocab: int = 30000
     min_token_count: int = 1
     max_categories: int = 1000
+    # input -> {"ref": EncoderRef as dict, "mode": "frozen" | "finetune", "layers": N or None, "lora": bool}
+    pretrained: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,17 +84,58 @@ class Preprocessor:
         self.config = config or PreprocessConfig()
         self.state: dict[str, Any] = {}
         self._token_index: dict[str, dict[str, int]] = {}  # built once per text column, not saved
+        self._tools: dict[int, Any] = {}  # pretrained tokenizers / feature extractors, loaded once
 
     # ---- fitting -------------------------------------------------------------------------------
+    def fit_pretrained(self, df: pd.DataFrame, base_dir: Path) -> Preprocessor:
+        """Settings of the pretrained inputs (their tokenizer, pixel statistics, sample rate, lengths).
+
+        Called before media is decoded, since it decides the image size and sample rate to decode at.
+        """
+        from polymodal.preprocess.pretrained import PretrainedInputs, settings
+
+        for name, p in self.config.pretrained.items():
+            modality = self.schema.columns[name]
+            st = settings(modality, p["ref"]["kind"], p["ref"]["path"])
+            values = [v for v in df[name] if not is_missing(v)][:5000]
+            if modality is Modality.TEXT:
+                lengths = PretrainedInputs(modality, st).token_lengths([str(v) for v in values])
+                st["max_len"] = int(np.clip(np.percentile(lengths, 95) if lengths else 8, 8, st["model_max"]))
+            elif modality is Modality.AUDIO:
+                st["n_samples"] = self._audio_length(values[:300], base_dir, st["sample_rate"])
+            self.state[name] = st
+        return self
+
+    def _audio_length(self, values: list, base_dir: Path, sample_rate: int) -> int:
+        """95th percentile duration of a sample of clips, read from file headers (no decoding)."""
+        import soundfile as sf
+
+        from polymodal.data.io import resolve_path
+
+        seconds = []
+        for v in values:
+            try:
+                seconds.append(sf.info(str(resolve_path(str(v), base_dir))).duration)
+            except Exception:
+                continue  # broken files are reported by validation, not here
+        p95 = np.percentile(seconds, 95) if seconds else self.config.max_audio_seconds
+        return int(sample_rate * float(np.clip(p95, 0.1, self.config.max_audio_seconds)))
+
     def fit(self, df: pd.DataFrame, media: dict[str, list[np.ndarray | None]]) -> Preprocessor:
-        cfg, st = self.config, {}
+        """Fit everything but the pretrained inputs (see fit_pretrained) on the training rows."""
+        cfg = self.config
+        st = {k: v for k, v in self.state.items() if k in cfg.pretrained}
         for col in self.schema.columns_of(Modality.TEXT):
+            if col in cfg.pretrained:
+                continue
             counts = Counter(tok for v in df[col] if not is_missing(v) for tok in tokenize(str(v)))
             vocab = [t for t, n in counts.most_common(cfg.max_vocab) if n >= cfg.min_token_count]
             lengths = [len(tokenize(str(v))) for v in df[col] if not is_missing(v)]
             max_len = int(np.clip(np.percentile(lengths, 95) if lengths else 1, 1, cfg.max_text_tokens))
             st[col] = {"vocab": vocab, "max_len": max_len}
         for col in self.schema.columns_of(Modality.IMAGE):
+            if col in cfg.pretrained:
+                continue
             imgs = [m for m in media[col] if m is not None][:2000]
             stack = np.stack(imgs).astype(np.float32) / 255.0
             st[col] = {
@@ -99,6 +143,8 @@ class Preprocessor:
                 "std": np.maximum(stack.std(axis=(0, 2, 3)), 1e-3).tolist(),
             }
         for col in self.schema.columns_of(Modality.AUDIO):
+            if col in cfg.pretrained:
+                continue
             waves = [m for m in media[col] if m is not None]
             seconds = np.percentile([len(w) for w in waves], 95) / cfg.sample_rate
             n_samples = int(cfg.sample_rate * float(np.clip(seconds, 0.1, cfg.max_audio_seconds)))
@@ -130,13 +176,26 @@ class Preprocessor:
         return self
 
     # ---- transforming --------------------------------------------------------------------------
-    def transform(self, df: pd.DataFrame, media: dict[str, list[np.ndarray | None]]) -> Features:
+    def transform(
+        self,
+        df: pd.DataFrame,
+        media: dict[str, list[np.ndarray | None]],
+        frozen: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    ) -> Features:
+        """Arrays for every input. `frozen` holds the (embeddings, present) of frozen pretrained inputs."""
         n = len(df)
         names = list(self.schema.inputs)
         present = np.zeros((n, len(names)), dtype=bool)
         inputs: dict[str, np.ndarray] = {}
         for j, (name, modality) in enumerate(self.schema.inputs.items()):
-            if modality is Modality.TEXT:
+            mode = self.config.pretrained.get(name, {}).get("mode")
+            if mode == "frozen":
+                inputs[name], present[:, j] = frozen[name]
+                self.state[name]["dim"] = int(frozen[name][0].shape[1])
+            elif mode == "finetune":
+                values = media[name] if modality in (Modality.IMAGE, Modality.AUDIO) else df[name].tolist()
+                inputs[name], present[:, j] = self._pretrained(modality, values, self.state[name])
+            elif modality is Modality.TEXT:
                 inputs[name], present[:, j] = self._text(df[name], self.state[name])
             elif modality is Modality.IMAGE:
                 inputs[name], present[:, j] = self._image(media[name], self.state[name])
@@ -148,12 +207,35 @@ class Preprocessor:
                 inputs[name], present[:, j] = self._categorical(df, self.state[name])
         return Features(inputs, present, names)
 
+    def _pretrained(self, modality: Modality, values: list, st: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """Inputs of a fine-tuned pretrained encoder; an absent row gets a blank input that the mask hides."""
+        from polymodal.preprocess.pretrained import PretrainedInputs
+
+        if modality is Modality.TEXT:
+            present = np.array([not is_missing(v) for v in values], dtype=bool)
+            blank: Any = ""
+        else:  # decoded media: None where the cell was empty
+            present = np.array([v is not None for v in values], dtype=bool)
+            size = st.get("size", 1)
+            blank = np.zeros((3, size, size), np.uint8) if modality is Modality.IMAGE else np.zeros(1, np.float32)
+        key = id(st)
+        if key not in self._tools:
+            self._tools[key] = PretrainedInputs(modality, st)
+        filled = [v if ok else blank for v, ok in zip(values, present, strict=True)]
+        return self._tools[key](filled), present
+
     def input_specs(self) -> dict[str, dict[str, Any]]:
         """What each encoder needs to know about its input (sizes, vocabularies)."""
         cfg, specs = self.config, {}
         for name, modality in self.schema.inputs.items():
             st = self.state[name]
-            if modality is Modality.TEXT:
+            p = cfg.pretrained.get(name)
+            if p and p["mode"] == "frozen":
+                specs[name] = {"in_dim": st["dim"]}
+            elif p:
+                specs[name] = {"pretrained": p["ref"], "pad_id": st.get("pad_id", 0), "layers": p.get("layers"),
+                               "lora": bool(p.get("lora"))}  # fmt: skip
+            elif modality is Modality.TEXT:
                 specs[name] = {"vocab_size": len(st["vocab"]) + 2, "max_len": st["max_len"]}
             elif modality is Modality.IMAGE:
                 specs[name] = {"channels": 3, "size": cfg.image_size}

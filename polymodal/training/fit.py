@@ -40,6 +40,7 @@ class TrainConfig:
     modality_dropout: float = 0.0
     augment: bool = True
     progress: bool = True
+    encoder_lr: float | None = None  # learning rate of fine-tuned pretrained encoders (default: lr / 10)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,7 +79,25 @@ class LitMultimodal(pl.LightningModule):
         self.log(f"val_{name}", self.task.score(target.cpu().numpy(), self.task.outputs(logits)), prog_bar=True)
 
     def configure_optimizers(self):
-        return torch.optim.AdamW(self.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        # Pretrained backbones learn slower than the freshly initialised rest, so they keep what they know.
+        from polymodal.encoders import FineTuned
+
+        backbone = {id(p) for m in self.net.modules() if isinstance(m, FineTuned) for p in m.backbone.parameters()}
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if id(p) not in backbone], "lr": self.cfg.lr}]
+        tuned = [p for p in params if id(p) in backbone]
+        if tuned:
+            groups.append({"params": tuned, "lr": self.cfg.encoder_lr or self.cfg.lr / 10})
+        return torch.optim.AdamW(groups, weight_decay=self.cfg.weight_decay)
+
+    def on_fit_start(self) -> None:
+        # On a GPU, trade compute for memory in fine-tuned backbones (gradient checkpointing).
+        from polymodal.encoders import FineTuned
+
+        if self.device.type == "cuda":
+            for m in self.net.modules():
+                if isinstance(m, FineTuned) and hasattr(m.backbone.model, "gradient_checkpointing_enable"):
+                    m.backbone.model.gradient_checkpointing_enable()
 
 
 def drop_modalities(present: torch.Tensor, p: float) -> torch.Tensor:
@@ -193,6 +212,7 @@ def train(
         collate_fn=Collate(valid_features, valid_targets),
     )
     start = time.perf_counter()
+    net.train()  # pretrained backbones load in eval mode; dropout must be live while training
     trainer.fit(module, train_loader, valid_loader)
     net.cpu().eval()
     return {

@@ -1,0 +1,181 @@
+"""Frozen pretrained encoders and their on-disk feature cache.
+
+A frozen encoder is a pure function of (encoder files, preprocessing settings, input bytes), so each embedding
+is stored under the hash of exactly that: a namespace per (encoder fingerprint + settings), a key per content
+hash of the file or text. A changed file gets a new key; a changed encoder or setting a new namespace. Shards
+are safetensors files written atomically; a corrupt shard is deleted and its entries are recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from polymodal.data.io import resolve_path
+from polymodal.data.media import MediaError, decode_audio, decode_image
+from polymodal.data.schema import Modality
+from polymodal.data.validate import Problem, is_missing
+from polymodal.encoders.pretrained import EncoderRef, build, cache_root
+from polymodal.preprocess.pretrained import PretrainedInputs
+
+log = logging.getLogger("polymodal")
+
+
+class FeatureCache:
+    def __init__(self, root: Path | None, namespace: dict[str, Any]):
+        ns = hashlib.sha256(json.dumps(namespace, sort_keys=True).encode()).hexdigest()[:20]
+        self.dir = Path(root or cache_root() / "features") / ns
+        self._index: dict[str, np.ndarray] | None = None
+        self.namespace = namespace
+
+    def _load(self) -> dict[str, np.ndarray]:
+        if self._index is None:
+            from safetensors.numpy import load_file
+
+            self._index = {}
+            for shard in sorted(self.dir.glob("shard-*.safetensors")):
+                try:
+                    self._index.update(load_file(str(shard)))
+                except Exception as e:  # truncated or garbled: drop it, its rows are recomputed
+                    log.warning("feature cache shard %s is unreadable (%s); deleting it", shard, e)
+                    shard.unlink(missing_ok=True)
+        return self._index
+
+    def get(self, keys: list[str]) -> dict[str, np.ndarray]:
+        index = self._load()
+        return {k: index[k] for k in keys if k in index}
+
+    def put(self, items: dict[str, np.ndarray]) -> None:
+        if not items:
+            return
+        from safetensors.numpy import save_file
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "namespace.json").write_text(json.dumps(self.namespace, indent=1, sort_keys=True))
+        name = f"shard-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}.safetensors"
+        tmp = self.dir / f".{name}.tmp"
+        save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in items.items()}, str(tmp))
+        os.replace(tmp, self.dir / name)
+        self._load().update(items)
+
+
+def _content(value: Any, modality: Modality, base_dir: Path) -> bytes:
+    if modality is Modality.TEXT:
+        return str(value).encode("utf-8")
+    if isinstance(value, bytes | bytearray):
+        return bytes(value)
+    path = resolve_path(str(value), base_dir)
+    if not path.exists():
+        raise MediaError(f"file not found: {path}")
+    return path.read_bytes()
+
+
+class FrozenExtractor:
+    """Embeds one column with a frozen pretrained encoder, reading and writing the feature cache."""
+
+    def __init__(
+        self,
+        ref: EncoderRef,
+        modality: Modality,
+        st: dict[str, Any],
+        cache_dir: Path | None = None,
+        batch_size: int = 32,
+        device: str | None = None,
+        progress: bool = True,
+    ):
+        self.ref, self.modality, self.st = ref, modality, st
+        self.inputs = PretrainedInputs(modality, st)
+        self.cache = FeatureCache(cache_dir, {"encoder": ref.fingerprint, "kind": ref.kind, "settings": st})
+        self.batch_size, self.progress = batch_size, progress
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self._module = None
+        self.stats = {"hits": 0, "misses": 0, "encode_seconds": 0.0}
+
+    @property
+    def module(self) -> torch.nn.Module:
+        if self._module is None:
+            self._module = build(self.ref, self.modality, pad_id=self.st.get("pad_id", 0)).to(self.device).eval()
+        return self._module
+
+    def _decode(self, data: bytes) -> Any:
+        if self.modality is Modality.IMAGE:
+            return decode_image(data, self.st["size"])
+        if self.modality is Modality.AUDIO:
+            return decode_audio(data, self.st["sample_rate"])
+        return data.decode("utf-8")
+
+    def __call__(self, column: str, values: list[Any], base_dir: Path) -> tuple[np.ndarray, np.ndarray, list[Problem]]:
+        """(embeddings (n, dim), present (n,), problems)."""
+        n = len(values)
+        keys: list[str | None] = [None] * n
+        problems: list[Problem] = []
+        raw: dict[int, bytes] = {}
+        for i, v in enumerate(values):
+            if is_missing(v):
+                continue
+            try:
+                data = _content(v, self.modality, base_dir)
+            except MediaError as e:
+                problems.append(Problem(i, column, str(e)))
+                continue
+            keys[i] = hashlib.sha256(data).hexdigest()
+            raw[i] = data
+        found = self.cache.get([k for k in keys if k])
+        todo = [i for i in raw if keys[i] not in found]
+        self.stats["hits"] += len(raw) - len(todo)
+        self.stats["misses"] += len(todo)
+        new = self._encode_missing(column, todo, raw, keys, problems)
+        self.cache.put(new)
+        found |= new
+        dim = next(iter(found.values())).shape[-1] if found else int(self.st.get("dim", 0))
+        out = np.zeros((n, dim), dtype=np.float32)
+        present = np.zeros(n, dtype=bool)
+        for i, k in enumerate(keys):
+            if k in found:
+                out[i], present[i] = found[k], True
+        return out, present, problems
+
+    def _encode_missing(
+        self, column: str, todo: list[int], raw: dict[int, bytes], keys: list, problems: list[Problem]
+    ) -> dict[str, np.ndarray]:
+        new: dict[str, np.ndarray] = {}
+        if not todo:
+            return new
+        from concurrent.futures import ThreadPoolExecutor
+
+        from rich.progress import Progress
+
+        start = time.perf_counter()
+        with (
+            ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool,
+            Progress(disable=not self.progress, transient=True) as bar,
+        ):
+            task = bar.add_task(f"embedding {column} with {self.ref.name}", total=len(todo))
+            for s in range(0, len(todo), self.batch_size):
+                chunk = todo[s : s + self.batch_size]
+                decoded = list(pool.map(lambda i: self._safe_decode(column, i, raw[i]), chunk))
+                ok = [(i, d) for i, d in zip(chunk, decoded, strict=True) if not isinstance(d, Problem)]
+                problems += [d for d in decoded if isinstance(d, Problem)]
+                if ok:
+                    x = torch.from_numpy(self.inputs([d for _, d in ok])).to(self.device)
+                    with torch.inference_mode():
+                        emb = self.module(x).float().cpu().numpy()
+                    new |= {keys[i]: emb[j] for j, (i, _) in enumerate(ok)}
+                bar.advance(task, len(chunk))
+        self.stats["encode_seconds"] += time.perf_counter() - start
+        return new
+
+    def _safe_decode(self, column: str, i: int, data: bytes) -> Any:
+        try:
+            return self._decode(data)
+        except MediaError as e:
+            return Problem(i, column, str(e))

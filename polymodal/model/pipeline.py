@@ -1,0 +1,70 @@
+"""From a table to model-ready `Features`: decode media, run frozen encoders through the cache, preprocess.
+
+Used by `fit` (after which the preprocessor is fitted) and by the inference engine alike.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from polymodal.data.schema import Modality, Schema
+from polymodal.data.validate import Problem, load_media
+from polymodal.encoders.cache import FrozenExtractor
+from polymodal.encoders.pretrained import EncoderRef
+from polymodal.preprocess import Features, Preprocessor
+
+Frozen = dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+class FeaturePipeline:
+    def __init__(
+        self, schema: Schema, preprocessor: Preprocessor, cache_dir: Path | None = None, progress: bool = True
+    ):
+        self.schema, self.preprocessor = schema, preprocessor
+        self.cache_dir, self.progress = cache_dir, progress
+        self._extractors: dict[str, FrozenExtractor] = {}
+
+    @property
+    def frozen_inputs(self) -> list[str]:
+        return [k for k, p in self.preprocessor.config.pretrained.items() if p["mode"] == "frozen"]
+
+    def extractor(self, name: str) -> FrozenExtractor:
+        if name not in self._extractors:
+            p = self.preprocessor.config.pretrained[name]
+            self._extractors[name] = FrozenExtractor(
+                EncoderRef(**p["ref"]), self.schema.columns[name], self.preprocessor.state[name],
+                cache_dir=self.cache_dir, progress=self.progress,
+            )  # fmt: skip
+        return self._extractors[name]
+
+    def decode(self, df: pd.DataFrame, base_dir: Path) -> tuple[dict[str, list], Frozen, list[Problem]]:
+        """Read every file once: decoded media for the trained encoders, embeddings for the frozen ones."""
+        cfg, st = self.preprocessor.config, self.preprocessor.state
+        pretrained = cfg.pretrained
+        sizes = {c: st[c]["size"] for c in pretrained if self.schema.columns[c] is Modality.IMAGE}
+        rates = {c: st[c]["sample_rate"] for c in pretrained if self.schema.columns[c] is Modality.AUDIO}
+        media, problems = load_media(
+            df, self.schema, base_dir, cfg.image_size, cfg.sample_rate, sizes=sizes, rates=rates,
+            skip=tuple(self.frozen_inputs),
+        )  # fmt: skip
+        frozen: Frozen = {}
+        for name in self.frozen_inputs:
+            emb, present, more = self.extractor(name)(name, df[name].tolist(), base_dir)
+            frozen[name] = (emb, present)
+            problems += more
+        return media, frozen, problems
+
+    def features(self, df: pd.DataFrame, media: dict[str, list], frozen: Frozen) -> Features:
+        return self.preprocessor.transform(df, media, frozen)
+
+
+def take_rows(df: pd.DataFrame, media: dict[str, list], frozen: Frozen, idx: np.ndarray):
+    """The same rows of a table, its decoded media and its frozen embeddings."""
+    return (
+        df.iloc[idx].reset_index(drop=True),
+        {k: [v[i] for i in idx] for k, v in media.items()},
+        {k: (e[idx], p[idx]) for k, (e, p) in frozen.items()},
+    )

@@ -1,0 +1,101 @@
+"""Preprocessing for pretrained encoders: their own tokenizer, pixel normalization and audio feature extractor.
+
+Settings are read once from the encoder's folder (AutoTokenizer, AutoImageProcessor, AutoFeatureExtractor; no
+torchvision) and stored as plain JSON, so a saved model re-creates its inputs exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from polymodal.data.schema import Modality
+
+# EfficientNet-Lite was trained (in TensorFlow) on pixels scaled to [-1, 1].
+LITE0_SETTINGS = {"size": 224, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+
+
+def _side(size: Any) -> int | None:
+    """A processor's size is an int, a dict or (transformers 5) a SizeDict: the square side we resize to."""
+    if size is None or isinstance(size, int):
+        return size
+    for key in ("height", "shortest_edge"):
+        v = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+        if v:
+            return int(v)
+    return None
+
+
+def _image_settings(path: str) -> dict[str, Any]:
+    from transformers import AutoImageProcessor
+
+    proc = AutoImageProcessor.from_pretrained(path, local_files_only=True)
+    size = _side(getattr(proc, "crop_size", None)) or _side(getattr(proc, "size", None)) or 224
+    mean = getattr(proc, "image_mean", None) or [0.5, 0.5, 0.5]
+    std = getattr(proc, "image_std", None) or [0.5, 0.5, 0.5]
+    return {"size": int(size), "mean": [float(v) for v in mean], "std": [float(v) for v in std]}
+
+
+def settings(modality: Modality, kind: str, path: str) -> dict[str, Any]:
+    """What preprocessing this encoder expects, as JSON-able settings."""
+    if modality is Modality.IMAGE:
+        return dict(LITE0_SETTINGS) if kind == "efficientnet-lite0" else _image_settings(path)
+    if modality is Modality.TEXT:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        return {
+            "tokenizer": path,
+            "pad_id": int(tok.pad_token_id or 0),
+            "model_max": int(min(tok.model_max_length, 512)),
+        }
+    if modality is Modality.AUDIO:
+        from transformers import AutoFeatureExtractor
+
+        fe = AutoFeatureExtractor.from_pretrained(path, local_files_only=True)
+        return {"extractor": path, "sample_rate": int(getattr(fe, "sampling_rate", 16000))}
+    raise ValueError(f"no pretrained preprocessing for {modality.value}")
+
+
+class PretrainedInputs:
+    """Turns raw values (texts, decoded images, waveforms) into an encoder's input arrays."""
+
+    def __init__(self, modality: Modality, st: dict[str, Any]):
+        self.modality, self.st = modality, st
+        self._tool = None
+
+    def _load_tool(self):
+        if self._tool is None:
+            if self.modality is Modality.TEXT:
+                from transformers import AutoTokenizer
+
+                self._tool = AutoTokenizer.from_pretrained(self.st["tokenizer"], local_files_only=True)
+            elif self.modality is Modality.AUDIO:
+                from transformers import AutoFeatureExtractor
+
+                self._tool = AutoFeatureExtractor.from_pretrained(self.st["extractor"], local_files_only=True)
+        return self._tool
+
+    def token_lengths(self, texts: list[str]) -> list[int]:
+        return [
+            len(ids) for ids in self._load_tool()(texts, truncation=True, max_length=self.st["model_max"])["input_ids"]
+        ]
+
+    def __call__(self, values: list[Any]) -> np.ndarray:
+        if self.modality is Modality.TEXT:
+            enc = self._load_tool()(
+                [str(v) for v in values], padding="max_length", truncation=True, max_length=self.st["max_len"]
+            )
+            return np.asarray(enc["input_ids"], dtype=np.int64)
+        if self.modality is Modality.IMAGE:
+            mean = np.asarray(self.st["mean"], dtype=np.float32)[:, None, None]
+            std = np.asarray(self.st["std"], dtype=np.float32)[:, None, None]
+            return np.stack([(v.astype(np.float32) / 255.0 - mean) / std for v in values]).astype(np.float32)
+        n = self.st["n_samples"]
+        waves = np.zeros((len(values), n), dtype=np.float32)
+        for i, w in enumerate(values):
+            waves[i, : min(len(w), n)] = w[:n]
+        out = self._load_tool()(list(waves), sampling_rate=self.st["sample_rate"], return_tensors="np")
+        key = "input_values" if "input_values" in out else "input_features"
+        return np.asarray(out[key], dtype=np.float32)
