@@ -23,10 +23,11 @@ def _fail(message: str) -> None:
 def _run(fn):
     """Turn the errors a user can fix (bad rows, unknown columns, missing files) into a message and exit code 2."""
     from polymodal.data import BadRowsError, SchemaError
+    from polymodal.encoders.pretrained import EncoderNotFound
 
     try:
         return fn()
-    except (BadRowsError, SchemaError, FileNotFoundError, ValueError) as e:
+    except (BadRowsError, SchemaError, FileNotFoundError, ValueError, EncoderNotFound) as e:
         _fail(str(e))
 
 
@@ -57,7 +58,16 @@ def fit(
     on_bad_rows: str = typer.Option("error", help="error: stop and list bad rows | skip: drop them, write a report"),
     accelerator: str = typer.Option("auto", help="auto | cpu | gpu"),
     devices: str = typer.Option("1", help="Number of devices, or 'auto'"),
-    precision: str = typer.Option("32-true", help="32-true | bf16-mixed | 16-mixed"),
+    precision: str = typer.Option("32-true", help="32-true | bf16-mixed | 16-mixed (fine-tuning on a GPU: bf16)"),
+    text_encoder: str | None = typer.Option(None, help="Pretrained text encoder: registry name, HF id or folder"),
+    image_encoder: str | None = typer.Option(None, help="Pretrained image encoder: registry name, HF id or folder"),
+    audio_encoder: str | None = typer.Option(None, help="Pretrained audio encoder: HF id or folder"),
+    preset: str | None = typer.Option(None, help="pretrained: the offline defaults (see `polymodal encoders`)"),
+    finetune: bool = typer.Option(False, "--finetune/--freeze", help="Fine-tune pretrained encoders, or freeze them"),
+    finetune_layers: int | None = typer.Option(None, help="With --finetune: train only the top N layers"),
+    lora: bool = typer.Option(False, help="With --finetune: train LoRA adapters instead of the encoder's weights"),
+    encoder_lr: float | None = typer.Option(None, help="Learning rate of fine-tuned encoders (default: lr / 10)"),
+    cache_dir: Path | None = typer.Option(None, help="Feature cache of frozen encoders (default: ~/.cache/polymodal)"),
 ) -> None:
     """Train a fused model on a table and save it to a folder."""
     from polymodal.evaluation.table import metrics_table
@@ -73,6 +83,9 @@ def fit(
             max_epochs=max_epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
             seed=seed, modality_dropout=modality_dropout, on_bad_rows=on_bad_rows, accelerator=accelerator,
             devices=int(devices) if devices.isdigit() else devices, precision=precision,
+            text_encoder=text_encoder, image_encoder=image_encoder, audio_encoder=audio_encoder, preset=preset,
+            freeze=not finetune, finetune_layers=finetune_layers, lora=lora, encoder_lr=encoder_lr,
+            cache_dir=cache_dir,
         )  # fmt: skip
         p.fit(train, valid)
         folder = p.save(output)
@@ -188,6 +201,21 @@ def info(
 
 
 @app.command()
+def encoders() -> None:
+    """List the encoders: offline pretrained defaults (and whether they are installed), hub-cached models, scratch."""
+    from rich.table import Table
+
+    from polymodal.encoders.pretrained import list_encoders
+
+    t = Table(title="encoders (any Hugging Face model id or local folder works too)")
+    for c in ("name", "modality", "what", "installed"):
+        t.add_column(c)
+    for row in list_encoders():
+        t.add_row(row["name"], row["modality"], row["what"], "yes" if row["installed"] else "no")
+    console.print(t)
+
+
+@app.command()
 def demo(
     output: Path = typer.Option(Path("demo_out"), "--output", "-o", help="Folder for the data and the models"),
     max_epochs: int = typer.Option(30),
@@ -212,6 +240,133 @@ def demo(
         results[fusion] = p.evaluate(test_csv) | {"train_s": p.metrics_["train_seconds"]}
     console.print(metrics_table(results, title="demo: test metrics by fusion", extra=["train_s"]))
     console.print(f"models in {output}/model_*; try: polymodal info {output}/model_attention")
+
+
+@app.command()
+def serve(
+    model: Path = typer.Argument(..., help="Model folder"),
+    host: str | None = typer.Option(None, help="Address to bind (default: 127.0.0.1, or 0.0.0.0 with an API key)"),
+    port: int = typer.Option(8000),
+    workers: int = typer.Option(1, help="Processes sharing the port, each with its own copy of the model"),
+    max_batch_size: int = typer.Option(32, help="Rows per forward pass at most (1: micro-batching off)"),
+    max_wait_ms: float = typer.Option(5.0, help="How long a request may wait for others to share its batch"),
+    api_key_env: str | None = typer.Option(
+        None, help="Environment variable holding the API key; /v1 then needs 'Authorization: Bearer <key>'"
+    ),
+    max_body_mb: float = typer.Option(16.0, help="Largest request body, in MiB"),
+    max_instances: int = typer.Option(64, help="Instances per request at most"),
+    max_image_pixels: int = typer.Option(16_777_216, help="Largest image (width x height), checked before decoding"),
+    max_audio_seconds: float = typer.Option(60.0, help="Longest audio clip"),
+    max_text_chars: int = typer.Option(10_000, help="Longest text value"),
+    max_queue: int = typer.Option(512, help="Rows waiting for the model at most; beyond it requests get 429"),
+    log_level: str = typer.Option("info", help="debug | info | warning | error"),
+) -> None:
+    """Serve a model over HTTP: JSON and form prediction endpoints, metrics, and a page to try it at /."""
+    from polymodal.serving import ServeConfig, resolve_host
+    from polymodal.serving import serve as run_server
+
+    def go():
+        config = ServeConfig(
+            model=str(model), max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, api_key_env=api_key_env,
+            max_body_bytes=int(max_body_mb * 1024 * 1024), max_instances=max_instances,
+            max_image_pixels=max_image_pixels, max_audio_seconds=max_audio_seconds, max_text_chars=max_text_chars,
+            max_queue=max_queue,
+        )  # fmt: skip
+        bind, notice = resolve_host(host, api_key_env is not None)
+        err.print(f"polymodal serve: {notice}; http://{bind}:{port}/", highlight=False)
+        run_server(config, bind, port, workers, log_level)
+
+    _run(go)
+
+
+@app.command()
+def compare(
+    train: Path = typer.Argument(..., help="Training table: .csv, .tsv, .parquet or .jsonl"),
+    label: str = typer.Option(..., "--label", "-y", help="The column to predict"),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for the leaderboard, report and models"),
+    test: Path | None = typer.Option(None, help="Test table (default: a stratified 20 % split of train)"),
+    valid: Path | None = typer.Option(None, help="Validation table (default: a 10 % split of train per seed)"),
+    fusions: str = typer.Option("all", help="'all' or a comma-separated list, e.g. early,gmu,ensemble-stack"),
+    seeds: int = typer.Option(3, help="Seeds per entry (mean and std over them)"),
+    noise_levels: int = typer.Option(5, help="Noise levels per modality for robustness (0: skip the noise)"),
+    text: list[str] = typer.Option([], "--text", help="Treat this column as text (repeatable)"),
+    image: list[str] = typer.Option([], "--image", help="Treat this column as image paths (repeatable)"),
+    audio: list[str] = typer.Option([], "--audio", help="Treat this column as audio paths (repeatable)"),
+    numeric: list[str] = typer.Option([], "--numeric", help="Treat this column as numeric (repeatable)"),
+    categorical: list[str] = typer.Option([], "--categorical", help="Treat this column as categorical (repeatable)"),
+    ignore: list[str] = typer.Option([], "--ignore", help="Leave this column out (repeatable)"),
+    problem_type: str | None = typer.Option(None, help="binary | multiclass | regression (default: inferred)"),
+    max_epochs: int = typer.Option(30),
+    batch_size: int = typer.Option(64),
+    lr: float = typer.Option(1e-3),
+    patience: int = typer.Option(6),
+    embed_dim: int = typer.Option(128),
+    image_size: int = typer.Option(64),
+    sample_rate: int = typer.Option(16000),
+    modality_dropout: float = typer.Option(0.0, help="Hide each modality with this probability in training"),
+    on_bad_rows: str = typer.Option("error", help="error | skip"),
+    accelerator: str = typer.Option("auto", help="auto | cpu | gpu"),
+) -> None:
+    """Leaderboard of unimodal baselines, fusions and ensembles over seeds, with robustness and an HTML report.
+
+    Re-running the same command skips the entries that finished."""
+    from polymodal.evaluation.compare import compare as run_compare
+    from polymodal.evaluation.compare import leaderboard_table
+
+    modalities = {c: "text" for c in text} | {c: "image" for c in image} | {c: "audio" for c in audio}
+    modalities |= {c: "numeric" for c in numeric} | {c: "categorical" for c in categorical}
+
+    def go():
+        board = run_compare(
+            train, label, output, test=test, valid=valid, fusions=fusions, seeds=seeds, noise_levels=noise_levels,
+            log_fn=lambda m: console.print(m, highlight=False), modalities=modalities, ignore=ignore,
+            problem_type=problem_type, preprocess={"image_size": image_size, "sample_rate": sample_rate},
+            embed_dim=embed_dim, max_epochs=max_epochs, batch_size=batch_size, lr=lr, patience=patience,
+            modality_dropout=modality_dropout, on_bad_rows=on_bad_rows, accelerator=accelerator,
+        )  # fmt: skip
+        console.print(leaderboard_table(board))
+        console.print(f"wrote {output / 'leaderboard.csv'}, {output / 'leaderboard.json'}, {output / 'report.html'}")
+
+    try:
+        _run(go)
+    except KeyboardInterrupt:
+        err.print("interrupted: run the same command again to resume (finished entries are kept)")
+        raise typer.Exit(code=130) from None
+
+
+@app.command()
+def report(
+    model: Path = typer.Argument(..., help="Model folder (or a compare folder, to redraw its report)"),
+    table: Path | None = typer.Argument(None, help="Labelled table to evaluate on (not needed for a compare folder)"),
+    output: Path = typer.Option(..., "--output", "-o", help="HTML file to write"),
+    noise_levels: int = typer.Option(5, help="Noise levels per modality for robustness (0: skip the noise)"),
+) -> None:
+    """A self-contained HTML report: metrics, robustness, modality contribution, confusion matrix, ROC, curves."""
+    from polymodal.evaluation.report import compare_report, model_report, write_html
+
+    def go():
+        if (model / "leaderboard.json").exists():
+            html = compare_report(model)
+        else:
+            if table is None:
+                _fail("give a labelled table to evaluate the model on: polymodal report MODEL TABLE -o report.html")
+            from polymodal.evaluation.ensemble import EnsembleModel, is_ensemble_folder
+            from polymodal.model.artifact import METRICS, read_json
+
+            if is_ensemble_folder(model):
+                engine, history = EnsembleModel.load(model), None
+            else:
+                from polymodal.predictor import MultimodalPredictor
+
+                p = MultimodalPredictor.load(model)
+                engine, history = p.engine, p.metrics_.get("history")
+            if history is None and (model / METRICS).exists():
+                history = read_json(model / METRICS).get("history")
+            html = model_report(engine, table, name=str(model), history=history, noise_levels=noise_levels)
+        write_html(output, html)
+        console.print(f"wrote {output}")
+
+    _run(go)
 
 
 def main() -> None:

@@ -148,8 +148,13 @@ class MultimodalPredictor:
 
     def _pretrained_config(self, schema: Schema) -> dict[str, dict[str, Any]]:
         """Resolve the pretrained encoder of each media column (nothing is loaded yet)."""
+        from polymodal.data.schema import SchemaError
         from polymodal.encoders.pretrained import PRESET_PRETRAINED, resolve
 
+        media = [c for c, m in schema.columns.items() if m in (Modality.TEXT, Modality.IMAGE, Modality.AUDIO)]
+        unknown = [c for c in self.encoders if c not in media]
+        if unknown:
+            raise SchemaError(f"encoders given for {unknown}, which are not text/image/audio input columns ({media})")
         out = {}
         for col, modality in schema.columns.items():
             if modality not in (Modality.TEXT, Modality.IMAGE, Modality.AUDIO):

@@ -20,6 +20,7 @@ from polymodal.data.schema import CATEGORICAL_INPUT, NUMERIC_INPUT, Modality, Sc
 from polymodal.data.validate import is_missing
 
 PAD, UNK = 0, 1
+CLIP_SIGMAS = 100.0
 CAT_MISSING, CAT_UNKNOWN = 0, 1
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 
@@ -55,6 +56,15 @@ class Features:
 
     def take(self, idx: np.ndarray) -> Features:
         return Features({k: v[idx] for k, v in self.inputs.items()}, self.present[idx], self.input_names)
+
+
+def category_key(value: Any) -> str:
+    """The vocabulary key of a categorical value: 3, 3.0 and "3" are the same category."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    elif isinstance(value, np.generic):
+        return category_key(value.item())
+    return str(value)
 
 
 def tokenize(text: str) -> list[str]:
@@ -167,7 +177,12 @@ class Preprocessor:
             st[CATEGORICAL_INPUT] = {
                 "columns": cat_cols,
                 "vocabs": [
-                    [v for v, _ in Counter(str(v) for v in df[c] if not is_missing(v)).most_common(cfg.max_categories)]
+                    [
+                        v
+                        for v, _ in Counter(category_key(v) for v in df[c] if not is_missing(v)).most_common(
+                            cfg.max_categories
+                        )
+                    ]
                     for c in cat_cols
                 ],
             }
@@ -303,6 +318,7 @@ class Preprocessor:
         missing = ~np.isfinite(x)
         z = (x - np.asarray(st["mean"])) / np.asarray(st["std"])
         z[missing] = 0.0
+        z = np.clip(z, -CLIP_SIGMAS, CLIP_SIGMAS)  # an absurd value (1e308) must not overflow float32
         out = np.concatenate([z, missing.astype(np.float64)], axis=1).astype(np.float32)
         return out, ~missing.all(axis=1)
 
@@ -310,7 +326,7 @@ class Preprocessor:
         out = np.zeros((len(df), len(st["columns"])), dtype=np.int64)
         for j, (col, vocab) in enumerate(zip(st["columns"], st["vocabs"], strict=True)):
             index = {v: i + 2 for i, v in enumerate(vocab)}
-            out[:, j] = [CAT_MISSING if is_missing(v) else index.get(str(v), CAT_UNKNOWN) for v in df[col]]
+            out[:, j] = [CAT_MISSING if is_missing(v) else index.get(category_key(v), CAT_UNKNOWN) for v in df[col]]
         return out, (out != CAT_MISSING).any(axis=1)
 
     # ---- persistence ---------------------------------------------------------------------------

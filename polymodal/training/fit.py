@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import lightning.pytorch as pl
@@ -23,27 +22,7 @@ from polymodal.model.network import MultimodalNet
 from polymodal.preprocess import Features
 from polymodal.preprocess.augment import augment_images
 from polymodal.tasks import Task
-
-
-@dataclass
-class TrainConfig:
-    max_epochs: int = 30
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 1e-2
-    patience: int = 6
-    seed: int = 0
-    accelerator: str = "auto"
-    devices: int | str = 1
-    strategy: str = "auto"
-    precision: str = "32-true"
-    modality_dropout: float = 0.0
-    augment: bool = True
-    progress: bool = True
-    encoder_lr: float | None = None  # learning rate of fine-tuned pretrained encoders (default: lr / 10)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+from polymodal.training.config import TrainConfig
 
 
 class LitMultimodal(pl.LightningModule):

@@ -1,0 +1,59 @@
+"""Settings of one `polymodal serve` process: the model folder, micro-batching and the request limits."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from polymodal.data.media import MAX_IMAGE_PIXELS
+
+# The app factory of each worker process reads its settings from here (uvicorn starts workers by import string).
+CONFIG_ENV = "POLYMODAL_SERVE_CONFIG"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    model: str
+    max_batch_size: int = 32
+    max_wait_ms: float = 5.0
+    max_queue: int = 512  # rows waiting for the model; beyond it requests get 429 instead of piling up
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_instances: int = 64
+    max_image_pixels: int = 16_777_216  # 4096 x 4096
+    max_audio_seconds: float = 60.0
+    max_text_chars: int = 10_000
+    api_key_env: str | None = None
+    warmup: bool = True
+
+    def __post_init__(self) -> None:
+        positive = ("max_batch_size", "max_queue", "max_body_bytes", "max_instances", "max_image_pixels")
+        for name in (*positive, "max_audio_seconds", "max_text_chars"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, not {getattr(self, name)}")
+        if self.max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms must be >= 0, not {self.max_wait_ms}")
+        if self.max_image_pixels > MAX_IMAGE_PIXELS:
+            raise ValueError(f"max_image_pixels may be at most {MAX_IMAGE_PIXELS} (the decoder's own limit)")
+        folder = Path(self.model)
+        if not (folder / "config.json").is_file():
+            raise ValueError(f"{self.model!r} is not a model folder (no config.json in it)")
+        if self.api_key_env is not None and not os.environ.get(self.api_key_env):
+            raise ValueError(f"--api-key-env {self.api_key_env}: that environment variable is unset or empty")
+
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+    def limits(self) -> dict[str, Any]:
+        """What one request may send (reported by GET /v1/model, so clients can check before sending)."""
+        names = ("max_body_bytes", "max_instances", "max_image_pixels", "max_audio_seconds", "max_text_chars")
+        return {name: getattr(self, name) for name in names}
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> ServeConfig:
+        return cls(**json.loads(text))

@@ -1,0 +1,292 @@
+"""What a request may send, checked before the model sees it: types, unknown fields and limits.
+
+Inputs are values only. An image or audio field holds base64 (JSON) or an upload (form), decoded here to bytes;
+a string is never read as a path or URL, so no request can make the server open a file or a connection.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, create_model
+
+from polymodal.data.schema import Modality, Schema
+from polymodal.serving.config import ServeConfig
+
+IMAGE_FORMATS = ("PNG", "JPEG", "MPO", "GIF", "BMP", "WEBP", "TIFF")
+EXPECTED = {
+    Modality.TEXT: "a string",
+    Modality.IMAGE: "a base64-encoded image file (PNG, JPEG, ...)",
+    Modality.AUDIO: "a base64-encoded audio file (WAV, FLAC, OGG, ...)",
+    Modality.NUMERIC: "a finite number",
+    Modality.CATEGORICAL: "a string, number or boolean",
+}
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One problem with a request: which instance (0-based), which field, what is wrong, and the limit if any."""
+
+    instance: int | None
+    field: str | None
+    message: str
+    limit: int | float | None = None
+
+    def describe(self) -> str:
+        where = [f"instance {self.instance}"] if self.instance is not None else []
+        where += [f"field {self.field!r}"] if self.field is not None else []
+        return (", ".join(where) + ": " if where else "") + self.message
+
+
+class RequestError(Exception):
+    """A client error: 413 when every problem is a size limit, 422 otherwise (unless a status is given)."""
+
+    def __init__(self, errors: list[FieldError], status: int | None = None):
+        self.errors = errors
+        self.status = status or (413 if errors and all(e.limit is not None for e in errors) else 422)
+        super().__init__(self.summary())
+
+    def summary(self) -> str:
+        first = self.errors[0].describe()
+        return first if len(self.errors) == 1 else f"{len(self.errors)} problems; first: {first}"
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.summary(), "details": [asdict(e) for e in self.errors]}
+
+
+class _Bad(Exception):
+    def __init__(self, message: str, limit: int | float | None = None):
+        self.message, self.limit = message, limit
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list", dict: "an object"}
+    return names.get(type(value), f"a {type(value).__name__}")
+
+
+def decode_base64(text: str) -> bytes:
+    """Standard base64; a `data:...;base64,` prefix (what browsers produce) and whitespace are allowed."""
+    if text.startswith("data:"):
+        head, sep, text = text.partition(",")
+        if not sep or not head.endswith(";base64"):
+            raise _Bad("a data URL must be base64 (data:<type>;base64,<data>)")
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise _Bad(f"not valid base64 ({e})") from None
+
+
+class InstanceChecker:
+    """Turn one instance (field -> value) into a table row the inference engine takes, or name what is wrong.
+
+    Shared by the JSON and the form endpoints. Image and audio sizes are read from the file header only
+    (no decoding), so decompression bombs and over-long clips are refused before any work is done.
+    """
+
+    def __init__(self, schema: Schema, config: ServeConfig):
+        self.schema, self.config = schema, config
+
+    def check(self, index: int, values: Mapping[str, Any]) -> tuple[dict[str, Any], list[FieldError]]:
+        row: dict[str, Any] = dict.fromkeys(self.schema.columns)
+        errors: list[FieldError] = []
+        for field, value in values.items():
+            modality = self.schema.columns.get(field)
+            if modality is None:
+                errors.append(FieldError(index, field, self.unknown_field_message()))
+                continue
+            try:
+                row[field] = self._value(modality, value)
+            except _Bad as e:
+                errors.append(FieldError(index, field, e.message, e.limit))
+        return row, errors
+
+    def check_all(self, instances: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        rows, errors = [], []
+        for i, values in enumerate(instances):
+            row, errs = self.check(i, values)
+            rows.append(row)
+            errors += errs
+        if errors:
+            raise RequestError(errors)
+        return rows
+
+    def unknown_field_message(self) -> str:
+        return f"unknown field; the model's input columns are {list(self.schema.columns)}"
+
+    def _value(self, modality: Modality, value: Any) -> Any:
+        if value is None:
+            return None
+        if modality is Modality.TEXT:
+            if not isinstance(value, str):
+                raise _Bad(f"expected {EXPECTED[modality]}, got {_json_type(value)}")
+            if len(value) > self.config.max_text_chars:
+                limit = self.config.max_text_chars
+                raise _Bad(f"text is {len(value)} characters, above the limit of {limit}", limit)
+            return value
+        if modality is Modality.NUMERIC:
+            if isinstance(value, str):  # form fields arrive as strings
+                if not value.strip():
+                    return None
+                try:
+                    value = float(value)
+                except ValueError:
+                    raise _Bad(f"expected {EXPECTED[modality]}, got {value[:40]!r}") from None
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise _Bad(f"expected {EXPECTED[modality]}, got {_json_type(value)}")
+            if not math.isfinite(value):
+                raise _Bad(f"expected {EXPECTED[modality]}, got {value}")
+            return float(value)
+        if modality is Modality.CATEGORICAL:
+            if isinstance(value, float) and not math.isfinite(value):
+                raise _Bad(f"expected {EXPECTED[modality]}, got {value}")
+            if not isinstance(value, str | int | float | bool):
+                raise _Bad(f"expected {EXPECTED[modality]}, got {_json_type(value)}")
+            return value
+        # Image or audio: bytes from an upload, or a base64 string. Never a path.
+        if isinstance(value, str):
+            value = decode_base64(value)
+        if not isinstance(value, bytes | bytearray):
+            raise _Bad(f"expected {EXPECTED[modality]}, got {_json_type(value)}")
+        if not value:
+            return None  # an empty upload is a file input left empty: the modality is absent
+        data = bytes(value)
+        self._check_image(data) if modality is Modality.IMAGE else self._check_audio(data)
+        return data
+
+    def _check_image(self, data: bytes) -> None:
+        from PIL import Image
+
+        limit = self.config.max_image_pixels
+        try:
+            # Header only, and only the common raster formats: PIL never tries its rarer plugins on a request
+            # (EPS, for one, would start Ghostscript).
+            with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as im:
+                w, h = im.size
+        except Image.DecompressionBombError:
+            raise _Bad(f"image has more pixels than the limit of {limit}", limit) from None
+        except Exception as e:  # anything PIL raises on a hostile header is the client's error
+            accepted = ", ".join(IMAGE_FORMATS)
+            raise _Bad(f"not an image this server can read ({type(e).__name__}); accepted: {accepted}") from None
+        if w * h > limit:
+            raise _Bad(f"image is {w}x{h} = {w * h} pixels, above the limit of {limit}", limit)
+
+    def _check_audio(self, data: bytes) -> None:
+        import soundfile as sf
+
+        limit = self.config.max_audio_seconds
+        try:
+            info = sf.info(io.BytesIO(data))  # reads the header only
+        except Exception as e:
+            raise _Bad(f"not an audio file this server can read ({type(e).__name__})") from None
+        if info.samplerate <= 0 or info.frames <= 0:
+            raise _Bad("audio has no samples")
+        seconds = info.frames / info.samplerate
+        if seconds > limit:
+            raise _Bad(f"audio is {seconds:.1f} seconds long, above the limit of {limit:g}", limit)
+
+
+# ---- pydantic models: what the JSON endpoint accepts and returns, and what /docs shows ------------------------
+_Number = Annotated[float | None, Field(strict=True, allow_inf_nan=False)]
+_FIELD_TYPES: dict[Modality, Any] = {
+    Modality.TEXT: StrictStr | None,
+    Modality.IMAGE: StrictStr | None,
+    Modality.AUDIO: StrictStr | None,
+    Modality.NUMERIC: _Number,
+    Modality.CATEGORICAL: StrictStr | StrictInt | StrictFloat | StrictBool | None,
+}
+
+
+def request_model(schema: Schema, config: ServeConfig) -> type[BaseModel]:
+    """The body of POST /v1/predict for this model: {"instances": [{column: value, ...}, ...]}."""
+    fields: dict[str, Any] = {}
+    for i, (col, modality) in enumerate(schema.columns.items()):
+        extra = {"contentEncoding": "base64"} if modality in (Modality.IMAGE, Modality.AUDIO) else None
+        description = f"{modality.value} input: {EXPECTED[modality]}; leave it out or null when absent"
+        # Columns can have any name, so the Python attribute is generic and the column name is the alias.
+        fields[f"f{i}"] = (
+            _FIELD_TYPES[modality],
+            Field(default=None, alias=col, title=col, description=description, json_schema_extra=extra),
+        )
+    instance = create_model("Instance", __config__=ConfigDict(extra="forbid"), **fields)
+    return create_model(
+        "PredictRequest",
+        __config__=ConfigDict(extra="forbid"),
+        instances=(
+            list[instance],
+            Field(min_length=1, max_length=config.max_instances, description="Rows to predict, each answered"),
+        ),
+    )
+
+
+class Prediction(BaseModel):
+    prediction: StrictBool | StrictInt | StrictFloat | StrictStr | None = Field(
+        description="The predicted class (classification) or value (regression)"
+    )
+    probabilities: dict[str, float] | None = Field(None, description="Class -> probability (classification)")
+    inputs_used: list[str] = Field(description="Fusion inputs this prediction used")
+    inputs_missing: list[str] = Field(description="Fusion inputs absent from this instance (missing-modality path)")
+
+
+class PredictResponse(BaseModel):
+    predictions: list[Prediction]
+
+
+class ErrorDetail(BaseModel):
+    instance: int | None = Field(description="0-based index of the instance, null for the request as a whole")
+    field: str | None
+    message: str
+    limit: int | float | None = Field(None, description="The limit that was exceeded, if any")
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    details: list[ErrorDetail]
+
+
+def from_validation_errors(errors: list[dict[str, Any]], schema: Schema, config: ServeConfig) -> RequestError:
+    """Rewrite pydantic's errors on the JSON body as FieldErrors: one per (instance, field), in plain words."""
+    out: dict[tuple[int | None, str | None], FieldError] = {}
+    for e in errors:
+        loc = list(e.get("loc", ()))
+        loc = loc[1:] if loc[:1] == ["body"] else loc
+        kind, ctx = e.get("type", ""), e.get("ctx") or {}
+        inst: int | None = None
+        field: str | None = None
+        limit = None
+        if kind == "json_invalid":
+            msg = f"the body is not valid JSON ({ctx.get('error', 'syntax error')})"
+        elif len(loc) >= 3 and loc[0] == "instances" and isinstance(loc[1], int):
+            inst, field = loc[1], str(loc[2])
+            modality = schema.columns.get(field)
+            if kind == "extra_forbidden" or modality is None:
+                msg = "unknown field; the model's input columns are " + str(list(schema.columns))
+            else:
+                msg = f"expected {EXPECTED[modality]}, got {_json_type(e.get('input'))}"
+        elif len(loc) == 2 and loc[0] == "instances" and isinstance(loc[1], int):
+            inst, msg = loc[1], f"an instance must be an object of column -> value, got {_json_type(e.get('input'))}"
+        elif loc == ["instances"] and kind == "too_long":
+            field, limit = "instances", config.max_instances
+            n = ctx.get("actual_length")
+            msg = f"{n} instances in one request, above the limit of {limit}"
+        elif loc == ["instances"] and kind == "too_short":
+            field, msg = "instances", "send at least one instance"
+        elif loc == ["instances"] and kind == "missing":
+            field, msg = "instances", 'the body needs an "instances" list'
+        elif loc == ["instances"]:
+            field, msg = "instances", f"expected a list of objects, got {_json_type(e.get('input'))}"
+        elif len(loc) == 1 and kind == "extra_forbidden":
+            field, msg = str(loc[0]), 'unknown field; the body has one field, "instances"'
+        elif not loc:
+            msg = f'the body must be a JSON object {{"instances": [...]}}, got {_json_type(e.get("input"))}'
+        else:
+            field, msg = ".".join(map(str, loc)), str(e.get("msg", "invalid"))
+        out.setdefault((inst, field), FieldError(inst, field, msg, limit))
+    return RequestError(list(out.values()) or [FieldError(None, None, "invalid request")])

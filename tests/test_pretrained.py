@@ -1,0 +1,197 @@
+"""Pretrained encoders, offline: tiny Hugging Face models built from a config in the test, and the packaged
+MiniLM and EfficientNet-Lite0 defaults; the feature cache; frozen vs fine-tuned."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import synth
+import torch
+
+from polymodal import MultimodalPredictor
+from polymodal.data.schema import Modality
+from polymodal.encoders.pretrained import EncoderNotFound, build, resolve
+
+WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *synth.CATS, *synth.DOGS, *synth.FILLER]
+QUICK = synth.FAST | {"max_epochs": 8, "patience": 4}
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory):
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    (folder / "vocab.txt").write_text("\n".join(WORDS))
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64)  # fmt: skip
+    BertModel(cfg).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_vit(tmp_path_factory):
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    folder = tmp_path_factory.mktemp("tiny_vit")
+    torch.manual_seed(0)
+    cfg = ViTConfig(image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                    intermediate_size=64)  # fmt: skip
+    ViTModel(cfg).save_pretrained(folder)
+    ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_wav2vec2(tmp_path_factory):
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    folder = tmp_path_factory.mktemp("tiny_w2v")
+    torch.manual_seed(0)
+    cfg = Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                         conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 4), num_feat_extract_layers=2,
+                         num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2)  # fmt: skip
+    Wav2Vec2Model(cfg).save_pretrained(folder)
+    Wav2Vec2FeatureExtractor(sampling_rate=8000).save_pretrained(folder)
+    return folder
+
+
+def test_each_tiny_hf_encoder_loads_by_path_and_embeds(tiny_bert, tiny_vit, tiny_wav2vec2):
+    text = build(resolve(str(tiny_bert)), Modality.TEXT)
+    assert text(torch.tensor([[2, 5, 9, 3, 0, 0]])).shape == (1, 32)
+    image = build(resolve(str(tiny_vit)), Modality.IMAGE)
+    assert image(torch.randn(2, 3, 16, 16)).shape == (2, 32)
+    assert image(torch.randn(2, 3, 16, 16), tokens=True).shape == (2, 5, 32)  # CLS + 4 patches
+    audio = build(resolve(str(tiny_wav2vec2)), Modality.AUDIO)
+    assert audio(torch.randn(2, 2000)).shape == (2, 32)
+
+
+def test_packaged_minilm_and_efficientnet_embed():
+    ref = resolve("minilm")
+    text = build(ref, Modality.TEXT).eval()
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(ref.path)
+    ids = torch.tensor(tok(["a dog runs", "a puppy is running", "stock prices fell"], padding=True)["input_ids"])
+    with torch.no_grad():
+        e = torch.nn.functional.normalize(text(ids), dim=-1)
+    assert e.shape == (3, 384)
+    assert e[0] @ e[1] > e[0] @ e[2]  # real pretrained semantics, not random weights
+    image = build(resolve("efficientnet-lite0"), Modality.IMAGE).eval()
+    with torch.no_grad():
+        assert image(torch.randn(1, 3, 224, 224)).shape == (1, 1280)
+
+
+def test_unknown_hub_model_offline_says_what_to_do(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(EncoderNotFound, match=r"'nobody/no-such-model'.*local-dir.*folder path"):
+        resolve("nobody/no-such-model")
+
+
+def frozen(tiny_bert, tmp_path, **kw):
+    return MultimodalPredictor(label="y", fusion="early", ignore=["clip", "price", "shade", "score"],
+                               text_encoder=str(tiny_bert), cache_dir=tmp_path / "cache", **(QUICK | kw))  # fmt: skip
+
+
+def test_frozen_cache_hit_invalidation_and_corruption(tiny_bert, synth_split, tmp_path):
+    train, test = synth_split
+    p = frozen(tiny_bert, tmp_path).fit(train)
+    n = len(pd.read_csv(train))
+    assert p.metrics_["feature_cache"]["caption"]["misses"] == pd.read_csv(train)["caption"].nunique()
+    assert p.config()["encoders"]["caption"]["kind"] == "frozen"
+    # Second fit: every text comes from the cache.
+    q = frozen(tiny_bert, tmp_path).fit(train)
+    stats = q.metrics_["feature_cache"]["caption"]
+    assert stats["misses"] == 0 and stats["hits"] == n
+    # A changed text is recomputed alone.
+    df = pd.read_csv(train)
+    df.loc[0, "caption"] = "a brand new caption about a dog"
+    changed = train.parent / "changed.csv"
+    df.to_csv(changed, index=False)
+    assert frozen(tiny_bert, tmp_path).fit(changed).metrics_["feature_cache"]["caption"]["misses"] == 1
+    # A corrupted shard is deleted and recomputed, not a crash.
+    shards = list((tmp_path / "cache").rglob("shard-*.safetensors"))
+    for s in shards:
+        s.write_bytes(b"not a safetensors file")
+    r = frozen(tiny_bert, tmp_path).fit(train)
+    assert r.metrics_["feature_cache"]["caption"]["misses"] > 0
+    assert r.evaluate(test)["accuracy"] > 0.4
+
+
+def test_frozen_does_not_change_encoder_weights_and_round_trips(tiny_bert, synth_split, tmp_path):
+    from safetensors.torch import load_file
+
+    train, test = synth_split
+    p = frozen(tiny_bert, tmp_path, max_epochs=2).fit(train)
+    before = load_file(str(tiny_bert / "model.safetensors"))
+    folder = p.save(tmp_path / "m")
+    assert not any(k.startswith("encoders.") and "backbone" in k for k in load_file(str(folder / "model.safetensors")))
+    q = MultimodalPredictor.load(folder)
+    np.testing.assert_allclose(q.predict_proba(test).to_numpy(), p.predict_proba(test).to_numpy(), atol=1e-6)
+    after = load_file(str(tiny_bert / "model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_finetune_changes_encoder_weights_and_saves_them(tiny_vit, synth_split, tmp_path):
+    train, test = synth_split
+    p = MultimodalPredictor(label="y", fusion="early", ignore=["caption", "clip", "price", "shade", "score"],
+                            image_encoder=str(tiny_vit), freeze=False, **(QUICK | {"max_epochs": 2}))  # fmt: skip
+    from transformers import ViTModel
+
+    original = ViTModel.from_pretrained(tiny_vit).state_dict()
+    p.fit(train)
+    tuned = p.engine.net.encoders[p.engine.net.keys["image"]].backbone.model.state_dict()
+    assert any(not torch.equal(original[k], tuned[k]) for k in original)
+    folder = p.save(tmp_path / "ft")
+    assert (folder / "encoders" / p.engine.net.keys["image"] / "config.json").exists()
+    q = MultimodalPredictor.load(folder)
+    np.testing.assert_allclose(q.predict_proba(test).to_numpy(), p.predict_proba(test).to_numpy(), atol=1e-5)
+
+
+def test_finetune_top_layers_only(tiny_bert, synth_split):
+    train, _ = synth_split
+    p = MultimodalPredictor(label="y", fusion="late", ignore=["image", "clip", "price", "shade", "score"],
+                            text_encoder=str(tiny_bert), freeze=False, finetune_layers=1,
+                            **(QUICK | {"max_epochs": 1}))  # fmt: skip
+    p.fit(train)
+    bb = p.engine.net.encoders[p.engine.net.keys["caption"]].backbone.model
+    trainable = {n for n, t in bb.named_parameters() if t.requires_grad}
+    assert any(n.startswith("encoder.layer.1.") for n in trainable)
+    assert not any(n.startswith(("encoder.layer.0.", "embeddings.")) for n in trainable)
+
+
+def test_lora_trains_adapters_only(tiny_bert, synth_split, tmp_path):
+    train, test = synth_split
+    p = MultimodalPredictor(label="y", fusion="early", ignore=["image", "clip", "price", "shade", "score"],
+                            text_encoder=str(tiny_bert), freeze=False, lora=True,
+                            **(QUICK | {"max_epochs": 1}))  # fmt: skip
+    p.fit(train)
+    bb = p.engine.net.encoders[p.engine.net.keys["caption"]].backbone.model
+    trainable = [n for n, t in bb.named_parameters() if t.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    q = MultimodalPredictor.load(p.save(tmp_path / "lora"))
+    np.testing.assert_allclose(q.predict_proba(test).to_numpy(), p.predict_proba(test).to_numpy(), atol=1e-5)
+
+
+def test_pretrained_audio_frozen(tiny_wav2vec2, synth_split, tmp_path):
+    train, test = synth_split
+    p = MultimodalPredictor(label="y", fusion="attention", ignore=["price", "shade", "score"],
+                            audio_encoder=str(tiny_wav2vec2), cache_dir=tmp_path / "c", **QUICK)  # fmt: skip
+    p.fit(train)
+    assert p.config()["encoders"]["clip"]["kind"] == "frozen"
+    assert p.evaluate(test)["accuracy"] > 0.8  # image + text still solve it; audio rides along
+
+
+def test_load_says_which_encoder_is_missing(tiny_bert, synth_split, tmp_path):
+    import shutil
+
+    train, _ = synth_split
+    moved = tmp_path / "bert_copy"
+    shutil.copytree(tiny_bert, moved)
+    p = frozen(moved, tmp_path, max_epochs=1).fit(train)
+    folder = p.save(tmp_path / "m")
+    shutil.rmtree(moved)
+    with pytest.raises(EncoderNotFound, match=r"column 'caption' needs the frozen encoder .*bert_copy"):
+        MultimodalPredictor.load(folder)
