@@ -46,5 +46,6 @@ def test_late_weights_renormalize_over_present_inputs():
 
 
 def test_unknown_fusion_lists_choices():
-    with pytest.raises(ValueError, match=r"unknown fusion 'concat'; choose one of \['attention', 'early', 'late'\]"):
+    choices = r"\['attention', 'cross_attention', 'early', 'gmu', 'late', 'low_rank', 'tensor'\]"
+    with pytest.raises(ValueError, match=rf"unknown fusion 'concat'; choose one of {choices}"):
         build_fusion("concat", DIMS, 2)

@@ -4,14 +4,24 @@ from __future__ import annotations
 
 from polymodal.fusion.attention import AttentionFusion
 from polymodal.fusion.base import Fusion
+from polymodal.fusion.cross_attention import CrossAttentionFusion
 from polymodal.fusion.early import EarlyFusion
+from polymodal.fusion.gmu import GMUFusion
 from polymodal.fusion.late import LateFusion
+from polymodal.fusion.low_rank import LowRankFusion
+from polymodal.fusion.tensor import TensorFusion
 
 FUSIONS: dict[str, type[Fusion]] = {
     "early": EarlyFusion,
     "late": LateFusion,
     "attention": AttentionFusion,
+    "gmu": GMUFusion,
+    "tensor": TensorFusion,
+    "low_rank": LowRankFusion,
+    "cross_attention": CrossAttentionFusion,
 }
+# Late ensembling of separately trained unimodal models is `fusion/ensemble.py` (ProbabilityEnsemble): it is
+# built by `polymodal compare` from trained members, so it is not a choice for end-to-end `fit`.
 
 
 def build_fusion(name: str, dims: dict[str, int], n_outputs: int, **kwargs) -> Fusion:
@@ -20,4 +30,15 @@ def build_fusion(name: str, dims: dict[str, int], n_outputs: int, **kwargs) -> F
     return FUSIONS[name](dims, n_outputs, **kwargs)
 
 
-__all__ = ["FUSIONS", "Fusion", "build_fusion", "EarlyFusion", "LateFusion", "AttentionFusion"]
+__all__ = [
+    "FUSIONS",
+    "Fusion",
+    "build_fusion",
+    "EarlyFusion",
+    "LateFusion",
+    "AttentionFusion",
+    "GMUFusion",
+    "TensorFusion",
+    "LowRankFusion",
+    "CrossAttentionFusion",
+]

@@ -1,0 +1,630 @@
+"""`polymodal compare`: the fusion leaderboard on the user's own data.
+
+Trains every unimodal baseline (the same model with the other inputs left out), every selected fusion and the
+late ensembles of the unimodal models, over K seeds on the same splits; measures the task metric, macro-F1,
+parameters, train seconds, inference ms/sample and peak memory, plus robustness to missing and noisy
+modalities and each modality's contribution (see robustness.py). Writes a ranked leaderboard (CSV, JSON),
+one model folder per entry and seed, and report.html.
+
+Sharing work between entries: the tables are read, every image/audio file decoded and every frozen pretrained
+encoder run (through the feature cache) once per compare; the preprocessing is fitted and applied once per seed
+(it depends on that seed's training rows) and its arrays are shared by every entry of the seed, as are the noisy
+test inputs. Scratch and fine-tuned encoders train end to end inside each model, so they have no output to share.
+
+Resuming: each entry's result is written (atomically) after its model folder; a re-run with the same data and
+settings skips every entry whose result is there, so an interrupted compare picks up where it stopped.
+
+This module orchestrates `MultimodalPredictor`s, so like the facade it sits on top of the other layers.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from polymodal import __version__
+from polymodal.data.io import read_table
+from polymodal.data.schema import Schema, infer_schema
+from polymodal.evaluation.robustness import NoisyInputs, evaluate_robustness
+from polymodal.evaluation.subset import select_features, sub_preprocessor, sub_schema
+from polymodal.model.artifact import read_json, write_json
+from polymodal.preprocess import Features, Preprocessor
+from polymodal.tasks import Task
+
+log = logging.getLogger("polymodal")
+
+UNIMODAL_FUSION = "early"  # with one input, early fusion is just that input's encoder and the task head
+ENSEMBLES = ("ensemble-average", "ensemble-stack")
+RESULT, OUTPUTS, TARGETS = "compare_result.json", "test_outputs.npy", "test_targets.npy"
+LEADERBOARD = "leaderboard"
+REPORT = "report.html"
+
+
+def fusion_choices() -> list[str]:
+    from polymodal.fusion import FUSIONS
+
+    return list(FUSIONS) + list(ENSEMBLES)
+
+
+def parse_fusions(fusions: str | list[str]) -> list[str]:
+    """'all', or a comma-separated list / a list of fusion names and ensemble-average / ensemble-stack."""
+    choices = fusion_choices()
+    names = [f.strip() for f in (fusions.split(",") if isinstance(fusions, str) else fusions) if f.strip()]
+    if names == ["all"]:
+        return choices
+    unknown = [f for f in names if f not in choices]
+    if unknown:
+        raise ValueError(f"unknown fusion(s) {unknown}; choose 'all' or among {choices}")
+    return list(dict.fromkeys(names))
+
+
+@dataclass
+class Entry:
+    name: str
+    kind: str  # unimodal | fusion | ensemble
+    inputs: list[str]
+    fusion: str  # the fusion strategy, or the ensemble mode
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^0-9A-Za-z_.-]+", "_", self.name)
+
+
+def plan_entries(inputs: list[str], fusions: list[str]) -> list[Entry]:
+    """Unimodal baselines first (the ensembles need them), then the fusions, then the ensembles."""
+    entries = [Entry(f"{n} only", "unimodal", [n], UNIMODAL_FUSION) for n in inputs]
+    if len(inputs) < 2:
+        return entries  # nothing to fuse
+    for f in fusions:
+        if f in ENSEMBLES:
+            entries.append(Entry(f, "ensemble", list(inputs), f.split("-", 1)[1]))
+        else:
+            entries.append(Entry(f, "fusion", list(inputs), f))
+    return entries
+
+
+# ---- data, decoded once ---------------------------------------------------------------------------------
+@dataclass
+class Split:
+    df: pd.DataFrame
+    media: dict[str, list]
+    frozen: dict[str, tuple[np.ndarray, np.ndarray]]  # frozen pretrained inputs: (embeddings, present)
+
+
+@dataclass
+class CompareData:
+    schema: Schema
+    preprocessor: Preprocessor  # holds only the pretrained inputs' settings; fitted per seed
+    train: Split
+    test: Split
+    valid: Split | None
+    dropped_rows: int
+    decode_seconds: float
+    feature_cache: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SeedData:
+    """One seed's preprocessed arrays, shared by every entry of that seed."""
+
+    seed: int
+    schema: Schema
+    preprocessor: Preprocessor
+    task: Task
+    df: pd.DataFrame
+    vdf: pd.DataFrame
+    test_df: pd.DataFrame
+    train_x: Features
+    valid_x: Features
+    test_x: Features
+    train_y: np.ndarray
+    valid_y: np.ndarray
+    test_y: np.ndarray
+    noisy: NoisyInputs | None
+    dropped_rows: int
+    preprocess_seconds: float
+    trained: dict[str, Any] = field(default_factory=dict)  # unimodal entry name -> its InferenceEngine
+
+
+def load_data(template: Any, train: Any, test: Any | None, valid: Any | None, test_fraction: float) -> CompareData:
+    """Read and validate the tables once, decode their media and run the frozen pretrained encoders once (through
+    the feature cache), with the predictor's own checks and bad-row policy, as `MultimodalPredictor.fit` does."""
+    from polymodal.data.validate import check_columns
+    from polymodal.model.pipeline import FeaturePipeline
+    from polymodal.predictor import MultimodalPredictor
+    from polymodal.preprocess import PreprocessConfig
+
+    start = time.perf_counter()
+    table = read_table(train)
+    schema = infer_schema(table[0], template.label, template.modalities, template.ignore, template.problem_type)
+    check_columns(table[0], schema, training=True)
+    config = PreprocessConfig(
+        **(template.preprocess_config.to_dict() | {"pretrained": template._pretrained_config(schema)})
+    )
+    base = Preprocessor(schema, config).fit_pretrained(table[0], table[1])
+    pipeline = FeaturePipeline(schema, base, template.cache_dir, progress=template.train_config.progress)
+    df, media, frozen, problems = template._load_rows(train, pipeline, training=True, table=table)
+    dropped = len({p.row for p in problems})
+    vsplit = None
+    if valid is not None:
+        vdf, vmedia, vfrozen, vproblems = template._load_rows(valid, pipeline, training=False)
+        vsplit, dropped = Split(vdf, vmedia, vfrozen), dropped + len({p.row for p in vproblems})
+    if test is not None:
+        tdf, tmedia, tfrozen, tproblems = template._load_rows(test, pipeline, training=False)
+        dropped += len({p.row for p in tproblems})
+    else:
+        # One held-out test split for every seed and entry, stratified like the predictor's validation split.
+        splitter = MultimodalPredictor(label=template.label, valid_fraction=test_fraction, seed=0)
+        (df, media, frozen), (tdf, tmedia, tfrozen) = splitter._split(df, media, frozen, schema)
+    cache = {k: dict(e.stats) for k, e in pipeline._extractors.items()}
+    return CompareData(schema, base, Split(df, media, frozen), Split(tdf, tmedia, tfrozen), vsplit, dropped,
+                       time.perf_counter() - start, cache)  # fmt: skip
+
+
+def prepare_seed(data: CompareData, template: Any, seed: int, noise_levels: int) -> SeedData:
+    """Split (unless a validation table was given), fit the preprocessing on that seed's training rows, and
+    transform every split once for all the entries of the seed. Frozen pretrained inputs arrive as embeddings
+    already (computed once per compare in `load_data`), so only the fusions and heads train on them."""
+    start = time.perf_counter()
+    schema = data.schema
+    tr = data.train
+    if data.valid is None:
+        template.train_config.seed = seed
+        (df, media, frozen), (vdf, vmedia, vfrozen) = template._split(tr.df, tr.media, tr.frozen, schema)
+    else:
+        (df, media, frozen), (vdf, vmedia, vfrozen) = (
+            (tr.df, tr.media, tr.frozen),
+            (data.valid.df, data.valid.media, data.valid.frozen),
+        )
+    if schema.problem_type.is_classification and df[schema.label].nunique() < 2:
+        raise ValueError(f"the label {schema.label!r} has a single class in the training rows")
+    pre = Preprocessor(schema, data.preprocessor.config)
+    pre.state = copy.deepcopy(data.preprocessor.state)  # the pretrained inputs' settings; fit adds the rest
+    pre.fit(df, media)
+    task = Task.fit(schema.problem_type, df[schema.label])
+    test = data.test
+    sd = SeedData(
+        seed=seed, schema=schema, preprocessor=pre, task=task, df=df, vdf=vdf, test_df=test.df,
+        train_x=pre.transform(df, media, frozen), valid_x=pre.transform(vdf, vmedia, vfrozen),
+        test_x=pre.transform(test.df, test.media, test.frozen),
+        train_y=task.encode_targets(df[schema.label]), valid_y=task.encode_targets(vdf[schema.label]),
+        test_y=task.encode_targets(test.df[schema.label]),
+        noisy=NoisyInputs(pre, test.df, test.media, noise_levels, seed) if noise_levels > 0 else None,
+        dropped_rows=data.dropped_rows, preprocess_seconds=0.0,
+    )  # fmt: skip
+    sd.preprocess_seconds = time.perf_counter() - start
+    return sd
+
+
+def fit_on_features(p: Any, sd: SeedData, inputs: list[str]) -> Any:
+    """`MultimodalPredictor.fit` from the point where the data is decoded and preprocessed, on the seed's shared
+    arrays restricted to `inputs`. The predictor ends up exactly as `fit` leaves it (saveable, loadable)."""
+    from polymodal.model.inference import InferenceEngine
+    from polymodal.model.network import MultimodalNet
+    from polymodal.predictor import fingerprint
+    from polymodal.training import train as run_training
+
+    start = time.perf_counter()
+    schema = sub_schema(sd.schema, inputs)
+    pre = sub_preprocessor(sd.preprocessor, schema)
+    names = list(schema.inputs)
+    train_x, valid_x = select_features(sd.train_x, names), select_features(sd.valid_x, names)
+    net = MultimodalNet(schema.inputs, pre.input_specs(), sd.task, p.fusion, p.embed_dim, p.hidden, p.dropout)
+    if any(x["mode"] == "finetune" for x in pre.config.pretrained.values()):
+        p._prefer_bf16()
+    result = run_training(net, sd.task, schema.inputs, train_x, sd.train_y, valid_x, sd.valid_y, p.train_config)
+    p.schema, p.ignore, p.dropped_ = schema, list(schema.ignored), []
+    p.engine = InferenceEngine(schema, pre, sd.task, net, cache_dir=p.cache_dir)
+    p.metrics_ = {
+        "valid": sd.task.metrics(sd.vdf[schema.label], p.engine.outputs(valid_x)) | {"data": fingerprint(sd.vdf)},
+        "train_rows": len(sd.df),
+        "valid_rows": len(sd.vdf),
+        "dropped_rows": sd.dropped_rows,
+        "fit_seconds": round(time.perf_counter() - start, 3),
+    } | result
+    return p
+
+
+# ---- measuring ----------------------------------------------------------------------------------------------
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB; a peak, not current
+
+
+class PeakMemory:
+    """Peak memory an entry adds: resident memory sampled every 20 ms, minus its level at the start (MB).
+
+    In one process the entries share the decoded data and the interpreter, so the growth during an entry is
+    what that entry costs; on a GPU the CUDA allocator's own peak is reported too."""
+
+    def __init__(self, interval: float = 0.02):
+        self.interval, self.peak_mb, self.gpu_peak_mb = interval, 0.0, None
+        self._stop = threading.Event()
+
+    def __enter__(self) -> PeakMemory:
+        import torch
+
+        self._base = self._peak = _rss_bytes()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._peak = max(self._peak, _rss_bytes())
+
+    def __exit__(self, *exc: object) -> None:
+        import torch
+
+        self._stop.set()
+        self._thread.join()
+        self._peak = max(self._peak, _rss_bytes())
+        self.peak_mb = round(max(0, self._peak - self._base) / 2**20, 1)
+        if torch.cuda.is_available():
+            self.gpu_peak_mb = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+
+
+def encoder_pass_seconds(sd: SeedData, template: Any) -> float:
+    """One forward pass of every (freshly built) encoder over all rows: what frozen encoders would cost once."""
+    import torch
+
+    from polymodal.model.batch import iterate_batches
+    from polymodal.model.network import MultimodalNet
+
+    net = MultimodalNet(
+        sd.schema.inputs, sd.preprocessor.input_specs(), sd.task, UNIMODAL_FUSION, template.embed_dim,
+        template.hidden, template.dropout,
+    ).eval()  # fmt: skip
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for feats in (sd.train_x, sd.valid_x, sd.test_x):
+            for batch in iterate_batches(feats, 256):
+                for name in sd.schema.inputs:
+                    net.encoders[net.keys[name]](batch["inputs"][name])
+    return time.perf_counter() - start
+
+
+def evaluate_model(model: Any, sd: SeedData, permutations: int) -> dict[str, Any]:
+    """Test metrics, inference time and robustness of one fitted model (an engine or an ensemble)."""
+    from polymodal.predictor import fingerprint
+
+    feats = select_features(sd.test_x, list(model.schema.inputs))
+    start = time.perf_counter()
+    outputs = model.outputs(feats)
+    infer_ms = 1000.0 * (time.perf_counter() - start) / max(1, len(feats))
+    metrics = sd.task.metrics(sd.test_df[sd.schema.label], outputs) | {"data": fingerprint(sd.test_df)}
+    robustness = evaluate_robustness(model, sd.test_x, sd.test_y, sd.noisy, permutations, seed=sd.seed)
+    return {"metrics": metrics, "outputs": outputs, "infer_ms_per_sample": round(infer_ms, 4), "robustness": robustness}
+
+
+# ---- files --------------------------------------------------------------------------------------------------
+def _save_array(path: Path, array: np.ndarray) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, np.asarray(array), allow_pickle=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_array(path: Path) -> np.ndarray:
+    return np.load(path, allow_pickle=False)
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        pd.DataFrame(rows).to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _settings_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _done(folder: Path, settings: str) -> dict | None:
+    """The entry's saved result if it was finished with these settings (else it is redone)."""
+    path = folder / RESULT
+    if not path.exists():
+        return None
+    try:
+        result = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return result if result.get("settings") == settings else None
+
+
+# ---- the leaderboard ----------------------------------------------------------------------------------------
+def _mean(values: list) -> float:
+    v = [x for x in values if x is not None and np.isfinite(x)]
+    return float(np.mean(v)) if v else float("nan")
+
+
+def _spread(values: list[float]) -> tuple[float, float]:
+    """(standard deviation, half-width of the 95 % t-interval of the mean); NaN with one seed."""
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
+    if len(v) < 2:
+        return float("nan"), float("nan")
+    from scipy import stats
+
+    std = float(v.std(ddof=1))
+    return std, float(stats.t.ppf(0.975, len(v) - 1) * std / np.sqrt(len(v)))
+
+
+def aggregate(results: list[dict], entries: list[Entry], metric: str, higher: bool) -> list[dict]:
+    """One ranked row per entry: mean, std and 95 % interval over seeds, costs, robustness per input."""
+    rows = []
+    all_inputs = list(dict.fromkeys(n for e in entries for n in e.inputs))
+    for e in entries:
+        rs = [r for r in results if r["entry"] == e.name]
+        if not rs:
+            continue
+        scores = [r["metrics"][metric] for r in rs]
+        std, ci = _spread(scores)
+        row: dict[str, Any] = {"rank": 0, "entry": e.name, "kind": e.kind, "inputs": "+".join(e.inputs)}
+        row |= {"seeds": len(rs), f"{metric}_mean": _mean(scores), f"{metric}_std": std, f"{metric}_ci95": ci}
+        if "f1_macro" in rs[0]["metrics"]:
+            f1 = [r["metrics"]["f1_macro"] for r in rs]
+            row |= {"f1_macro_mean": _mean(f1), "f1_macro_std": _spread(f1)[0]}
+        row |= {
+            "parameters": int(_mean([r["parameters"] for r in rs])),
+            "train_seconds": round(_mean([r["train_seconds"] for r in rs]), 2),
+            "infer_ms_per_sample": round(_mean([r["infer_ms_per_sample"] for r in rs]), 4),
+            "peak_mem_mb": round(_mean([r["peak_mem_mb"] for r in rs]), 1),
+        }
+        for n in all_inputs:
+            row[f"missing:{n}"] = _mean([r["robustness"]["missing"].get(n) for r in rs]) if n in e.inputs else None
+        for n in all_inputs:
+            rel = [r["robustness"].get("noise", {}).get(n, {}).get("relative_robustness") for r in rs]
+            row[f"robustness:{n}"] = _mean(rel) if n in e.inputs and any(x is not None for x in rel) else None
+        rows.append(row)
+    key = f"{metric}_mean"
+    rows.sort(key=lambda r: (-r[key] if higher else r[key], -r.get("f1_macro_mean", 0.0)))
+    for i, r in enumerate(rows):
+        r["rank"] = i + 1
+    return rows
+
+
+def leaderboard_table(board: dict[str, Any]):
+    """The ranked leaderboard as a rich table."""
+    from rich.table import Table
+
+    metric = board["metric"]
+    t = Table(title=f"leaderboard: {metric} on the test rows, mean ± std over {board['seeds']} seed(s)")
+    cols = ["#", "entry", metric, "macro-F1", "params", "train s", "infer ms/row", "peak MB", "rel. robustness"]
+    for c in cols:
+        t.add_column(c, justify="left" if c == "entry" else "right")
+
+    def pm(m: float, s: float) -> str:
+        return f"{m:.4f}" + ("" if s != s else f" ± {s:.4f}")
+
+    for r in board["leaderboard"]:
+        rel = [v for k, v in r.items() if k.startswith("robustness:") and v is not None]
+        t.add_row(
+            str(r["rank"]), r["entry"], pm(r[f"{metric}_mean"], r[f"{metric}_std"]),
+            pm(r["f1_macro_mean"], r["f1_macro_std"]) if "f1_macro_mean" in r else "-",
+            f"{r['parameters']:,}", f"{r['train_seconds']:.1f}", f"{r['infer_ms_per_sample']:.3f}",
+            f"{r['peak_mem_mb']:.0f}", f"{np.mean(rel):.3f}" if rel else "-",
+        )  # fmt: skip
+    return t
+
+
+# ---- the compare --------------------------------------------------------------------------------------------
+class _Run:
+    """The state of one compare: data decoded on first need, one seed's arrays at a time."""
+
+    def __init__(self, template: Any, options: dict, train: Any, test: Any, valid: Any, output: Path,
+                 test_fraction: float, noise_levels: int, permutations: int):  # fmt: skip
+        self.template, self.options = template, options
+        self.train, self.test, self.valid = train, test, valid
+        self.output, self.test_fraction = output, test_fraction
+        self.noise_levels, self.permutations = noise_levels, permutations
+        self.data: CompareData | None = None
+        self.sd: SeedData | None = None
+        self.encoder_seconds: float | None = None
+        self.task: dict | None = None
+
+    def seed_data(self, seed: int) -> SeedData:
+        if self.sd is None or self.sd.seed != seed:
+            if self.data is None:
+                self.data = load_data(self.template, self.train, self.test, self.valid, self.test_fraction)
+            self.sd = prepare_seed(self.data, self.template, seed, self.noise_levels)
+            if self.encoder_seconds is None:
+                pass_s = encoder_pass_seconds(self.sd, self.template)
+                self.encoder_seconds = self.data.decode_seconds + self.sd.preprocess_seconds + pass_s
+            if self.task is None:  # the report's confusion matrix and ROC curves need the test labels
+                self.task = self.sd.task.to_dict()
+                _save_array(self.output / TARGETS, self.sd.test_y)
+        return self.sd
+
+    def folder(self, entry: Entry, seed: int) -> Path:
+        return self.output / "models" / entry.slug / f"seed{seed}"
+
+    def run_entry(self, entry: Entry, seed: int, members: list[Entry], done: dict[str, dict]) -> dict[str, Any]:
+        """Fit (or assemble), evaluate and save one entry; returns its result without the bookkeeping keys."""
+        from polymodal.evaluation.ensemble import EnsembleModel
+        from polymodal.predictor import MultimodalPredictor
+
+        sd = self.seed_data(seed)
+        folder = self.folder(entry, seed)
+        start = time.perf_counter()
+        with PeakMemory() as mem:
+            if entry.kind == "ensemble":
+                engines = {}
+                for m in members:
+                    if m.name not in sd.trained:  # trained by an earlier, interrupted run
+                        sd.trained[m.name] = MultimodalPredictor.load(self.folder(m, seed)).engine
+                    engines[m.inputs[0]] = sd.trained[m.name]
+                model = EnsembleModel(engines, entry.fusion).fit_stacking(sd.valid_x, sd.valid_y)
+                ev = evaluate_model(model, sd, self.permutations)
+                # An ensemble costs the training of all its members, plus the stacking fit.
+                members_s = sum(done[m.name]["train_seconds"] for m in members)
+                extra = {"parameters": model.parameters, "epochs": None, "history": [],
+                         "train_seconds": round(members_s + time.perf_counter() - start, 3)}  # fmt: skip
+            else:
+                p = MultimodalPredictor(label=self.template.label, fusion=entry.fusion, seed=seed, **self.options)
+                fit_on_features(p, sd, entry.inputs)
+                model = p.engine
+                ev = evaluate_model(model, sd, self.permutations)
+                if entry.kind == "unimodal":
+                    sd.trained[entry.name] = model
+                extra = {
+                    "parameters": sum(t.numel() for t in model.net.parameters()),
+                    "train_seconds": p.metrics_["train_seconds"],
+                    "epochs": p.metrics_["epochs"],
+                    "history": p.metrics_["history"],
+                }
+        if entry.kind == "ensemble":
+            model.save(folder, {m.inputs[0]: self.folder(m, seed) for m in members}, {"test": ev["metrics"]})
+        else:
+            p.metrics_["test"] = ev["metrics"]
+            p.save(folder)
+        _save_array(folder / OUTPUTS, ev["outputs"])
+        return extra | {
+            "metrics": ev["metrics"], "infer_ms_per_sample": ev["infer_ms_per_sample"], "peak_mem_mb": mem.peak_mb,
+            "gpu_peak_mb": mem.gpu_peak_mb, "robustness": ev["robustness"],
+            "seconds": round(time.perf_counter() - start, 3),
+        }  # fmt: skip
+
+
+def compare(
+    train: Any,
+    label: str,
+    output: str | os.PathLike[str],
+    *,
+    test: Any | None = None,
+    valid: Any | None = None,
+    fusions: str | list[str] = "all",
+    seeds: int | list[int] = 3,
+    noise_levels: int = 5,
+    permutations: int = 3,
+    test_fraction: float = 0.2,
+    report: bool = True,
+    log_fn: Callable[[str], None] | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Run the leaderboard; returns what leaderboard.json holds. `seeds`: how many (0, 1, ...), or which.
+    `options` go to every `MultimodalPredictor` (modalities, ignore, problem_type, preprocess, embed_dim,
+    max_epochs, modality_dropout, ...). Entries finished before with the same data and settings are reused, so
+    separate processes may run different seeds into one folder and a last call gathers them."""
+    from polymodal.predictor import MultimodalPredictor, fingerprint
+
+    say = log_fn or log.info
+    wall_start = time.perf_counter()
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else sorted(set(seeds))
+    if not seed_list:
+        raise ValueError("seeds must be at least 1")
+    for key in ("label", "fusion", "seed"):
+        if key in options:
+            raise ValueError(f"{key!r} is set by compare itself")
+    options = {"progress": False} | options
+    template = MultimodalPredictor(label=label, **options)
+    selected = parse_fusions(fusions)
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+
+    # What a finished entry's result must match to be reused: the data and every setting that changes it.
+    tables = {k: v for k, v in (("train", train), ("valid", valid), ("test", test)) if v is not None}
+    fingerprints = {k: fingerprint(read_table(v)[0]) for k, v in tables.items()}
+    schema = infer_schema(read_table(train)[0], label, template.modalities, template.ignore, template.problem_type)
+    entries = plan_entries(list(schema.inputs), selected)
+    base = {
+        "version": __version__, "data": fingerprints, "schema": schema.to_dict(), "options": options,
+        "test_fraction": test_fraction if test is None else None, "noise_levels": noise_levels,
+        "permutations": permutations,
+    }  # fmt: skip
+
+    run = _Run(template, options, train, test, valid, output, test_fraction, noise_levels, permutations)
+    results: list[dict] = []
+    ran = skipped = 0
+    total = len(entries) * len(seed_list)
+    for seed in seed_list:
+        done: dict[str, dict] = {}
+        for entry in entries:
+            members = [e for e in entries if e.kind == "unimodal"] if entry.kind == "ensemble" else []
+            spec = {"entry": entry.name, "kind": entry.kind, "inputs": entry.inputs, "fusion": entry.fusion}
+            if members:  # an ensemble is stale once any of its members was trained again
+                spec["members"] = {m.inputs[0]: done[m.name]["run_id"] for m in members}
+            settings = _settings_hash(base | spec | {"seed": seed})
+            result = _done(run.folder(entry, seed), settings)
+            if result is not None:
+                result = result | {"resumed": True}
+                skipped += 1
+                say(f"[{len(results) + 1}/{total}] {entry.name} seed {seed}: finished before, skipped")
+            else:
+                result = spec | {"seed": seed, "settings": settings, "run_id": uuid.uuid4().hex}
+                result |= run.run_entry(entry, seed, members, done)
+                write_json(run.folder(entry, seed) / RESULT, result)  # last: it marks the entry as finished
+                ran += 1
+                m = result["robustness"]["metric"]
+                score, secs = result["metrics"][m], result["seconds"]
+                say(f"[{len(results) + 1}/{total}] {entry.name} seed {seed}: {m} {score:.4f} ({secs:.0f} s)")
+            results.append(result)
+            done[entry.name] = result
+
+    wall = time.perf_counter() - wall_start
+    # The whole compare's time, counting the entries an earlier (interrupted or parallel) run finished.
+    wall_total = wall + sum(r["seconds"] for r in results if r.get("resumed"))
+    metric, higher = results[0]["robustness"]["metric"], results[0]["robustness"]["higher_is_better"]
+    path = output / f"{LEADERBOARD}.json"
+    previous = read_json(path) if path.exists() else {}
+    encoder_s = run.encoder_seconds or previous.get("encoder_pass_seconds")  # all resumed: keep the earlier one
+    board = {
+        "kind": "polymodal-compare",
+        "polymodal_version": __version__,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "label": label,
+        "problem_type": schema.problem_type.value,
+        "inputs": {n: m.value for n, m in schema.inputs.items()},
+        "task": run.task or previous.get("task"),
+        "metric": metric,
+        "higher_is_better": higher,
+        "seeds": len(seed_list),
+        "noise_levels": noise_levels,
+        "entries_run": ran,
+        "entries_skipped": skipped,
+        "wall_seconds": round(wall, 2),
+        "wall_seconds_total": round(wall_total, 2),
+        "encoder_pass_seconds": None if encoder_s is None else round(encoder_s, 3),
+        "wall_over_encoder_pass": None if not encoder_s else round(wall_total / encoder_s, 2),
+        "feature_cache": run.data.feature_cache if run.data is not None else previous.get("feature_cache", {}),
+        "data": fingerprints,
+        "options": options,
+        "leaderboard": aggregate(results, entries, metric, higher),
+        "results": [{k: v for k, v in r.items() if k not in ("history", "resumed")} for r in results],
+    }
+    write_json(path, board)
+    _write_csv(output / f"{LEADERBOARD}.csv", board["leaderboard"])
+    if report:
+        from polymodal.evaluation.report import compare_report, write_html
+
+        write_html(output / REPORT, compare_report(output))
+    return board

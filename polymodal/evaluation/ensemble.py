@@ -1,0 +1,193 @@
+"""Late ensembles of separately trained unimodal models (average, or stacking fitted on validation outputs).
+
+An `EnsembleModel` behaves like an `InferenceEngine` for evaluation: `schema`, `task`, `preprocessor`,
+`features(df, base_dir)` and `outputs(features, present=...)`. Its folder holds `ensemble.json` (the mode, the
+combiner's few numbers, and the members' model folders as relative paths) and `metrics.json`; no pickle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from polymodal import __version__
+from polymodal.data.schema import Schema
+from polymodal.data.validate import Problem
+from polymodal.evaluation.subset import merge_features, select_features
+from polymodal.fusion.ensemble import MODES, ProbabilityEnsemble
+from polymodal.model.artifact import METRICS, read_json, write_json
+from polymodal.model.pipeline import FeaturePipeline
+from polymodal.preprocess import Features, Preprocessor
+from polymodal.tasks import Task
+
+ENSEMBLE = "ensemble.json"
+
+
+def _union_schema(schemas: list[Schema]) -> Schema:
+    columns: dict = {}
+    for s in schemas:
+        columns |= s.columns
+    first = schemas[0]
+    return Schema(columns, first.label, first.problem_type, [c for c in first.ignored if c not in columns])
+
+
+class EnsembleModel:
+    def __init__(self, members: dict[str, Any], mode: str, combiner: ProbabilityEnsemble | None = None):
+        """`members`: fusion input name -> the `InferenceEngine` of a model trained on that input alone."""
+        if mode not in MODES:
+            raise ValueError(f"unknown ensemble mode {mode!r}; choose one of {list(MODES)}")
+        if len(members) < 2:
+            raise ValueError("an ensemble needs at least two unimodal members")
+        for name, engine in members.items():
+            if list(engine.schema.inputs) != [name]:
+                raise ValueError(f"member {name!r} must be a model of that one input, not {list(engine.schema.inputs)}")
+        self.members, self.mode = dict(members), mode
+        first = next(iter(members.values()))
+        self.task: Task = first.task
+        self.schema = _union_schema([e.schema for e in members.values()])
+        self.members = {n: members[n] for n in self.schema.inputs}  # the fusion order of the inputs
+        config = first.preprocessor.config
+        if hasattr(config, "pretrained"):  # every member's pretrained encoder, for the shared pipeline
+            pretrained = {n: e.preprocessor.config.pretrained[n] for n, e in self.members.items()
+                          if n in e.preprocessor.config.pretrained}  # fmt: skip
+            config = dataclasses.replace(config, pretrained=pretrained)
+        self.preprocessor = Preprocessor(self.schema, config)
+        self.preprocessor.state = {n: e.preprocessor.state[n] for n, e in self.members.items()}
+        self.pipeline = FeaturePipeline(self.schema, self.preprocessor, progress=False)
+        k = self.task.n_outputs
+        self.combiner = combiner or ProbabilityEnsemble(
+            {n: k for n in self.members}, k, mode=mode, classification=self.task.is_classification
+        )
+        self.combiner.eval()
+
+    # ---- inference ---------------------------------------------------------------------------------
+    def member_outputs(self, features: Features, present: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(n, n_members, n_outputs) member outputs (standardized predictions for regression) and the mask."""
+        feats = select_features(features, list(self.members))
+        mask = feats.present if present is None else feats.present & present
+        outs = []
+        for j, (name, engine) in enumerate(self.members.items()):
+            o = engine.outputs(select_features(feats, [name]), present=mask[:, [j]])
+            if not self.task.is_classification:
+                o = ((o - self.task.y_mean) / self.task.y_std)[:, None]
+            outs.append(o.astype(np.float32))
+        return np.stack(outs, axis=1), mask
+
+    @torch.inference_mode()
+    def outputs(self, features: Features, batch_size: int = 256, present: np.ndarray | None = None) -> np.ndarray:
+        x, mask = self.member_outputs(features, present)
+        emb = {n: torch.from_numpy(x[:, j]) for j, n in enumerate(self.members)}
+        return self.task.outputs(self.combiner(emb, torch.from_numpy(mask)))
+
+    def features(self, df: pd.DataFrame, base_dir: Path, on_bad_rows: str = "error") -> tuple[Features, list[Problem]]:
+        """Each member's own features of the table (decoded by each member), side by side."""
+        parts, problems = [], []
+        for engine in self.members.values():
+            f, p = engine.features(df, base_dir, on_bad_rows=on_bad_rows)
+            parts.append(f)
+            problems += p
+        return merge_features(parts), problems
+
+    @property
+    def parameters(self) -> int:
+        members = sum(sum(t.numel() for t in e.net.parameters()) for e in self.members.values())
+        return members + (sum(t.numel() for t in self.combiner.parameters()) if self.mode == "stack" else 0)
+
+    # ---- stacking ----------------------------------------------------------------------------------
+    def fit_stacking(self, valid_features: Features, valid_targets: np.ndarray, c: float = 1.0) -> EnsembleModel:
+        """Fit the stacking model on validation outputs (scikit-learn), with each member also shown as absent
+        (its mean output in its place), so the stack knows what to do when a modality is missing."""
+        if self.mode != "stack":
+            return self
+        x, mask = self.member_outputs(valid_features)
+        n, m, k = x.shape
+        impute = np.stack(
+            [x[mask[:, j], j].mean(axis=0) if mask[:, j].any() else x[:, j].mean(axis=0) for j in range(m)]
+        )
+        rows = [np.where(mask[:, :, None], x, impute[None])]
+        for j in range(m):
+            hidden = rows[0].copy()
+            hidden[:, j] = impute[j]
+            rows.append(hidden)
+        X = np.concatenate(rows).reshape(-1, m * k)
+        y = np.tile(valid_targets, m + 1)
+        weight, bias = np.zeros((k, m * k)), np.zeros(k)
+        if self.task.is_classification:
+            from sklearn.linear_model import LogisticRegression
+
+            seen = np.unique(y)
+            if len(seen) < 2:
+                raise ValueError("stacking needs at least two classes in the validation rows")
+            lr = LogisticRegression(C=c, max_iter=2000).fit(X, y)
+            if len(seen) == 2:  # scikit-learn keeps one row of weights: logit of seen[1] against seen[0]
+                weight[seen[1]], bias[seen[1]] = lr.coef_[0], lr.intercept_[0]
+            else:
+                weight[seen], bias[seen] = lr.coef_, lr.intercept_
+            unseen = np.setdiff1d(np.arange(k), seen)
+            bias[unseen] = min(bias[seen].min(), 0.0) - 20.0  # classes absent from validation: never predicted
+        else:
+            from sklearn.linear_model import Ridge
+
+            r = Ridge(alpha=c).fit(X, y)
+            weight[0], bias[0] = r.coef_, r.intercept_
+        self.combiner.set_linear(weight, bias, impute)
+        return self
+
+    # ---- persistence -------------------------------------------------------------------------------
+    def save(
+        self, folder: str | os.PathLike[str], member_folders: dict[str, Path], metrics: dict | None = None
+    ) -> Path:
+        """Write ensemble.json (+ metrics.json) atomically; members are referenced by relative path."""
+        folder = Path(folder).resolve()
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        spec = {
+            "kind": "polymodal-ensemble",
+            "polymodal_version": __version__,
+            "mode": self.mode,
+            "members": {n: os.path.relpath(Path(member_folders[n]).resolve(), folder) for n in self.members},
+            "task": self.task.to_dict(),
+            "combiner": {
+                "weight": self.combiner.linear.weight.detach().tolist(),
+                "bias": self.combiner.linear.bias.detach().tolist(),
+                "impute": self.combiner.impute.detach().tolist(),
+            },
+        }
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
+        try:
+            write_json(tmp / ENSEMBLE, spec)
+            write_json(tmp / METRICS, metrics or {})
+            if folder.exists():
+                old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+                os.replace(folder, old)
+                os.replace(tmp, folder)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike[str]) -> EnsembleModel:
+        from polymodal.predictor import MultimodalPredictor
+
+        folder = Path(folder)
+        spec = read_json(folder / ENSEMBLE)
+        members = {n: MultimodalPredictor.load(folder / rel).engine for n, rel in spec["members"].items()}
+        model = cls(members, spec["mode"])
+        c = spec["combiner"]
+        model.combiner.set_linear(np.asarray(c["weight"]), np.asarray(c["bias"]), np.asarray(c["impute"]))
+        return model
+
+
+def is_ensemble_folder(folder: str | os.PathLike[str]) -> bool:
+    return (Path(folder) / ENSEMBLE).exists()
