@@ -36,7 +36,9 @@ def fit(
     train: Path = typer.Argument(..., help="Training table: .csv, .tsv, .parquet or .jsonl"),
     label: str = typer.Option(..., "--label", "-y", help="The column to predict"),
     output: Path = typer.Option(..., "--output", "-o", help="Model folder to write"),
-    fusion: str = typer.Option("attention", help="early | late | attention"),
+    fusion: str = typer.Option(
+        "attention", help="early | late | attention | gmu | tensor | low_rank | cross_attention"
+    ),
     valid: Path | None = typer.Option(None, help="Validation table (default: a stratified 10 % split of train)"),
     text: list[str] = typer.Option([], "--text", help="Treat this column as text (repeatable)"),
     image: list[str] = typer.Option([], "--image", help="Treat this column as image paths (repeatable)"),

@@ -374,6 +374,12 @@ class MultimodalPredictor:
             dropout=config["dropout"], valid_fraction=config.get("valid_fraction", 0.1),
             **{k: train[k] for k in ("max_epochs", "batch_size", "lr", "weight_decay", "patience", "seed")},
         )  # fmt: skip
+        from dataclasses import fields
+
+        from polymodal.training import TrainConfig
+
+        known = {f.name for f in fields(TrainConfig)}
+        p.train_config = TrainConfig(**{k: v for k, v in train.items() if k in known})  # every setting, as trained
         preprocessor = Preprocessor.from_dict(schema, preprocess)
         specs = cls._relink_encoders(Path(folder), preprocessor, config["input_specs"])
         task = Task.from_dict(config["task"])
