@@ -174,10 +174,7 @@ class MultimodalPredictor:
 
     def fit(self, train: Any, valid: Any | None = None) -> MultimodalPredictor:
         """Train on `train` (path or DataFrame); validate on `valid`, or on a stratified 10 % split of train."""
-        from polymodal.model.inference import InferenceEngine
-        from polymodal.model.network import MultimodalNet
         from polymodal.tasks import Task
-        from polymodal.training import train as run_training
 
         start = time.perf_counter()
         from polymodal.model.pipeline import FeaturePipeline
@@ -203,29 +200,48 @@ class MultimodalPredictor:
         preprocessor.fit(df, media)
         task = Task.fit(schema.problem_type, df[schema.label])
         train_x, valid_x = pipeline.features(df, media, frozen), pipeline.features(vdf, vmedia, vfrozen)
-        train_y, valid_y = task.encode_targets(df[schema.label]), task.encode_targets(vdf[schema.label])
+        train_y = task.encode_targets(df[schema.label])
 
+        self.fit_features(schema, preprocessor, task, train_x, train_y, valid_x, vdf, start=start)
+        self.metrics_["train_rows"] = len(df)
+        self.metrics_["dropped_rows"] = len({(p.row, p.reason.startswith("[valid]")) for p in self.dropped_})
+        self.metrics_["feature_cache"] = {k: e.stats for k, e in pipeline._extractors.items()}
+        return self
+
+    def fit_features(
+        self,
+        schema: Schema,
+        preprocessor: Preprocessor,
+        task: Any,
+        train_x: Features,
+        train_y: np.ndarray,
+        valid_x: Features,
+        valid_df: pd.DataFrame,
+        start: float | None = None,
+    ) -> MultimodalPredictor:
+        """The training half of `fit`, on data already decoded and preprocessed (`compare` shares that work
+        across its entries). Leaves the predictor exactly as `fit` does: usable, saveable, loadable."""
+        from polymodal.model.inference import InferenceEngine
+        from polymodal.model.network import MultimodalNet
+        from polymodal.training import train as run_training
+
+        start = time.perf_counter() if start is None else start
         net = MultimodalNet(
-            schema.inputs,
-            preprocessor.input_specs(),
-            task,
-            self.fusion,
-            self.embed_dim,
-            self.hidden,
-            self.dropout,
+            schema.inputs, preprocessor.input_specs(), task, self.fusion, self.embed_dim, self.hidden, self.dropout
         )
-        if any(p["mode"] == "finetune" for p in config.pretrained.values()):
+        if any(p["mode"] == "finetune" for p in preprocessor.config.pretrained.values()):
             self._prefer_bf16()
+        valid_y = task.encode_targets(valid_df[schema.label])
         result = run_training(net, task, schema.inputs, train_x, train_y, valid_x, valid_y, self.train_config)
         self.schema = schema
         self.engine = InferenceEngine(schema, preprocessor, task, net, cache_dir=self.cache_dir)
         self.metrics_ = {
-            "valid": task.metrics(vdf[schema.label], self.engine.outputs(valid_x)) | {"data": fingerprint(vdf)},
-            "train_rows": len(df),
-            "valid_rows": len(vdf),
-            "dropped_rows": len({(p.row, p.reason.startswith("[valid]")) for p in self.dropped_}),
+            "valid": task.metrics(valid_df[schema.label], self.engine.outputs(valid_x))
+            | {"data": fingerprint(valid_df)},
+            "train_rows": len(train_x),
+            "valid_rows": len(valid_df),
+            "dropped_rows": 0,
             "fit_seconds": round(time.perf_counter() - start, 3),
-            "feature_cache": {k: e.stats for k, e in pipeline._extractors.items()},
         } | result
         return self
 

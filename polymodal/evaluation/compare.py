@@ -214,29 +214,13 @@ def prepare_seed(data: CompareData, template: Any, seed: int, noise_levels: int)
 def fit_on_features(p: Any, sd: SeedData, inputs: list[str]) -> Any:
     """`MultimodalPredictor.fit` from the point where the data is decoded and preprocessed, on the seed's shared
     arrays restricted to `inputs`. The predictor ends up exactly as `fit` leaves it (saveable, loadable)."""
-    from polymodal.model.inference import InferenceEngine
-    from polymodal.model.network import MultimodalNet
-    from polymodal.predictor import fingerprint
-    from polymodal.training import train as run_training
-
-    start = time.perf_counter()
     schema = sub_schema(sd.schema, inputs)
     pre = sub_preprocessor(sd.preprocessor, schema)
     names = list(schema.inputs)
     train_x, valid_x = select_features(sd.train_x, names), select_features(sd.valid_x, names)
-    net = MultimodalNet(schema.inputs, pre.input_specs(), sd.task, p.fusion, p.embed_dim, p.hidden, p.dropout)
-    if any(x["mode"] == "finetune" for x in pre.config.pretrained.values()):
-        p._prefer_bf16()
-    result = run_training(net, sd.task, schema.inputs, train_x, sd.train_y, valid_x, sd.valid_y, p.train_config)
-    p.schema, p.ignore, p.dropped_ = schema, list(schema.ignored), []
-    p.engine = InferenceEngine(schema, pre, sd.task, net, cache_dir=p.cache_dir)
-    p.metrics_ = {
-        "valid": sd.task.metrics(sd.vdf[schema.label], p.engine.outputs(valid_x)) | {"data": fingerprint(sd.vdf)},
-        "train_rows": len(sd.df),
-        "valid_rows": len(sd.vdf),
-        "dropped_rows": sd.dropped_rows,
-        "fit_seconds": round(time.perf_counter() - start, 3),
-    } | result
+    p.fit_features(schema, pre, sd.task, train_x, sd.train_y, valid_x, sd.vdf)
+    p.ignore, p.dropped_ = list(schema.ignored), []
+    p.metrics_["dropped_rows"] = sd.dropped_rows
     return p
 
 
