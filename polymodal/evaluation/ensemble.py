@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,7 @@ from polymodal.data.schema import Schema
 from polymodal.data.validate import Problem
 from polymodal.evaluation.subset import merge_features, select_features
 from polymodal.fusion.ensemble import MODES, ProbabilityEnsemble
-from polymodal.model.artifact import METRICS, read_json, write_json
+from polymodal.model.artifact import METRICS, atomic_folder, read_json, write_json
 from polymodal.model.pipeline import FeaturePipeline
 from polymodal.preprocess import Features, Preprocessor
 from polymodal.tasks import Task
@@ -160,20 +158,9 @@ class EnsembleModel:
                 "impute": self.combiner.impute.detach().tolist(),
             },
         }
-        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
-        try:
+        with atomic_folder(folder) as tmp:
             write_json(tmp / ENSEMBLE, spec)
             write_json(tmp / METRICS, metrics or {})
-            if folder.exists():
-                old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-                os.replace(folder, old)
-                os.replace(tmp, folder)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return folder
 
     @classmethod

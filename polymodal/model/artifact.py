@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,28 +46,15 @@ def read_json(path: Path) -> Any:
         return json.load(f)
 
 
-def save_folder(
-    folder: Path,
-    config: dict,
-    state_dict: dict,
-    preprocess: dict,
-    metrics: dict,
-    extra_files: dict[str, Path] | None = None,
-) -> Path:
-    """Write everything to a temporary sibling folder, then swap it into place in one rename."""
-    from safetensors.torch import save_file
-
+@contextlib.contextmanager
+def atomic_folder(folder: Path) -> Iterator[Path]:
+    """Yield a temporary sibling folder to write into; on success swap it into place, on failure remove it.
+    A crash never leaves a half-written folder where the finished one belongs."""
     folder = Path(folder).resolve()
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
     try:
-        write_json(tmp / CONFIG, config)
-        save_file({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, str(tmp / WEIGHTS))
-        write_json(tmp / PREPROCESS, preprocess)
-        write_json(tmp / METRICS, metrics)
-        for name, src in (extra_files or {}).items():
-            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, tmp / name)
+        yield tmp
         if folder.exists():
             old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
             os.replace(folder, old)
@@ -76,7 +65,28 @@ def save_folder(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return folder
+
+
+def save_folder(
+    folder: Path,
+    config: dict,
+    state_dict: dict,
+    preprocess: dict,
+    metrics: dict,
+    extra_files: dict[str, Path] | None = None,
+) -> Path:
+    """Write the model folder atomically: config, weights (safetensors), preprocessing, metrics, extra files."""
+    from safetensors.torch import save_file
+
+    with atomic_folder(folder) as tmp:
+        write_json(tmp / CONFIG, config)
+        save_file({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, str(tmp / WEIGHTS))
+        write_json(tmp / PREPROCESS, preprocess)
+        write_json(tmp / METRICS, metrics)
+        for name, src in (extra_files or {}).items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, tmp / name)
+    return Path(folder).resolve()
 
 
 def load_folder(folder: Path) -> tuple[dict, dict, dict, dict]:
