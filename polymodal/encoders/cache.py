@@ -103,7 +103,10 @@ class FrozenExtractor:
     @property
     def module(self) -> torch.nn.Module:
         if self._module is None:
-            self._module = build(self.ref, self.modality, pad_id=self.st.get("pad_id", 0)).to(self.device).eval()
+            module = build(self.ref, self.modality, pad_id=self.st.get("pad_id", 0)).to(self.device).eval()
+            if self.modality is Modality.IMAGE:
+                module = module.to(memory_format=torch.channels_last)
+            self._module = module
         return self._module
 
     def _decode(self, data: bytes) -> Any:
@@ -130,9 +133,14 @@ class FrozenExtractor:
             keys[i] = hashlib.sha256(data).hexdigest()
             raw[i] = data
         found = self.cache.get([k for k in keys if k])
-        todo = [i for i in raw if keys[i] not in found]
-        self.stats["hits"] += len(raw) - len(todo)
-        self.stats["misses"] += len(todo)
+        # Each distinct content is encoded once, however many rows repeat it.
+        first: dict[str, int] = {}
+        for i in raw:
+            if keys[i] not in found:
+                first.setdefault(keys[i], i)
+        todo = list(first.values())
+        self.stats["hits"] += len(raw) - sum(keys[i] not in found for i in raw)
+        self.stats["misses"] += sum(keys[i] not in found for i in raw)
         new = self._encode_missing(column, todo, raw, keys, problems)
         self.cache.put(new)
         found |= new
@@ -166,7 +174,9 @@ class FrozenExtractor:
                 ok = [(i, d) for i, d in zip(chunk, decoded, strict=True) if not isinstance(d, Problem)]
                 problems += [d for d in decoded if isinstance(d, Problem)]
                 if ok:
-                    x = torch.from_numpy(self.inputs([d for _, d in ok])).to(self.device)
+                    x = torch.from_numpy(self.inputs([d for _, d in ok], pad_to_longest=True)).to(self.device)
+                    if x.dim() == 4:  # images: convolutions run ~2x faster channels-last on CPUs
+                        x = x.contiguous(memory_format=torch.channels_last)
                     with torch.inference_mode():
                         emb = self.module(x).float().cpu().numpy()
                     new |= {keys[i]: emb[j] for j, (i, _) in enumerate(ok)}

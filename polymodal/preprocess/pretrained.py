@@ -82,10 +82,15 @@ class PretrainedInputs:
             len(ids) for ids in self._load_tool()(texts, truncation=True, max_length=self.st["model_max"])["input_ids"]
         ]
 
-    def __call__(self, values: list[Any]) -> np.ndarray:
+    def __call__(self, values: list[Any], pad_to_longest: bool = False) -> np.ndarray:
+        """Model inputs for a batch. Text pads to the fitted length so arrays stack across a dataset, or, with
+        `pad_to_longest` (one-off extraction), only to the batch's longest text: far less wasted compute."""
         if self.modality is Modality.TEXT:
             enc = self._load_tool()(
-                [str(v) for v in values], padding="max_length", truncation=True, max_length=self.st["max_len"]
+                [str(v) for v in values],
+                padding="longest" if pad_to_longest else "max_length",
+                truncation=True,
+                max_length=self.st["max_len"],
             )
             return np.asarray(enc["input_ids"], dtype=np.int64)
         if self.modality is Modality.IMAGE:
