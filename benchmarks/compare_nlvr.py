@@ -47,11 +47,16 @@ def main() -> None:
     ap.add_argument("--nlvr", type=Path, help="default: SHARED/data/nlvr")
     ap.add_argument("--tables", type=Path, default=Path("/tmp/polymodal_nlvr_tables"))
     ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--preset", choices=["scratch", "pretrained"], default="scratch",
+                    help="pretrained: frozen MiniLM + EfficientNet-Lite0 through the feature cache")  # fmt: skip
+    ap.add_argument("--cache-dir", type=Path, help="feature cache (use an empty one to time the encoder pass)")
     a = ap.parse_args()
     train, valid, test = nlvr_tables(a.nlvr or a.shared / "data" / "nlvr", a.tables)
+    extra = {"preset": a.preset, "cache_dir": str(a.cache_dir)} if a.preset == "pretrained" else {}
     run_benchmark(
-        "compare_nlvr", a, train, test, "label", valid=valid, ignore=["example", "fold"],
-        modalities={"sentence": "text", "image": "image"}, preprocess={"image_size": a.image_size},
+        "compare_nlvr" if a.preset == "scratch" else "compare_nlvr_pretrained", a, train, test, "label",
+        valid=valid, ignore=["example", "fold"], modalities={"sentence": "text", "image": "image"},
+        preprocess={"image_size": a.image_size}, **extra,
     )  # fmt: skip
 
 
