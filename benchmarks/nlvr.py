@@ -9,9 +9,11 @@ early, late and attention fusion, each with scratch encoders (images squashed to
 once for all pretrained entries: the pretrained early fusion runs first and fills the cache). Test metrics per row
 (`evaluate`) and per example (the six permutations' probabilities averaged), beside the majority class.
 
-    python benchmarks/nlvr.py [--nlvr ../shared/data/nlvr] [--max-epochs 15] [--image-size 64] [--cache-dir DIR]
+    python benchmarks/nlvr.py [--nlvr ../shared/data/nlvr] [--max-epochs 15] [--scratch-max-epochs N] [--resume]
 
-Prints a table and writes benchmarks/results/nlvr.json. Data: Cornell NLVR v1 (research use; cite the paper).
+Prints a table and writes benchmarks/results/nlvr.json after every entry; `--resume` (same settings) keeps the
+finished entries of a killed run and the feature cache (--cache-dir, default $TMPDIR/polymodal_nlvr_cache).
+Data: Cornell NLVR v1 (research use; cite the paper).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import sys
 import tempfile
@@ -40,9 +43,14 @@ KINDS = {
 }
 PRESETS = ("scratch", "pretrained")
 # Run order: the pretrained early fusion (both columns) first, so it alone pays for the feature extraction.
-RUN_ORDER = [(k, "scratch") for k in KINDS] + [("early fusion", "pretrained")]
-RUN_ORDER += [(k, "pretrained") for k in KINDS if k != "early fusion"]
+RUN_ORDER = [("early fusion", "pretrained")] + [(k, "pretrained") for k in KINDS if k != "early fusion"]
+RUN_ORDER += [(k, "scratch") for k in KINDS]
 FULL_EPOCHS = 15
+NOTE = (
+    "max_epochs of the scratch entries reduced from {full} to {n} so the run fits the shared 2-core CPU: there one "
+    "scratch image epoch took 40 s to 4 minutes depending on the other jobs; the pretrained entries train on cached "
+    "embeddings in seconds per epoch and keep max_epochs"
+)
 PEERS = {
     "sklearn_logreg_tfidf_pixels_same_split": {"text": 0.553, "image": 0.529, "concatenated": 0.539},
     "published_nlvr_full_74k_train": {"cnn_rnn": 0.58, "nmn": 0.62, "note": "about; trained on the 74k train set"},
@@ -93,7 +101,7 @@ def run_entry(kind: str, preset: str, train, valid, test, a: argparse.Namespace)
         preset=preset,
         cache_dir=a.cache_dir,
         preprocess={"image_size": a.image_size},
-        max_epochs=a.max_epochs,
+        max_epochs=a.max_epochs if preset == "pretrained" else a.scratch_max_epochs,
         patience=a.patience,
         seed=a.seed,
         # Library bug (polymodal/training/fit.py, train()): image augmentation is applied to frozen image columns,
@@ -131,22 +139,63 @@ def run_entry(kind: str, preset: str, train, valid, test, a: argparse.Namespace)
     }
 
 
+def print_table(results: list[dict], baseline: dict, title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title)
+    for c in ("entry", "row acc", "row F1", "example acc", "example F1", "valid acc", "train s", "fit s", "epochs"):
+        t.add_column(c, justify="left" if c == "entry" else "right")
+
+    def cells(rw: dict, ex: dict) -> list[str]:
+        return [f"{rw['accuracy']:.4f}", f"{rw['f1_macro']:.4f}", f"{ex['accuracy']:.4f}", f"{ex['f1_macro']:.4f}"]
+
+    t.add_row(f"majority ({baseline['class']})", *cells(baseline["test_per_row"], baseline["test_per_example"]),
+              "", "", "", "")  # fmt: skip
+    for r in results:
+        extra = [f"{r['valid_accuracy']:.4f}", f"{r['train_seconds']:.1f}", f"{r['fit_seconds']:.1f}", str(r["epochs"])]
+        t.add_row(r["entry"], *cells(r["test_per_row"], r["test_per_example"]), *extra)
+    Console(width=140).print(t)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nlvr", type=Path, default=ROOT.parent / "shared" / "data" / "nlvr")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "nlvr.json")
     ap.add_argument("--max-epochs", type=int, default=FULL_EPOCHS)
+    ap.add_argument("--scratch-max-epochs", type=int, help="for the scratch entries (default: --max-epochs)")
     ap.add_argument("--patience", type=int, default=5)
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--valid-dir", default="0", help="dev image directory held out for validation")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--cache-dir", type=Path, help="feature cache shared by the pretrained entries (default: fresh)")
+    cache_help = "feature cache shared by the pretrained entries; emptied at the start unless --resume"
+    ap.add_argument(
+        "--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "polymodal_nlvr_cache", help=cache_help
+    )
     ap.add_argument("--entries", nargs="*", help='subset, e.g. "early fusion, pretrained"')
+    ap.add_argument("--resume", action="store_true", help="keep the finished entries of --out (same settings)")
     ap.add_argument("--limit", type=int, help="smoke test: the first N examples of each split only")
     a = ap.parse_args()
-    fresh_cache = a.cache_dir is None
-    a.cache_dir = a.cache_dir or Path(tempfile.mkdtemp(prefix="polymodal_nlvr_cache_"))
+    a.scratch_max_epochs = a.scratch_max_epochs or a.max_epochs
+    settings = {
+        "max_epochs": a.max_epochs,
+        "scratch_max_epochs": a.scratch_max_epochs,
+        "patience": a.patience,
+        "image_size": a.image_size,
+        "seed": a.seed,
+        "valid_directory": a.valid_dir,
+        "limit": a.limit,
+        "pretrained": {"text": "minilm (frozen)", "image": "efficientnet-lite0 (frozen)"},
+    }
+    previous = json.loads(a.out.read_text()) if a.resume and a.out.exists() else {}
+    if previous and previous.get("settings") != settings:
+        raise SystemExit(f"--resume: {a.out} was written with other settings: {previous.get('settings')}")
+    results = list(previous.get("results", []))
+    commands = previous.get("commands", []) + ["python benchmarks/nlvr.py " + shlex.join(sys.argv[1:])]
+    if not a.resume:
+        shutil.rmtree(a.cache_dir, ignore_errors=True)  # the first pretrained entry must pay for the encoders
     wall = time.perf_counter()
+    wall_before = previous.get("wall_seconds", 0.0)
 
     dev, test = nlvr_table(a.nlvr, "dev", a.limit), nlvr_table(a.nlvr, "hidden", a.limit)
     is_valid = dev["directory"] == a.valid_dir
@@ -163,104 +212,83 @@ def main() -> None:
           f"(directory {a.valid_dir}), test {len(test)} rows ({test['identifier'].nunique()} examples); "
           f"majority '{majority}' {baseline['test_per_row']['accuracy']:.4f}", flush=True)  # fmt: skip
 
+    def report(complete: bool) -> dict:
+        rank = {(k, p): i for i, (k, p) in enumerate((k, p) for p in PRESETS for k in KINDS)}
+        ordered = sorted(results, key=lambda r: rank[(r["kind"], r["preset"])])
+        pretrained = sorted((r for r in results if r["preset"] == "pretrained"), key=lambda r: r["finished"])
+        return {
+            "benchmark": "nlvr",
+            "command": commands[0],
+            "commands": commands,
+            "complete": complete,
+            "date": time.strftime("%Y-%m-%d"),
+            "wall_seconds": round(wall_before + time.perf_counter() - wall, 1),
+            "machine": {
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "platform": platform.platform(),
+                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+                "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()],
+            },
+            "data": {
+                "train": "dev minus the valid directory",
+                "valid": f"dev directory {a.valid_dir}",
+                "test": "hidden",
+                "train_rows": len(train),
+                "valid_rows": len(valid),
+                "test_rows": len(test),
+                "train_examples": int(train["identifier"].nunique()),
+                "test_examples": int(ex_test.size),
+            },
+            "settings": settings,
+            "note": NOTE.format(full=FULL_EPOCHS, n=a.scratch_max_epochs)
+            if a.scratch_max_epochs < FULL_EPOCHS
+            else None,
+            "majority_baseline": baseline,
+            "results": ordered,
+            "feature_cache": {
+                "what": "frozen encoders run by each pretrained entry, in run order: fit (train+valid) and test "
+                "(evaluate + predict_proba); one shared cache_dir, empty before the first",
+                "first": pretrained[0]["entry"] if pretrained else None,
+                "per_entry": {
+                    r["entry"]: {
+                        "fit_seconds": r["fit_seconds"],
+                        "train_seconds": r["train_seconds"],
+                        "fit": r["feature_extraction_fit"],
+                        "test": r["feature_extraction_test"],
+                    }
+                    for r in pretrained
+                },
+            },
+            "peers": PEERS,
+        }
+
+    def write(rep: dict) -> None:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = a.out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(rep, indent=2))
+        os.replace(tmp, a.out)
+
+    done = {r["entry"] for r in results}
     order = [e for e in RUN_ORDER if a.entries is None or f"{e[0]}, {e[1]}" in a.entries]
-    results = []
-    try:
-        for kind, preset in order:
-            r = run_entry(kind, preset, train, valid, test, a)
-            results.append(r)
-            enc = sum(s.get("encode_seconds", 0.0) for s in r["feature_extraction_fit"].values())
-            rw, ex = r["test_per_row"], r["test_per_example"]
-            print(f"{r['entry']:30s} row acc {rw['accuracy']:.4f} F1 {rw['f1_macro']:.4f}  example acc "
-                  f"{ex['accuracy']:.4f}  fit {r['fit_seconds']:.1f} s (train {r['train_seconds']:.1f}, "
-                  f"encoders {enc:.1f})  epochs {r['epochs']}", flush=True)  # fmt: skip
-    finally:
-        if fresh_cache:
-            shutil.rmtree(a.cache_dir, ignore_errors=True)
-    rank = {(k, p): i for i, (k, p) in enumerate((k, p) for p in PRESETS for k in KINDS)}
-    results.sort(key=lambda r: rank[(r["kind"], r["preset"])])
+    for kind, preset in order:
+        if f"{kind}, {preset}" in done:
+            continue
+        r = run_entry(kind, preset, train, valid, test, a) | {"finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        results.append(r)
+        write(report(complete=False))  # a killed run keeps what it finished (see --resume)
+        enc = sum(s.get("encode_seconds", 0.0) for s in r["feature_extraction_fit"].values())
+        rw, ex = r["test_per_row"], r["test_per_example"]
+        print(f"{r['entry']:30s} row acc {rw['accuracy']:.4f} F1 {rw['f1_macro']:.4f}  example acc "
+              f"{ex['accuracy']:.4f}  fit {r['fit_seconds']:.1f} s (train {r['train_seconds']:.1f}, "
+              f"encoders {enc:.1f})  epochs {r['epochs']}", flush=True)  # fmt: skip
 
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=f"NLVR v1: train dev (valid dir {a.valid_dir}), test hidden ({len(test)} rows)")
-    for c in ("entry", "row acc", "row F1", "example acc", "example F1", "valid acc", "train s", "fit s", "epochs"):
-        t.add_column(c, justify="left" if c == "entry" else "right")
-
-    def cells(rw: dict, ex: dict) -> list[str]:
-        return [f"{rw['accuracy']:.4f}", f"{rw['f1_macro']:.4f}", f"{ex['accuracy']:.4f}", f"{ex['f1_macro']:.4f}"]
-
-    t.add_row(f"majority ({majority})", *cells(baseline["test_per_row"], baseline["test_per_example"]), "", "", "", "")
-    for r in results:
-        extra = [f"{r['valid_accuracy']:.4f}", f"{r['train_seconds']:.1f}", f"{r['fit_seconds']:.1f}", str(r["epochs"])]
-        t.add_row(r["entry"], *cells(r["test_per_row"], r["test_per_example"]), *extra)
-    Console(width=140).print(t)
-
-    pretrained = [r for r in results if r["preset"] == "pretrained"]
-    first = next((r for r in pretrained if (r["kind"], r["preset"]) == order_first_pretrained(order)), None)
-    cache = {
-        "fresh_cache_dir": fresh_cache,
-        "first_pretrained_entry": first and first["entry"],
-        "per_entry": {
-            r["entry"]: {
-                "fit_seconds": r["fit_seconds"],
-                "train_seconds": r["train_seconds"],
-                "fit": r["feature_extraction_fit"],
-                "test": r["feature_extraction_test"],
-            }
-            for r in pretrained
-        },
-    }
-    wall_s = round(time.perf_counter() - wall, 1)
-    report = {
-        "benchmark": "nlvr",
-        "command": "python benchmarks/nlvr.py " + " ".join(sys.argv[1:]),
-        "date": time.strftime("%Y-%m-%d"),
-        "wall_seconds": wall_s,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-        },
-        "data": {
-            "limit": a.limit,
-            "train": "dev minus valid directory",
-            "valid_directory": a.valid_dir,
-            "test": "hidden",
-            "train_rows": len(train),
-            "valid_rows": len(valid),
-            "test_rows": len(test),
-            "train_examples": int(train["identifier"].nunique()),
-            "test_examples": int(ex_test.size),
-        },
-        "settings": {
-            "max_epochs": a.max_epochs,
-            "patience": a.patience,
-            "image_size": a.image_size,
-            "seed": a.seed,
-            "pretrained": {"text": "minilm (frozen)", "image": "efficientnet-lite0 (frozen)"},
-        },
-        "note": None
-        if a.max_epochs >= FULL_EPOCHS
-        else f"max_epochs reduced from {FULL_EPOCHS} to {a.max_epochs} so the run fits about half an hour on the "
-        "shared 2-core CPU: there one scratch image epoch takes about a minute (a 15-epoch attempt spent 630 s on the "
-        "image-only scratch entry, early-stopped after 10 epochs: row accuracy 0.5557; text-only scratch 0.5411 in "
-        "13 epochs) and the frozen encoders need about 15 minutes once",
-        "majority_baseline": baseline,
-        "results": results,
-        "feature_cache": cache,
-        "peers": PEERS,
-    }
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = a.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, a.out)
-    print(f"wrote {a.out} ({wall_s:.0f} s)")
-
-
-def order_first_pretrained(order: list[tuple[str, str]]) -> tuple[str, str] | None:
-    return next((e for e in order if e[1] == "pretrained"), None)
+    rep = report(complete={r["entry"] for r in results} >= {f"{k}, {p}" for k, p in RUN_ORDER})
+    print_table(
+        rep["results"], baseline, f"NLVR v1: train dev (valid dir {a.valid_dir}), test hidden ({len(test)} rows)"
+    )
+    write(rep)
+    print(f"wrote {a.out} ({rep['wall_seconds']:.0f} s in all)")
 
 
 if __name__ == "__main__":
