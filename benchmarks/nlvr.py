@@ -47,9 +47,10 @@ RUN_ORDER = [("early fusion", "pretrained")] + [(k, "pretrained") for k in KINDS
 RUN_ORDER += [(k, "scratch") for k in KINDS]
 FULL_EPOCHS = 15
 NOTE = (
-    "max_epochs of the scratch entries reduced from {full} to {n} so the run fits the shared 2-core CPU: there one "
-    "scratch image epoch took 40 s to 4 minutes depending on the other jobs; the pretrained entries train on cached "
-    "embeddings in seconds per epoch and keep max_epochs"
+    "max_epochs of the scratch entries reduced from {full} to {n} so the run fits about 20 minutes on the shared "
+    "2-core CPU: a scratch image epoch took 22-30 s in this run but up to ~4 minutes in an earlier attempt while "
+    "other jobs loaded the CPU; the pretrained entries train on cached embeddings (seconds per epoch) and keep "
+    "max_epochs with early stopping"
 )
 PEERS = {
     "sklearn_logreg_tfidf_pixels_same_split": {"text": 0.553, "image": 0.529, "concatenated": 0.539},

@@ -195,3 +195,14 @@ def test_load_says_which_encoder_is_missing(tiny_bert, synth_split, tmp_path):
     shutil.rmtree(moved)
     with pytest.raises(EncoderNotFound, match=r"column 'caption' needs the frozen encoder .*bert_copy"):
         MultimodalPredictor.load(folder)
+
+
+def test_frozen_image_column_trains_with_default_augmentation(tiny_vit, synth_split, tmp_path):
+    """Augmentation applies to pixels only: a frozen image column (embeddings) must not reach it."""
+    train, test = synth_split
+    p = MultimodalPredictor(label="y", fusion="early", ignore=["clip", "price", "shade", "score"],
+                            image_encoder=str(tiny_vit), cache_dir=tmp_path / "c", **QUICK)  # fmt: skip
+    assert p.train_config.augment
+    p.fit(train)
+    assert p.config()["encoders"]["image"]["kind"] == "frozen"
+    assert p.evaluate(test)["accuracy"] > 0.4

@@ -174,7 +174,8 @@ def train(
         gradient_clip_val=1.0,
         callbacks=callbacks,
     )
-    image_inputs = [n for n, m in inputs.items() if m is Modality.IMAGE]
+    # Only pixel inputs are augmented; a frozen image column arrives as (batch, dim) embeddings.
+    image_inputs = [n for n, m in inputs.items() if m is Modality.IMAGE and train_features.inputs[n].ndim == 4]
     module = LitMultimodal(net, task, image_inputs, cfg)
     generator = torch.Generator().manual_seed(cfg.seed)
     train_loader = DataLoader(
