@@ -61,13 +61,14 @@ def run_benchmark(
 
     console = Console(width=150)
     start = time.perf_counter()
+    say = lambda m: console.print(m, highlight=False)  # noqa: E731
+    common = dict(
+        test=test, valid=valid, fusions=args.fusions, noise_levels=args.noise_levels, noise_rows=args.noise_rows,
+        log_fn=say, max_epochs=args.max_epochs, patience=args.patience, accelerator=args.accelerator,
+        modality_dropout=args.modality_dropout, **options,
+    )  # fmt: skip
     if args.only_seed is not None:  # one process of --parallel: its seed's entries, no gathering
-        compare(
-            train, label, args.runs, test=test, valid=valid, fusions=args.fusions, seeds=[args.only_seed],
-            noise_levels=args.noise_levels, report=False, log_fn=lambda m: console.print(m, highlight=False),
-            max_epochs=args.max_epochs, patience=args.patience, accelerator=args.accelerator,
-            modality_dropout=args.modality_dropout, **options,
-        )  # fmt: skip
+        compare(train, label, args.runs, seeds=[args.only_seed], report=False, **common)
         return {}
     if args.parallel:
         # Each seed in its own process at once (the entries of a seed are independent of other seeds), then
@@ -79,15 +80,12 @@ def run_benchmark(
                  for k in range(args.seeds)]  # fmt: skip
         if any(p.wait() != 0 for p in procs):
             raise SystemExit("a seed's process failed; re-run to resume")
-    board = compare(
-        train, label, args.runs, test=test, valid=valid, fusions=args.fusions, seeds=args.seeds,
-        noise_levels=args.noise_levels, log_fn=lambda m: console.print(m, highlight=False),
-        max_epochs=args.max_epochs, patience=args.patience, accelerator=args.accelerator,
-        modality_dropout=args.modality_dropout, **options,
-    )  # fmt: skip
+    board = compare(train, label, args.runs, seeds=args.seeds, **common)
     wall = time.perf_counter() - start
     console.print(leaderboard_table(board))
-    settings = {k: getattr(args, k) for k in ("seeds", "fusions", "max_epochs", "patience", "noise_levels")}
+    settings = {
+        k: getattr(args, k) for k in ("seeds", "fusions", "max_epochs", "patience", "noise_levels", "noise_rows")
+    }
     settings |= {"modality_dropout": args.modality_dropout} | {k: v for k, v in options.items()}
     reduced = {k: settings[k] for k in FULL if settings[k] != FULL[k]}
     report = {
@@ -145,6 +143,7 @@ def arguments(default_runs: str, default_out: str, doc: str) -> argparse.Argumen
     ap.add_argument("--max-epochs", type=int, default=FULL["max_epochs"])
     ap.add_argument("--patience", type=int, default=8)
     ap.add_argument("--noise-levels", type=int, default=FULL["noise_levels"])
+    ap.add_argument("--noise-rows", type=int, default=1000, help="noise curves on a fixed sample of test rows")
     ap.add_argument("--modality-dropout", type=float, default=0.0)
     ap.add_argument("--accelerator", default="auto")
     ap.add_argument("--parallel", action="store_true", help="run the seeds in parallel processes, then gather")

@@ -291,6 +291,7 @@ def compare(
     fusions: str = typer.Option("all", help="'all' or a comma-separated list, e.g. early,gmu,ensemble-stack"),
     seeds: int = typer.Option(3, help="Seeds per entry (mean and std over them)"),
     noise_levels: int = typer.Option(5, help="Noise levels per modality for robustness (0: skip the noise)"),
+    noise_rows: int = typer.Option(1000, help="Measure the noise curves on a fixed sample of this many test rows"),
     text: list[str] = typer.Option([], "--text", help="Treat this column as text (repeatable)"),
     image: list[str] = typer.Option([], "--image", help="Treat this column as image paths (repeatable)"),
     audio: list[str] = typer.Option([], "--audio", help="Treat this column as audio paths (repeatable)"),
@@ -308,6 +309,14 @@ def compare(
     modality_dropout: float = typer.Option(0.0, help="Hide each modality with this probability in training"),
     on_bad_rows: str = typer.Option("error", help="error | skip"),
     accelerator: str = typer.Option("auto", help="auto | cpu | gpu"),
+    text_encoder: str | None = typer.Option(None, help="Pretrained text encoder: registry name, HF id or folder"),
+    image_encoder: str | None = typer.Option(None, help="Pretrained image encoder: registry name, HF id or folder"),
+    audio_encoder: str | None = typer.Option(None, help="Pretrained audio encoder: HF id or folder"),
+    preset: str | None = typer.Option(None, help="pretrained: the offline defaults (see `polymodal encoders`)"),
+    finetune: bool = typer.Option(
+        False, "--finetune/--freeze", help="Fine-tune pretrained encoders, or freeze them (encoders run once)"
+    ),
+    cache_dir: Path | None = typer.Option(None, help="Feature cache of frozen encoders (default: ~/.cache/polymodal)"),
 ) -> None:
     """Leaderboard of unimodal baselines, fusions and ensembles over seeds, with robustness and an HTML report.
 
@@ -325,6 +334,8 @@ def compare(
             problem_type=problem_type, preprocess={"image_size": image_size, "sample_rate": sample_rate},
             embed_dim=embed_dim, max_epochs=max_epochs, batch_size=batch_size, lr=lr, patience=patience,
             modality_dropout=modality_dropout, on_bad_rows=on_bad_rows, accelerator=accelerator,
+            noise_rows=noise_rows, text_encoder=text_encoder, image_encoder=image_encoder,
+            audio_encoder=audio_encoder, preset=preset, freeze=not finetune, cache_dir=cache_dir,
         )  # fmt: skip
         console.print(leaderboard_table(board))
         console.print(f"wrote {output / 'leaderboard.csv'}, {output / 'leaderboard.json'}, {output / 'report.html'}")
@@ -342,6 +353,7 @@ def report(
     table: Path | None = typer.Argument(None, help="Labelled table to evaluate on (not needed for a compare folder)"),
     output: Path = typer.Option(..., "--output", "-o", help="HTML file to write"),
     noise_levels: int = typer.Option(5, help="Noise levels per modality for robustness (0: skip the noise)"),
+    noise_rows: int = typer.Option(1000, help="Measure the noise curves on a fixed sample of this many rows"),
 ) -> None:
     """A self-contained HTML report: metrics, robustness, modality contribution, confusion matrix, ROC, curves."""
     from polymodal.evaluation.report import compare_report, model_report, write_html
@@ -364,7 +376,9 @@ def report(
                 engine, history = p.engine, p.metrics_.get("history")
             if history is None and (model / METRICS).exists():
                 history = read_json(model / METRICS).get("history")
-            html = model_report(engine, table, name=str(model), history=history, noise_levels=noise_levels)
+            html = model_report(
+                engine, table, name=str(model), history=history, noise_levels=noise_levels, noise_rows=noise_rows
+            )
         write_html(output, html)
         console.print(f"wrote {output}")
 

@@ -374,8 +374,11 @@ class MultimodalPredictor:
         )
 
     @classmethod
-    def load(cls, folder: str | os.PathLike[str], device: str = "cpu") -> MultimodalPredictor:
-        """Rebuild the exact model from its folder (safetensors weights, JSON everything else)."""
+    def load(
+        cls, folder: str | os.PathLike[str], device: str = "cpu", cache_dir: str | os.PathLike[str] | None = None
+    ) -> MultimodalPredictor:
+        """Rebuild the exact model from its folder (safetensors weights, JSON everything else). `cache_dir`: the
+        feature cache of its frozen encoders (default: ~/.cache/polymodal), e.g. the one it was fitted with."""
         from polymodal.model.artifact import load_folder
         from polymodal.model.inference import InferenceEngine
         from polymodal.model.network import MultimodalNet
@@ -404,7 +407,8 @@ class MultimodalPredictor:
         )  # fmt: skip
         net.load_state_dict(state, strict=True)
         p.schema, p.metrics_ = schema, metrics
-        p.engine = InferenceEngine(schema, preprocessor, task, net.to(device))
+        p.cache_dir = None if cache_dir is None else Path(cache_dir)
+        p.engine = InferenceEngine(schema, preprocessor, task, net.to(device), cache_dir=p.cache_dir)
         return p
 
     @staticmethod

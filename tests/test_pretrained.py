@@ -105,6 +105,10 @@ def test_frozen_cache_hit_invalidation_and_corruption(tiny_bert, synth_split, tm
     q = frozen(tiny_bert, tmp_path).fit(train)
     stats = q.metrics_["feature_cache"]["caption"]
     assert stats["misses"] == 0 and stats["hits"] == n
+    # Predicting those rows with the saved and reloaded model reuses the embeddings fit computed.
+    loaded = MultimodalPredictor.load(q.save(tmp_path / "m"), cache_dir=tmp_path / "cache")
+    loaded.predict(train)
+    assert loaded.engine.pipeline.extractor("caption").stats == {"hits": n, "misses": 0, "encode_seconds": 0.0}
     # A changed text is recomputed alone.
     df = pd.read_csv(train)
     df.loc[0, "caption"] = "a brand new caption about a dog"
@@ -206,3 +210,23 @@ def test_frozen_image_column_trains_with_default_augmentation(tiny_vit, synth_sp
     p.fit(train)
     assert p.config()["encoders"]["image"]["kind"] == "frozen"
     assert p.evaluate(test)["accuracy"] > 0.4
+
+
+def test_compare_measures_noise_on_frozen_inputs_once_for_every_seed(tiny_vit, synth_split, tmp_path):
+    """Noise on a frozen image column: the files are decoded, noised and embedded again through the cache, on a
+    fixed sample of test rows; the noisy embeddings are computed once and shared by the seeds and entries."""
+    from polymodal.evaluation.compare import compare
+
+    train, test = synth_split
+    board = compare(train, "y", tmp_path / "cmp", test=test, fusions=["early"], seeds=2, noise_levels=2,
+                    noise_rows=50, permutations=1, report=False, ignore=["clip", "price", "shade", "score"],
+                    image_encoder=str(tiny_vit), cache_dir=tmp_path / "c", **QUICK)  # fmt: skip
+    for r in board["results"]:
+        rob = r["robustness"]
+        if "image" in r["inputs"]:
+            scores = rob["noise"]["image"]["scores"]
+            assert len(scores) == 3 and all(0 <= x <= 1 for x in scores) and rob["noise_rows"] == 50
+            assert rob["noise"]["image"]["relative_robustness"] is not None
+    images = pd.concat([pd.read_csv(train), pd.read_csv(test)])["image"].nunique()
+    # Every distinct picture once, plus 2 levels x 50 noisy copies: not once per seed or per entry.
+    assert board["feature_cache"]["image"]["misses"] == images + 2 * 50

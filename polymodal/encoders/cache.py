@@ -14,6 +14,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,14 @@ class FeatureCache:
         self._load().update(items)
 
 
+def _decoded_key(item: Any) -> str:
+    """Cache key of decoded content; the prefix keeps it apart from the keys of file bytes and texts."""
+    if isinstance(item, str):
+        return hashlib.sha256(item.encode("utf-8")).hexdigest()  # a text is its own content, as in `_content`
+    a = np.ascontiguousarray(item)
+    return hashlib.sha256(f"array:{a.dtype.str}:{a.shape}:".encode() + a.tobytes()).hexdigest()
+
+
 def _content(value: Any, modality: Modality, base_dir: Path) -> bytes:
     if modality is Modality.TEXT:
         return str(value).encode("utf-8")
@@ -94,7 +103,9 @@ class FrozenExtractor:
     ):
         self.ref, self.modality, self.st = ref, modality, st
         self.inputs = PretrainedInputs(modality, st)
-        self.cache = FeatureCache(cache_dir, {"encoder": ref.fingerprint, "kind": ref.kind, "settings": st})
+        # "dim" is the encoder's output size, recorded in the state once known: not a setting of the input.
+        settings = {k: v for k, v in st.items() if k != "dim"}
+        self.cache = FeatureCache(cache_dir, {"encoder": ref.fingerprint, "kind": ref.kind, "settings": settings})
         self.batch_size, self.progress = batch_size, progress
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self._module = None
@@ -117,9 +128,8 @@ class FrozenExtractor:
         return data.decode("utf-8")
 
     def __call__(self, column: str, values: list[Any], base_dir: Path) -> tuple[np.ndarray, np.ndarray, list[Problem]]:
-        """(embeddings (n, dim), present (n,), problems)."""
-        n = len(values)
-        keys: list[str | None] = [None] * n
+        """(embeddings (n, dim), present (n,), problems) of the files or texts in `values`."""
+        keys: list[str | None] = [None] * len(values)
         problems: list[Problem] = []
         raw: dict[int, bytes] = {}
         for i, v in enumerate(values):
@@ -132,16 +142,41 @@ class FrozenExtractor:
                 continue
             keys[i] = hashlib.sha256(data).hexdigest()
             raw[i] = data
-        found = self.cache.get([k for k in keys if k])
+        emb, present = self._embed(column, keys, lambda i: self._safe_decode(column, i, raw[i]), problems)
+        return emb, present, problems
+
+    def decode(self, values: list[Any], base_dir: Path) -> list[Any]:
+        """The files or texts of `values` decoded as this encoder reads them; None where missing or unreadable."""
+        out: list[Any] = []
+        for v in values:
+            try:
+                out.append(None if is_missing(v) else self._decode(_content(v, self.modality, base_dir)))
+            except MediaError:
+                out.append(None)
+        return out
+
+    def embed_decoded(self, column: str, items: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+        """(embeddings, present) of already-decoded items (image arrays, waveforms or texts; None = absent), such
+        as the noisy copies of the robustness test; cached under the hash of the decoded content."""
+        keys = [None if is_missing(x) else _decoded_key(x) for x in items]
+        return self._embed(column, keys, lambda i: items[i], [])
+
+    def _embed(
+        self, column: str, keys: list[str | None], load: Callable[[int], Any], problems: list[Problem]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Look `keys` up in the cache and encode the rest; `load(i)` gives row i decoded (or a Problem)."""
+        n = len(keys)
+        rows = [i for i, k in enumerate(keys) if k]
+        found = self.cache.get([keys[i] for i in rows])
         # Each distinct content is encoded once, however many rows repeat it.
         first: dict[str, int] = {}
-        for i in raw:
+        for i in rows:
             if keys[i] not in found:
                 first.setdefault(keys[i], i)
-        todo = list(first.values())
-        self.stats["hits"] += len(raw) - sum(keys[i] not in found for i in raw)
-        self.stats["misses"] += sum(keys[i] not in found for i in raw)
-        new = self._encode_missing(column, todo, raw, keys, problems)
+        misses = sum(keys[i] not in found for i in rows)
+        self.stats["hits"] += len(rows) - misses
+        self.stats["misses"] += misses
+        new = self._encode_missing(column, list(first.values()), load, keys, problems)
         self.cache.put(new)
         found |= new
         dim = next(iter(found.values())).shape[-1] if found else int(self.st.get("dim", 0))
@@ -150,10 +185,10 @@ class FrozenExtractor:
         for i, k in enumerate(keys):
             if k in found:
                 out[i], present[i] = found[k], True
-        return out, present, problems
+        return out, present
 
     def _encode_missing(
-        self, column: str, todo: list[int], raw: dict[int, bytes], keys: list, problems: list[Problem]
+        self, column: str, todo: list[int], load: Callable[[int], Any], keys: list, problems: list[Problem]
     ) -> dict[str, np.ndarray]:
         new: dict[str, np.ndarray] = {}
         if not todo:
@@ -170,7 +205,7 @@ class FrozenExtractor:
             task = bar.add_task(f"embedding {column} with {self.ref.name}", total=len(todo))
             for s in range(0, len(todo), self.batch_size):
                 chunk = todo[s : s + self.batch_size]
-                decoded = list(pool.map(lambda i: self._safe_decode(column, i, raw[i]), chunk))
+                decoded = list(pool.map(load, chunk))
                 ok = [(i, d) for i, d in zip(chunk, decoded, strict=True) if not isinstance(d, Problem)]
                 problems += [d for d in decoded if isinstance(d, Problem)]
                 if ok:

@@ -40,7 +40,7 @@ import pandas as pd
 from polymodal import __version__
 from polymodal.data.io import read_table
 from polymodal.data.schema import Schema, infer_schema
-from polymodal.evaluation.robustness import NoisyInputs, evaluate_robustness
+from polymodal.evaluation.robustness import NoisyInputs, evaluate_robustness, noise_sample
 from polymodal.evaluation.subset import select_features, sub_preprocessor, sub_schema
 from polymodal.model.artifact import read_json, write_json
 from polymodal.preprocess import Features, Preprocessor
@@ -104,6 +104,7 @@ class Split:
     df: pd.DataFrame
     media: dict[str, list]
     frozen: dict[str, tuple[np.ndarray, np.ndarray]]  # frozen pretrained inputs: (embeddings, present)
+    base_dir: Path  # where the table's relative file paths start
 
 
 @dataclass
@@ -115,7 +116,8 @@ class CompareData:
     valid: Split | None
     dropped_rows: int
     decode_seconds: float
-    feature_cache: dict[str, Any] = field(default_factory=dict)
+    pipeline: Any  # the FeaturePipeline that ran the frozen encoders (the noise test embeds through it again)
+    noisy_frozen: dict = field(default_factory=dict)  # noisy frozen embeddings, shared by every seed
 
 
 @dataclass
@@ -162,24 +164,31 @@ def load_data(template: Any, train: Any, test: Any | None, valid: Any | None, te
     dropped = len({p.row for p in problems})
     vsplit = None
     if valid is not None:
-        vdf, vmedia, vfrozen, vproblems = template._load_rows(valid, pipeline, training=False)
-        vsplit, dropped = Split(vdf, vmedia, vfrozen), dropped + len({p.row for p in vproblems})
+        vtable = read_table(valid)
+        vdf, vmedia, vfrozen, vproblems = template._load_rows(valid, pipeline, training=False, table=vtable)
+        vsplit, dropped = Split(vdf, vmedia, vfrozen, vtable[1]), dropped + len({p.row for p in vproblems})
     if test is not None:
-        tdf, tmedia, tfrozen, tproblems = template._load_rows(test, pipeline, training=False)
+        ttable = read_table(test)
+        tdf, tmedia, tfrozen, tproblems = template._load_rows(test, pipeline, training=False, table=ttable)
         dropped += len({p.row for p in tproblems})
+        test_dir = ttable[1]
     else:
         # One held-out test split for every seed and entry, stratified like the predictor's validation split.
         splitter = MultimodalPredictor(label=template.label, valid_fraction=test_fraction, seed=0)
         (df, media, frozen), (tdf, tmedia, tfrozen) = splitter._split(df, media, frozen, schema)
-    cache = {k: dict(e.stats) for k, e in pipeline._extractors.items()}
-    return CompareData(schema, base, Split(df, media, frozen), Split(tdf, tmedia, tfrozen), vsplit, dropped,
-                       time.perf_counter() - start, cache)  # fmt: skip
+        test_dir = table[1]
+    return CompareData(schema, base, Split(df, media, frozen, table[1]), Split(tdf, tmedia, tfrozen, test_dir),
+                       vsplit, dropped, time.perf_counter() - start, pipeline)  # fmt: skip
 
 
-def prepare_seed(data: CompareData, template: Any, seed: int, noise_levels: int) -> SeedData:
+def prepare_seed(
+    data: CompareData, template: Any, seed: int, noise_levels: int, noise_rows: int | None = None
+) -> SeedData:
     """Split (unless a validation table was given), fit the preprocessing on that seed's training rows, and
     transform every split once for all the entries of the seed. Frozen pretrained inputs arrive as embeddings
-    already (computed once per compare in `load_data`), so only the fusions and heads train on them."""
+    already (computed once per compare in `load_data`), so only the fusions and heads train on them.
+    The noise is the same for every seed (noise seed 0), so every entry meets identical corruptions and the
+    noisy frozen embeddings are computed once per compare."""
     start = time.perf_counter()
     schema = data.schema
     tr = data.train
@@ -204,7 +213,10 @@ def prepare_seed(data: CompareData, template: Any, seed: int, noise_levels: int)
         test_x=pre.transform(test.df, test.media, test.frozen),
         train_y=task.encode_targets(df[schema.label]), valid_y=task.encode_targets(vdf[schema.label]),
         test_y=task.encode_targets(test.df[schema.label]),
-        noisy=NoisyInputs(pre, test.df, test.media, noise_levels, seed) if noise_levels > 0 else None,
+        noisy=NoisyInputs(
+            pre, test.df, test.media, noise_levels, rows=noise_sample(len(test.df), noise_rows),
+            pipeline=data.pipeline, base_dir=test.base_dir, frozen_memo=data.noisy_frozen,
+        ) if noise_levels > 0 else None,
         dropped_rows=data.dropped_rows, preprocess_seconds=0.0,
     )  # fmt: skip
     sd.preprocess_seconds = time.perf_counter() - start
@@ -426,11 +438,11 @@ class _Run:
     """The state of one compare: data decoded on first need, one seed's arrays at a time."""
 
     def __init__(self, template: Any, options: dict, train: Any, test: Any, valid: Any, output: Path,
-                 test_fraction: float, noise_levels: int, permutations: int):  # fmt: skip
+                 test_fraction: float, noise_levels: int, permutations: int, noise_rows: int | None):  # fmt: skip
         self.template, self.options = template, options
         self.train, self.test, self.valid = train, test, valid
         self.output, self.test_fraction = output, test_fraction
-        self.noise_levels, self.permutations = noise_levels, permutations
+        self.noise_levels, self.permutations, self.noise_rows = noise_levels, permutations, noise_rows
         self.data: CompareData | None = None
         self.sd: SeedData | None = None
         self.encoder_seconds: float | None = None
@@ -440,7 +452,7 @@ class _Run:
         if self.sd is None or self.sd.seed != seed:
             if self.data is None:
                 self.data = load_data(self.template, self.train, self.test, self.valid, self.test_fraction)
-            self.sd = prepare_seed(self.data, self.template, seed, self.noise_levels)
+            self.sd = prepare_seed(self.data, self.template, seed, self.noise_levels, self.noise_rows)
             if self.encoder_seconds is None:
                 pass_s = encoder_pass_seconds(self.sd, self.template)
                 self.encoder_seconds = self.data.decode_seconds + self.sd.preprocess_seconds + pass_s
@@ -509,6 +521,7 @@ def compare(
     fusions: str | list[str] = "all",
     seeds: int | list[int] = 3,
     noise_levels: int = 5,
+    noise_rows: int | None = 1000,
     permutations: int = 3,
     test_fraction: float = 0.2,
     report: bool = True,
@@ -516,6 +529,8 @@ def compare(
     **options: Any,
 ) -> dict[str, Any]:
     """Run the leaderboard; returns what leaderboard.json holds. `seeds`: how many (0, 1, ...), or which.
+    `noise_rows`: the noise curves are measured on a fixed sample of at most this many test rows (None: all);
+    a frozen encoder must embed every noisy copy again, so this bounds the noise test's cost on large tables.
     `options` go to every `MultimodalPredictor` (modalities, ignore, problem_type, preprocess, embed_dim,
     max_epochs, modality_dropout, ...). Entries finished before with the same data and settings are reused, so
     separate processes may run different seeds into one folder and a last call gathers them."""
@@ -543,10 +558,10 @@ def compare(
     base = {
         "version": __version__, "data": fingerprints, "schema": schema.to_dict(), "options": options,
         "test_fraction": test_fraction if test is None else None, "noise_levels": noise_levels,
-        "permutations": permutations,
+        "permutations": permutations, "noise_rows": noise_rows,
     }  # fmt: skip
 
-    run = _Run(template, options, train, test, valid, output, test_fraction, noise_levels, permutations)
+    run = _Run(template, options, train, test, valid, output, test_fraction, noise_levels, permutations, noise_rows)
     results: list[dict] = []
     ran = skipped = 0
     total = len(entries) * len(seed_list)
@@ -593,13 +608,17 @@ def compare(
         "higher_is_better": higher,
         "seeds": len(seed_list),
         "noise_levels": noise_levels,
+        "noise_rows": noise_rows,
         "entries_run": ran,
         "entries_skipped": skipped,
         "wall_seconds": round(wall, 2),
         "wall_seconds_total": round(wall_total, 2),
         "encoder_pass_seconds": None if encoder_s is None else round(encoder_s, 3),
         "wall_over_encoder_pass": None if not encoder_s else round(wall_total / encoder_s, 2),
-        "feature_cache": run.data.feature_cache if run.data is not None else previous.get("feature_cache", {}),
+        # Cache hits and misses of every frozen encoder over the whole compare, the noise test's included.
+        "feature_cache": {k: dict(e.stats) for k, e in run.data.pipeline._extractors.items()}
+        if run.data is not None
+        else previous.get("feature_cache", {}),
         "data": fingerprints,
         "options": options,
         "leaderboard": aggregate(results, entries, metric, higher),

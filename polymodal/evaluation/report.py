@@ -456,11 +456,13 @@ def model_report(
     history: list[dict] | None = None,
     noise_levels: int = 5,
     permutations: int = 3,
+    noise_rows: int | None = 1000,
 ) -> str:
-    """Evaluate one model (an `InferenceEngine` or an `EnsembleModel`) on a labelled table; the report's HTML."""
+    """Evaluate one model (an `InferenceEngine` or an `EnsembleModel`) on a labelled table; the report's HTML.
+    The noise curves use a fixed sample of at most `noise_rows` rows (None: all)."""
     from polymodal.data.io import read_table
     from polymodal.data.validate import BadRowsError, check_columns
-    from polymodal.evaluation.robustness import NoisyInputs, evaluate_robustness, metric_of
+    from polymodal.evaluation.robustness import NoisyInputs, evaluate_robustness, metric_of, noise_sample
 
     df, base_dir = read_table(data)
     schema, task = model.schema, model.task
@@ -478,7 +480,11 @@ def model_report(
     infer_ms = 1000 * (time.perf_counter() - start) / max(1, len(df))
     metrics = task.metrics(df[schema.label], outputs)
     metric, _ = metric_of(task)
-    noisy = NoisyInputs(model.preprocessor, df, media, noise_levels) if noise_levels > 0 else None
+    noisy = None
+    if noise_levels > 0:
+        rows = noise_sample(len(df), noise_rows)
+        noisy = NoisyInputs(model.preprocessor, df, media, noise_levels, rows=rows, pipeline=model.pipeline,
+                            base_dir=base_dir)  # fmt: skip
     robust = evaluate_robustness(model, features, targets, noisy, permutations)
     params = model.parameters if hasattr(model, "parameters") and isinstance(model.parameters, int) else None
     if params is None:

@@ -6,7 +6,7 @@ For a fitted model and a labelled test set:
 - **noise**: the metric under noise of increasing severity applied to one input at a time, at `levels` levels.
   Noise is applied to the *raw* decoded data, before preprocessing, so it is the corruption a user's data would
   have (the preprocessing, fitted on clean training data, is not re-fitted):
-    image: Gaussian blur (sigma 1.5 px * s at the model's image size) then Gaussian pixel noise (std 0.3 * s
+    image: Gaussian blur (sigma 1.5 px * s per 32 px of image side) then Gaussian pixel noise (std 0.3 * s
       on the 0..1 scale); audio: additive white noise at an SNR of 20 - 25 * s dB (15, 10, 5, 0, -5 dB for 5
       levels); text: word dropout (p = 0.4 * s, at least one word kept) then a typo (swap, deletion or
       substitution of a letter) in each remaining word with p = 0.4 * s; numeric: Gaussian noise with std
@@ -21,6 +21,7 @@ For a fitted model and a labelled test set:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -33,7 +34,7 @@ from polymodal.preprocess import Features, Preprocessor
 from polymodal.tasks import Task
 
 NOISE = {
-    Modality.IMAGE: "Gaussian blur (sigma 1.5 s px) + Gaussian pixel noise (std 0.3 s)",
+    Modality.IMAGE: "Gaussian blur (sigma 1.5 s px per 32 px) + Gaussian pixel noise (std 0.3 s)",
     Modality.AUDIO: "additive white noise at SNR 20 - 25 s dB",
     Modality.TEXT: "word dropout (p 0.4 s) + typos (p 0.4 s per word)",
     Modality.NUMERIC: "Gaussian noise (std s x training std)",
@@ -65,7 +66,8 @@ def noise_images(images: list[np.ndarray | None], s: float, rng: np.random.Gener
         if im is None:
             out.append(None)
             continue
-        x = gaussian_filter(im.astype(np.float32) / 255.0, sigma=(0, 1.5 * s, 1.5 * s))
+        sigma = 1.5 * s * im.shape[-1] / 32  # the same blur relative to the picture at any resolution
+        x = gaussian_filter(im.astype(np.float32) / 255.0, sigma=(0, sigma, sigma))
         x = x + rng.normal(0.0, 0.3 * s, size=x.shape)
         out.append((np.clip(x, 0.0, 1.0) * 255.0).round().astype(np.uint8))
     return out
@@ -132,11 +134,23 @@ def noise_categorical(df: pd.DataFrame, columns: list[str], vocabs: list[list[st
     return df
 
 
+def noise_sample(n: int, noise_rows: int | None) -> np.ndarray | None:
+    """The test rows the noise curves are measured on: all, or a fixed random sample of `noise_rows`."""
+    if noise_rows is None or noise_rows >= n:
+        return None
+    return np.sort(np.random.default_rng(0).choice(n, size=noise_rows, replace=False))
+
+
 class NoisyInputs:
     """Noisy versions of one input's preprocessed array, built lazily and cached by (input, level).
 
     Built from one preprocessor; any model whose inputs were preprocessed with the same state (the entries of
     one seed of a compare, which share the training rows) can use the same cache, so noise is made once.
+    `rows`: measure on these test rows only (a fixed sample; None = all). Frozen pretrained inputs need the
+    `pipeline` that embedded them (and `base_dir` for relative paths): their files are decoded as the encoder
+    reads them, noised, and embedded again through the feature cache. Their embeddings depend only on the noise,
+    not on the preprocessing, so `frozen_memo` may be shared by NoisyInputs of the same rows, levels and seed
+    (a compare's seeds: its noise is the same for every seed, so entries meet identical corruptions).
     """
 
     def __init__(
@@ -146,30 +160,43 @@ class NoisyInputs:
         media: dict[str, list],
         levels: int = 5,
         seed: int = 0,
+        *,
+        rows: np.ndarray | None = None,
+        pipeline: Any = None,
+        base_dir: Path | None = None,
+        frozen_memo: dict | None = None,
     ):
+        if rows is not None:
+            df = df.iloc[rows].reset_index(drop=True)
+            media = {k: [v[i] for i in rows] for k, v in media.items()}
         self.preprocessor, self.df, self.media, self.levels, self.seed = preprocessor, df, media, levels, seed
+        self.rows, self.pipeline, self.base_dir = rows, pipeline, base_dir or Path.cwd()
         self._cache: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._frozen = frozen_memo if frozen_memo is not None else {}
+
+    def _is_frozen(self, name: str) -> bool:
+        pretrained = getattr(self.preprocessor.config, "pretrained", {}) or {}
+        return pretrained.get(name, {}).get("mode") == "frozen"
 
     def supports(self, name: str) -> bool:
-        """Frozen pretrained encoders read their files through the feature cache, so their input has no raw
-        form here to add noise to; every other input has."""
-        pretrained = getattr(self.preprocessor.config, "pretrained", {}) or {}
-        return pretrained.get(name, {}).get("mode") != "frozen"
+        """A frozen pretrained input can be noised only with the pipeline that embeds its files."""
+        return not self._is_frozen(name) or self.pipeline is not None
 
     def get(self, name: str, level: int) -> tuple[np.ndarray, np.ndarray]:
-        """(array, present) of input `name` with noise at `level` (1..levels)."""
+        """(array, present) of input `name` with noise at `level` (1..levels), for the rows in `rows`."""
         key = (name, level)
         if key not in self._cache:
             self._cache[key] = self._make(name, level)
         return self._cache[key]
 
-    def _make(self, name: str, level: int) -> tuple[np.ndarray, np.ndarray]:
+    def _noise(self, name: str, level: int, df: pd.DataFrame, media: dict[str, list]):
+        """`df` and `media` with input `name`'s raw data noised at `level`."""
         schema = self.preprocessor.schema
         modality = schema.inputs[name]
         s = level / self.levels
         rng = np.random.default_rng([self.seed, level, list(schema.inputs).index(name)])
-        df, media = self.df, dict(self.media)
         state = self.preprocessor.state[name]
+        media = dict(media)
         if modality is Modality.IMAGE:
             media[name] = noise_images(media[name], s, rng)
         elif modality is Modality.AUDIO:
@@ -180,9 +207,32 @@ class NoisyInputs:
             df = noise_numeric(df, state["columns"], state["std"], s, rng)
         elif name == CATEGORICAL_INPUT:
             df = noise_categorical(df, state["columns"], state["vocabs"], s, rng)
-        one = sub_schema(schema, [name])
-        cols = input_columns(schema, name)
-        f = sub_preprocessor(self.preprocessor, one).transform(df[cols], {k: v for k, v in media.items() if k in cols})
+        return df, media
+
+    def _frozen_embeddings(self, name: str, level: int) -> tuple[np.ndarray, np.ndarray]:
+        key = (name, level)
+        if key not in self._frozen:
+            extractor = self.pipeline.extractor(name)
+            if self.preprocessor.schema.inputs[name] is Modality.TEXT:
+                df, _ = self._noise(name, level, self.df, {})
+                items = df[name].tolist()
+            else:  # decode as the encoder reads its files, then the same noise as for a trained encoder
+                decoded = extractor.decode(self.df[name].tolist(), self.base_dir)
+                items = self._noise(name, level, self.df, {name: decoded})[1][name]
+            self._frozen[key] = extractor.embed_decoded(name, items)
+        return self._frozen[key]
+
+    def _make(self, name: str, level: int) -> tuple[np.ndarray, np.ndarray]:
+        one = sub_schema(self.preprocessor.schema, [name])
+        cols = input_columns(self.preprocessor.schema, name)
+        frozen = None
+        if self._is_frozen(name):
+            df, media, frozen = self.df, self.media, {name: self._frozen_embeddings(name, level)}
+        else:
+            df, media = self._noise(name, level, self.df, self.media)
+        f = sub_preprocessor(self.preprocessor, one).transform(
+            df[cols], {k: v for k, v in media.items() if k in cols}, frozen
+        )
         return f.inputs[name], f.present[:, 0]
 
 
@@ -241,18 +291,24 @@ def evaluate_robustness(
     if noisy is not None:
         out["levels"] = noisy.levels
         out["noise"] = {}
+        # The noise curves are measured on the NoisyInputs' rows (all, or a fixed sample), clean point included.
+        sub = feats if noisy.rows is None else feats.take(noisy.rows)
+        sub_targets = targets if noisy.rows is None else targets[noisy.rows]
+        out["noise_rows"] = len(sub)
+        clean_sub = clean if noisy.rows is None else task.score(sub_targets, model.outputs(sub))
         for j, n in enumerate(names):
             if not noisy.supports(n):
                 out["noise"][n] = {"modality": model.schema.inputs[n].value, "scores": None,
-                                   "noise": "not measured: a frozen pretrained encoder reads the files itself",
+                                   "noise": "not measured: a frozen pretrained input needs its pipeline to re-embed",
                                    "relative_robustness": None}  # fmt: skip
                 continue
-            scores = [clean]
+            scores = [clean_sub]
             for level in range(1, noisy.levels + 1):
                 arr, pres = noisy.get(n, level)
-                present = feats.present.copy()
+                present = sub.present.copy()
                 present[:, j] = pres
-                scores.append(score(Features(dict(feats.inputs, **{n: arr}), present, names)))
+                noisy_f = Features(dict(sub.inputs, **{n: arr}), present, names)
+                scores.append(task.score(sub_targets, model.outputs(noisy_f)))
             out["noise"][n] = {
                 "modality": model.schema.inputs[n].value,
                 "noise": NOISE[model.schema.inputs[n]],

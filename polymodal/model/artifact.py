@@ -16,7 +16,7 @@ CONFIG, WEIGHTS, PREPROCESS, METRICS = "config.json", "model.safetensors", "prep
 
 
 def _clean(obj: Any) -> Any:
-    """JSON has no NaN: write it as null so every file is standard JSON."""
+    """JSON has no NaN: write it as null so every file is standard JSON (and paths as strings)."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
@@ -25,6 +25,8 @@ def _clean(obj: Any) -> Any:
         return [_clean(v) for v in obj]
     if hasattr(obj, "item"):
         return _clean(obj.item())
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
     return obj
 
 
