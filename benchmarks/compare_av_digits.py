@@ -50,9 +50,10 @@ def run_benchmark(
     test: Path,
     label: str,
     valid: Path | None = None,
+    notes: dict | None = None,
     **options: object,
 ) -> dict:
-    """Run the compare, print its leaderboard, write the benchmark JSON and the robustness PNG."""
+    """Run the compare, print its leaderboard, write the benchmark JSON (with `notes`) and the robustness PNG."""
     from rich.console import Console
 
     from polymodal.evaluation.compare import compare, leaderboard_table
@@ -64,7 +65,8 @@ def run_benchmark(
     say = lambda m: console.print(m, highlight=False)  # noqa: E731
     common = dict(
         test=test, valid=valid, fusions=args.fusions, noise_levels=args.noise_levels, noise_rows=args.noise_rows,
-        log_fn=say, max_epochs=args.max_epochs, patience=args.patience, accelerator=args.accelerator,
+        log_fn=say, max_epochs=args.max_epochs, patience=args.patience, batch_size=args.batch_size,
+        accelerator=args.accelerator,
         modality_dropout=args.modality_dropout, **options,
     )  # fmt: skip
     if args.only_seed is not None:  # one process of --parallel: its seed's entries, no gathering
@@ -84,7 +86,8 @@ def run_benchmark(
     wall = time.perf_counter() - start
     console.print(leaderboard_table(board))
     settings = {
-        k: getattr(args, k) for k in ("seeds", "fusions", "max_epochs", "patience", "noise_levels", "noise_rows")
+        k: getattr(args, k)
+        for k in ("seeds", "fusions", "max_epochs", "patience", "batch_size", "noise_levels", "noise_rows")
     }
     settings |= {"modality_dropout": args.modality_dropout} | {k: v for k, v in options.items()}
     reduced = {k: settings[k] for k in FULL if settings[k] != FULL[k]}
@@ -110,6 +113,7 @@ def run_benchmark(
         else None,
         "feature_cache": board["feature_cache"],
         "metric": board["metric"],
+        **(notes or {}),
         "leaderboard": board["leaderboard"],
         "robustness_over": "mean of the seeds",
         "robustness": {
@@ -142,6 +146,7 @@ def arguments(default_runs: str, default_out: str, doc: str) -> argparse.Argumen
     ap.add_argument("--fusions", default=FULL["fusions"])
     ap.add_argument("--max-epochs", type=int, default=FULL["max_epochs"])
     ap.add_argument("--patience", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--noise-levels", type=int, default=FULL["noise_levels"])
     ap.add_argument("--noise-rows", type=int, default=1000, help="noise curves on a fixed sample of test rows")
     ap.add_argument("--modality-dropout", type=float, default=0.0)

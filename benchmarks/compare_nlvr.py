@@ -42,6 +42,11 @@ def nlvr_tables(nlvr: Path, out: Path) -> tuple[Path, Path, Path]:
     return paths
 
 
+def majority_class_accuracy(test: Path) -> float:
+    """The accuracy of always answering the test rows' most frequent label: the bar to clear."""
+    return round(float(pd.read_csv(test)["label"].value_counts(normalize=True).max()), 4)
+
+
 def main() -> None:
     ap = arguments("polymodal_compare_nlvr", "compare_nlvr.json", __doc__)
     ap.add_argument("--nlvr", type=Path, help="default: SHARED/data/nlvr")
@@ -53,9 +58,10 @@ def main() -> None:
     a = ap.parse_args()
     train, valid, test = nlvr_tables(a.nlvr or a.shared / "data" / "nlvr", a.tables)
     extra = {"preset": a.preset, "cache_dir": str(a.cache_dir)} if a.preset == "pretrained" else {}
+    notes = {"majority_class_accuracy": majority_class_accuracy(test)}
     run_benchmark(
         "compare_nlvr" if a.preset == "scratch" else "compare_nlvr_pretrained", a, train, test, "label",
-        valid=valid, ignore=["example", "fold"], modalities={"sentence": "text", "image": "image"},
+        valid=valid, notes=notes, ignore=["example", "fold"], modalities={"sentence": "text", "image": "image"},
         preprocess={"image_size": a.image_size}, **extra,
     )  # fmt: skip
 

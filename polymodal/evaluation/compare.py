@@ -159,7 +159,8 @@ def load_data(template: Any, train: Any, test: Any | None, valid: Any | None, te
         **(template.preprocess_config.to_dict() | {"pretrained": template._pretrained_config(schema)})
     )
     base = Preprocessor(schema, config).fit_pretrained(table[0], table[1])
-    pipeline = FeaturePipeline(schema, base, template.cache_dir, progress=template.train_config.progress)
+    # The encoder pass can take minutes on a large table: it shows a progress bar even when training does not.
+    pipeline = FeaturePipeline(schema, base, template.cache_dir, progress=True)
     df, media, frozen, problems = template._load_rows(train, pipeline, training=True, table=table)
     dropped = len({p.row for p in problems})
     vsplit = None
@@ -443,6 +444,7 @@ class _Run:
         self.train, self.test, self.valid = train, test, valid
         self.output, self.test_fraction = output, test_fraction
         self.noise_levels, self.permutations, self.noise_rows = noise_levels, permutations, noise_rows
+        self.say: Callable[[str], None] = log.info
         self.data: CompareData | None = None
         self.sd: SeedData | None = None
         self.encoder_seconds: float | None = None
@@ -451,6 +453,7 @@ class _Run:
     def seed_data(self, seed: int) -> SeedData:
         if self.sd is None or self.sd.seed != seed:
             if self.data is None:
+                self.say("reading the tables, decoding the files, running frozen encoders (once per compare)")
                 self.data = load_data(self.template, self.train, self.test, self.valid, self.test_fraction)
             self.sd = prepare_seed(self.data, self.template, seed, self.noise_levels, self.noise_rows)
             if self.encoder_seconds is None:
@@ -562,6 +565,7 @@ def compare(
     }  # fmt: skip
 
     run = _Run(template, options, train, test, valid, output, test_fraction, noise_levels, permutations, noise_rows)
+    run.say = say
     results: list[dict] = []
     ran = skipped = 0
     total = len(entries) * len(seed_list)
