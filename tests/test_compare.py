@@ -197,3 +197,23 @@ def test_regression_compare_ranks_by_lowest_rmse(synth_split, tmp_path):
     fused = next(r for r in rows if r["entry"] == "early")
     assert fused["rmse_mean"] < min(r["rmse_mean"] for r in rows if r["kind"] == "unimodal")
     assert "regression" in (tmp_path / "reg" / "report.html").read_text()
+
+
+def test_noise_curves_on_a_row_sample_start_from_that_samples_clean_score(fitted, synth_split):
+    from polymodal.data.io import read_table
+    from polymodal.evaluation.robustness import NoisyInputs, evaluate_robustness, noise_sample
+
+    engine = fitted["early"].engine
+    df, base_dir = read_table(synth_split[1])
+    media, frozen, _ = engine.pipeline.decode(df, base_dir)
+    feats, targets = engine.pipeline.features(df, media, frozen), engine.task.encode_targets(df["y"])
+    rows = noise_sample(len(df), 40)
+    assert len(rows) == 40 and (np.diff(rows) > 0).all() and np.array_equal(rows, noise_sample(len(df), 40))
+    assert noise_sample(len(df), 10_000) is None  # a sample as large as the table is the table
+    noisy = NoisyInputs(engine.preprocessor, df, media, 2, rows=rows)
+    rob = evaluate_robustness(engine, feats, targets, noisy, permutations=1)
+    assert rob["noise_rows"] == 40 and len(noisy.get("image", 2)[0]) == 40
+    on_sample = engine.task.score(targets[rows], engine.outputs(feats.take(rows)))
+    assert rob["clean"] == pytest.approx(engine.task.score(targets, engine.outputs(feats)))  # all rows
+    for curve in rob["noise"].values():
+        assert curve["scores"][0] == pytest.approx(on_sample) and len(curve["scores"]) == 3
