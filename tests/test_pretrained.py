@@ -230,3 +230,25 @@ def test_compare_measures_noise_on_frozen_inputs_once_for_every_seed(tiny_vit, s
     images = pd.concat([pd.read_csv(train), pd.read_csv(test)])["image"].nunique()
     # Every distinct picture once, plus 2 levels x 50 noisy copies: not once per seed or per entry.
     assert board["feature_cache"]["image"]["misses"] == images + 2 * 50
+
+
+def test_cli_compare_with_a_frozen_text_encoder(tiny_bert, synth_split, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from polymodal.cli import app
+
+    train, test = synth_split
+    out = tmp_path / "cmp"
+    args = ["compare", str(train), "--label", "y", "-o", str(out), "--test", str(test), "--fusions", "early",
+            "--seeds", "1", "--noise-levels", "1", "--noise-rows", "30", "--max-epochs", "2", "--image-size", "16",
+            "--text-encoder", str(tiny_bert), "--cache-dir", str(tmp_path / "c"), "--accelerator", "cpu",
+            *[a for c in ("clip", "price", "shade", "score") for a in ("--ignore", c)]]  # fmt: skip
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    board = json.loads((out / "leaderboard.json").read_text())
+    assert board["feature_cache"]["caption"]["misses"] > 0  # the frozen encoder ran, through the given cache
+    fused = next(x for x in board["results"] if x["entry"] == "early")
+    assert fused["robustness"]["noise"]["caption"]["scores"] is not None and fused["robustness"]["noise_rows"] == 30
+    assert (out / "report.html").exists() and list((tmp_path / "c").rglob("shard-*.safetensors"))
