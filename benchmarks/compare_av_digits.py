@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-FULL = {"seeds": 3, "fusions": "all", "max_epochs": 40, "noise_levels": 5}
+FULL = {"seeds": 3, "fusions": "all", "max_epochs": 40, "patience": 8, "noise_levels": 5}
 
 
 def build_table(shared: Path, data: Path) -> Path:
@@ -51,6 +51,7 @@ def run_benchmark(
     label: str,
     valid: Path | None = None,
     notes: dict | None = None,
+    full: dict | None = None,
     **options: object,
 ) -> dict:
     """Run the compare, print its leaderboard, write the benchmark JSON (with `notes`) and the robustness PNG."""
@@ -90,7 +91,10 @@ def run_benchmark(
         for k in ("seeds", "fusions", "max_epochs", "patience", "batch_size", "noise_levels", "noise_rows")
     }
     settings |= {"modality_dropout": args.modality_dropout} | {k: v for k, v in options.items()}
-    reduced = {k: settings[k] for k in FULL if settings[k] != FULL[k]}
+    # The settings below the full protocol (FULL, plus the script's own `full` ones, e.g. NLVR's image size).
+    full = FULL | (full or {})
+    settings |= {k: v for k, v in (notes or {}).items() if k in full}
+    reduced = {k: settings[k] for k in full if settings[k] != full[k]}
     report = {
         "benchmark": name,
         "command": f"python benchmarks/{Path(sys.argv[0]).name} " + " ".join(sys.argv[1:]),
@@ -145,7 +149,7 @@ def arguments(default_runs: str, default_out: str, doc: str) -> argparse.Argumen
     ap.add_argument("--seeds", type=int, default=FULL["seeds"])
     ap.add_argument("--fusions", default=FULL["fusions"])
     ap.add_argument("--max-epochs", type=int, default=FULL["max_epochs"])
-    ap.add_argument("--patience", type=int, default=8)
+    ap.add_argument("--patience", type=int, default=FULL["patience"])
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--noise-levels", type=int, default=FULL["noise_levels"])
     ap.add_argument("--noise-rows", type=int, default=1000, help="noise curves on a fixed sample of test rows")

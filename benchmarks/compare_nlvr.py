@@ -58,11 +58,11 @@ def main() -> None:
     a = ap.parse_args()
     train, valid, test = nlvr_tables(a.nlvr or a.shared / "data" / "nlvr", a.tables)
     extra = {"preset": a.preset, "cache_dir": str(a.cache_dir)} if a.preset == "pretrained" else {}
-    notes = {"majority_class_accuracy": majority_class_accuracy(test)}
+    notes = {"majority_class_accuracy": majority_class_accuracy(test), "image_size": a.image_size}
     run_benchmark(
         "compare_nlvr" if a.preset == "scratch" else "compare_nlvr_pretrained", a, train, test, "label",
-        valid=valid, notes=notes, ignore=["example", "fold"], modalities={"sentence": "text", "image": "image"},
-        preprocess={"image_size": a.image_size}, **extra,
+        valid=valid, notes=notes, full={"image_size": 64}, ignore=["example", "fold"],
+        modalities={"sentence": "text", "image": "image"}, preprocess={"image_size": a.image_size}, **extra,
     )  # fmt: skip
 
 
