@@ -137,7 +137,7 @@ def run_benchmark(
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json(args.out, report)  # atomic; NaN (a std over one seed) becomes null
     png = compare_robustness_png(board, args.out.with_name(args.out.stem + "_robustness.png"))
-    console.print(f"wrote {args.out} and {png}; report: {Path(args.runs) / 'report.html'}")
+    console.print(f"wrote {args.out}{'' if png is None else f' and {png}'}; report: {Path(args.runs) / 'report.html'}")
     return report
 
 

@@ -92,6 +92,22 @@ def test_compare_report_has_every_section_and_chart(compared):
     assert f"{best} (rank 1)" in page.sections["confusion-matrix"]["text"]
 
 
+def test_robustness_png_of_a_compare_and_of_one_without_noise(compared, tmp_path):
+    import copy
+
+    from PIL import Image
+
+    from polymodal.evaluation.report import compare_robustness_png
+
+    _, board = compared
+    png = compare_robustness_png(board, tmp_path / "r.png")
+    assert np.asarray(Image.open(png)).std() > 5  # drawn curves, not a blank canvas
+    quiet = copy.deepcopy(board)
+    for r in quiet["results"]:
+        r["robustness"].pop("noise", None)  # as --noise-levels 0 leaves them
+    assert compare_robustness_png(quiet, tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
+
+
 def test_report_command_for_a_model_an_ensemble_and_a_compare_folder(compared, synth_split, tmp_path):
     out, _ = compared
     _, test = synth_split

@@ -343,13 +343,17 @@ def _average_robustness(results: list[dict]) -> dict[str, Any]:
     return out
 
 
-def compare_robustness_png(board: dict[str, Any], path: str | os.PathLike[str]) -> Path:
-    """The compare's robustness curves (mean over seeds) as a PNG file, e.g. for a README."""
+def compare_robustness_png(board: dict[str, Any], path: str | os.PathLike[str]) -> Path | None:
+    """The compare's robustness curves (mean over seeds) as a PNG file, e.g. for a README; None when the compare
+    measured no noise (--noise-levels 0)."""
     rows = board["leaderboard"]
     robust = {r["entry"]: _average_robustness([x for x in board["results"] if x["entry"] == r["entry"]]) for r in rows}
     inputs = list(board["inputs"])
     curves = {i: {n: _scores(r, i) for n, r in robust.items() if _scores(r, i)} for i in inputs}
-    fig = robustness_figure({i: c for i, c in curves.items() if c}, board["noise_levels"], board["metric"])
+    curves = {i: c for i, c in curves.items() if c}
+    if not curves:
+        return None
+    fig = robustness_figure(curves, board["noise_levels"], board["metric"])
     path = Path(path)
     fig.savefig(path, format="png", dpi=80)
     return path
