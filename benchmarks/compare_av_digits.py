@@ -76,11 +76,17 @@ def run_benchmark(
     if args.parallel:
         # Each seed in its own process at once (the entries of a seed are independent of other seeds), then
         # the compare below finds every entry finished and only gathers them.
-        threads = str(max(1, (os.cpu_count() or 1) // args.seeds))
+        rest = list(range(args.seeds))
+        if options.get("preset") == "pretrained":
+            # Frozen encoders: seed 0 runs first, alone, and fills the feature cache (the encoder pass and the
+            # noisy copies); the other seeds then read it instead of each running the encoders at once.
+            compare(train, label, args.runs, seeds=[0], report=False, **common)
+            rest = rest[1:]
+        threads = str(max(1, (os.cpu_count() or 1) // max(1, len(rest))))
         env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
         argv = [a for a in sys.argv[1:] if a != "--parallel"]
         procs = [subprocess.Popen([sys.executable, sys.argv[0], *argv, "--only-seed", str(k)], env=env)
-                 for k in range(args.seeds)]  # fmt: skip
+                 for k in rest]  # fmt: skip
         if any(p.wait() != 0 for p in procs):
             raise SystemExit("a seed's process failed; re-run to resume")
     board = compare(train, label, args.runs, seeds=args.seeds, **common)
