@@ -252,3 +252,23 @@ def test_cli_compare_with_a_frozen_text_encoder(tiny_bert, synth_split, tmp_path
     fused = next(x for x in board["results"] if x["entry"] == "early")
     assert fused["robustness"]["noise"]["caption"]["scores"] is not None and fused["robustness"]["noise_rows"] == 30
     assert (out / "report.html").exists() and list((tmp_path / "c").rglob("shard-*.safetensors"))
+
+
+def test_image_fit_pad_reaches_scratch_and_frozen_image_inputs(tiny_vit, synth_split, tmp_path):
+    """A letterboxing model keeps letterboxing after save/load, and its frozen features live in their own cache."""
+    import json
+
+    train, test = synth_split
+    preprocess = dict(synth.FAST["preprocess"], image_fit="pad")
+    opts = dict(QUICK, max_epochs=1, preprocess=preprocess)
+    scratch = MultimodalPredictor(label="y", fusion="early", ignore=["clip", "price", "shade", "score"], **opts)
+    scratch.fit(train)
+    loaded = MultimodalPredictor.load(scratch.save(tmp_path / "m"))
+    assert loaded.engine.preprocessor.config.image_fit == "pad"
+    np.testing.assert_allclose(loaded.predict_proba(test).to_numpy(), scratch.predict_proba(test).to_numpy(), atol=1e-6)
+    frozen_p = MultimodalPredictor(label="y", fusion="early", ignore=["clip", "price", "shade", "score"],
+                                   image_encoder=str(tiny_vit), cache_dir=tmp_path / "c", **opts)  # fmt: skip
+    frozen_p.fit(train)
+    assert frozen_p.engine.preprocessor.state["image"]["fit"] == "pad"
+    namespaces = [json.loads(p.read_text()) for p in (tmp_path / "c").rglob("namespace.json")]
+    assert [n["settings"].get("fit") for n in namespaces] == ["pad"]

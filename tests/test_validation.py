@@ -114,3 +114,22 @@ def test_empty_cells_are_a_missing_modality_not_an_error(table):
     p = fit(folder, df)
     assert p.metrics_["train_rows"] + p.metrics_["valid_rows"] == len(df)
     assert p.metrics_["dropped_rows"] == 0
+
+
+def test_pad_fit_keeps_the_aspect_ratio(tmp_path):
+    from PIL import Image
+
+    from polymodal.data.media import PAD_GRAY, decode_image
+
+    path = tmp_path / "wide.png"
+    Image.new("RGB", (40, 10), (255, 0, 0)).save(path)
+    squash = decode_image(path, 16)
+    assert squash.shape == (3, 16, 16) and (squash[0] == 255).all() and (squash[1:] == 0).all()
+    pad = decode_image(path, 16, fit="pad")
+    # 40x10 scales to 16x4, centred: rows 6-9 are the picture, the rest mid-grey bars.
+    assert (pad[:, 6:10] == np.array([255, 0, 0])[:, None, None]).all()
+    assert (pad[:, :6] == PAD_GRAY).all() and (pad[:, 10:] == PAD_GRAY).all()
+    with pytest.raises(ValueError, match="image fit"):
+        decode_image(path, 16, fit="crop")
+    with pytest.raises(ValueError, match="image_fit must be one of"):
+        MultimodalPredictor(label="y", preprocess={"image_fit": "crop"})

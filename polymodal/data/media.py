@@ -32,8 +32,17 @@ def _open_source(source: str | os.PathLike[str] | bytes):
     return path
 
 
-def decode_image(source: str | os.PathLike[str] | bytes, size: int, max_pixels: int | None = None) -> np.ndarray:
-    """Decode to an RGB uint8 array of shape (3, size, size)."""
+IMAGE_FITS = ("squash", "pad")
+PAD_GRAY = 128  # letterbox bars: mid-grey, about zero after any usual pixel normalization
+
+
+def decode_image(
+    source: str | os.PathLike[str] | bytes, size: int, max_pixels: int | None = None, fit: str = "squash"
+) -> np.ndarray:
+    """Decode to an RGB uint8 array of shape (3, size, size). `fit`: "squash" resizes to the square whatever
+    the aspect ratio; "pad" keeps the aspect ratio and letterboxes the picture, centred, on mid-grey bars."""
+    if fit not in IMAGE_FITS:
+        raise ValueError(f"image fit must be one of {IMAGE_FITS}, not {fit!r}")
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     max_pixels = max_pixels or MAX_IMAGE_PIXELS
@@ -44,7 +53,14 @@ def decode_image(source: str | os.PathLike[str] | bytes, size: int, max_pixels: 
             if w * h > max_pixels:
                 raise MediaError(f"image is {w}x{h} = {w * h} pixels, above the limit of {max_pixels}")
             im = ImageOps.exif_transpose(im)
-            im = im.convert("RGB").resize((size, size), Image.BILINEAR)
+            im = im.convert("RGB")
+            if fit == "pad":
+                scale = size / max(w, h)
+                inner = im.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
+                im = Image.new("RGB", (size, size), (PAD_GRAY,) * 3)
+                im.paste(inner, ((size - inner.width) // 2, (size - inner.height) // 2))
+            else:
+                im = im.resize((size, size), Image.BILINEAR)
             arr = np.asarray(im, dtype=np.uint8)
     except MediaError:
         raise

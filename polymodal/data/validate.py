@@ -90,17 +90,22 @@ def load_media(
     sizes: dict[str, int] | None = None,
     rates: dict[str, int] | None = None,
     skip: tuple[str, ...] = (),
+    image_fit: str = "squash",
+    fits: dict[str, str] | None = None,
 ) -> tuple[dict[str, list[np.ndarray | None]], list[Problem]]:
     """Decode every image and audio cell. Returns per column a list (None where the cell is empty) and problems.
 
-    `sizes`/`rates` override the image size / sample rate per column (pretrained encoders have their own);
+    `sizes`/`rates`/`fits` override the image size / sample rate / image fit per column (pretrained encoders
+    have their own);
     columns in `skip` are left alone (frozen encoders read them through the feature cache).
     """
-    sizes, rates = sizes or {}, rates or {}
+    sizes, rates, fits = sizes or {}, rates or {}, fits or {}
     decoders: dict[str, Callable[[Path], np.ndarray]] = {}
     for col in schema.columns_of(Modality.IMAGE):
         if col not in skip:
-            decoders[col] = lambda p, s=sizes.get(col, image_size): decode_image(p, s)
+            decoders[col] = lambda p, s=sizes.get(col, image_size), f=fits.get(col, image_fit): decode_image(
+                p, s, fit=f
+            )
     for col in schema.columns_of(Modality.AUDIO):
         if col not in skip:
             decoders[col] = lambda p, r=rates.get(col, sample_rate): decode_audio(p, r)

@@ -122,7 +122,7 @@ class FrozenExtractor:
 
     def _decode(self, data: bytes) -> Any:
         if self.modality is Modality.IMAGE:
-            return decode_image(data, self.st["size"])
+            return decode_image(data, self.st["size"], fit=self.st.get("fit", "squash"))
         if self.modality is Modality.AUDIO:
             return decode_audio(data, self.st["sample_rate"])
         return data.decode("utf-8")

@@ -46,9 +46,10 @@ class FeaturePipeline:
         pretrained = cfg.pretrained
         sizes = {c: st[c]["size"] for c in pretrained if self.schema.columns[c] is Modality.IMAGE}
         rates = {c: st[c]["sample_rate"] for c in pretrained if self.schema.columns[c] is Modality.AUDIO}
+        fits = {c: st[c].get("fit", "squash") for c in sizes}
         media, problems = load_media(
             df, self.schema, base_dir, cfg.image_size, cfg.sample_rate, sizes=sizes, rates=rates,
-            skip=tuple(self.frozen_inputs),
+            skip=tuple(self.frozen_inputs), image_fit=cfg.image_fit, fits=fits,
         )  # fmt: skip
         frozen: Frozen = {}
         for name in self.frozen_inputs:

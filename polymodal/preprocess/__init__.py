@@ -28,6 +28,7 @@ _TOKEN = re.compile(r"\w+|[^\w\s]")
 @dataclass
 class PreprocessConfig:
     image_size: int = 64
+    image_fit: str = "squash"  # or "pad": keep the aspect ratio, letterbox to the square (see decode_image)
     sample_rate: int = 16000
     max_audio_seconds: float = 10.0
     n_mels: int = 40
@@ -38,6 +39,12 @@ class PreprocessConfig:
     max_categories: int = 1000
     # input -> {"ref": EncoderRef as dict, "mode": "frozen" | "finetune", "layers": N or None, "lora": bool}
     pretrained: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from polymodal.data.media import IMAGE_FITS
+
+        if self.image_fit not in IMAGE_FITS:
+            raise ValueError(f"image_fit must be one of {IMAGE_FITS}, not {self.image_fit!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -113,6 +120,8 @@ class Preprocessor:
                 st["max_len"] = int(np.clip(np.percentile(lengths, 95) if lengths else 8, 8, st["model_max"]))
             elif modality is Modality.AUDIO:
                 st["n_samples"] = self._audio_length(values[:300], base_dir, st["sample_rate"])
+            elif self.config.image_fit != "squash":  # only then: feature caches made before the option still match
+                st["fit"] = self.config.image_fit
             self.state[name] = st
         return self
 
