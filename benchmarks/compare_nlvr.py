@@ -52,6 +52,7 @@ def main() -> None:
     ap.add_argument("--nlvr", type=Path, help="default: SHARED/data/nlvr")
     ap.add_argument("--tables", type=Path, default=Path("/tmp/polymodal_nlvr_tables"))
     ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--image-fit", choices=["squash", "pad"], default="squash", help="pad: keep the 4:1 aspect")
     ap.add_argument("--preset", choices=["scratch", "pretrained"], default="scratch",
                     help="pretrained: frozen MiniLM + EfficientNet-Lite0 through the feature cache")  # fmt: skip
     ap.add_argument("--cache-dir", type=Path, help="feature cache (use an empty one to time the encoder pass)")
@@ -62,7 +63,8 @@ def main() -> None:
     run_benchmark(
         "compare_nlvr" if a.preset == "scratch" else "compare_nlvr_pretrained", a, train, test, "label",
         valid=valid, notes=notes, full={"image_size": 64}, ignore=["example", "fold"],
-        modalities={"sentence": "text", "image": "image"}, preprocess={"image_size": a.image_size}, **extra,
+        modalities={"sentence": "text", "image": "image"},
+        preprocess={"image_size": a.image_size, "image_fit": a.image_fit}, **extra,
     )  # fmt: skip
 
 
