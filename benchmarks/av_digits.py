@@ -129,10 +129,10 @@ def main() -> None:
         },
         "results": results,
     }
+    from polymodal.model.artifact import write_json
+
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = a.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, a.out)
+    write_json(a.out, report)  # atomic
     print(f"wrote {a.out}")
 
 

@@ -24,15 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from av_digits import build_table  # noqa: E402  (the shared AV-digits table, built one way)
+
 FULL = {"seeds": 3, "fusions": "all", "max_epochs": 40, "patience": 8, "noise_levels": 5}
-
-
-def build_table(shared: Path, data: Path) -> Path:
-    if not (data / "test.csv").exists():
-        script = shared / "bench" / "make_av_digits.py"
-        fsdd = shared / "data" / "fsdd" / "recordings"
-        subprocess.run([sys.executable, str(script), "--fsdd", str(fsdd), "--out", str(data)], check=True)
-    return data
 
 
 def device() -> str:

@@ -33,6 +33,7 @@ import torch
 from polymodal.data.schema import Modality
 from polymodal.encoders.cache import FrozenExtractor
 from polymodal.encoders.pretrained import resolve
+from polymodal.model.artifact import write_json
 from polymodal.preprocess.pretrained import settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -248,9 +249,7 @@ def main() -> None:
         "results": results,
     }
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = a.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, a.out)
+    write_json(a.out, report)  # atomic
     print(f"wrote {a.out}")
 
 

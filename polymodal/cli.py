@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -13,6 +14,31 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, evalu
 # Wide enough for the metric tables when output goes to a file or a pipe (rich would default to 80 columns).
 console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+
+# Options that several commands share, declared once.
+TextCols = Annotated[list[str] | None, typer.Option("--text", help="Treat this column as text (repeatable)")]
+ImageCols = Annotated[list[str] | None, typer.Option("--image", help="Treat this column as image paths (repeatable)")]
+AudioCols = Annotated[list[str] | None, typer.Option("--audio", help="Treat this column as audio paths (repeatable)")]
+NumericCols = Annotated[list[str] | None, typer.Option("--numeric", help="Treat this column as numeric (repeatable)")]
+CategoricalCols = Annotated[
+    list[str] | None, typer.Option("--categorical", help="Treat this column as categorical (repeatable)")
+]
+IgnoreCols = Annotated[list[str] | None, typer.Option("--ignore", help="Leave this column out (repeatable)")]
+ProblemTypeOpt = Annotated[str | None, typer.Option(help="binary | multiclass | regression (default: inferred)")]
+ImageFit = Annotated[str, typer.Option(help="squash: resize to the square | pad: keep the aspect ratio")]
+TextEncoder = Annotated[str | None, typer.Option(help="Pretrained text encoder: registry name, HF id or folder")]
+ImageEncoder = Annotated[str | None, typer.Option(help="Pretrained image encoder: registry name, HF id or folder")]
+AudioEncoder = Annotated[str | None, typer.Option(help="Pretrained audio encoder: HF id or folder")]
+Preset = Annotated[str | None, typer.Option(help="pretrained: the offline defaults (see `polymodal encoders`)")]
+CacheDir = Annotated[Path | None, typer.Option(help="Feature cache of frozen encoders (default: ~/.cache/polymodal)")]
+NoiseLevels = Annotated[int, typer.Option(help="Noise levels per modality for robustness (0: skip the noise)")]
+NoiseRows = Annotated[int, typer.Option(help="Measure the noise curves on a fixed sample of this many test rows")]
+
+
+def _modalities(**columns: list[str] | None) -> dict[str, str]:
+    """The column -> modality overrides given with --text/--image/--audio/--numeric/--categorical."""
+    return {c: modality for modality, cols in columns.items() for c in cols or []}
 
 
 def _fail(message: str) -> None:
@@ -40,13 +66,13 @@ def fit(
         "attention", help="early | late | attention | gmu | tensor | low_rank | cross_attention"
     ),
     valid: Path | None = typer.Option(None, help="Validation table (default: a stratified 10 % split of train)"),
-    text: list[str] = typer.Option([], "--text", help="Treat this column as text (repeatable)"),
-    image: list[str] = typer.Option([], "--image", help="Treat this column as image paths (repeatable)"),
-    audio: list[str] = typer.Option([], "--audio", help="Treat this column as audio paths (repeatable)"),
-    numeric: list[str] = typer.Option([], "--numeric", help="Treat this column as numeric (repeatable)"),
-    categorical: list[str] = typer.Option([], "--categorical", help="Treat this column as categorical (repeatable)"),
-    ignore: list[str] = typer.Option([], "--ignore", help="Leave this column out (repeatable)"),
-    problem_type: str | None = typer.Option(None, help="binary | multiclass | regression (default: inferred)"),
+    text: TextCols = None,
+    image: ImageCols = None,
+    audio: AudioCols = None,
+    numeric: NumericCols = None,
+    categorical: CategoricalCols = None,
+    ignore: IgnoreCols = None,
+    problem_type: ProblemTypeOpt = None,
     max_epochs: int = typer.Option(30, help="Upper bound on epochs; early stopping usually ends sooner"),
     batch_size: int = typer.Option(64),
     lr: float = typer.Option(1e-3, help="AdamW learning rate"),
@@ -55,33 +81,32 @@ def fit(
     seed: int = typer.Option(0),
     embed_dim: int = typer.Option(128, help="Embedding size of every encoder"),
     image_size: int = typer.Option(64, help="Images are resized to this square size"),
-    image_fit: str = typer.Option("squash", help="squash: resize to the square | pad: keep the aspect ratio"),
+    image_fit: ImageFit = "squash",
     sample_rate: int = typer.Option(16000, help="Audio is resampled to this rate"),
     modality_dropout: float = typer.Option(0.0, help="Hide each modality with this probability in training"),
     on_bad_rows: str = typer.Option("error", help="error: stop and list bad rows | skip: drop them, write a report"),
     accelerator: str = typer.Option("auto", help="auto | cpu | gpu"),
     devices: str = typer.Option("1", help="Number of devices, or 'auto'"),
     precision: str = typer.Option("32-true", help="32-true | bf16-mixed | 16-mixed (fine-tuning on a GPU: bf16)"),
-    text_encoder: str | None = typer.Option(None, help="Pretrained text encoder: registry name, HF id or folder"),
-    image_encoder: str | None = typer.Option(None, help="Pretrained image encoder: registry name, HF id or folder"),
-    audio_encoder: str | None = typer.Option(None, help="Pretrained audio encoder: HF id or folder"),
-    preset: str | None = typer.Option(None, help="pretrained: the offline defaults (see `polymodal encoders`)"),
+    text_encoder: TextEncoder = None,
+    image_encoder: ImageEncoder = None,
+    audio_encoder: AudioEncoder = None,
+    preset: Preset = None,
     finetune: bool = typer.Option(False, "--finetune/--freeze", help="Fine-tune pretrained encoders, or freeze them"),
     finetune_layers: int | None = typer.Option(None, help="With --finetune: train only the top N layers"),
     lora: bool = typer.Option(False, help="With --finetune: train LoRA adapters instead of the encoder's weights"),
     encoder_lr: float | None = typer.Option(None, help="Learning rate of fine-tuned encoders (default: lr / 10)"),
-    cache_dir: Path | None = typer.Option(None, help="Feature cache of frozen encoders (default: ~/.cache/polymodal)"),
+    cache_dir: CacheDir = None,
 ) -> None:
     """Train a fused model on a table and save it to a folder."""
     from polymodal.evaluation.table import metrics_table
     from polymodal.predictor import MultimodalPredictor
 
-    modalities = {c: "text" for c in text} | {c: "image" for c in image} | {c: "audio" for c in audio}
-    modalities |= {c: "numeric" for c in numeric} | {c: "categorical" for c in categorical}
+    modalities = _modalities(text=text, image=image, audio=audio, numeric=numeric, categorical=categorical)
 
     def go():
         p = MultimodalPredictor(
-            label=label, fusion=fusion, problem_type=problem_type, modalities=modalities, ignore=ignore,
+            label=label, fusion=fusion, problem_type=problem_type, modalities=modalities, ignore=ignore or [],
             preprocess={"image_size": image_size, "image_fit": image_fit, "sample_rate": sample_rate},
             embed_dim=embed_dim, max_epochs=max_epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
             patience=patience, seed=seed, modality_dropout=modality_dropout, on_bad_rows=on_bad_rows,
@@ -291,34 +316,34 @@ def compare(
     valid: Path | None = typer.Option(None, help="Validation table (default: a 10 % split of train per seed)"),
     fusions: str = typer.Option("all", help="'all' or a comma-separated list, e.g. early,gmu,ensemble-stack"),
     seeds: int = typer.Option(3, help="Seeds per entry (mean and std over them)"),
-    noise_levels: int = typer.Option(5, help="Noise levels per modality for robustness (0: skip the noise)"),
-    noise_rows: int = typer.Option(1000, help="Measure the noise curves on a fixed sample of this many test rows"),
-    text: list[str] = typer.Option([], "--text", help="Treat this column as text (repeatable)"),
-    image: list[str] = typer.Option([], "--image", help="Treat this column as image paths (repeatable)"),
-    audio: list[str] = typer.Option([], "--audio", help="Treat this column as audio paths (repeatable)"),
-    numeric: list[str] = typer.Option([], "--numeric", help="Treat this column as numeric (repeatable)"),
-    categorical: list[str] = typer.Option([], "--categorical", help="Treat this column as categorical (repeatable)"),
-    ignore: list[str] = typer.Option([], "--ignore", help="Leave this column out (repeatable)"),
-    problem_type: str | None = typer.Option(None, help="binary | multiclass | regression (default: inferred)"),
+    noise_levels: NoiseLevels = 5,
+    noise_rows: NoiseRows = 1000,
+    text: TextCols = None,
+    image: ImageCols = None,
+    audio: AudioCols = None,
+    numeric: NumericCols = None,
+    categorical: CategoricalCols = None,
+    ignore: IgnoreCols = None,
+    problem_type: ProblemTypeOpt = None,
     max_epochs: int = typer.Option(30),
     batch_size: int = typer.Option(64),
     lr: float = typer.Option(1e-3),
     patience: int = typer.Option(6),
     embed_dim: int = typer.Option(128),
     image_size: int = typer.Option(64),
-    image_fit: str = typer.Option("squash", help="squash: resize to the square | pad: keep the aspect ratio"),
+    image_fit: ImageFit = "squash",
     sample_rate: int = typer.Option(16000),
     modality_dropout: float = typer.Option(0.0, help="Hide each modality with this probability in training"),
     on_bad_rows: str = typer.Option("error", help="error | skip"),
     accelerator: str = typer.Option("auto", help="auto | cpu | gpu"),
-    text_encoder: str | None = typer.Option(None, help="Pretrained text encoder: registry name, HF id or folder"),
-    image_encoder: str | None = typer.Option(None, help="Pretrained image encoder: registry name, HF id or folder"),
-    audio_encoder: str | None = typer.Option(None, help="Pretrained audio encoder: HF id or folder"),
-    preset: str | None = typer.Option(None, help="pretrained: the offline defaults (see `polymodal encoders`)"),
+    text_encoder: TextEncoder = None,
+    image_encoder: ImageEncoder = None,
+    audio_encoder: AudioEncoder = None,
+    preset: Preset = None,
     finetune: bool = typer.Option(
         False, "--finetune/--freeze", help="Fine-tune pretrained encoders, or freeze them (encoders run once)"
     ),
-    cache_dir: Path | None = typer.Option(None, help="Feature cache of frozen encoders (default: ~/.cache/polymodal)"),
+    cache_dir: CacheDir = None,
 ) -> None:
     """Leaderboard of unimodal baselines, fusions and ensembles over seeds, with robustness and an HTML report.
 
@@ -326,13 +351,12 @@ def compare(
     from polymodal.evaluation.compare import compare as run_compare
     from polymodal.evaluation.compare import leaderboard_table
 
-    modalities = {c: "text" for c in text} | {c: "image" for c in image} | {c: "audio" for c in audio}
-    modalities |= {c: "numeric" for c in numeric} | {c: "categorical" for c in categorical}
+    modalities = _modalities(text=text, image=image, audio=audio, numeric=numeric, categorical=categorical)
 
     def go():
         board = run_compare(
             train, label, output, test=test, valid=valid, fusions=fusions, seeds=seeds, noise_levels=noise_levels,
-            log_fn=lambda m: console.print(m, highlight=False), modalities=modalities, ignore=ignore,
+            log_fn=lambda m: console.print(m, highlight=False), modalities=modalities, ignore=ignore or [],
             problem_type=problem_type,
             preprocess={"image_size": image_size, "image_fit": image_fit, "sample_rate": sample_rate},
             embed_dim=embed_dim, max_epochs=max_epochs, batch_size=batch_size, lr=lr, patience=patience,
@@ -355,8 +379,8 @@ def report(
     model: Path = typer.Argument(..., help="Model folder (or a compare folder, to redraw its report)"),
     table: Path | None = typer.Argument(None, help="Labelled table to evaluate on (not needed for a compare folder)"),
     output: Path = typer.Option(..., "--output", "-o", help="HTML file to write"),
-    noise_levels: int = typer.Option(5, help="Noise levels per modality for robustness (0: skip the noise)"),
-    noise_rows: int = typer.Option(1000, help="Measure the noise curves on a fixed sample of this many rows"),
+    noise_levels: NoiseLevels = 5,
+    noise_rows: NoiseRows = 1000,
 ) -> None:
     """A self-contained HTML report: metrics, robustness, modality contribution, confusion matrix, ROC, curves."""
     from polymodal.evaluation.report import compare_report, model_report, write_html

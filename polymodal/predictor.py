@@ -172,11 +172,9 @@ class MultimodalPredictor:
             out[col] = {"ref": resolve(name).to_dict(), "mode": mode, "layers": self.finetune_layers, "lora": self.lora}
         return out
 
-    def fit(self, train: Any, valid: Any | None = None) -> MultimodalPredictor:
-        """Train on `train` (path or DataFrame); validate on `valid`, or on a stratified 10 % split of train."""
-        from polymodal.tasks import Task
-
-        start = time.perf_counter()
+    def _start(self, train: Any, progress: bool) -> tuple[tuple[pd.DataFrame, Path], Schema, Any]:
+        """What training begins with (here and in `compare`): read the table, infer and check the schema, resolve
+        the pretrained encoders and fit their settings. Returns (table, schema, FeaturePipeline)."""
         from polymodal.model.pipeline import FeaturePipeline
 
         table = read_table(train)
@@ -186,7 +184,15 @@ class MultimodalPredictor:
             **(self.preprocess_config.to_dict() | {"pretrained": self._pretrained_config(schema)})
         )
         preprocessor = Preprocessor(schema, config).fit_pretrained(table[0], table[1])
-        pipeline = FeaturePipeline(schema, preprocessor, self.cache_dir, progress=self.train_config.progress)
+        return table, schema, FeaturePipeline(schema, preprocessor, self.cache_dir, progress=progress)
+
+    def fit(self, train: Any, valid: Any | None = None) -> MultimodalPredictor:
+        """Train on `train` (path or DataFrame); validate on `valid`, or on a stratified 10 % split of train."""
+        from polymodal.tasks import Task
+
+        start = time.perf_counter()
+        table, schema, pipeline = self._start(train, self.train_config.progress)
+        preprocessor = pipeline.preprocessor
         df, media, frozen, problems = self._load_rows(train, pipeline, training=True, table=table)
         self.dropped_ = list(problems)
         if valid is not None:

@@ -149,6 +149,11 @@ def test_cli_compare_reports_a_bad_fusion_name(synth_split, tmp_path):
     train, _ = synth_split
     r = CliRunner().invoke(app, ["compare", str(train), "--label", "y", "-o", str(tmp_path / "c"), "--fusions", "x"])
     assert r.exit_code == 2 and "unknown fusion" in r.output
+    r = CliRunner().invoke(app, ["compare", str(train), "--label", "y", "-o", str(tmp_path / "c"), "--noise-rows", "0"])
+    assert r.exit_code == 2 and "noise_rows must be at least 1" in r.output
+    r = CliRunner().invoke(app, ["compare", str(train), "--label", "y", "-o", str(tmp_path / "c"), "--image-fit", "x"])
+    assert r.exit_code == 2 and "image_fit must be one of ('squash', 'pad'), not 'x'" in r.output
+    assert not (tmp_path / "c").exists()  # refused before any work or folder
 
 
 # ---- the noise -----------------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ import pandas as pd
 from polymodal import __version__
 from polymodal.data.io import read_table
 from polymodal.data.schema import Schema, infer_schema
-from polymodal.evaluation.robustness import NoisyInputs, evaluate_robustness, noise_sample
+from polymodal.evaluation.robustness import NoisyInputs, check_noise_rows, evaluate_robustness, noise_sample
 from polymodal.evaluation.subset import select_features, sub_preprocessor, sub_schema
 from polymodal.model.artifact import read_json, write_json
 from polymodal.preprocess import Features, Preprocessor
@@ -146,21 +146,12 @@ class SeedData:
 def load_data(template: Any, train: Any, test: Any | None, valid: Any | None, test_fraction: float) -> CompareData:
     """Read and validate the tables once, decode their media and run the frozen pretrained encoders once (through
     the feature cache), with the predictor's own checks and bad-row policy, as `MultimodalPredictor.fit` does."""
-    from polymodal.data.validate import check_columns
-    from polymodal.model.pipeline import FeaturePipeline
     from polymodal.predictor import MultimodalPredictor
-    from polymodal.preprocess import PreprocessConfig
 
     start = time.perf_counter()
-    table = read_table(train)
-    schema = infer_schema(table[0], template.label, template.modalities, template.ignore, template.problem_type)
-    check_columns(table[0], schema, training=True)
-    config = PreprocessConfig(
-        **(template.preprocess_config.to_dict() | {"pretrained": template._pretrained_config(schema)})
-    )
-    base = Preprocessor(schema, config).fit_pretrained(table[0], table[1])
     # The encoder pass can take minutes on a large table: it shows a progress bar even when training does not.
-    pipeline = FeaturePipeline(schema, base, template.cache_dir, progress=True)
+    table, schema, pipeline = template._start(train, progress=True)
+    base = pipeline.preprocessor
     df, media, frozen, problems = template._load_rows(train, pipeline, training=True, table=table)
     dropped = len({p.row for p in problems})
     vsplit = None
@@ -544,6 +535,7 @@ def compare(
     seed_list = list(range(seeds)) if isinstance(seeds, int) else sorted(set(seeds))
     if not seed_list:
         raise ValueError("seeds must be at least 1")
+    check_noise_rows(noise_rows)  # before any work, not after the encoders ran
     for key in ("label", "fusion", "seed"):
         if key in options:
             raise ValueError(f"{key!r} is set by compare itself")
@@ -555,8 +547,9 @@ def compare(
 
     # What a finished entry's result must match to be reused: the data and every setting that changes it.
     tables = {k: v for k, v in (("train", train), ("valid", valid), ("test", test)) if v is not None}
-    fingerprints = {k: fingerprint(read_table(v)[0]) for k, v in tables.items()}
-    schema = infer_schema(read_table(train)[0], label, template.modalities, template.ignore, template.problem_type)
+    frames = {k: read_table(v)[0] for k, v in tables.items()}
+    fingerprints = {k: fingerprint(df) for k, df in frames.items()}
+    schema = infer_schema(frames["train"], label, template.modalities, template.ignore, template.problem_type)
     entries = plan_entries(list(schema.inputs), selected)
     base = {
         "version": __version__, "data": fingerprints, "schema": schema.to_dict(), "options": options,

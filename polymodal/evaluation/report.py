@@ -466,8 +466,15 @@ def model_report(
     The noise curves use a fixed sample of at most `noise_rows` rows (None: all)."""
     from polymodal.data.io import read_table
     from polymodal.data.validate import BadRowsError, check_columns
-    from polymodal.evaluation.robustness import NoisyInputs, evaluate_robustness, metric_of, noise_sample
+    from polymodal.evaluation.robustness import (
+        NoisyInputs,
+        check_noise_rows,
+        evaluate_robustness,
+        metric_of,
+        noise_sample,
+    )
 
+    check_noise_rows(noise_rows)
     df, base_dir = read_table(data)
     schema, task = model.schema, model.task
     if schema.label not in df.columns:

@@ -134,8 +134,14 @@ def noise_categorical(df: pd.DataFrame, columns: list[str], vocabs: list[list[st
     return df
 
 
+def check_noise_rows(noise_rows: int | None) -> None:
+    if noise_rows is not None and noise_rows < 1:
+        raise ValueError(f"noise_rows must be at least 1 (or None for every test row), not {noise_rows}")
+
+
 def noise_sample(n: int, noise_rows: int | None) -> np.ndarray | None:
     """The test rows the noise curves are measured on: all, or a fixed random sample of `noise_rows`."""
+    check_noise_rows(noise_rows)
     if noise_rows is None or noise_rows >= n:
         return None
     return np.sort(np.random.default_rng(0).choice(n, size=noise_rows, replace=False))
