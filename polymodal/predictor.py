@@ -227,11 +227,14 @@ class MultimodalPredictor:
     ) -> MultimodalPredictor:
         """The training half of `fit`, on data already decoded and preprocessed (`compare` shares that work
         across its entries). Leaves the predictor exactly as `fit` does: usable, saveable, loadable."""
+        import torch
+
         from polymodal.model.inference import InferenceEngine
         from polymodal.model.network import MultimodalNet
         from polymodal.training import train as run_training
 
         start = time.perf_counter() if start is None else start
+        torch.manual_seed(self.train_config.seed)  # the initial weights are part of what the seed fixes
         net = MultimodalNet(
             schema.inputs, preprocessor.input_specs(), task, self.fusion, self.embed_dim, self.hidden, self.dropout
         )

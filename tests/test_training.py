@@ -106,3 +106,13 @@ def test_validation_table_and_history(synth_split):
 def test_unfitted_predictor_says_so():
     with pytest.raises(RuntimeError, match="not fitted"):
         MultimodalPredictor(label="y").predict(pd.DataFrame({"a": [1]}))
+
+
+def test_the_same_seed_gives_the_same_model(synth_split):
+    """The seed fixes the initial weights too, not only the training loop: two fits predict identically."""
+    train, test = synth_split
+    kw = dict(synth.FAST, max_epochs=2, ignore=["clip", "price", "shade", "score"])
+    a, b = (MultimodalPredictor(label="y", fusion="early", seed=3, **kw).fit(train) for _ in range(2))
+    np.testing.assert_array_equal(a.predict_proba(test).to_numpy(), b.predict_proba(test).to_numpy())
+    c = MultimodalPredictor(label="y", fusion="early", seed=4, **kw).fit(train)
+    assert not np.array_equal(a.predict_proba(test).to_numpy(), c.predict_proba(test).to_numpy())
