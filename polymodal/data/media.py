@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from polymodal.data.redact import quote_value
+
 # Refuse images above this many pixels before decoding them (decompression bombs).
 MAX_IMAGE_PIXELS = 64_000_000
 # Refuse to read more than this much audio; longer clips are cut anyway by the preprocessing.
@@ -26,9 +28,9 @@ def _open_source(source: str | os.PathLike[str] | bytes):
         return io.BytesIO(source)
     path = Path(source)
     if not path.exists():
-        raise MediaError(f"file not found: {path}")
+        raise MediaError(f"file not found: {quote_value(path.name, 40)}")
     if path.stat().st_size == 0:
-        raise MediaError(f"file is empty: {path}")
+        raise MediaError(f"file is empty: {quote_value(path.name, 40)}")
     return path
 
 

@@ -13,6 +13,7 @@ import pandas as pd
 
 from polymodal.data.io import resolve_path
 from polymodal.data.media import MediaError, decode_audio, decode_image
+from polymodal.data.redact import quote_value
 from polymodal.data.schema import Modality, Schema, SchemaError
 
 MAX_LISTED = 20
@@ -76,7 +77,7 @@ def check_labels(df: pd.DataFrame, schema: Schema) -> list[Problem]:
     if not schema.problem_type.is_classification:
         values = pd.to_numeric(y, errors="coerce")
         bad = np.flatnonzero(values.isna().to_numpy() & ~y.isna().to_numpy())
-        problems += [Problem(int(i), schema.label, f"label {y.iloc[i]!r} is not a number") for i in bad]
+        problems += [Problem(int(i), schema.label, f"label {quote_value(y.iloc[i])} is not a number") for i in bad]
     return problems
 
 

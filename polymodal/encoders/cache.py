@@ -23,6 +23,7 @@ import torch
 
 from polymodal.data.io import resolve_path
 from polymodal.data.media import MediaError, decode_audio, decode_image
+from polymodal.data.redact import quote_value
 from polymodal.data.schema import Modality
 from polymodal.data.validate import Problem, is_missing
 from polymodal.encoders.pretrained import EncoderRef, build, cache_root
@@ -84,7 +85,7 @@ def _content(value: Any, modality: Modality, base_dir: Path) -> bytes:
         return bytes(value)
     path = resolve_path(str(value), base_dir)
     if not path.exists():
-        raise MediaError(f"file not found: {path}")
+        raise MediaError(f"file not found: {quote_value(path.name, 40)}")
     return path.read_bytes()
 
 

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, create_model
 
+from polymodal.data.redact import quote_value
 from polymodal.data.schema import Modality, Schema
 from polymodal.serving.config import ServeConfig
 
@@ -138,7 +139,7 @@ class InstanceChecker:
                 try:
                     value = float(value)
                 except ValueError:
-                    raise _Bad(f"expected {EXPECTED[modality]}, got {value[:40]!r}") from None
+                    raise _Bad(f"expected {EXPECTED[modality]}, got {quote_value(value)}") from None
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise _Bad(f"expected {EXPECTED[modality]}, got {_json_type(value)}")
             if not math.isfinite(value):
