@@ -249,7 +249,9 @@ class TextAnonymizer:
             if self.operator == "placeholder":
                 operators[entity] = OperatorConfig("replace", {"new_value": f"<{entity}>"})
             elif self.operator == "mask":
-                operators[entity] = OperatorConfig("mask", {"masking_char": "*", "chars_to_mask": 10**6, "from_end": False})
+                operators[entity] = OperatorConfig(
+                    "mask", {"masking_char": "*", "chars_to_mask": 10**6, "from_end": False}
+                )
             else:
                 operators[entity] = OperatorConfig("custom", {"lambda": lambda v, e=entity: self.token(e, v)})
         results = [RecognizerResult(s.entity, s.start, s.end, s.score) for s in spans]
