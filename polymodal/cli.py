@@ -34,6 +34,19 @@ Preset = Annotated[str | None, typer.Option(help="pretrained: the offline defaul
 CacheDir = Annotated[Path | None, typer.Option(help="Feature cache of frozen encoders (default: ~/.cache/polymodal)")]
 NoiseLevels = Annotated[int, typer.Option(help="Noise levels per modality for robustness (0: skip the noise)")]
 NoiseRows = Annotated[int, typer.Option(help="Measure the noise curves on a fixed sample of this many test rows")]
+Anonymize = Annotated[
+    bool,
+    typer.Option(
+        "--anonymize",
+        help="Anonymize the tables first (text, faces, voices) into OUTPUT.anonymized/ and train on that copy",
+    ),
+]
+PrivacyOperator = Annotated[
+    str, typer.Option(help="placeholder: <EMAIL_ADDRESS> | mask: ***** | hash: salted, from $POLYMODAL_PRIVACY_SALT")
+]
+NerModel = Annotated[
+    str | None, typer.Option(help="Token-classification model (HF id or folder) for names, places, organizations")
+]
 
 
 def _modalities(**columns: list[str] | None) -> dict[str, str]:
@@ -97,6 +110,9 @@ def fit(
     lora: bool = typer.Option(False, help="With --finetune: train LoRA adapters instead of the encoder's weights"),
     encoder_lr: float | None = typer.Option(None, help="Learning rate of fine-tuned encoders (default: lr / 10)"),
     cache_dir: CacheDir = None,
+    anonymize: Anonymize = False,
+    privacy_operator: PrivacyOperator = "placeholder",
+    ner_model: NerModel = None,
 ) -> None:
     """Train a fused model on a table and save it to a folder."""
     from polymodal.evaluation.table import metrics_table
@@ -105,6 +121,9 @@ def fit(
     modalities = _modalities(text=text, image=image, audio=audio, numeric=numeric, categorical=categorical)
 
     def go():
+        nonlocal train, valid
+        if anonymize:
+            train, valid = _anonymized(output, modalities, privacy_operator, ner_model, train=train, valid=valid)
         p = MultimodalPredictor(
             label=label, fusion=fusion, problem_type=problem_type, modalities=modalities, ignore=ignore or [],
             preprocess={"image_size": image_size, "image_fit": image_fit, "sample_rate": sample_rate},
@@ -208,8 +227,11 @@ def info(
     from polymodal.predictor import MultimodalPredictor
 
     def go():
-        i = MultimodalPredictor.load(model).info()
+        p = MultimodalPredictor.load(model)
+        i = p.info()
+        personal = _personal_vocabulary(p)
         if as_json:
+            i["personal_vocabulary"] = personal
             sys.stdout.write(json.dumps(i, indent=2, default=str) + "\n")
             return
         t = Table(title=f"{model}: {i['fusion']} fusion, {i['task']['problem_type']}, label {i['label']!r}")
@@ -224,6 +246,13 @@ def info(
         rows = {k: v for k, v in i["metrics"].items() if isinstance(v, dict) and ("accuracy" in v or "rmse" in v)}
         if rows:
             console.print(metrics_table(rows, title="metrics"))
+        for col, counts in personal.items():
+            found = ", ".join(f"{k} {v}" for k, v in counts.items())
+            err.print(
+                f"[yellow]warning:[/] the vocabulary of {col!r} holds entries that look personal ({found}): this "
+                "model folder carries them wherever it goes. Retrain with --anonymize.",
+                highlight=False,
+            )
 
     _run(go)
 
@@ -344,6 +373,9 @@ def compare(
         False, "--finetune/--freeze", help="Fine-tune pretrained encoders, or freeze them (encoders run once)"
     ),
     cache_dir: CacheDir = None,
+    anonymize: Anonymize = False,
+    privacy_operator: PrivacyOperator = "placeholder",
+    ner_model: NerModel = None,
 ) -> None:
     """Leaderboard of unimodal baselines, fusions and ensembles over seeds, with robustness and an HTML report.
 
@@ -354,6 +386,11 @@ def compare(
     modalities = _modalities(text=text, image=image, audio=audio, numeric=numeric, categorical=categorical)
 
     def go():
+        nonlocal train, valid, test
+        if anonymize:
+            train, valid, test = _anonymized(
+                output, modalities, privacy_operator, ner_model, train=train, valid=valid, test=test
+            )
         board = run_compare(
             train, label, output, test=test, valid=valid, fusions=fusions, seeds=seeds, noise_levels=noise_levels,
             log_fn=lambda m: console.print(m, highlight=False), modalities=modalities, ignore=ignore or [],
@@ -408,6 +445,90 @@ def report(
             )
         write_html(output, html)
         console.print(f"wrote {output}")
+
+    _run(go)
+
+
+# ---- privacy: anonymize a table, or train on an anonymized copy ---------------------------------------------------
+def _anonymized(output: Path, modalities: dict[str, str], operator: str, ner_model: str | None, **tables: Path | None):
+    """Anonymize each given table into OUTPUT.anonymized/<name>/ and return the new paths (None stays None)."""
+    from polymodal.privacy import PrivacySettings, anonymize_table
+
+    settings = PrivacySettings(operator=operator, ner_model=ner_model, modalities=modalities)
+    folder = output.parent / f"{output.name}.anonymized"
+    out = []
+    for name, table in tables.items():
+        if table is None:
+            out.append(None)
+            continue
+        path, report = anonymize_table(table, folder / name, settings)
+        found = ", ".join(f"{k} {v}" for k, v in report["entities"].items()) or "nothing"
+        console.print(f"anonymized {name} table ({report['rows']} rows; found: {found}) -> {path}", highlight=False)
+        out.append(path)
+    return tuple(out)
+
+
+def _personal_vocabulary(predictor) -> dict[str, dict[str, int]]:
+    """Per input (and the label's classes), how many vocabulary entries look personal: counts, never values."""
+    from polymodal.data.schema import CATEGORICAL_INPUT, Modality
+    from polymodal.privacy.text import personal_vocabulary
+
+    engine = predictor.engine
+    state = engine.preprocessor.state
+    vocabularies = {c: state[c].get("vocab", []) for c in engine.schema.columns_of(Modality.TEXT) if c in state}
+    if CATEGORICAL_INPUT in state:
+        vocabularies |= dict(zip(state[CATEGORICAL_INPUT]["columns"], state[CATEGORICAL_INPUT]["vocabs"], strict=True))
+    if engine.task.classes:
+        vocabularies[f"{engine.schema.label} (label classes)"] = [str(c) for c in engine.task.classes]
+    found = {col: personal_vocabulary(words) for col, words in vocabularies.items() if words}
+    return {col: counts for col, counts in found.items() if counts}
+
+
+@app.command()
+def anonymize(
+    table: Path = typer.Argument(..., help="Table to anonymize: .csv, .tsv, .parquet or .jsonl (only read)"),
+    output: Path = typer.Option(..., "--output", "-o", help="New folder: the clean table, media/, and the report"),
+    operator: PrivacyOperator = "placeholder",
+    ner_model: NerModel = None,
+    entities: str | None = typer.Option(None, help="Comma-separated entity types (default: every pattern type)"),
+    threshold: float = typer.Option(0.4, help="Presidio score a match needs to count"),
+    faces: str = typer.Option("blur", help="blur | box | keep: what happens to faces in images"),
+    voice: str = typer.Option("mcadams", help="mcadams | keep: what happens to voices in audio"),
+    alpha: float = typer.Option(0.8, help="McAdams coefficient"),
+    alpha_range: str | None = typer.Option(None, help="LOW,HIGH: a random McAdams coefficient per recording"),
+    seed: int = typer.Option(0, help="Seed of the per-recording coefficients"),
+    text: TextCols = None,
+    image: ImageCols = None,
+    audio: AudioCols = None,
+) -> None:
+    """Write an anonymized copy of a table: personal data in text replaced, faces blurred, voices changed,
+    image and audio metadata dropped; plus anonymization_report.json (counts per entity type and column)."""
+    from polymodal.privacy import PrivacySettings, anonymize_table
+
+    def go():
+        rng = None
+        if alpha_range:
+            lo, _, hi = alpha_range.partition(",")
+            rng = (float(lo), float(hi))
+        settings = PrivacySettings(
+            operator=operator, ner_model=ner_model, entities=entities.split(",") if entities else None,
+            threshold=threshold, faces=faces, voice=voice, alpha=alpha, alpha_range=rng, seed=seed,
+            modalities=_modalities(text=text, image=image, audio=audio),
+        )  # fmt: skip
+        path, report = anonymize_table(table, output, settings)
+        from rich.table import Table
+
+        t = Table(title=f"anonymized {report['rows']} rows -> {path}")
+        for c in ("column", "modality", "found"):
+            t.add_column(c)
+        for col, entry in report["columns"].items():
+            found = entry.get("entities") or ({"FACE": entry["faces"]} if "faces" in entry else {})
+            what = ", ".join(f"{k} {v}" for k, v in found.items()) or (
+                f"{entry['files']} file(s), voice: {entry['voice']}" if "voice" in entry else "-"
+            )
+            t.add_row(col, entry["modality"], what)
+        console.print(t)
+        console.print(f"report: {output / 'anonymization_report.json'}")
 
     _run(go)
 

@@ -79,10 +79,24 @@ def alpha_for(row: int, seed: int, alpha: float, alpha_range: tuple[float, float
     return float(np.random.default_rng([seed, row]).uniform(lo, hi))
 
 
-def anonymize_audio(source, target, alpha: float = DEFAULT_ALPHA) -> None:
-    """Read `source`, anonymize every channel, write `target` as 16-bit WAV (no metadata) at the same rate."""
+def read_wave(source) -> tuple[np.ndarray, int]:
+    """(samples x channels float64, sample rate)."""
     import soundfile as sf
 
     wav, sr = sf.read(source, dtype="float64", always_2d=True)
-    channels = [mcadams(wav[:, c], sr, alpha) for c in range(wav.shape[1])]
-    sf.write(target, np.stack(channels, axis=1), sr, subtype="PCM_16", format="WAV")
+    if wav.size == 0:
+        raise ValueError("audio has no samples")
+    return wav, sr
+
+
+def write_wav(wave: np.ndarray, sample_rate: int, target) -> None:
+    """16-bit WAV, samples only: no metadata chunks."""
+    import soundfile as sf
+
+    sf.write(target, np.clip(wave, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
+
+
+def anonymize_audio(source, target, alpha: float = DEFAULT_ALPHA) -> None:
+    """Read `source`, anonymize every channel, write `target` as 16-bit WAV at the same rate."""
+    wav, sr = read_wave(source)
+    write_wav(np.stack([mcadams(wav[:, c], sr, alpha) for c in range(wav.shape[1])], axis=1), sr, target)

@@ -17,8 +17,11 @@ MARGIN = 0.15  # grow each box by this fraction on every side: hair, ears and ch
 
 
 @lru_cache(maxsize=1)
-def _cascades() -> list[Any]:
+def cascades() -> list[Any]:
+    """The face detectors, loaded once (call it before starting threads: the first import of cv2 is not
+    thread-safe)."""
     import cv2
+    import cv2.data
 
     out = []
     for name in CASCADES:
@@ -35,7 +38,7 @@ def find_faces(rgb: np.ndarray, min_size: int = 24) -> list[tuple[int, int, int,
 
     gray = cv2.equalizeHist(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
     boxes: list[tuple[int, int, int, int]] = []
-    for cascade in _cascades():
+    for cascade in cascades():
         found = cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(min_size, min_size))
         boxes += [tuple(int(v) for v in b) for b in (found if len(found) else [])]
     return boxes

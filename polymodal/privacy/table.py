@@ -13,14 +13,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from polymodal.data.io import read_table, resolve_path
 from polymodal.data.redact import quote_value
 from polymodal.data.schema import Modality, infer_modality
 from polymodal.data.validate import BadRowsError, Problem, is_missing
-from polymodal.privacy.audio import DEFAULT_ALPHA, alpha_for, anonymize_audio
-from polymodal.privacy.image import FACE_MODES, anonymize_image
+from polymodal.privacy.audio import DEFAULT_ALPHA, alpha_for, mcadams, read_wave, write_wav
+from polymodal.privacy.image import FACE_MODES, cascades, cover_faces, read_rgb, write_png
 from polymodal.privacy.text import DEFAULT_THRESHOLD, OPERATORS, TextAnonymizer
 
 SALT_ENV = "POLYMODAL_PRIVACY_SALT"
@@ -154,22 +155,24 @@ def anonymize_frame(
 
         def one(item: tuple[Path, int], col=col, modality=modality, folder=folder) -> tuple[str, int, Problem | None]:
             source, row = item
-            try:
-                if modality is Modality.IMAGE:
-                    target = folder / f"{row}.png"
-                    return target.name, anonymize_image(source, target, settings.faces), None
-                target = folder / f"{row}.wav"
-                if settings.voice == "keep":
-                    import soundfile as sf
-
-                    wav, sr = sf.read(source, always_2d=True)
-                    sf.write(target, wav, sr, subtype="PCM_16", format="WAV")  # re-encoded: no metadata
-                else:
-                    anonymize_audio(source, target, alpha_for(row, settings.seed, settings.alpha, settings.alpha_range))
-                return target.name, 0, None
-            except Exception as e:  # unreadable file: reported by row and column, with no path or value
+            target = folder / (f"{row}.png" if modality is Modality.IMAGE else f"{row}.wav")
+            try:  # decoding: a file that does not decode is the table's problem, named by row and column only
+                data = read_rgb(source) if modality is Modality.IMAGE else read_wave(source)
+            except (OSError, ValueError, RuntimeError, SyntaxError) as e:
                 return "", 0, Problem(row, col, f"unreadable {modality.value} file ({type(e).__name__})")
+            if modality is Modality.IMAGE:
+                rgb, faces = cover_faces(data, settings.faces)
+                write_png(rgb, target)
+                return target.name, faces, None
+            wave, sr = data
+            if settings.voice == "mcadams":
+                alpha = alpha_for(row, settings.seed, settings.alpha, settings.alpha_range)
+                wave = np.stack([mcadams(wave[:, c], sr, alpha) for c in range(wave.shape[1])], axis=1)
+            write_wav(wave, sr, target)
+            return target.name, 0, None
 
+        if modality is Modality.IMAGE and settings.faces != "keep":
+            cascades()
         workers = settings.workers or min(4, os.cpu_count() or 1)
         with ThreadPoolExecutor(max_workers=workers) as pool:
             results = dict(zip(first_row, pool.map(one, first_row.items()), strict=True))
