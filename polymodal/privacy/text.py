@@ -46,6 +46,7 @@ NER_LABELS = {"PER": "PERSON", "PERSON": "PERSON", "LOC": "LOCATION", "GPE": "LO
 # Phone numbers are matched as written in these regions (national formats); international (+..) ones anywhere.
 PHONE_REGIONS = ("US", "GB", "DE", "FR", "ES", "IT", "NL", "BR", "IN", "CA", "AU", "CH", "AT", "BE", "PL", "SE", "IE")
 DEFAULT_THRESHOLD = 0.4
+PHONE_CONTEXT = ["phone", "number", "telephone", "tel", "cell", "cellphone", "mobile", "call", "ring", "reach", "fax"]
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ def _extra_recognizers() -> list[Any]:
     """What the stock recognizers miss, found by `benchmarks/pii.py`."""
     import tldextract
     from presidio_analyzer import Pattern, PatternRecognizer
-    from presidio_analyzer.predefined_recognizers import EmailRecognizer, PhoneRecognizer
+    from presidio_analyzer.predefined_recognizers import CreditCardRecognizer, EmailRecognizer, PhoneRecognizer
 
     # tldextract fetches the public suffix list from the internet by default; its bundled snapshot is enough.
     offline_tld = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
@@ -127,10 +128,42 @@ def _extra_recognizers() -> list[Any]:
             ]
             super().__init__(supported_entity="URL", patterns=patterns, supported_language=LANGUAGE)
 
+    class WrittenPhoneRecognizer(PatternRecognizer):
+        """Phone numbers as people write them, valid or not (Faker's are often not): international with a
+        trunk '(0)' and any grouping, US (555) 123-4567 / 555.123.4567 with an extension, and European national
+        numbers starting with 0 in groups. 9 to 15 digits, so dates and times never qualify."""
+
+        def __init__(self) -> None:
+            ext = r"(?:\s?(?:x|ext\.?)\s?\d{1,6})?"
+            patterns = [
+                Pattern(
+                    "international",
+                    r"(?<![\w+])\+\d{1,3}[ .-]?(?:\(0\)[ .-]?)?\(?\d{1,5}\)?(?:[ .-]?\d{2,6}){1,5}" + ext + r"(?!\w)",
+                    0.5,
+                ),
+                Pattern("us", r"(?<![\w.-])(?:\(\d{3}\)\s?|\d{3}[.-])\d{3}[.-]\d{4}" + ext + r"(?![\w-])", 0.5),
+                Pattern(
+                    "national", r"(?<![\w.-])\(?0\d{1,4}\)?(?:[ -]|\)-?)\d{2,8}(?:[ -]\d{2,4}){0,4}(?![\w-])", 0.45
+                ),
+                # A bare run of 10-15 digits (an MSISDN) counts only with a context word ("phone", "mobile", "call").
+                Pattern("bare", r"(?<![\w.+-])\d{10,15}(?![\w-])", 0.1),
+            ]
+            super().__init__(
+                supported_entity="PHONE_NUMBER", patterns=patterns, supported_language=LANGUAGE, context=PHONE_CONTEXT
+            )
+
+        def validate_result(self, pattern_text: str) -> bool | None:
+            """None keeps the pattern's score; False drops the match."""
+            return None if 9 <= sum(c.isdigit() for c in pattern_text.split("x")[0]) <= 15 else False
+
+    # Mastercard's 2-series (2221-2720), which the stock pattern misses; the recognizer checks the Luhn sum.
+    mastercard2 = Pattern("mastercard 2-series", r"\b2(?:2[2-9]\d|[3-6]\d\d|7[01]\d|720)(?:[ -]?\d{4}){3}\b", 0.3)
     return [
         OfflineEmailRecognizer(),
         OfflineUrlRecognizer(),
-        PhoneRecognizer(supported_regions=list(PHONE_REGIONS), supported_language=LANGUAGE),
+        WrittenPhoneRecognizer(),
+        CreditCardRecognizer(patterns=[*CreditCardRecognizer.PATTERNS, mastercard2], supported_language=LANGUAGE),
+        PhoneRecognizer(supported_regions=list(PHONE_REGIONS), supported_language=LANGUAGE, context=PHONE_CONTEXT),
         # IPv6 in its compressed forms, which the stock recognizer's pattern misses in running text.
         PatternRecognizer(
             supported_entity="IP_ADDRESS",
@@ -149,7 +182,7 @@ def analyzer(ner_model: str | None = None) -> Any:
 
     nlp = _BlankSpacyEngine()
     registry = RecognizerRegistry(supported_languages=[LANGUAGE])
-    replaced = {"EmailRecognizer", "UrlRecognizer", "PhoneRecognizer"}
+    replaced = {"EmailRecognizer", "UrlRecognizer", "PhoneRecognizer", "CreditCardRecognizer"}
     for name in dir(pr):
         cls = getattr(pr, name)
         if not (isinstance(cls, type) and issubclass(cls, EntityRecognizer)) or name in replaced:
@@ -204,12 +237,42 @@ def find(
     if not text or not text.strip():
         return []
     wanted = list(entities) if entities else [*PATTERN_ENTITIES, *(set(NER_LABELS.values()) if ner_model else ())]
-    results = analyzer(ner_model).analyze(text=text, language=LANGUAGE, entities=wanted, score_threshold=threshold)
+    results = analyzer(ner_model).analyze(
+        text=text, language=LANGUAGE, entities=wanted, score_threshold=threshold, return_decision_process=True
+    )
+    results = [r for r in results if _plausible(r, text)]
     kept: list[Span] = []
-    for r in sorted(results, key=lambda r: (-r.score, -(r.end - r.start), r.start)):
+    for r in sorted(results, key=lambda r: (-_PRIORITY.get(r.entity_type, 1), -r.score, r.start - r.end, r.start)):
         if all(r.end <= k.start or r.start >= k.end for k in kept):
             kept.append(Span(r.entity_type, r.start, r.end, r.score))
     return sorted(kept, key=lambda s: s.start)
+
+
+# Types whose pattern is a bare run of digits or letters that many other numbers share (an order number passes
+# the NHS checksum one time in eleven): they count only next to one of their context words ("nhs", "passport").
+NEEDS_CONTEXT = {"UK_NHS", "US_BANK_NUMBER", "US_DRIVER_LICENSE", "US_PASSPORT", "MEDICAL_LICENSE", "US_ITIN"}
+# When two types claim overlapping text, a structured, checksummed type beats a phone number or a name.
+_PRIORITY = {
+    t: 2
+    for t in ("EMAIL_ADDRESS", "CREDIT_CARD", "IBAN_CODE", "CRYPTO", "US_SSN", "ES_NIF", "ES_NIE", "IT_FISCAL_CODE")
+}
+_BARE_DIGITS = re.compile(r"\d+")
+
+
+def _plausible(result: Any, text: str) -> bool:
+    explanation = result.analysis_explanation
+    boosted = bool(explanation is not None and explanation.supportive_context_word)
+    if result.entity_type in NEEDS_CONTEXT:
+        return boosted
+    if result.entity_type == "PHONE_NUMBER":
+        # No phone number has fewer than 7 digits (prices and times do); a bare run of digits is a phone number
+        # when it is as long as a national number (9+) or said to be one.
+        span = text[result.start : result.end]
+        if sum(c.isdigit() for c in span) < 7:
+            return False
+        if _BARE_DIGITS.fullmatch(span):
+            return boosted or len(span) >= 9
+    return True
 
 
 class TextAnonymizer:
