@@ -91,7 +91,8 @@ class _BlankSpacyEngine:
                     yield text, self.process_text(text, language)
 
             def is_stopword(self, word: str, language: str) -> bool:
-                return self.nlp[language].vocab[word].is_stop
+                # spaCy counts "call" as a stop word; for context it is the word that says "phone number".
+                return self.nlp[language].vocab[word].is_stop and word.lower() not in PHONE_CONTEXT
 
             def is_punct(self, word: str, language: str) -> bool:
                 return self.nlp[language].vocab[word].is_punct
@@ -141,7 +142,11 @@ def _extra_recognizers() -> list[Any]:
                     r"(?<![\w+])\+\d{1,3}[ .-]?(?:\(0\)[ .-]?)?\(?\d{1,5}\)?(?:[ .-]?\d{2,6}){1,5}" + ext + r"(?!\w)",
                     0.5,
                 ),
-                Pattern("us", r"(?<![\w.-])(?:\(\d{3}\)\s?|\d{3}[.-])\d{3}[.-]\d{4}" + ext + r"(?![\w-])", 0.5),
+                Pattern(
+                    "us",
+                    r"(?<![\w.-])(?:(?:\+?1|001)[.-])?(?:\(\d{3}\)\s?|\d{3}[.-])\d{3}[.-]\d{4}" + ext + r"(?![\w-])",
+                    0.5,
+                ),
                 Pattern(
                     "national", r"(?<![\w.-])\(?0\d{1,4}\)?(?:[ -]|\)-?)\d{2,8}(?:[ -]\d{2,4}){0,4}(?![\w-])", 0.45
                 ),
