@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from polymodal.config import IMAGE_FITS
 from polymodal.data.redact import quote_value
 
 # Refuse images above this many pixels before decoding them (decompression bombs).
@@ -34,7 +35,6 @@ def _open_source(source: str | os.PathLike[str] | bytes):
     return path
 
 
-IMAGE_FITS = ("squash", "pad")
 PAD_GRAY = 128  # letterbox bars: mid-grey, about zero after any usual pixel normalization
 
 
