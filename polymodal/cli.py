@@ -528,7 +528,7 @@ def _anonymized(output: Path, modalities: dict[str, str], operator: str, ner_mod
     """Anonymize each given table into OUTPUT.anonymized/<name>/ and return the new paths (None stays None)."""
     from polymodal.privacy import PrivacySettings, anonymize_table
 
-    settings = PrivacySettings(operator=operator, ner_model=ner_model, modalities=modalities)
+    settings = PrivacySettings(operator=operator, ner_model=ner_model, modalities=modalities or {})
     folder = output.parent / f"{output.name}.anonymized"
     out = []
     for name, table in tables.items():
@@ -587,7 +587,7 @@ def anonymize(
         settings = PrivacySettings(
             operator=operator, ner_model=ner_model, entities=entities.split(",") if entities else None,
             threshold=threshold, faces=faces, voice=voice, alpha=alpha, alpha_range=rng, seed=seed,
-            modalities=_modalities(text=text, image=image, audio=audio),
+            modalities=_modalities(text=text, image=image, audio=audio) or {},
         )  # fmt: skip
         path, report = anonymize_table(table, output, settings)
         from rich.table import Table
