@@ -121,7 +121,11 @@ def main() -> None:
     sp, dg = results["speaker"], results["digit"]
     goal = {
         "speaker_ignorant_le_0.4": sp["ignorant (alpha 0.8)"] <= 0.4,
-        "digit_drop_le_5_points": dg["clean"] - dg["ignorant (alpha 0.8)"] <= 0.05,
+        # Utility as the data owner sees it: the digit model trained and tested on anonymized audio.
+        "digit_drop_le_5_points_trained_on_anonymized": dg["clean"] - dg["informed (alpha 0.8)"] <= 0.05,
+        # The clean-trained digit model applied to anonymized audio (a harder, mismatched setting).
+        "digit_drop_le_5_points_trained_on_clean": dg["clean"] - dg["ignorant (alpha 0.8)"] <= 0.05,
+        "speaker_informed_le_0.4": sp["informed (alpha 0.8)"] <= 0.4,
     }
     print(f"\n{'condition':36s} {'speaker acc (privacy, chance 0.2)':>34s} {'digit acc (utility)':>20s}")
     for cond in ("clean", "ignorant (alpha 0.8)", "ignorant (alpha 0.7-0.9 per clip)", "informed (alpha 0.8)"):
