@@ -35,14 +35,15 @@ CacheDir = Annotated[Path | None, typer.Option(help="Feature cache of frozen enc
 NoiseLevels = Annotated[int, typer.Option(help="Noise levels per modality for robustness (0: skip the noise)")]
 NoiseRows = Annotated[int, typer.Option(help="Measure the noise curves on a fixed sample of this many test rows")]
 Anonymize = Annotated[
-    bool,
+    bool | None,
     typer.Option(
         "--anonymize",
         help="Anonymize the tables first (text, faces, voices) into OUTPUT.anonymized/ and train on that copy",
     ),
 ]
 PrivacyOperator = Annotated[
-    str, typer.Option(help="placeholder: <EMAIL_ADDRESS> | mask: ***** | hash: salted, from $POLYMODAL_PRIVACY_SALT")
+    str | None,
+    typer.Option(help="placeholder: <EMAIL_ADDRESS> | mask: ***** | hash: salted, from $POLYMODAL_PRIVACY_SALT"),
 ]
 NerModel = Annotated[
     str | None, typer.Option(help="Token-classification model (HF id or folder) for names, places, organizations")
@@ -147,8 +148,8 @@ def fit(
     lora: bool | None = typer.Option(None, "--lora", help="With --finetune: train LoRA adapters instead"),
     encoder_lr: float | None = typer.Option(None, help="Learning rate of fine-tuned encoders (default: lr / 10)"),
     cache_dir: CacheDir = None,
-    anonymize: Anonymize = False,
-    privacy_operator: PrivacyOperator = "placeholder",
+    anonymize: Anonymize = None,
+    privacy_operator: PrivacyOperator = None,
     ner_model: NerModel = None,
 ) -> None:
     """Train a fused model on a table and save it to a folder.
@@ -159,10 +160,7 @@ def fit(
     from polymodal.predictor import MultimodalPredictor
 
     def go():
-        nonlocal train, valid
         modalities = _modalities(text=text, image=image, audio=audio, numeric=numeric, categorical=categorical)
-        if anonymize:
-            train, valid = _anonymized(output, modalities, privacy_operator, ner_model, train=train, valid=valid)
         settings = _settings(
             label=label, fusion=fusion, problem_type=problem_type, ignore=ignore,
             modalities=modalities,
@@ -174,9 +172,12 @@ def fit(
             devices=None if devices is None else int(devices) if devices.isdigit() else devices,
             freeze=None if finetune is None else not finetune,
             **{"preprocess.image_size": image_size, "preprocess.image_fit": image_fit,
-               "preprocess.sample_rate": sample_rate},
+               "preprocess.sample_rate": sample_rate, "privacy.anonymize": anonymize,
+               "privacy.operator": privacy_operator, "privacy.ner_model": ner_model},
         ) | _set_options(set_)  # fmt: skip
         p = MultimodalPredictor(config=config, **settings)
+        if p.config_.privacy.anonymize and p.config_.privacy.output_dir is None:
+            p.config_.privacy.output_dir = str(output.parent / f"{output.name}.anonymized")  # kept beside the model
         p.fit(train, valid)
         folder = p.save(output)
         console.print(metrics_table({f"{p.fusion} (validation)": p.metrics_["valid"]}, title="validation metrics"))
@@ -444,8 +445,8 @@ def compare(
     preset: Preset = None,
     finetune: Finetune = None,
     cache_dir: CacheDir = None,
-    anonymize: Anonymize = False,
-    privacy_operator: PrivacyOperator = "placeholder",
+    anonymize: Anonymize = None,
+    privacy_operator: PrivacyOperator = None,
     ner_model: NerModel = None,
 ) -> None:
     """Leaderboard of unimodal baselines, fusions and ensembles over seeds, with robustness and an HTML report.
@@ -455,12 +456,7 @@ def compare(
     from polymodal.evaluation.compare import leaderboard_table
 
     def go():
-        nonlocal train, valid, test
         modalities = _modalities(text=text, image=image, audio=audio, numeric=numeric, categorical=categorical)
-        if anonymize:
-            train, valid, test = _anonymized(
-                output, modalities, privacy_operator, ner_model, train=train, valid=valid, test=test
-            )
         settings = _settings(
             config=config, problem_type=problem_type, ignore=ignore,
             modalities=modalities,
@@ -469,7 +465,8 @@ def compare(
             text_encoder=text_encoder, image_encoder=image_encoder, audio_encoder=audio_encoder, preset=preset,
             cache_dir=cache_dir, freeze=None if finetune is None else not finetune,
             **{"preprocess.image_size": image_size, "preprocess.image_fit": image_fit,
-               "preprocess.sample_rate": sample_rate},
+               "preprocess.sample_rate": sample_rate, "privacy.anonymize": anonymize,
+               "privacy.operator": privacy_operator, "privacy.ner_model": ner_model},
         ) | _set_options(set_)  # fmt: skip
         board = run_compare(
             train, label, output, test=test, valid=valid, fusions=fusions, seeds=seeds, noise_levels=noise_levels,
@@ -524,24 +521,6 @@ def report(
 
 
 # ---- privacy: anonymize a table, or train on an anonymized copy ---------------------------------------------------
-def _anonymized(output: Path, modalities: dict[str, str], operator: str, ner_model: str | None, **tables: Path | None):
-    """Anonymize each given table into OUTPUT.anonymized/<name>/ and return the new paths (None stays None)."""
-    from polymodal.privacy import PrivacySettings, anonymize_table
-
-    settings = PrivacySettings(operator=operator, ner_model=ner_model, modalities=modalities or {})
-    folder = output.parent / f"{output.name}.anonymized"
-    out = []
-    for name, table in tables.items():
-        if table is None:
-            out.append(None)
-            continue
-        path, report = anonymize_table(table, folder / name, settings)
-        found = ", ".join(f"{k} {v}" for k, v in report["entities"].items()) or "nothing"
-        console.print(f"anonymized {name} table ({report['rows']} rows; found: {found}) -> {path}", highlight=False)
-        out.append(path)
-    return tuple(out)
-
-
 def _personal_vocabulary(predictor) -> dict[str, dict[str, int]]:
     """Per input (and the label's classes), how many vocabulary entries look personal: counts, never values."""
     from polymodal.data.schema import CATEGORICAL_INPUT, Modality

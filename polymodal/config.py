@@ -123,8 +123,24 @@ class TrainConfig:
         return asdict(self)
 
 
+@dataclass
+class PrivacyConfig:
+    """Personal data removed from every table before anything is fitted, logged or saved (polymodal.privacy)."""
+
+    anonymize: bool = False
+    operator: str = field(default="placeholder", metadata=_choices("placeholder", "mask", "hash"))  # hash: salted
+    ner_model: str | None = None  # token-classification model (HF id or folder) for names, places, organizations
+    faces: str = field(default="blur", metadata=_choices("blur", "box", "keep"))
+    voice: str = field(default="mcadams", metadata=_choices("mcadams", "keep"))
+    alpha: float = 0.8  # McAdams coefficient
+    alpha_range: list[float] | None = None  # [low, high]: a random alpha per recording (seeded)
+    seed: int = 0
+    output_dir: str | None = None  # where the anonymized copies go (None: a temporary folder, removed after fit)
+
+
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
+    "privacy": PrivacyConfig,
     "preprocess": PreprocessConfig,
     "encoders": EncodersConfig,
     "fusion": FusionConfig,
@@ -148,6 +164,7 @@ FLAT_KEYWORDS: dict[str, str] = {
     "text_encoder": "encoders.text.name",
     "image_encoder": "encoders.image.name",
     "audio_encoder": "encoders.audio.name",
+    "anonymize": "privacy.anonymize",
     "hidden": "fusion.hidden",
     "dropout": "fusion.dropout",
     **{f.name: f"train.{f.name}" for f in fields(TrainConfig)},
@@ -159,6 +176,7 @@ class Config:
     """The whole tree. `Config.from_dict`, `from_yaml`, `get`/`set` by dotted path, `to_dict`/`to_yaml`."""
 
     data: DataConfig = field(default_factory=DataConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     encoders: EncodersConfig = field(default_factory=EncodersConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)

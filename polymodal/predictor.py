@@ -179,7 +179,22 @@ class MultimodalPredictor:
 
     def fit(self, train: Any, valid: Any | None = None, callbacks: list | None = None) -> MultimodalPredictor:
         """Train on `train` (path or DataFrame); validate on `valid`, or on a stratified 10 % split of train.
-        `callbacks`: extra Lightning callbacks (e.g. a tuner's pruning callback)."""
+        `callbacks`: extra Lightning callbacks (e.g. a tuner's pruning callback). With `privacy.anonymize`, the
+        tables are anonymized first (into `privacy.output_dir`, else a temporary folder) and only the copies are
+        read, so no raw personal value reaches the vocabularies, logs or the model folder."""
+        if self.config_.privacy.anonymize:
+            import tempfile
+
+            from polymodal.privacy import anonymize_tables
+
+            with tempfile.TemporaryDirectory(prefix="polymodal-anonymized-") as tmp:
+                tables = anonymize_tables(
+                    self.config_, self.config_.privacy.output_dir or tmp, log.info, train=train, valid=valid
+                )
+                return self._fit(tables["train"], tables["valid"], callbacks)
+        return self._fit(train, valid, callbacks)
+
+    def _fit(self, train: Any, valid: Any | None, callbacks: list | None) -> MultimodalPredictor:
         from polymodal.tasks import Task
 
         start = time.perf_counter()

@@ -350,3 +350,26 @@ def test_error_messages_truncate_and_mask_cell_values(tmp_path):
     assert not (tmp_path / "out").exists()  # nothing written
     r = runner.invoke(app, ["anonymize", str(tmp_path / "t.csv"), "-o", str(tmp_path)])
     assert r.exit_code == 2 and "never works in place" in r.output
+
+
+def test_the_privacy_section_of_the_config_anonymizes_in_python_and_in_compare(tmp_path):
+    """`privacy.anonymize` in the tree (here from Python, without the CLI): fit and compare read only the copies."""
+    from polymodal import MultimodalPredictor
+    from polymodal.evaluation.compare import compare
+
+    table = personal_table(tmp_path / "data")
+    tiny = {"max_epochs": 1, "embed_dim": 8, "hidden": 8, "batch_size": 16, "progress": False,
+            "preprocess": {"image_size": 16, "sample_rate": 8000}, "modalities": {"note": "text"}}  # fmt: skip
+    patterns = [f for kind in ("email", "phone", "card") for f in FRAGMENTS[kind]]  # names need an NER model
+    p = MultimodalPredictor(label="y", fusion="early", anonymize=True, **tiny).fit(table)
+    vocab = " ".join(p.engine.preprocessor.state["note"]["vocab"])
+    assert p.config_.privacy.anonymize and not any(f in vocab for f in patterns)
+    assert "email_address" in vocab  # the placeholders took their place
+    raw = MultimodalPredictor(label="y", fusion="early", **tiny).fit(table)
+    assert "zorblatt" in " ".join(raw.engine.preprocessor.state["note"]["vocab"])  # the check can fail
+
+    out = tmp_path / "cmp"
+    compare(table, "y", out, fusions="early", seeds=1, noise_levels=0, report=False, anonymize=True, **tiny)
+    assert (tmp_path / "cmp.anonymized" / "train" / "train.csv").exists()
+    saved = MultimodalPredictor.load(out / "models" / "early" / "seed0")
+    assert not any(f in json.dumps(saved.engine.preprocessor.to_dict()) for f in patterns)

@@ -544,6 +544,12 @@ def compare(
     options = {"progress": False} | options
     template = MultimodalPredictor(label=label, **options)
     label = template.label
+    if template.config_.privacy.anonymize:  # before anything is read; the copies stay beside the output
+        from polymodal.privacy import anonymize_tables
+
+        folder = template.config_.privacy.output_dir or Path(output).parent / f"{Path(output).name}.anonymized"
+        tables = anonymize_tables(template.config_, folder, say, train=train, valid=valid, test=test)
+        train, valid, test = tables["train"], tables["valid"], tables["test"]
     options = {"config": template.config_.to_dict()}  # the whole tree, as JSON: what the settings hash covers
     selected = parse_fusions(fusions)
     output = Path(output)

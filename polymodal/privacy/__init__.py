@@ -4,6 +4,6 @@ Sits right after `data/`: it reads tables through `data` and writes anonymized c
 then reads like any other table. Heavy libraries (presidio, spaCy, OpenCV) are imported when first used.
 """
 
-from polymodal.privacy.table import SALT_ENV, PrivacySettings, anonymize_frame, anonymize_table
+from polymodal.privacy.table import SALT_ENV, PrivacySettings, anonymize_frame, anonymize_table, anonymize_tables
 
-__all__ = ["SALT_ENV", "PrivacySettings", "anonymize_frame", "anonymize_table"]
+__all__ = ["SALT_ENV", "PrivacySettings", "anonymize_frame", "anonymize_table", "anonymize_tables"]

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from polymodal.config import Config
 from polymodal.data.io import read_table, resolve_path
 from polymodal.data.redact import quote_value
 from polymodal.data.schema import Modality, infer_modality
@@ -246,3 +247,27 @@ def anonymize_table(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir / name, report
+
+
+def anonymize_tables(
+    config: Config, folder: str | os.PathLike[str], log: Any = None, **tables: Any
+) -> dict[str, Path | None]:
+    """Anonymize each given table (path or DataFrame; None stays None) into FOLDER/<name>/ with the `privacy`
+    section of a config tree; returns the new tables' paths. `log(message)` hears the counts, never values."""
+    p = config.privacy
+    settings = PrivacySettings(
+        operator=p.operator, ner_model=p.ner_model, faces=p.faces, voice=p.voice, alpha=p.alpha,
+        alpha_range=None if p.alpha_range is None else tuple(p.alpha_range), seed=p.seed,
+        modalities=dict(config.data.modalities),
+    )  # fmt: skip
+    out: dict[str, Path | None] = {}
+    for name, table in tables.items():
+        if table is None:
+            out[name] = None
+            continue
+        path, report = anonymize_table(table, Path(folder) / name, settings)
+        if log is not None:
+            found = ", ".join(f"{k} {v}" for k, v in report["entities"].items()) or "nothing"
+            log(f"anonymized the {name} table ({report['rows']} rows; found: {found}) -> {path}")
+        out[name] = path
+    return out
