@@ -99,19 +99,19 @@ def where_mask(meta: pd.DataFrame, expr: str) -> np.ndarray:
     try:
         tree = ast.parse(expr.strip(), mode="eval")
     except SyntaxError as e:
-        raise ValueError(f"--where {expr!r} is not a valid filter ({e.msg}); e.g. \"speaker == 'jackson'\"") from None
+        raise ValueError(f"filter {expr!r} is not a valid filter ({e.msg}); e.g. \"speaker == 'jackson'\"") from None
 
     def literal(node: ast.AST) -> Any:
         try:
             return ast.literal_eval(node)
         except ValueError:
-            raise ValueError(f"--where {expr!r}: compare a column with a literal (a string, number or list)") from None
+            raise ValueError(f"filter {expr!r}: compare a column with a literal (a string, number or list)") from None
 
     def column(node: ast.AST) -> pd.Series:
         if not isinstance(node, ast.Name):
-            raise ValueError(f"--where {expr!r}: the left side of a comparison must be a column name")
+            raise ValueError(f"filter {expr!r}: the left side of a comparison must be a column name")
         if node.id not in meta.columns:
-            raise ValueError(f"--where {expr!r}: unknown column {node.id!r}; the metadata has {list(meta.columns)}")
+            raise ValueError(f"filter {expr!r}: unknown column {node.id!r}; the metadata has {[c for c in meta.columns if c != "_source"]}")
         return meta[node.id]
 
     def ev(node: ast.AST) -> pd.Series:
@@ -127,17 +127,17 @@ def where_mask(meta: pd.DataFrame, expr: str) -> np.ndarray:
             left, out = column(node.left), None
             for op, right in zip(node.ops, node.comparators, strict=True):
                 if type(op) not in _OPS:
-                    raise ValueError(f"--where {expr!r}: operator {type(op).__name__} is not supported")
+                    raise ValueError(f"filter {expr!r}: operator {type(op).__name__} is not supported")
                 value = literal(right)
                 if isinstance(op, ast.In | ast.NotIn) and not isinstance(value, list | tuple | set):
-                    raise ValueError(f"--where {expr!r}: 'in' needs a list, e.g. digit in [1, 2]")
+                    raise ValueError(f"filter {expr!r}: 'in' needs a list, e.g. digit in [1, 2]")
                 try:
                     part = _OPS[type(op)](left, list(value) if isinstance(value, tuple | set) else value)
                 except TypeError as e:
-                    raise ValueError(f"--where {expr!r}: cannot compare column {node.left.id!r} with {value!r} ({e})")
+                    raise ValueError(f"filter {expr!r}: cannot compare column {node.left.id!r} with {value!r} ({e})")
                 out = part if out is None else out & part
             return out.fillna(False).astype(bool)
-        raise ValueError(f"--where {expr!r}: use comparisons like col == 'x' joined by and / or / not")
+        raise ValueError(f"filter {expr!r}: use comparisons like col == 'x' joined by and / or / not")
 
     return ev(tree.body).to_numpy(dtype=bool)
 

@@ -74,7 +74,7 @@ class ZeroShotClassifier:
 
     def scale(self) -> float:
         ls = getattr(self.model, "logit_scale", None)
-        return float(ls.exp()) if ls is not None else 100.0
+        return float(ls.detach().exp()) if ls is not None else 100.0
 
     def probabilities(self, images: list[np.ndarray], classes: list[str], template: str) -> np.ndarray:
         logits = self.scale() * self.image_embeddings(images) @ self.text_embeddings(classes, template).T
