@@ -111,7 +111,8 @@ def where_mask(meta: pd.DataFrame, expr: str) -> np.ndarray:
         if not isinstance(node, ast.Name):
             raise ValueError(f"filter {expr!r}: the left side of a comparison must be a column name")
         if node.id not in meta.columns:
-            raise ValueError(f"filter {expr!r}: unknown column {node.id!r}; the metadata has {[c for c in meta.columns if c != "_source"]}")
+            known = [c for c in meta.columns if c != "_source"]
+            raise ValueError(f"filter {expr!r}: unknown column {node.id!r}; the metadata has {known}")
         return meta[node.id]
 
     def ev(node: ast.AST) -> pd.Series:
@@ -134,7 +135,8 @@ def where_mask(meta: pd.DataFrame, expr: str) -> np.ndarray:
                 try:
                     part = _OPS[type(op)](left, list(value) if isinstance(value, tuple | set) else value)
                 except TypeError as e:
-                    raise ValueError(f"filter {expr!r}: cannot compare column {node.left.id!r} with {value!r} ({e})")
+                    msg = f"filter {expr!r}: cannot compare column {node.left.id!r} with {value!r} ({e})"
+                    raise ValueError(msg) from None
                 out = part if out is None else out & part
             return out.fillna(False).astype(bool)
         raise ValueError(f"filter {expr!r}: use comparisons like col == 'x' joined by and / or / not")

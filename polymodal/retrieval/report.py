@@ -51,7 +51,9 @@ def retrieval_report(folder: str | os.PathLike[str], table: Any) -> str:
             f"<title>{_esc(title)}</title><style>{CSS}</style></head><body>",
             f"<h1>{_esc(title)}</h1>",
             _note(sub),
-            f'<section id="retrieval"><h2>Retrieval</h2>{retrieval_section(metrics, r.metrics_.get("history"))}</section>',
+            '<section id="retrieval"><h2>Retrieval</h2>',
+            retrieval_section(metrics, r.metrics_.get("history")),
+            "</section>",
             _note(f"made by polymodal on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"),
             "</body></html>",
         ]

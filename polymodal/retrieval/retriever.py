@@ -356,7 +356,11 @@ class MultimodalRetriever:
         df, media, frozen, problems = self._decode(data, training=False)
         features = self.pipeline.features(df, media, frozen)
         metrics = self._metrics_of(self._embed_features(features), features.present, df)
-        return metrics | {"rows": len(df), "data": _table_fingerprint(df), "dropped_rows": len({p.row for p in problems})}
+        return metrics | {
+            "rows": len(df),
+            "data": _table_fingerprint(df),
+            "dropped_rows": len({p.row for p in problems}),
+        }
 
     # ---- persistence -------------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
@@ -399,13 +403,20 @@ class MultimodalRetriever:
                     if f.is_file() and not f.name.endswith((".safetensors", ".bin", ".pth", ".pt", ".h5", ".onnx")):
                         extra[f"encoders/{self.net.keys[name]}/{f.name}"] = f
         out = save_folder(
-            Path(folder), self.config(), self.net.state_dict(), self.pipeline.preprocessor.to_dict(), self.metrics_, extra
+            Path(folder),
+            self.config(),
+            self.net.state_dict(),
+            self.pipeline.preprocessor.to_dict(),
+            self.metrics_,
+            extra,
         )
         self.folder, self.fingerprint = out, weights_fingerprint(out)
         return out
 
     @classmethod
-    def load(cls, folder: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None) -> MultimodalRetriever:
+    def load(
+        cls, folder: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None
+    ) -> MultimodalRetriever:
         """Rebuild the exact aligned model from its folder (safetensors weights, JSON everything else)."""
         from dataclasses import fields
 
@@ -475,11 +486,14 @@ def relink_encoders(folder: Path, preprocessor: Preprocessor, specs: dict[str, d
         try:
             ref = resolve(saved["name"])
         except EncoderNotFound as e:
-            raise EncoderNotFound(f"this model's column {name!r} needs the frozen encoder {saved['name']!r}: {e}") from e
+            raise EncoderNotFound(
+                f"this model's column {name!r} needs the frozen encoder {saved['name']!r}: {e}"
+            ) from e
         if ref.fingerprint != saved["fingerprint"]:
             raise EncoderNotFound(
                 f"column {name!r} was trained on encoder {saved['name']!r} (fingerprint {saved['fingerprint']}), but "
-                f"the files at {ref.path} have fingerprint {ref.fingerprint}: install the exact encoder it was trained with"
+                f"the files at {ref.path} have fingerprint {ref.fingerprint}: install the exact encoder it was trained "
+                "with"
             )
         p["ref"] = ref.to_dict()
         for tool in ("tokenizer", "extractor"):

@@ -1,7 +1,7 @@
 """An aligned model and its gallery index together: build, add, remove, and search by text, image or audio.
 
-    s = Searcher.build("runs/r1", "gallery.csv", column="image", output="runs/r1/index")
-    s = Searcher.open("runs/r1/index"); s.search("audio", "q.wav", k=10, where="speaker == 'jackson'")
+s = Searcher.build("runs/r1", "gallery.csv", column="image", output="runs/r1/index")
+s = Searcher.open("runs/r1/index"); s.search("audio", "q.wav", k=10, where="speaker == 'jackson'")
 """
 
 from __future__ import annotations

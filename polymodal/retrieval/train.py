@@ -118,7 +118,11 @@ def train_align(
     _quiet_lightning()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     best, history = BestWeights(MONITOR, "max"), History()
-    callbacks: list[pl.Callback] = [best, history, pl.callbacks.EarlyStopping(MONITOR, mode="max", patience=cfg.patience)]
+    callbacks: list[pl.Callback] = [
+        best,
+        history,
+        pl.callbacks.EarlyStopping(MONITOR, mode="max", patience=cfg.patience),
+    ]
     if cfg.progress:
         callbacks.append(_progress_callback())
     trainer = pl.Trainer(

@@ -5,7 +5,6 @@ scaled cosine similarities to those texts. No training."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np

@@ -243,7 +243,9 @@ def render_search_page(column: str, modalities: list[str], max_text_chars: int, 
     fields = []
     for m in modalities:
         if m == "text":
-            control = f'<input type="text" id="q-text" data-modality="text" maxlength="{max_text_chars}" placeholder="text">'
+            control = (
+                f'<input type="text" id="q-text" data-modality="text" maxlength="{max_text_chars}" placeholder="text">'
+            )
         else:
             control = f'<input type="file" id="q-{m}" data-modality="{m}" accept="{m}/*">'
         fields.append(f'<div class="field"><label for="q-{m}">{m} query</label>{control}</div>')
