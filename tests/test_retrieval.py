@@ -374,3 +374,24 @@ def test_zero_shot_with_a_tiny_clip(data, tmp_path):
         bad = [*args[:-2]] + extra
         result = CliRunner().invoke(app, bad)
         assert result.exit_code == 2 and message in result.output, (extra, result.output)
+
+
+def test_frozen_pretrained_text_through_the_feature_cache(data, tmp_path):
+    from polymodal.retrieval import MultimodalRetriever
+    from polymodal.retrieval.search import Searcher
+
+    fast = FAST | {"max_epochs": 1}
+    cache = tmp_path / "cache"
+    r = MultimodalRetriever(query="caption", target="image", encoders={"text": "minilm"}, cache_dir=cache, **fast)
+    r.fit(data["more"])
+    assert r.metrics_["feature_cache"]["caption"]["misses"] == 12
+    folder = r.save(tmp_path / "m")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["encoders"]["caption"]["kind"] == "frozen" and config["encoders"]["image"]["kind"] == "scratch"
+    loaded = MultimodalRetriever.load(folder, cache_dir=cache)
+    emb, _ = loaded.embed(data["more"], "caption")  # every caption is in the cache now
+    assert loaded.pipeline._extractors["caption"].stats == {"hits": 12, "misses": 0, "encode_seconds": 0.0}
+    np.testing.assert_allclose(emb, r.embed(data["more"], "caption")[0], atol=1e-5)
+    s = Searcher.build(loaded, data["more"], "caption", tmp_path / "index")
+    hits = s.search("image", str(data["more"].parent / "img" / "3_0.png"), k=3)
+    assert len(hits) == 3 and hits[0]["score"] >= hits[-1]["score"]
