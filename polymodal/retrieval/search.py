@@ -6,6 +6,7 @@ s = Searcher.open("runs/r1/index"); s.search("audio", "q.wav", k=10, where="spea
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from polymodal.retrieval.index import GalleryIndex
 from polymodal.retrieval.retriever import MultimodalRetriever
 
 MAX_K = 1000
+log = logging.getLogger("polymodal")
 
 
 class Searcher:
@@ -45,7 +47,9 @@ class Searcher:
         vectors, present = retriever.embed((df, base_dir), column)
         if not present.all():
             skipped = np.flatnonzero(~present)
-            print(f"{len(skipped)} row(s) with an empty {column!r} are not indexed (rows {skipped[:10].tolist()})")
+            log.warning(
+                "%d row(s) with an empty %r are not indexed (rows %s)", len(skipped), column, skipped[:10].tolist()
+            )
         meta = df[present].reset_index(drop=True)
         source = {"table": str(table) if not isinstance(table, pd.DataFrame) else "DataFrame",
                   "base_dir": str(base_dir), "rows": int(present.sum())}  # fmt: skip
