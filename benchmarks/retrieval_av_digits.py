@@ -92,6 +92,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "retrieval_av_digits.json")
     ap.add_argument("--max-epochs", type=int, default=30)
     ap.add_argument("--patience", type=int, default=6)
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--cca-components", type=int, default=9)
     ap.add_argument("--seed", type=int, default=0)
@@ -121,7 +122,7 @@ def main() -> None:
     t = time.perf_counter()
     r = MultimodalRetriever(
         query="audio", target="image", label="digit", preprocess={"image_size": 32, "sample_rate": 8000},
-        dim=a.dim, max_epochs=a.max_epochs, patience=a.patience, seed=a.seed, progress=False,
+        dim=a.dim, max_epochs=a.max_epochs, patience=a.patience, lr=a.lr, seed=a.seed, progress=False,
     ).fit(train_table)  # fmt: skip
     fit_s = time.perf_counter() - t
     ea, _ = r.embed(data / "test.csv", "audio")
