@@ -290,8 +290,9 @@ class MultimodalRetriever:
         return cols[0]
 
     def embed(self, data: Any, column: str, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-        """(embeddings (n, dim), present (n,)) of one column of a table (path or DataFrame). Only that column is
-        read; frozen encoders go through the feature cache. Bad files raise BadRowsError."""
+        """(embeddings (n, dim), present (n,)) of one column of a table: a path, a DataFrame, or (DataFrame, folder
+        its relative paths resolve against). Only that column is read; frozen encoders go through the feature
+        cache. Bad files raise BadRowsError."""
         self._require_fitted()
         if column not in self.schema.columns:
             raise SchemaError(f"column {column!r} is not aligned by this model; it aligns {self.columns}")

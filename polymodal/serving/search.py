@@ -143,8 +143,8 @@ def create_search_app(config: ServeConfig) -> FastAPI:
         for m in given:
             if m not in modalities:
                 errors.append(FieldError(None, m, f"this model has no {m} input: it searches with {modalities}"))
-        if not 1 <= body.k <= min(MAX_K, config.max_instances * 16):
-            errors.append(FieldError(None, "k", f"k must be from 1 to {min(MAX_K, config.max_instances * 16)}"))
+        if not 1 <= body.k <= MAX_K:
+            errors.append(FieldError(None, "k", f"k must be from 1 to {MAX_K}"))
         if errors:
             raise RequestError(errors)
         (modality, raw), = given.items()  # fmt: skip
