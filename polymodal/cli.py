@@ -231,12 +231,20 @@ def evaluate(
     from polymodal.predictor import MultimodalPredictor
 
     def go():
-        p = MultimodalPredictor.load(model)
-        p.config_.data.on_bad_rows = on_bad_rows
-        m = p.evaluate(table) | {"table": str(table)}
-        console.print(metrics_table({p.fusion: m}, title=f"metrics on {table}"))
-        if "confusion_matrix" in m:
-            console.print(confusion_table(m["confusion_matrix"], p.engine.task.classes))
+        from polymodal.retrieval.retriever import MultimodalRetriever, is_aligned_folder
+
+        if is_aligned_folder(model):  # an aligned model: retrieval metrics in both directions
+            r = MultimodalRetriever.load(model)
+            r.on_bad_rows = on_bad_rows
+            m = r.evaluate(table) | {"table": str(table)}
+            console.print(_retrieval_table(m, f"retrieval on {table}"))
+        else:
+            p = MultimodalPredictor.load(model)
+            p.config_.data.on_bad_rows = on_bad_rows
+            m = p.evaluate(table) | {"table": str(table)}
+            console.print(metrics_table({p.fusion: m}, title=f"metrics on {table}"))
+            if "confusion_matrix" in m:
+                console.print(confusion_table(m["confusion_matrix"], p.engine.task.classes))
         if output is not None:
             write_json(output, m)
             console.print(f"wrote {output}")
@@ -501,7 +509,14 @@ def report(
                 _fail("give a labelled table to evaluate the model on: polymodal report MODEL TABLE -o report.html")
             from polymodal.evaluation.ensemble import EnsembleModel, is_ensemble_folder
             from polymodal.model.artifact import METRICS, read_json
+            from polymodal.retrieval.retriever import is_aligned_folder
 
+            if is_aligned_folder(model):
+                from polymodal.retrieval.report import retrieval_report
+
+                write_html(output, retrieval_report(model, table))
+                console.print(f"wrote {output}")
+                return
             if is_ensemble_folder(model):
                 engine, history = EnsembleModel.load(model), None
             else:
@@ -582,6 +597,189 @@ def anonymize(
             t.add_row(col, entry["modality"], what)
         console.print(t)
         console.print(f"report: {output / 'anonymization_report.json'}")
+
+    _run(go)
+
+
+# ---- cross-modal retrieval: align, index, search, zero-shot ---------------------------------------------------
+def _retrieval_errors(fn):
+    """As `_run`, plus the retrieval errors a user can fix (an index from another model, a bad query)."""
+    from polymodal.retrieval.index import IndexMismatch
+
+    def go():
+        try:
+            return fn()
+        except IndexMismatch as e:
+            _fail(str(e))
+
+    return _run(go)
+
+
+@app.command()
+def align(
+    train: Path = typer.Argument(..., help="Training table: each row pairs the query and target columns"),
+    query: list[str] = typer.Option(..., "--query", "-q", help="Column to align with the target (repeatable)"),
+    target: str = typer.Option(..., "--target", "-t", help="The anchor column every query column is aligned to"),
+    output: Path = typer.Option(..., "--output", "-o", help="Model folder to write"),
+    label: str | None = typer.Option(None, "--label", "-y", help="Rows sharing this label are positives too"),
+    valid: Path | None = typer.Option(None, help="Validation table (default: a 10 % split of train)"),
+    text: TextCols = None,
+    image: ImageCols = None,
+    audio: AudioCols = None,
+    max_epochs: int = typer.Option(30),
+    batch_size: int = typer.Option(64, help="Rows per batch: the in-batch negatives"),
+    lr: float = typer.Option(1e-3),
+    patience: int = typer.Option(6, help="Epochs without a better validation recall@1 before stopping"),
+    seed: int = typer.Option(0),
+    embed_dim: int = typer.Option(128, help="Output size of each encoder"),
+    dim: int = typer.Option(64, help="Size of the shared space"),
+    temperature: float = typer.Option(0.07, help="Initial temperature (learned)"),
+    image_size: int = typer.Option(64),
+    sample_rate: int = typer.Option(16000),
+    on_bad_rows: str = typer.Option("error", help="error | skip"),
+    accelerator: str = typer.Option("auto", help="auto | cpu | gpu"),
+    text_encoder: TextEncoder = None,
+    image_encoder: ImageEncoder = None,
+    audio_encoder: AudioEncoder = None,
+    preset: Preset = None,
+    finetune: bool = typer.Option(False, "--finetune/--freeze", help="Fine-tune pretrained encoders, or freeze them"),
+    cache_dir: CacheDir = None,
+) -> None:
+    """Align columns of a table in one embedding space (contrastive, CLIP-style) and save the model."""
+    from polymodal.retrieval.retriever import MultimodalRetriever
+
+    def go():
+        encoders = {m: e for m, e in (("text", text_encoder), ("image", image_encoder), ("audio", audio_encoder)) if e}
+        r = MultimodalRetriever(
+            query=query, target=target, label=label, modalities=_modalities(text=text, image=image, audio=audio),
+            encoders=encoders, preset=preset, freeze=not finetune,
+            preprocess={"image_size": image_size, "sample_rate": sample_rate}, embed_dim=embed_dim, dim=dim,
+            temperature=temperature, max_epochs=max_epochs, batch_size=batch_size, lr=lr, patience=patience,
+            seed=seed, on_bad_rows=on_bad_rows, accelerator=accelerator, cache_dir=cache_dir,
+        )  # fmt: skip
+        r.fit(train, valid)
+        folder = r.save(output)
+        console.print(_retrieval_table(r.metrics_["valid"], "validation retrieval"))
+        console.print(f"saved aligned model to {folder}")
+
+    _run(go)
+
+
+def _retrieval_table(metrics: dict, title: str):
+    from rich.table import Table
+
+    t = Table(title=title)
+    for c in ("direction", "level", "recall@1", "recall@5", "recall@10", "mAP", "MRR", "queries"):
+        t.add_column(c)
+    for direction, levels in metrics.items():
+        if not isinstance(levels, dict) or "instance" not in levels:
+            continue
+        for level, m in levels.items():
+            t.add_row(direction, level, *(f"{m[k]:.3f}" for k in ("recall@1", "recall@5", "recall@10", "mAP", "MRR")),
+                      str(m["queries"]))  # fmt: skip
+    return t
+
+
+@app.command("index")
+def index_cmd(
+    source: Path = typer.Argument(..., help="Aligned model folder (to build) or an index folder (with --add/--remove)"),
+    gallery: Path | None = typer.Argument(None, help="Gallery table to index (when building)"),
+    column: str | None = typer.Option(None, help="The gallery column to index (when building)"),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Index folder to write (default: MODEL/index)"),
+    kind: str | None = typer.Option(None, "--index", help="flat | hnsw | ivf (default: by size; flat below 50k)"),
+    id_column: str | None = typer.Option(None, help="Integer row ids from this column (default: row numbers)"),
+    add: list[Path] | None = typer.Option(None, "--add", help="Add this table's rows to an existing index"),
+    remove: list[int] | None = typer.Option(None, "--remove", help="Remove these row ids from an existing index"),
+    cache_dir: CacheDir = None,
+) -> None:
+    """Build a FAISS index of a gallery column with an aligned model, or change one (--add / --remove)."""
+    from polymodal.retrieval.search import Searcher
+
+    def go():
+        if add or remove:
+            if gallery is not None:
+                _fail("--add/--remove change an existing index: give the index folder only, no gallery table")
+            s = Searcher.open(source, cache_dir=cache_dir)
+            n_removed = s.remove(remove) if remove else 0
+            n_added = sum(s.add(t, id_column) for t in add or [])
+            folder = s.save(output or source)
+            console.print(f"{folder}: added {n_added}, removed {n_removed}; {len(s.index)} rows ({s.index.kind})")
+            return
+        if gallery is None or column is None:
+            _fail("to build an index give the model, the gallery table and --column: "
+                  "polymodal index MODEL gallery.csv --column image -o MODEL/index")  # fmt: skip
+        s = Searcher.build(source, gallery, column, output or source / "index", kind=kind, id_column=id_column,
+                           cache_dir=cache_dir)  # fmt: skip
+        console.print(f"indexed {len(s.index)} rows of {column!r} ({s.index.kind}) in {s.folder}")
+
+    _retrieval_errors(go)
+
+
+@app.command()
+def search(
+    index: Path = typer.Argument(..., help="Index folder (from `polymodal index`)"),
+    audio: Path | None = typer.Option(None, "--audio", help="Query with this audio file"),
+    image: Path | None = typer.Option(None, "--image", help="Query with this image file"),
+    text: str | None = typer.Option(None, "--text", help="Query with this text"),
+    k: int = typer.Option(10, "--k", "-k", help="How many results"),
+    where: str | None = typer.Option(None, help="Filter on the gallery's other columns, e.g. \"speaker == 'jackson'\""),
+    as_json: bool = typer.Option(False, "--json", help="Print the hits as JSON"),
+    cache_dir: CacheDir = None,
+) -> None:
+    """The k gallery rows nearest to a query (audio, image or text), optionally filtered on metadata."""
+    from rich.table import Table
+
+    from polymodal.retrieval.search import Searcher
+
+    def go():
+        given = [(m, v) for m, v in (("audio", audio), ("image", image), ("text", text)) if v is not None]
+        if len(given) != 1:
+            _fail("give exactly one query: --audio FILE, --image FILE or --text TEXT")
+        modality, value = given[0]
+        if modality != "text" and not Path(value).is_file():
+            _fail(f"--{modality} {value}: no such file")
+        s = Searcher.open(index, cache_dir=cache_dir)
+        hits = s.search(modality, str(value), k=k, where=where)
+        if as_json:
+            sys.stdout.write(json.dumps(hits, indent=2, default=str) + "\n")
+            return
+        t = Table(title=f"{len(hits)} nearest {s.index.settings['column']!r} rows to the {modality} query")
+        cols = ["rank", "id", "score", *[c for c in s.index.metadata.columns if c not in ("id", "_source")]]
+        for c in cols:
+            t.add_column(c)
+        for i, h in enumerate(hits, 1):
+            t.add_row(str(i), str(h["id"]), f"{h['score']:.4f}", *(str(h.get(c, "")) for c in cols[3:]))
+        console.print(t)
+
+    _retrieval_errors(go)
+
+
+@app.command("zero-shot")
+def zero_shot_cmd(
+    table: Path = typer.Argument(..., help="Table with an image column"),
+    image: str = typer.Option(..., "--image", help="The image column"),
+    classes: str = typer.Option(..., help="Comma-separated class names, e.g. 'cat,dog'"),
+    template: str = typer.Option("a photo of a {}", help="Text for each class; {} is the class name"),
+    model: str = typer.Option("openai/clip-vit-base-patch32", help="CLIP or SigLIP: hub id or local folder"),
+    output: Path | None = typer.Option(None, "--output", "-o", help="CSV to write (default: print)"),
+) -> None:
+    """Classify images into named classes with a pretrained CLIP/SigLIP, without training."""
+    import os
+    import tempfile
+
+    from polymodal.retrieval.zeroshot import zero_shot
+
+    def go():
+        out = zero_shot(table, image, classes, template, model)
+        if output is None:
+            console.print(out.to_string(index=False))
+            return
+        output.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=output.parent, suffix=".tmp")
+        os.close(fd)
+        out.to_csv(tmp, index=False)
+        os.replace(tmp, output)
+        console.print(f"wrote {len(out)} rows to {output}")
 
     _run(go)
 

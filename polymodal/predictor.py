@@ -396,6 +396,10 @@ class MultimodalPredictor:
         from polymodal.tasks import Task
 
         config, state, preprocess, metrics = load_folder(Path(folder))
+        if config.get("kind") == "aligned":
+            raise ValueError(
+                f"{folder} is an aligned retrieval model: use MultimodalRetriever.load, polymodal index/search/evaluate"
+            )
         schema = Schema.from_dict(config["schema"])
         if "config" in config:
             tree = Config.from_dict(config["config"])

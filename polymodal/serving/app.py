@@ -188,6 +188,12 @@ class ServingMiddleware:
 
 def create_app(config: ServeConfig, service: ModelService | None = None) -> FastAPI:
     """Build the app for `config.model` (or for an already loaded `service`)."""
+    from polymodal.retrieval.retriever import is_aligned_folder
+
+    if service is None and is_aligned_folder(config.model):  # an aligned model: search its index instead
+        from polymodal.serving.search import create_search_app
+
+        return create_search_app(config)
     logs.configure()
     service = service or ModelService(config.model)
     schema = service.schema

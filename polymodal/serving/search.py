@@ -1,0 +1,386 @@
+"""`polymodal serve` for an aligned model with an index (MODEL/index): POST /v1/search, a search page, and the
+gallery's media for the hits. The same middleware (API key, body limit, metrics, access log), limits and error
+style as /v1/predict: a query is a value (text, or base64 image/audio checked by the same `InstanceChecker`),
+never a path.
+
+No `from __future__ import annotations`: FastAPI reads the endpoint annotations as real objects.
+"""
+
+import mimetypes
+import os
+import time
+from html import escape
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from starlette.exceptions import HTTPException
+
+from polymodal import __version__
+from polymodal.data.schema import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, Modality, ProblemType, Schema
+from polymodal.serving import logs
+from polymodal.serving.config import ServeConfig
+from polymodal.serving.inputs import ErrorResponse, FieldError, InstanceChecker, RequestError, _json_type
+from polymodal.serving.metrics import Metrics
+from polymodal.serving.page import CSP, PAGE_CSS
+
+INDEX_DIR = "index"
+MAX_MEDIA_BYTES = 32 * 1024 * 1024
+SEARCH_CSP = CSP.replace("img-src 'self'", "img-src 'self' blob:") + "; media-src 'self' blob:"
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "Missing or wrong API key"},
+    413: {"model": ErrorResponse, "description": "A limit was exceeded (body, pixels, seconds, text)"},
+    422: {"model": ErrorResponse, "description": "Invalid query: wrong modality, corrupt file, empty text, bad k"},
+}
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: StrictStr | None = Field(None, description="A text query")
+    image: StrictStr | None = Field(None, description="An image query: base64 file (a data: URL is fine)")
+    audio: StrictStr | None = Field(None, description="An audio query: base64 file (a data: URL is fine)")
+    k: StrictInt = Field(10, description="How many hits")
+    where: StrictStr | None = Field(None, max_length=1000, description="Metadata filter, e.g. speaker == 'jackson'")
+
+
+class Hit(BaseModel):
+    id: int
+    score: float
+    metadata: dict[str, Any]
+    media: dict[str, str] = Field(description="Gallery column -> URL of the row's file (images and audio)")
+
+
+class SearchResponse(BaseModel):
+    hits: list[Hit]
+    query_modality: str
+    k: int
+
+
+def _error(status: int, message: str, field: str | None = None, limit: float | None = None) -> JSONResponse:
+    return JSONResponse(RequestError([FieldError(None, field, message, limit)], status=status).body(), status)
+
+
+def create_search_app(config: ServeConfig) -> FastAPI:
+    from polymodal.retrieval.search import MAX_K, Searcher
+    from polymodal.serving.app import ServingMiddleware, _swagger_asset
+
+    logs.configure()
+    index_dir = Path(config.model) / INDEX_DIR
+    if not (index_dir / "settings.json").is_file():
+        raise ValueError(
+            f"{config.model} is an aligned model without an index at {index_dir}: build one first with "
+            f"`polymodal index {config.model} gallery.csv --column COL`"
+        )
+    searcher = Searcher.open(index_dir, model=config.model)
+    r, index = searcher.retriever, searcher.index
+    modalities = sorted({m.value for m in r.schema.columns.values()})
+    # The query fields are named by modality; the same checker as /v1/predict decodes and bounds them.
+    checker = InstanceChecker(Schema({m: Modality(m) for m in modalities}, "", ProblemType.MULTICLASS), config)
+    metrics, api_key = Metrics(), config.api_key()
+    state = SimpleNamespace(ready=True, started=time.time())
+    meta_cols = [c for c in index.metadata.columns if c not in ("id", "_source")]
+    media_cols = [
+        c for c in meta_cols
+        if index.metadata[c].astype(str).str.lower().str.endswith(IMAGE_EXTENSIONS + AUDIO_EXTENSIONS).mean() >= 0.9
+    ]  # fmt: skip
+
+    app = FastAPI(
+        title=f"polymodal: search {index.settings['column']!r}",
+        version=__version__,
+        description=f"Search {len(index)} gallery rows of `{index.settings['column']}` by {', '.join(modalities)}. "
+        "Queries are values (text, or base64 image/audio), never paths.",
+        docs_url=None,
+        redoc_url=None,
+    )
+    security = [Depends(HTTPBearer(auto_error=False))] if api_key else []
+
+    @app.exception_handler(RequestError)
+    async def on_request_error(request: Request, exc: RequestError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = []
+        for e in exc.errors():
+            loc = [x for x in e.get("loc", ()) if x != "body"]
+            field = str(loc[0]) if loc else None
+            if e.get("type") == "json_invalid":
+                msg = "the body is not valid JSON"
+            elif e.get("type") == "extra_forbidden":
+                msg = f"unknown field; a search takes one of {modalities}, and k, where"
+            elif not loc:
+                msg = f"the body must be a JSON object, got {_json_type(e.get('input'))}"
+            else:
+                msg = f"{e.get('msg', 'invalid')}, got {_json_type(e.get('input'))}"
+            errors.append(FieldError(None, field, msg))
+        err = RequestError(errors or [FieldError(None, None, "invalid request")])
+        return JSONResponse(err.body(), status_code=err.status)
+
+    @app.exception_handler(HTTPException)
+    async def on_http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), limit=getattr(exc, "limit", None))
+
+    def run_search(modality: str, value: Any, k: int, where: str | None) -> list[dict[str, Any]]:
+        try:
+            return searcher.search(modality, value, k=k, where=where)
+        except ValueError as e:  # BadRowsError, an empty query, a bad filter
+            msg = str(e).split("\n")[0] if "bad row" not in str(e) else f"the {modality} query could not be decoded"
+            raise RequestError([FieldError(None, "where" if str(e).startswith("filter ") else modality, msg)]) from None
+
+    @app.post("/v1/search", response_model=SearchResponse, responses=ERRORS, dependencies=security,
+              summary="The k gallery rows nearest to a text, image or audio query")  # fmt: skip
+    async def search(body: SearchRequest, request: Request) -> dict[str, Any]:
+        given = {m: getattr(body, m) for m in ("text", "image", "audio") if getattr(body, m) is not None}
+        errors = []
+        if len(given) != 1:
+            errors.append(FieldError(None, None, f"send exactly one query field, one of {modalities}"))
+        for m in given:
+            if m not in modalities:
+                errors.append(FieldError(None, m, f"this model has no {m} input: it searches with {modalities}"))
+        if not 1 <= body.k <= MAX_K:
+            errors.append(FieldError(None, "k", f"k must be from 1 to {MAX_K}"))
+        if errors:
+            raise RequestError(errors)
+        (modality, raw), = given.items()  # fmt: skip
+        row = await run_in_threadpool(checker.check_all, [{modality: raw}])
+        value = row[0][modality]
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise RequestError([FieldError(None, modality, f"the {modality} query is empty")])
+        hits = await run_in_threadpool(run_search, modality, value, body.k, body.where)
+        out = []
+        for h in hits:
+            meta = {c: h.get(c) for c in meta_cols}
+            media = {c: f"v1/items/{h['id']}/{c}" for c in media_cols if meta.get(c) is not None}
+            out.append({"id": h["id"], "score": h["score"], "metadata": meta, "media": media})
+        return {"hits": out, "query_modality": modality, "k": body.k}
+
+    @app.get("/v1/items/{row_id}/{column}", dependencies=security, responses={404: {"model": ErrorResponse}},
+             summary="The file of a gallery row's image or audio column (for showing hits)")  # fmt: skip
+    async def item(row_id: int, column: str) -> Response:
+        if column not in media_cols:
+            return _error(404, f"column {column!r} holds no gallery files; it is one of {media_cols}", "column")
+        try:
+            path = index.file_of(row_id, column)
+        except KeyError:
+            return _error(404, f"no gallery row {row_id} in the index", "row_id")
+        if not path.is_file() or path.stat().st_size > MAX_MEDIA_BYTES:
+            return _error(404, f"the file of row {row_id} is not available", "row_id")
+        kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return Response(path.read_bytes(), media_type=kind, headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/v1/model", dependencies=security, summary="The aligned model and its index")
+    async def model_info() -> dict[str, Any]:
+        return {
+            "kind": "aligned", "target": r.target, "queries": r.queries, "label": r.label,
+            "columns": {c: m.value for c, m in r.schema.columns.items()}, "query_modalities": modalities,
+            "index": {k: index.settings.get(k) for k in ("kind", "params", "column", "modality", "dim")}
+            | {"rows": len(index), "metadata_columns": meta_cols},
+            "metrics": {k: v for k, v in r.metrics_.items() if k in ("valid", "test")},
+            "limits": config.limits(), "polymodal_version": __version__,
+        }  # fmt: skip
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "pid": os.getpid(), "started": state.started, "uptime_s": time.time() - state.started}
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        return JSONResponse({"ready": True})
+
+    @app.get("/metrics", response_class=Response)
+    async def prometheus() -> Response:
+        content, media_type = metrics.render()
+        return Response(content, media_type=media_type)
+
+    page = render_search_page(index.settings["column"], modalities, config.max_text_chars, api_key is not None)
+    headers = {"Content-Security-Policy": SEARCH_CSP, "X-Content-Type-Options": "nosniff"}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index_page() -> HTMLResponse:
+        return HTMLResponse(page, headers=headers)
+
+    @app.get("/static/search.js", include_in_schema=False)
+    async def page_js() -> Response:
+        return Response(SEARCH_JS, media_type="text/javascript", headers=headers)
+
+    @app.get("/static/page.css", include_in_schema=False)
+    async def page_css() -> Response:
+        return Response(PAGE_CSS + SEARCH_CSS, media_type="text/css", headers=headers)
+
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url, title=app.title + " - docs", swagger_js_url="static/swagger-ui-bundle.js",
+            swagger_css_url="static/swagger-ui.css", swagger_favicon_url="data:,",
+        )  # fmt: skip
+
+    @app.get("/static/swagger-ui-bundle.js", include_in_schema=False)
+    async def swagger_js() -> Response:
+        return Response(_swagger_asset("swagger-ui-bundle.js"), media_type="text/javascript")
+
+    @app.get("/static/swagger-ui.css", include_in_schema=False)
+    async def swagger_css() -> Response:
+        return Response(_swagger_asset("swagger-ui.css"), media_type="text/css")
+
+    endpoints = {rt.path for rt in app.routes if hasattr(rt, "path")}
+    app.add_middleware(
+        ServingMiddleware, metrics=metrics, max_body=config.max_body_bytes, api_key=api_key, endpoints=endpoints
+    )
+    app.state.serving, app.state.metrics, app.state.searcher = state, metrics, searcher
+    return app
+
+
+# ---- the page: one search box per query modality, hits with thumbnails and players -------------------------------
+def render_search_page(column: str, modalities: list[str], max_text_chars: int, api_key_required: bool) -> str:
+    fields = []
+    for m in modalities:
+        if m == "text":
+            control = (
+                f'<input type="text" id="q-text" data-modality="text" maxlength="{max_text_chars}" placeholder="text">'
+            )
+        else:
+            control = f'<input type="file" id="q-{m}" data-modality="{m}" accept="{m}/*">'
+        fields.append(f'<div class="field"><label for="q-{m}">{m} query</label>{control}</div>')
+    key = (
+        '<div class="field"><label for="api-key">API key</label><input type="password" id="api-key" autocomplete="off">'
+        "</div>"
+        if api_key_required
+        else ""
+    )
+    return f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>polymodal · search {escape(column)}</title>
+<link rel="stylesheet" href="static/page.css">
+</head>
+<body>
+<main>
+<h1>Search <code>{escape(column)}</code></h1>
+<p class="sub">fill in one query ({escape(", ".join(modalities))}) · <a href="docs">API docs</a></p>
+<form id="search-form" autocomplete="off">
+{key}
+{"".join(fields)}
+<div class="field"><label for="q-k">results</label><input type="number" id="q-k" min="1" max="100" value="10"></div>
+<div class="field"><label for="q-where">filter <span class="modality">e.g. speaker == 'jackson'</span></label>
+<input type="text" id="q-where" maxlength="1000"></div>
+<button type="submit" id="search">Search</button>
+</form>
+<section id="result" aria-live="polite"></section>
+</main>
+<script src="static/search.js"></script>
+</body>
+</html>
+"""
+
+
+SEARCH_CSS = """
+.hit { display: flex; gap: .8rem; align-items: center; background: #fff; border: 1px solid #dde1e7;
+  border-radius: 6px; padding: .5rem; margin: .4rem 0; }
+.hit img { width: 64px; height: 64px; object-fit: contain; image-rendering: pixelated; background: #eee; }
+.hit .meta { font-size: .9em; color: #39414f; }
+.hit .score { font-variant-numeric: tabular-nums; font-weight: 600; }
+"""
+
+SEARCH_JS = r"""
+"use strict";
+(function () {
+  const form = document.getElementById("search-form");
+  const result = document.getElementById("result");
+  const button = document.getElementById("search");
+  const el = (tag, cls, text) => {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined) e.textContent = text;
+    return e;
+  };
+  const headers = () => {
+    const h = { "Content-Type": "application/json" };
+    const key = document.getElementById("api-key");
+    if (key && key.value) h["Authorization"] = "Bearer " + key.value;
+    return h;
+  };
+  const readFile = (file) => new Promise((ok, fail) => {
+    const r = new FileReader();
+    r.onload = () => ok(r.result);
+    r.onerror = () => fail(r.error);
+    r.readAsDataURL(file);
+  });
+  async function media(url, kind) {  // fetched with the key, shown from a blob URL
+    const h = headers();
+    delete h["Content-Type"];
+    const response = await fetch(url, { headers: h });
+    if (!response.ok) return null;
+    const src = URL.createObjectURL(await response.blob());
+    const node = kind === "audio" ? el("audio") : el("img");
+    node.src = src;
+    if (kind === "audio") node.controls = true;
+    else node.alt = "hit";
+    return node;
+  }
+  function showError(body, status) {
+    result.replaceChildren();
+    const box = el("div", "error");
+    box.id = "error";
+    box.appendChild(el("strong", "", "Error " + status + ": " + (body.error || "request failed")));
+    result.appendChild(box);
+  }
+  async function showHits(body) {
+    result.replaceChildren();
+    const list = el("div");
+    list.id = "hits";
+    if (!body.hits.length) list.appendChild(el("p", "", "No results."));
+    for (const h of body.hits) {
+      const row = el("div", "hit");
+      row.dataset.id = String(h.id);
+      for (const [col, url] of Object.entries(h.media)) {
+        const value = String(h.metadata[col] || "").toLowerCase();
+        const kind = /\.(wav|flac|ogg|mp3|aiff?|opus)$/.test(value) ? "audio" : "image";
+        const node = await media(url, kind);
+        if (node) row.appendChild(node);
+      }
+      row.appendChild(el("span", "score", h.score.toFixed(3)));
+      const meta = Object.entries(h.metadata).map(([k, v]) => k + ": " + v).join(" · ");
+      row.appendChild(el("span", "meta", "#" + h.id + " · " + meta));
+      list.appendChild(row);
+    }
+    result.appendChild(list);
+  }
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const body = { k: parseInt(document.getElementById("q-k").value || "10", 10) };
+    const where = document.getElementById("q-where").value.trim();
+    if (where) body.where = where;
+    for (const input of form.querySelectorAll("[data-modality]")) {
+      const m = input.dataset.modality;
+      if (input.type === "file") {
+        if (input.files.length) body[m] = await readFile(input.files[0]);
+      } else if (input.value.trim() !== "") {
+        body[m] = input.value;
+      }
+    }
+    button.disabled = true;
+    result.textContent = "Searching…";
+    try {
+      const response = await fetch("v1/search", { method: "POST", body: JSON.stringify(body), headers: headers() });
+      const answer = await response.json();
+      if (!response.ok) showError(answer, response.status);
+      else await showHits(answer);
+    } catch (err) {
+      showError({ error: String(err) }, "network");
+    } finally {
+      button.disabled = false;
+    }
+  });
+  form.dataset.ready = "true";
+})();
+"""
