@@ -186,8 +186,9 @@ class MultimodalPredictor:
         preprocessor = Preprocessor(schema, config).fit_pretrained(table[0], table[1])
         return table, schema, FeaturePipeline(schema, preprocessor, self.cache_dir, progress=progress)
 
-    def fit(self, train: Any, valid: Any | None = None) -> MultimodalPredictor:
-        """Train on `train` (path or DataFrame); validate on `valid`, or on a stratified 10 % split of train."""
+    def fit(self, train: Any, valid: Any | None = None, callbacks: list | None = None) -> MultimodalPredictor:
+        """Train on `train` (path or DataFrame); validate on `valid`, or on a stratified 10 % split of train.
+        `callbacks`: extra Lightning callbacks (e.g. Optuna's pruning callback)."""
         from polymodal.tasks import Task
 
         start = time.perf_counter()
@@ -208,7 +209,7 @@ class MultimodalPredictor:
         train_x, valid_x = pipeline.features(df, media, frozen), pipeline.features(vdf, vmedia, vfrozen)
         train_y = task.encode_targets(df[schema.label])
 
-        self.fit_features(schema, preprocessor, task, train_x, train_y, valid_x, vdf, start=start)
+        self.fit_features(schema, preprocessor, task, train_x, train_y, valid_x, vdf, start=start, callbacks=callbacks)
         self.metrics_["train_rows"] = len(df)
         self.metrics_["dropped_rows"] = len({(p.row, p.reason.startswith("[valid]")) for p in self.dropped_})
         self.metrics_["feature_cache"] = {k: e.stats for k, e in pipeline._extractors.items()}
@@ -224,6 +225,7 @@ class MultimodalPredictor:
         valid_x: Features,
         valid_df: pd.DataFrame,
         start: float | None = None,
+        callbacks: list | None = None,
     ) -> MultimodalPredictor:
         """The training half of `fit`, on data already decoded and preprocessed (`compare` shares that work
         across its entries). Leaves the predictor exactly as `fit` does: usable, saveable, loadable."""
@@ -241,7 +243,9 @@ class MultimodalPredictor:
         if any(p["mode"] == "finetune" for p in preprocessor.config.pretrained.values()):
             self._prefer_bf16()
         valid_y = task.encode_targets(valid_df[schema.label])
-        result = run_training(net, task, schema.inputs, train_x, train_y, valid_x, valid_y, self.train_config)
+        result = run_training(
+            net, task, schema.inputs, train_x, train_y, valid_x, valid_y, self.train_config, callbacks=callbacks
+        )
         self.schema = schema
         self.engine = InferenceEngine(schema, preprocessor, task, net, cache_dir=self.cache_dir)
         self.metrics_ = {
@@ -281,6 +285,18 @@ class MultimodalPredictor:
             idx, test_size=self.valid_fraction, random_state=self.train_config.seed, stratify=stratify
         )
         return take_rows(df, media, frozen, np.sort(tr)), take_rows(df, media, frozen, np.sort(va))
+
+    def tune(self, train: Any, output: str | os.PathLike[str], **options: Any) -> MultimodalPredictor:
+        """Optuna search over this predictor's config (see `polymodal.optimize.tune.tune` for `options`: trials,
+        space, storage, timeout, ...). Returns the best trial's model, loaded; `tune_` holds the summary."""
+        from polymodal.optimize.tune import tune as run_tune
+
+        summary = run_tune(train, self.label, output, config=getattr(self, "config_", None), **options)
+        if summary["best_folder"] is None:
+            raise RuntimeError(f"no trial of the study finished here; see {Path(output) / 'trials.csv'}")
+        best = MultimodalPredictor.load(summary["best_folder"])
+        best.tune_ = summary
+        return best
 
     # ---- using -------------------------------------------------------------------------------------
     def _require_fitted(self):

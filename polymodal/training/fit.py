@@ -146,8 +146,9 @@ def train(
     valid_features: Features,
     valid_targets: np.ndarray,
     cfg: TrainConfig,
+    callbacks: list[pl.Callback] | None = None,
 ) -> dict[str, Any]:
-    """Fit `net` in place; returns the history, best epoch and train seconds."""
+    """Fit `net` in place; returns the history, best epoch and train seconds. `callbacks`: extra Lightning ones."""
     _quiet_lightning()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     name, mode = task.monitor
@@ -157,6 +158,7 @@ def train(
         best,
         history,
         pl.callbacks.EarlyStopping(f"val_{name}", mode=mode, patience=cfg.patience),
+        *(callbacks or []),
     ]
     if cfg.progress:
         callbacks.append(_progress_callback())
