@@ -24,10 +24,6 @@ def _png(ax: Any) -> bytes:
 
 def plot_png(kind: str, study: Any) -> bytes:
     """One of Optuna's matplotlib plots as PNG bytes: history, importances, parallel, intermediate."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import optuna
     from optuna.visualization import matplotlib as ovm
 
     fn = {
