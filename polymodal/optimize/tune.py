@@ -96,7 +96,7 @@ def open_storage(url: str, heartbeat: int, max_retry: int) -> Any:
     """An RDB storage with a heartbeat: a trial whose worker stops beating for 2 x `heartbeat` seconds is marked
     FAIL and queued again (at most `max_retry` times). Unreachable storage: a `TuneError` before any training."""
     import optuna
-    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     engine: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("postgresql"):
@@ -111,7 +111,7 @@ def open_storage(url: str, heartbeat: int, max_retry: int) -> Any:
                 engine_kwargs=engine,
                 heartbeat_interval=heartbeat,
                 grace_period=2 * heartbeat,
-                heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=max_retry),
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
             )
     except ImportError as e:
         raise TuneError(f"cannot open the study storage {masked(url)}: {e}. Install polymodal[tune].") from e
