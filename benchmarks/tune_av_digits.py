@@ -78,7 +78,6 @@ def main() -> None:
     ap.add_argument("--pruner-startup", type=int, default=3, help="trials the median pruner waits for")
     a = ap.parse_args()
 
-    from polymodal import MultimodalPredictor
     from polymodal.model.artifact import write_json
     from polymodal.optimize.report import plot_png
     from polymodal.optimize.tune import tune
@@ -143,8 +142,9 @@ def main() -> None:
         "full_protocol": FULL,
         "reduced": reduced,
         "space": sp,
-        "arms": {n: {k: s[k] for k in ("wall_seconds", "states", "best", "decodes", "preparations")}
-                 for n, s in arms.items()},  # fmt: skip
+        "arms": {
+            n: {k: s[k] for k in ("wall_seconds", "states", "best", "decodes", "preparations")} for n, s in arms.items()
+        },  # fmt: skip
         "pruned_over_unpruned_wall": round(ratio, 3),
         "goal_pruned_ratio": 0.5,
         "best_from": best_arm,

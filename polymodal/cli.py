@@ -26,7 +26,7 @@ CategoricalCols = Annotated[
 ]
 IgnoreCols = Annotated[list[str] | None, typer.Option("--ignore", help="Leave this column out (repeatable)")]
 ProblemTypeOpt = Annotated[str | None, typer.Option(help="binary | multiclass | regression (default: inferred)")]
-ImageFit = Annotated[str, typer.Option(help="squash: resize to the square | pad: keep the aspect ratio")]
+ImageFit = Annotated[str | None, typer.Option(help="squash: resize to the square | pad: keep the aspect ratio")]
 TextEncoder = Annotated[str | None, typer.Option(help="Pretrained text encoder: registry name, HF id or folder")]
 ImageEncoder = Annotated[str | None, typer.Option(help="Pretrained image encoder: registry name, HF id or folder")]
 AudioEncoder = Annotated[str | None, typer.Option(help="Pretrained audio encoder: HF id or folder")]
@@ -36,9 +36,46 @@ NoiseLevels = Annotated[int, typer.Option(help="Noise levels per modality for ro
 NoiseRows = Annotated[int, typer.Option(help="Measure the noise curves on a fixed sample of this many test rows")]
 
 
-def _modalities(**columns: list[str] | None) -> dict[str, str]:
+LabelOpt = Annotated[str | None, typer.Option("--label", "-y", help="The column to predict (data.label)")]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="Config tree (YAML or JSON); flags and --set override it")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Any setting by dotted path: --set train.lr=3e-4 (repeatable; `polymodal config`)"),
+]
+FusionOpt = Annotated[
+    str | None, typer.Option(help="early | late | attention | gmu | tensor | low_rank | cross_attention [attention]")
+]
+ImageSize = Annotated[int | None, typer.Option(help="Images are resized to this square size [64]")]
+SampleRate = Annotated[int | None, typer.Option(help="Audio is resampled to this rate [16000]")]
+ModalityDropout = Annotated[float | None, typer.Option(help="Hide each modality with this probability in training [0]")]
+Finetune = Annotated[
+    bool | None, typer.Option("--finetune/--freeze", help="Fine-tune pretrained encoders, or freeze them [freeze]")
+]
+
+
+def _modalities(**columns: list[str] | None) -> dict[str, str] | None:
     """The column -> modality overrides given with --text/--image/--audio/--numeric/--categorical."""
-    return {c: modality for modality, cols in columns.items() for c in cols or []}
+    return {c: modality for modality, cols in columns.items() for c in cols or []} or None
+
+
+def _settings(**flags: object) -> dict[str, object]:
+    """The flags the user gave (None: not given, so the config file or the default stands)."""
+    return {k: v for k, v in flags.items() if v is not None and v != []}
+
+
+def _set_options(sets: list[str] | None) -> dict[str, object]:
+    """--set PATH=VALUE pairs as {dotted path: value of the setting's type}."""
+    from polymodal.config import ConfigError, parse_value
+
+    out: dict[str, object] = {}
+    for item in sets or []:
+        path, eq, text = item.partition("=")
+        if not eq:
+            raise ConfigError(f"--set takes PATH=VALUE (e.g. train.lr=3e-4), not {item!r}")
+        out[path.strip()] = parse_value(path.strip(), text.strip())
+    return out
 
 
 def _fail(message: str) -> None:
@@ -60,11 +97,11 @@ def _run(fn):
 @app.command()
 def fit(
     train: Path = typer.Argument(..., help="Training table: .csv, .tsv, .parquet or .jsonl"),
-    label: str = typer.Option(..., "--label", "-y", help="The column to predict"),
     output: Path = typer.Option(..., "--output", "-o", help="Model folder to write"),
-    fusion: str = typer.Option(
-        "attention", help="early | late | attention | gmu | tensor | low_rank | cross_attention"
-    ),
+    label: LabelOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    fusion: FusionOpt = None,
     valid: Path | None = typer.Option(None, help="Validation table (default: a stratified 10 % split of train)"),
     text: TextCols = None,
     image: ImageCols = None,
@@ -73,54 +110,87 @@ def fit(
     categorical: CategoricalCols = None,
     ignore: IgnoreCols = None,
     problem_type: ProblemTypeOpt = None,
-    max_epochs: int = typer.Option(30, help="Upper bound on epochs; early stopping usually ends sooner"),
-    batch_size: int = typer.Option(64),
-    lr: float = typer.Option(1e-3, help="AdamW learning rate"),
-    weight_decay: float = typer.Option(1e-2),
-    patience: int = typer.Option(6, help="Epochs without improvement before early stopping"),
-    seed: int = typer.Option(0),
-    embed_dim: int = typer.Option(128, help="Embedding size of every encoder"),
-    image_size: int = typer.Option(64, help="Images are resized to this square size"),
-    image_fit: ImageFit = "squash",
-    sample_rate: int = typer.Option(16000, help="Audio is resampled to this rate"),
-    modality_dropout: float = typer.Option(0.0, help="Hide each modality with this probability in training"),
-    on_bad_rows: str = typer.Option("error", help="error: stop and list bad rows | skip: drop them, write a report"),
-    accelerator: str = typer.Option("auto", help="auto | cpu | gpu"),
-    devices: str = typer.Option("1", help="Number of devices, or 'auto'"),
-    precision: str = typer.Option("32-true", help="32-true | bf16-mixed | 16-mixed (fine-tuning on a GPU: bf16)"),
+    max_epochs: int | None = typer.Option(None, help="Upper bound on epochs; early stopping usually ends sooner [30]"),
+    batch_size: int | None = typer.Option(None, help="[64]"),
+    lr: float | None = typer.Option(None, help="AdamW learning rate [1e-3]"),
+    weight_decay: float | None = typer.Option(None, help="[1e-2]"),
+    patience: int | None = typer.Option(None, help="Epochs without improvement before early stopping [6]"),
+    seed: int | None = typer.Option(None, help="[0]"),
+    embed_dim: int | None = typer.Option(None, help="Embedding size of every encoder [128]"),
+    image_size: ImageSize = None,
+    image_fit: ImageFit = None,
+    sample_rate: SampleRate = None,
+    modality_dropout: ModalityDropout = None,
+    on_bad_rows: str | None = typer.Option(None, help="error: stop, list bad rows | skip: drop them, write a report"),
+    accelerator: str | None = typer.Option(None, help="auto | cpu | gpu [auto]"),
+    devices: str | None = typer.Option(None, help="Number of devices, or 'auto' [1]"),
+    precision: str | None = typer.Option(None, help="32-true | bf16-mixed | 16-mixed (fine-tuning on a GPU: bf16)"),
     text_encoder: TextEncoder = None,
     image_encoder: ImageEncoder = None,
     audio_encoder: AudioEncoder = None,
     preset: Preset = None,
-    finetune: bool = typer.Option(False, "--finetune/--freeze", help="Fine-tune pretrained encoders, or freeze them"),
+    finetune: Finetune = None,
     finetune_layers: int | None = typer.Option(None, help="With --finetune: train only the top N layers"),
-    lora: bool = typer.Option(False, help="With --finetune: train LoRA adapters instead of the encoder's weights"),
+    lora: bool | None = typer.Option(None, "--lora", help="With --finetune: train LoRA adapters instead"),
     encoder_lr: float | None = typer.Option(None, help="Learning rate of fine-tuned encoders (default: lr / 10)"),
     cache_dir: CacheDir = None,
 ) -> None:
-    """Train a fused model on a table and save it to a folder."""
+    """Train a fused model on a table and save it to a folder.
+
+    Every setting has a dotted path in the config tree (`polymodal config` lists them): give a YAML file with
+    --config, then flags and --set PATH=VALUE override it."""
     from polymodal.evaluation.table import metrics_table
     from polymodal.predictor import MultimodalPredictor
 
-    modalities = _modalities(text=text, image=image, audio=audio, numeric=numeric, categorical=categorical)
-
     def go():
-        p = MultimodalPredictor(
-            label=label, fusion=fusion, problem_type=problem_type, modalities=modalities, ignore=ignore or [],
-            preprocess={"image_size": image_size, "image_fit": image_fit, "sample_rate": sample_rate},
-            embed_dim=embed_dim, max_epochs=max_epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-            patience=patience, seed=seed, modality_dropout=modality_dropout, on_bad_rows=on_bad_rows,
-            accelerator=accelerator, devices=int(devices) if devices.isdigit() else devices, precision=precision,
-            text_encoder=text_encoder, image_encoder=image_encoder, audio_encoder=audio_encoder, preset=preset,
-            freeze=not finetune, finetune_layers=finetune_layers, lora=lora, encoder_lr=encoder_lr,
-            cache_dir=cache_dir,
-        )  # fmt: skip
+        settings = _settings(
+            label=label, fusion=fusion, problem_type=problem_type, ignore=ignore,
+            modalities=_modalities(text=text, image=image, audio=audio, numeric=numeric, categorical=categorical),
+            max_epochs=max_epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
+            seed=seed, embed_dim=embed_dim, modality_dropout=modality_dropout, on_bad_rows=on_bad_rows,
+            accelerator=accelerator, precision=precision, text_encoder=text_encoder, image_encoder=image_encoder,
+            audio_encoder=audio_encoder, preset=preset, finetune_layers=finetune_layers, lora=lora,
+            encoder_lr=encoder_lr, cache_dir=cache_dir,
+            devices=None if devices is None else int(devices) if devices.isdigit() else devices,
+            freeze=None if finetune is None else not finetune,
+            **{"preprocess.image_size": image_size, "preprocess.image_fit": image_fit,
+               "preprocess.sample_rate": sample_rate},
+        ) | _set_options(set_)  # fmt: skip
+        p = MultimodalPredictor(config=config, **settings)
         p.fit(train, valid)
         folder = p.save(output)
-        console.print(metrics_table({f"{fusion} (validation)": p.metrics_["valid"]}, title="validation metrics"))
+        console.print(metrics_table({f"{p.fusion} (validation)": p.metrics_["valid"]}, title="validation metrics"))
         if p.dropped_:
             console.print(f"[yellow]dropped {len(p.dropped_)} bad row(s); report: {folder / 'dropped_rows.csv'}[/]")
         console.print(f"saved model to {folder}")
+
+    _run(go)
+
+
+@app.command("config")
+def config_cmd(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write the YAML here instead of printing it"),
+    paths: bool = typer.Option(False, "--paths", help="List every setting's dotted path and type"),
+) -> None:
+    """Print the config tree (defaults, or a file with --set overrides applied) as YAML, checked."""
+    from polymodal.config import Config, build_config
+
+    def go():
+        if paths:
+            from polymodal.config import leaf_type
+
+            for path in Config.paths():
+                t = leaf_type(path)
+                sys.stdout.write(f"{path}\t{getattr(t, '__name__', None) or str(t).replace('typing.', '')}\n")
+            return
+        cfg = build_config(config, **_set_options(set_))
+        text = cfg.to_yaml(output)
+        if output is None:
+            sys.stdout.write(text)
+        else:
+            console.print(f"wrote {output}")
 
     _run(go)
 
@@ -141,7 +211,7 @@ def evaluate(
 
     def go():
         p = MultimodalPredictor.load(model)
-        p.on_bad_rows = on_bad_rows
+        p.config_.data.on_bad_rows = on_bad_rows
         m = p.evaluate(table) | {"table": str(table)}
         console.print(metrics_table({p.fusion: m}, title=f"metrics on {table}"))
         if "confusion_matrix" in m:
@@ -310,8 +380,10 @@ def serve(
 @app.command()
 def compare(
     train: Path = typer.Argument(..., help="Training table: .csv, .tsv, .parquet or .jsonl"),
-    label: str = typer.Option(..., "--label", "-y", help="The column to predict"),
     output: Path = typer.Option(..., "--output", "-o", help="Folder for the leaderboard, report and models"),
+    label: LabelOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
     test: Path | None = typer.Option(None, help="Test table (default: a stratified 20 % split of train)"),
     valid: Path | None = typer.Option(None, help="Validation table (default: a 10 % split of train per seed)"),
     fusions: str = typer.Option("all", help="'all' or a comma-separated list, e.g. early,gmu,ensemble-stack"),
@@ -325,44 +397,44 @@ def compare(
     categorical: CategoricalCols = None,
     ignore: IgnoreCols = None,
     problem_type: ProblemTypeOpt = None,
-    max_epochs: int = typer.Option(30),
-    batch_size: int = typer.Option(64),
-    lr: float = typer.Option(1e-3),
-    patience: int = typer.Option(6),
-    embed_dim: int = typer.Option(128),
-    image_size: int = typer.Option(64),
-    image_fit: ImageFit = "squash",
-    sample_rate: int = typer.Option(16000),
-    modality_dropout: float = typer.Option(0.0, help="Hide each modality with this probability in training"),
-    on_bad_rows: str = typer.Option("error", help="error | skip"),
-    accelerator: str = typer.Option("auto", help="auto | cpu | gpu"),
+    max_epochs: int | None = typer.Option(None, help="[30]"),
+    batch_size: int | None = typer.Option(None, help="[64]"),
+    lr: float | None = typer.Option(None, help="[1e-3]"),
+    patience: int | None = typer.Option(None, help="[6]"),
+    embed_dim: int | None = typer.Option(None, help="[128]"),
+    image_size: ImageSize = None,
+    image_fit: ImageFit = None,
+    sample_rate: SampleRate = None,
+    modality_dropout: ModalityDropout = None,
+    on_bad_rows: str | None = typer.Option(None, help="error | skip"),
+    accelerator: str | None = typer.Option(None, help="auto | cpu | gpu"),
     text_encoder: TextEncoder = None,
     image_encoder: ImageEncoder = None,
     audio_encoder: AudioEncoder = None,
     preset: Preset = None,
-    finetune: bool = typer.Option(
-        False, "--finetune/--freeze", help="Fine-tune pretrained encoders, or freeze them (encoders run once)"
-    ),
+    finetune: Finetune = None,
     cache_dir: CacheDir = None,
 ) -> None:
     """Leaderboard of unimodal baselines, fusions and ensembles over seeds, with robustness and an HTML report.
 
-    Re-running the same command skips the entries that finished."""
+    Re-running the same command skips the entries that finished. Model settings: --config/--set as in `fit`."""
     from polymodal.evaluation.compare import compare as run_compare
     from polymodal.evaluation.compare import leaderboard_table
 
-    modalities = _modalities(text=text, image=image, audio=audio, numeric=numeric, categorical=categorical)
-
     def go():
-        board = run_compare(
-            train, label, output, test=test, valid=valid, fusions=fusions, seeds=seeds, noise_levels=noise_levels,
-            log_fn=lambda m: console.print(m, highlight=False), modalities=modalities, ignore=ignore or [],
-            problem_type=problem_type,
-            preprocess={"image_size": image_size, "image_fit": image_fit, "sample_rate": sample_rate},
+        settings = _settings(
+            config=config, problem_type=problem_type, ignore=ignore,
+            modalities=_modalities(text=text, image=image, audio=audio, numeric=numeric, categorical=categorical),
             embed_dim=embed_dim, max_epochs=max_epochs, batch_size=batch_size, lr=lr, patience=patience,
             modality_dropout=modality_dropout, on_bad_rows=on_bad_rows, accelerator=accelerator,
-            noise_rows=noise_rows, text_encoder=text_encoder, image_encoder=image_encoder,
-            audio_encoder=audio_encoder, preset=preset, freeze=not finetune, cache_dir=cache_dir,
+            text_encoder=text_encoder, image_encoder=image_encoder, audio_encoder=audio_encoder, preset=preset,
+            cache_dir=cache_dir, freeze=None if finetune is None else not finetune,
+            **{"preprocess.image_size": image_size, "preprocess.image_fit": image_fit,
+               "preprocess.sample_rate": sample_rate},
+        ) | _set_options(set_)  # fmt: skip
+        board = run_compare(
+            train, label, output, test=test, valid=valid, fusions=fusions, seeds=seeds, noise_levels=noise_levels,
+            log_fn=lambda m: console.print(m, highlight=False), noise_rows=noise_rows, **settings,
         )  # fmt: skip
         console.print(leaderboard_table(board))
         console.print(f"wrote {output / 'leaderboard.csv'}, {output / 'leaderboard.json'}, {output / 'report.html'}")

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from polymodal import __version__
+from polymodal.config import Config, ConfigError, TrainConfig, build_config, from_legacy
 from polymodal.data.io import read_table
 from polymodal.data.schema import Modality, Schema, infer_schema
 from polymodal.data.validate import (
@@ -27,8 +28,8 @@ from polymodal.preprocess import Features, PreprocessConfig, Preprocessor
 
 log = logging.getLogger("polymodal")
 
-BAD_ROW_POLICIES = ("error", "skip")
 DROPPED_REPORT = "dropped_rows.csv"
+CONFIG_FORMAT = 2  # config.json with the config tree under "config"; 0.1.0 folders (flat keys) still load
 
 
 def _table_name(source: Any) -> str:
@@ -41,6 +42,39 @@ def fingerprint(df: pd.DataFrame) -> str:
     return h.hexdigest()[:16]
 
 
+def check_config(cfg: Config) -> None:
+    """What the tree's types cannot say: a label, a known fusion and options it takes, a fraction in (0, 1)."""
+    import inspect
+
+    from polymodal.fusion import FUSIONS
+
+    if not cfg.data.label:
+        raise ConfigError("data.label is not set: name the column to predict (label='y', --label y)")
+    if cfg.fusion.name not in FUSIONS:
+        raise ConfigError(f"unknown fusion {cfg.fusion.name!r} (fusion.name); choose one of {sorted(FUSIONS)}")
+    takes = [n for n in inspect.signature(FUSIONS[cfg.fusion.name].__init__).parameters][5:]  # after hidden, dropout
+    for key in cfg.fusion.options:
+        if key not in takes:
+            import difflib
+
+            close = difflib.get_close_matches(key, takes, 1)
+            hint = f"did you mean {close[0]!r}?" if close else f"it takes {takes or 'none'}"
+            raise ConfigError(f"unknown option fusion.options.{key} of the {cfg.fusion.name} fusion; {hint}")
+    if not 0.0 < cfg.data.valid_fraction < 1.0:
+        raise ConfigError(f"data.valid_fraction must be between 0 and 1, not {cfg.data.valid_fraction}")
+
+
+def build_net(cfg: Config, schema: Schema, input_specs: dict[str, dict], task: Any) -> Any:
+    """The network a config describes, for a fitted schema and preprocessing."""
+    from polymodal.model.network import MultimodalNet
+
+    dims = {name: cfg.encoders.dim(m.value) for name, m in schema.inputs.items()}
+    return MultimodalNet(
+        schema.inputs, input_specs, task, cfg.fusion.name, dims, cfg.fusion.hidden, cfg.fusion.dropout,
+        fusion_options=cfg.fusion.options,
+    )  # fmt: skip
+
+
 class MultimodalPredictor:
     """Fit a fused model on a table whose columns hold text, image/audio file paths, numbers and categories.
 
@@ -48,80 +82,34 @@ class MultimodalPredictor:
     >>> p.evaluate(test_df); p.predict(df); p.save("runs/m1"); MultimodalPredictor.load("runs/m1")
     """
 
-    def __init__(
-        self,
-        label: str,
-        fusion: str = "attention",
-        problem_type: str | None = None,
-        modalities: dict[str, str | Modality] | None = None,
-        ignore: list[str] | None = None,
-        preprocess: PreprocessConfig | dict | None = None,
-        embed_dim: int = 128,
-        hidden: int = 128,
-        dropout: float = 0.1,
-        max_epochs: int = 30,
-        batch_size: int = 64,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-2,
-        patience: int = 6,
-        seed: int = 0,
-        valid_fraction: float = 0.1,
-        modality_dropout: float = 0.0,
-        augment: bool = True,
-        on_bad_rows: str = "error",
-        accelerator: str = "auto",
-        devices: int | str = 1,
-        precision: str = "32-true",
-        progress: bool = True,
-        encoders: dict[str, str] | None = None,
-        text_encoder: str | None = None,
-        image_encoder: str | None = None,
-        audio_encoder: str | None = None,
-        preset: str | None = None,
-        freeze: bool = True,
-        finetune_layers: int | None = None,
-        lora: bool = False,
-        encoder_lr: float | None = None,
-        cache_dir: str | os.PathLike[str] | None = None,
-    ):
-        from polymodal.fusion import FUSIONS
-
-        if fusion not in FUSIONS:
-            raise ValueError(f"unknown fusion {fusion!r}; choose one of {sorted(FUSIONS)}")
-        if on_bad_rows not in BAD_ROW_POLICIES:
-            raise ValueError(f"on_bad_rows must be one of {BAD_ROW_POLICIES}, not {on_bad_rows!r}")
-        if not 0.0 < valid_fraction < 1.0:
-            raise ValueError("valid_fraction must be between 0 and 1")
-        self.label, self.fusion, self.problem_type = label, fusion, problem_type
-        self.modalities = {c: Modality(m) for c, m in (modalities or {}).items()}
-        self.ignore = list(ignore or [])
-        if isinstance(preprocess, dict):
-            preprocess = PreprocessConfig(**preprocess)
-        self.preprocess_config = preprocess or PreprocessConfig()
-        self.embed_dim, self.hidden, self.dropout = embed_dim, hidden, dropout
-        self.valid_fraction, self.on_bad_rows = valid_fraction, on_bad_rows
-        if preset not in (None, "scratch", "pretrained"):
-            raise ValueError(f"unknown preset {preset!r}; choose 'scratch' or 'pretrained'")
-        # Which encoder each text/image/audio column gets: per column, else per modality, else the preset's.
-        self.encoders = dict(encoders or {})
-        self.modality_encoders = {
-            Modality.TEXT: text_encoder,
-            Modality.IMAGE: image_encoder,
-            Modality.AUDIO: audio_encoder,
-        }
-        self.preset, self.freeze, self.finetune_layers, self.lora = preset, freeze, finetune_layers, lora
-        self.cache_dir = Path(cache_dir) if cache_dir else None
-        from polymodal.training import TrainConfig
-
-        self.train_config = TrainConfig(
-            max_epochs=max_epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
-            seed=seed, accelerator=accelerator, devices=devices, precision=precision,
-            modality_dropout=modality_dropout, augment=augment, progress=progress, encoder_lr=encoder_lr,
-        )  # fmt: skip
+    def __init__(self, label: str | None = None, config: Config | dict | str | os.PathLike[str] | None = None,
+                 **settings: Any):  # fmt: skip
+        """`config`: a `Config`, a mapping or a YAML/JSON file; `settings` on top of it: the flat keywords
+        (`fusion="early"`, `lr=1e-3`, `embed_dim=64`, `text_encoder=...`; see `polymodal.config.FLAT_KEYWORDS`),
+        whole sections (`train={"lr": 1e-3}`) or dotted paths (`**{"encoders.image.embed_dim": 64}`)."""
+        self.config_ = build_config(config, label=label, **settings)
+        check_config(self.config_)
         self.engine = None
         self.schema: Schema | None = None
         self.metrics_: dict[str, Any] = {}
         self.dropped_: list[Problem] = []
+
+    # The settings most read from outside, by their old names.
+    @property
+    def label(self) -> str:
+        return self.config_.data.label  # type: ignore[return-value]
+
+    @property
+    def fusion(self) -> str:
+        return self.config_.fusion.name
+
+    @property
+    def train_config(self) -> TrainConfig:
+        return self.config_.train
+
+    @property
+    def cache_dir(self) -> Path | None:
+        return Path(self.config_.encoders.cache_dir) if self.config_.encoders.cache_dir else None
 
     # ---- fitting -----------------------------------------------------------------------------------
     def _load_rows(self, source: Any, pipeline: Any, *, training: bool, table: tuple[pd.DataFrame, Path] | None = None):
@@ -137,7 +125,7 @@ class MultimodalPredictor:
         media, frozen, media_problems = pipeline.decode(df, base_dir)
         problems = sorted(problems + media_problems, key=lambda p: (p.row, p.column))
         if problems:
-            if self.on_bad_rows == "error":
+            if self.config_.data.on_bad_rows == "error":
                 raise BadRowsError(problems, _table_name(source))
             bad = sorted({p.row for p in problems})
             log.warning("dropping %d bad row(s) of %s; see %s", len(bad), _table_name(source), DROPPED_REPORT)
@@ -151,16 +139,17 @@ class MultimodalPredictor:
         from polymodal.data.schema import SchemaError
         from polymodal.encoders.pretrained import PRESET_PRETRAINED, resolve
 
+        enc = self.config_.encoders
         media = [c for c, m in schema.columns.items() if m in (Modality.TEXT, Modality.IMAGE, Modality.AUDIO)]
-        unknown = [c for c in self.encoders if c not in media]
+        unknown = [c for c in enc.columns if c not in media]
         if unknown:
             raise SchemaError(f"encoders given for {unknown}, which are not text/image/audio input columns ({media})")
         out = {}
         for col, modality in schema.columns.items():
             if modality not in (Modality.TEXT, Modality.IMAGE, Modality.AUDIO):
                 continue
-            name = self.encoders.get(col) or self.modality_encoders.get(modality)
-            if name is None and self.preset == "pretrained":
+            name = enc.columns.get(col) or getattr(enc, modality.value).name
+            if name is None and enc.preset == "pretrained":
                 name = PRESET_PRETRAINED.get(modality)
                 if name is None:
                     log.warning(
@@ -168,8 +157,8 @@ class MultimodalPredictor:
                     )
             if name in (None, "scratch"):
                 continue
-            mode = "frozen" if self.freeze else "finetune"
-            out[col] = {"ref": resolve(name).to_dict(), "mode": mode, "layers": self.finetune_layers, "lora": self.lora}
+            mode = "frozen" if enc.freeze else "finetune"
+            out[col] = {"ref": resolve(name).to_dict(), "mode": mode, "layers": enc.finetune_layers, "lora": enc.lora}
         return out
 
     def _start(self, train: Any, progress: bool) -> tuple[tuple[pd.DataFrame, Path], Schema, Any]:
@@ -178,17 +167,19 @@ class MultimodalPredictor:
         from polymodal.model.pipeline import FeaturePipeline
 
         table = read_table(train)
-        schema = infer_schema(table[0], self.label, self.modalities, self.ignore, self.problem_type)
+        data = self.config_.data
+        modalities = {c: Modality(m) for c, m in data.modalities.items()}
+        schema = infer_schema(table[0], data.label, modalities, data.ignore, data.problem_type)
         check_columns(table[0], schema, training=True)
         config = PreprocessConfig(
-            **(self.preprocess_config.to_dict() | {"pretrained": self._pretrained_config(schema)})
+            **(self.config_.preprocess.to_dict() | {"pretrained": self._pretrained_config(schema)})
         )
         preprocessor = Preprocessor(schema, config).fit_pretrained(table[0], table[1])
         return table, schema, FeaturePipeline(schema, preprocessor, self.cache_dir, progress=progress)
 
     def fit(self, train: Any, valid: Any | None = None, callbacks: list | None = None) -> MultimodalPredictor:
         """Train on `train` (path or DataFrame); validate on `valid`, or on a stratified 10 % split of train.
-        `callbacks`: extra Lightning callbacks (e.g. Optuna's pruning callback)."""
+        `callbacks`: extra Lightning callbacks (e.g. a tuner's pruning callback)."""
         from polymodal.tasks import Task
 
         start = time.perf_counter()
@@ -232,14 +223,11 @@ class MultimodalPredictor:
         import torch
 
         from polymodal.model.inference import InferenceEngine
-        from polymodal.model.network import MultimodalNet
         from polymodal.training import train as run_training
 
         start = time.perf_counter() if start is None else start
         torch.manual_seed(self.train_config.seed)  # the initial weights are part of what the seed fixes
-        net = MultimodalNet(
-            schema.inputs, preprocessor.input_specs(), task, self.fusion, self.embed_dim, self.hidden, self.dropout
-        )
+        net = build_net(self.config_, schema, preprocessor.input_specs(), task)
         if any(p["mode"] == "finetune" for p in preprocessor.config.pretrained.values()):
             self._prefer_bf16()
         valid_y = task.encode_targets(valid_df[schema.label])
@@ -278,11 +266,11 @@ class MultimodalPredictor:
         stratify = None
         if schema.problem_type.is_classification:
             counts = y.value_counts()
-            n_valid = int(np.ceil(self.valid_fraction * len(df)))
+            n_valid = int(np.ceil(self.config_.data.valid_fraction * len(df)))
             if counts.min() >= 2 and n_valid >= len(counts):
                 stratify = y.astype(str)
         tr, va = train_test_split(
-            idx, test_size=self.valid_fraction, random_state=self.train_config.seed, stratify=stratify
+            idx, test_size=self.config_.data.valid_fraction, random_state=self.train_config.seed, stratify=stratify
         )
         return take_rows(df, media, frozen, np.sort(tr)), take_rows(df, media, frozen, np.sort(va))
 
@@ -291,7 +279,7 @@ class MultimodalPredictor:
         space, storage, timeout, ...). Returns the best trial's model, loaded; `tune_` holds the summary."""
         from polymodal.optimize.tune import tune as run_tune
 
-        summary = run_tune(train, self.label, output, config=getattr(self, "config_", None), **options)
+        summary = run_tune(train, self.label, output, config=self.config_, **options)
         if summary["best_folder"] is None:
             raise RuntimeError(f"no trial of the study finished here; see {Path(output) / 'trials.csv'}")
         best = MultimodalPredictor.load(summary["best_folder"])
@@ -335,26 +323,22 @@ class MultimodalPredictor:
 
     # ---- persistence -------------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
+        """config.json: the config tree (`config`) plus what fitting decided (schema, task, inputs, encoders)."""
         engine = self._require_fitted()
         return {
+            "format": CONFIG_FORMAT,
             "polymodal_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "python": platform.python_version(),
-            "label": self.label,
+            "config": self.config_.to_dict(),
             "schema": engine.schema.to_dict(),
             "task": engine.task.to_dict(),
-            "fusion": self.fusion,
-            "embed_dim": self.embed_dim,
-            "hidden": self.hidden,
-            "dropout": self.dropout,
             "input_specs": engine.preprocessor.input_specs(),
             "encoders": {
                 name: {"modality": m.value, "class": type(enc).__name__}
                 | self._encoder_record(engine.preprocessor.config.pretrained.get(name))
                 for (name, m), enc in zip(engine.schema.inputs.items(), engine.net.encoders.values(), strict=True)
             },
-            "train": self.train_config.to_dict(),
-            "valid_fraction": self.valid_fraction,
         }
 
     @staticmethod
@@ -406,33 +390,23 @@ class MultimodalPredictor:
         feature cache of its frozen encoders (default: ~/.cache/polymodal), e.g. the one it was fitted with."""
         from polymodal.model.artifact import load_folder
         from polymodal.model.inference import InferenceEngine
-        from polymodal.model.network import MultimodalNet
         from polymodal.tasks import Task
 
         config, state, preprocess, metrics = load_folder(Path(folder))
         schema = Schema.from_dict(config["schema"])
-        train = dict(config["train"])
-        p = cls(
-            label=config["label"], fusion=config["fusion"], problem_type=schema.problem_type.value,
-            preprocess=preprocess["config"], embed_dim=config["embed_dim"], hidden=config["hidden"],
-            dropout=config["dropout"], valid_fraction=config.get("valid_fraction", 0.1),
-            **{k: train[k] for k in ("max_epochs", "batch_size", "lr", "weight_decay", "patience", "seed")},
-        )  # fmt: skip
-        from dataclasses import fields
-
-        from polymodal.training import TrainConfig
-
-        known = {f.name for f in fields(TrainConfig)}
-        p.train_config = TrainConfig(**{k: v for k, v in train.items() if k in known})  # every setting, as trained
+        if "config" in config:
+            tree = Config.from_dict(config["config"])
+        else:  # a folder written before the config tree (polymodal 0.1.0)
+            tree = from_legacy(config, preprocess["config"])
+        # The feature cache is a place on this machine, not part of the model.
+        tree.encoders.cache_dir = None if cache_dir is None else str(cache_dir)
+        p = cls(config=tree)
         preprocessor = Preprocessor.from_dict(schema, preprocess)
         specs = cls._relink_encoders(Path(folder), preprocessor, config["input_specs"])
         task = Task.from_dict(config["task"])
-        net = MultimodalNet(
-            schema.inputs, specs, task, config["fusion"], config["embed_dim"], config["hidden"], config["dropout"],
-        )  # fmt: skip
+        net = build_net(p.config_, schema, specs, task)
         net.load_state_dict(state, strict=True)
         p.schema, p.metrics_ = schema, metrics
-        p.cache_dir = None if cache_dir is None else Path(cache_dir)
         p.engine = InferenceEngine(schema, preprocessor, task, net.to(device), cache_dir=p.cache_dir)
         return p
 
@@ -483,6 +457,8 @@ class MultimodalPredictor:
         per_part["head"] = sum(t.numel() for t in engine.net.head.parameters())
         return {
             **self.config(),
+            "label": self.label,
+            "fusion": self.fusion,
             "parameters": n_params,
             "parameters_by_part": per_part,
             "metrics": self.metrics_,

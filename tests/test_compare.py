@@ -106,7 +106,7 @@ def test_entry_models_are_ordinary_model_folders_trained_like_fit(resumed, synth
     train, test = synth_split
     saved = MultimodalPredictor.load(out / "models" / "image_only" / "seed1")
     assert list(saved.engine.schema.inputs) == ["image"]
-    train_cfg = json.loads((out / "models" / "image_only" / "seed1" / "config.json").read_text())["train"]
+    train_cfg = json.loads((out / "models" / "image_only" / "seed1" / "config.json").read_text())["config"]["train"]
     assert train_cfg["modality_dropout"] == 0.2 and train_cfg["seed"] == 1
     ref = MultimodalPredictor(
         label="y", fusion="early", seed=1, **dict(OPTIONS, max_epochs=1, ignore=IGNORE + ["caption"])
@@ -152,7 +152,7 @@ def test_cli_compare_reports_a_bad_fusion_name(synth_split, tmp_path):
     r = CliRunner().invoke(app, ["compare", str(train), "--label", "y", "-o", str(tmp_path / "c"), "--noise-rows", "0"])
     assert r.exit_code == 2 and "noise_rows must be at least 1" in r.output
     r = CliRunner().invoke(app, ["compare", str(train), "--label", "y", "-o", str(tmp_path / "c"), "--image-fit", "x"])
-    assert r.exit_code == 2 and "image_fit must be one of ('squash', 'pad'), not 'x'" in r.output
+    assert r.exit_code == 2 and "preprocess.image_fit must be one of ['squash', 'pad'], not 'x'" in r.output
     assert not (tmp_path / "c").exists()  # refused before any work or folder
 
 

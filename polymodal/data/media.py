@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from polymodal.config import IMAGE_FITS
+
 # Refuse images above this many pixels before decoding them (decompression bombs).
 MAX_IMAGE_PIXELS = 64_000_000
 # Refuse to read more than this much audio; longer clips are cut anyway by the preprocessing.
@@ -32,7 +34,6 @@ def _open_source(source: str | os.PathLike[str] | bytes):
     return path
 
 
-IMAGE_FITS = ("squash", "pad")
 PAD_GRAY = 128  # letterbox bars: mid-grey, about zero after any usual pixel normalization
 
 

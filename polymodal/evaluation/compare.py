@@ -39,7 +39,7 @@ import pandas as pd
 
 from polymodal import __version__
 from polymodal.data.io import read_table
-from polymodal.data.schema import Schema, infer_schema
+from polymodal.data.schema import Modality, Schema, infer_schema
 from polymodal.evaluation.robustness import NoisyInputs, check_noise_rows, evaluate_robustness, noise_sample
 from polymodal.evaluation.subset import select_features, sub_preprocessor, sub_schema
 from polymodal.model.artifact import read_json, write_json
@@ -166,7 +166,7 @@ def load_data(template: Any, train: Any, test: Any | None, valid: Any | None, te
         test_dir = ttable[1]
     else:
         # One held-out test split for every seed and entry, stratified like the predictor's validation split.
-        splitter = MultimodalPredictor(label=template.label, valid_fraction=test_fraction, seed=0)
+        splitter = MultimodalPredictor(label=template.label, valid_fraction=test_fraction, seed=0)  # one split
         (df, media, frozen), (tdf, tmedia, tfrozen) = splitter._split(df, media, frozen, schema)
         test_dir = table[1]
     return CompareData(schema, base, Split(df, media, frozen, table[1]), Split(tdf, tmedia, tfrozen, test_dir),
@@ -223,7 +223,7 @@ def fit_on_features(p: Any, sd: SeedData, inputs: list[str]) -> Any:
     names = list(schema.inputs)
     train_x, valid_x = select_features(sd.train_x, names), select_features(sd.valid_x, names)
     p.fit_features(schema, pre, sd.task, train_x, sd.train_y, valid_x, sd.vdf)
-    p.ignore, p.dropped_ = list(schema.ignored), []
+    p.config_.data.ignore, p.dropped_ = list(schema.ignored), []
     p.metrics_["dropped_rows"] = sd.dropped_rows
     return p
 
@@ -281,9 +281,11 @@ def encoder_pass_seconds(sd: SeedData, template: Any) -> float:
     from polymodal.model.batch import iterate_batches
     from polymodal.model.network import MultimodalNet
 
+    cfg = template.config_
+    dims = {n: cfg.encoders.dim(m.value) for n, m in sd.schema.inputs.items()}
     net = MultimodalNet(
-        sd.schema.inputs, sd.preprocessor.input_specs(), sd.task, UNIMODAL_FUSION, template.embed_dim,
-        template.hidden, template.dropout,
+        sd.schema.inputs, sd.preprocessor.input_specs(), sd.task, UNIMODAL_FUSION, dims, cfg.fusion.hidden,
+        cfg.fusion.dropout,
     ).eval()  # fmt: skip
     start = time.perf_counter()
     with torch.inference_mode():
@@ -480,7 +482,7 @@ class _Run:
                 extra = {"parameters": model.parameters, "epochs": None, "history": [],
                          "train_seconds": round(members_s + time.perf_counter() - start, 3)}  # fmt: skip
             else:
-                p = MultimodalPredictor(label=self.template.label, fusion=entry.fusion, seed=seed, **self.options)
+                p = MultimodalPredictor(config=self.template.config_, fusion=entry.fusion, seed=seed)
                 fit_on_features(p, sd, entry.inputs)
                 model = p.engine
                 ev = evaluate_model(model, sd, self.permutations)
@@ -507,7 +509,7 @@ class _Run:
 
 def compare(
     train: Any,
-    label: str,
+    label: str | None,
     output: str | os.PathLike[str],
     *,
     test: Any | None = None,
@@ -541,6 +543,8 @@ def compare(
             raise ValueError(f"{key!r} is set by compare itself")
     options = {"progress": False} | options
     template = MultimodalPredictor(label=label, **options)
+    label = template.label
+    options = {"config": template.config_.to_dict()}  # the whole tree, as JSON: what the settings hash covers
     selected = parse_fusions(fusions)
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -549,7 +553,9 @@ def compare(
     tables = {k: v for k, v in (("train", train), ("valid", valid), ("test", test)) if v is not None}
     frames = {k: read_table(v)[0] for k, v in tables.items()}
     fingerprints = {k: fingerprint(df) for k, df in frames.items()}
-    schema = infer_schema(frames["train"], label, template.modalities, template.ignore, template.problem_type)
+    data = template.config_.data
+    modalities = {c: Modality(m) for c, m in data.modalities.items()}
+    schema = infer_schema(frames["train"], label, modalities, data.ignore, data.problem_type)
     entries = plan_entries(list(schema.inputs), selected)
     base = {
         "version": __version__, "data": fingerprints, "schema": schema.to_dict(), "options": options,

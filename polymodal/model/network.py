@@ -26,18 +26,22 @@ class MultimodalNet(nn.Module):
         input_specs: dict[str, dict[str, Any]],
         task: Task,
         fusion: str = "attention",
-        embed_dim: int = 128,
+        embed_dim: int | dict[str, int] = 128,
         hidden: int = 128,
         dropout: float = 0.1,
+        fusion_options: dict[str, Any] | None = None,
     ):
+        """`embed_dim`: one size for every encoder, or {input name: size}; `fusion_options`: the fusion's own."""
         super().__init__()
         self.input_names = list(inputs)
         self.keys = module_keys(self.input_names)
+        dims = embed_dim if isinstance(embed_dim, dict) else dict.fromkeys(inputs, embed_dim)
         self.encoders = nn.ModuleDict(
-            {self.keys[n]: build_encoder(m, input_specs[n], embed_dim) for n, m in inputs.items()}
+            {self.keys[n]: build_encoder(m, input_specs[n], dims[n]) for n, m in inputs.items()}
         )
         dims = {self.keys[n]: self.encoders[self.keys[n]].dim for n in self.input_names}
-        self.fusion = build_fusion(fusion, dims, task.n_outputs, hidden=hidden, dropout=dropout)
+        options = fusion_options or {}
+        self.fusion = build_fusion(fusion, dims, task.n_outputs, hidden=hidden, dropout=dropout, **options)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Identity() if self.fusion.produces_logits else task.head(self.fusion.out_dim, hidden, dropout)
 

@@ -142,25 +142,14 @@ def trial_config(base: Config, values: dict[str, Any]) -> Config:
     cfg = base.copy()
     for path, value in values.items():
         cfg.set(path, value)
+    cfg.set("train.progress", False)  # one line per trial instead of progress bars
     return cfg
 
 
 def make_predictor(cfg: Config) -> Any:
     from polymodal.predictor import MultimodalPredictor
 
-    try:
-        p = MultimodalPredictor(config=cfg)
-    except TypeError:  # TEMPORARY until the config tree lands on main
-        import inspect
-
-        from polymodal.config import FLAT_KEYWORDS
-
-        accepted = inspect.signature(MultimodalPredictor).parameters
-        kw = {k: cfg.get(path) for k, path in FLAT_KEYWORDS.items() if k in accepted}
-        kw |= {"fusion": cfg.get("fusion.name"), "preprocess": cfg.to_dict()["preprocess"]}
-        p = MultimodalPredictor(**kw)
-    p.train_config.progress = False  # one line per trial instead of progress bars
-    return p
+    return MultimodalPredictor(config=cfg)
 
 
 # ---- data shared by the trials -----------------------------------------------------------------------------
@@ -192,14 +181,16 @@ class SharedData:
         self.decodes = self.preparations = 0
 
     def schema(self, p: Any) -> Schema:
-        schema = infer_schema(self.table[0], p.label, p.modalities, p.ignore, p.problem_type)
+        d = p.config_.data
+        modalities = {c: Modality(m) for c, m in d.modalities.items()}
+        schema = infer_schema(self.table[0], d.label, modalities, d.ignore, d.problem_type)
         check_columns(self.table[0], schema, training=True)
         return schema
 
     def _decode_key(self, p: Any) -> tuple[str, Schema, PreprocessConfig]:
         schema = self.schema(p)
-        config = PreprocessConfig(**(p.preprocess_config.to_dict() | {"pretrained": p._pretrained_config(schema)}))
-        key = json.dumps([schema.to_dict(), config.to_dict(), p.on_bad_rows], sort_keys=True, default=str)
+        config = PreprocessConfig(**(p.config_.preprocess.to_dict() | {"pretrained": p._pretrained_config(schema)}))
+        key = json.dumps([schema.to_dict(), config.to_dict(), p.config_.data.on_bad_rows], sort_keys=True, default=str)
         return key, schema, config
 
     @staticmethod
@@ -225,7 +216,7 @@ class SharedData:
             self.decodes += 1
         self._decoded.move_to_end(dkey)
         schema, base, (df, media, frozen, _), vrows = self._decoded[dkey]
-        pkey = json.dumps([dkey, p.train_config.seed, p.valid_fraction])
+        pkey = json.dumps([dkey, p.train_config.seed, p.config_.data.valid_fraction])
         if pkey not in self._prepared:
             if vrows is None:
                 (df, media, frozen), (vdf, vmedia, vfrozen) = p._split(df, media, frozen, schema)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from polymodal.config import PreprocessConfig
 from polymodal.data.schema import CATEGORICAL_INPUT, NUMERIC_INPUT, Modality, Schema
 from polymodal.data.validate import is_missing
 
@@ -23,31 +24,6 @@ PAD, UNK = 0, 1
 CLIP_SIGMAS = 100.0
 CAT_MISSING, CAT_UNKNOWN = 0, 1
 _TOKEN = re.compile(r"\w+|[^\w\s]")
-
-
-@dataclass
-class PreprocessConfig:
-    image_size: int = 64
-    image_fit: str = "squash"  # or "pad": keep the aspect ratio, letterbox to the square (see decode_image)
-    sample_rate: int = 16000
-    max_audio_seconds: float = 10.0
-    n_mels: int = 40
-    n_mfcc: int = 20
-    max_text_tokens: int = 128
-    max_vocab: int = 30000
-    min_token_count: int = 1
-    max_categories: int = 1000
-    # input -> {"ref": EncoderRef as dict, "mode": "frozen" | "finetune", "layers": N or None, "lora": bool}
-    pretrained: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        from polymodal.data.media import IMAGE_FITS
-
-        if self.image_fit not in IMAGE_FITS:
-            raise ValueError(f"image_fit must be one of {IMAGE_FITS}, not {self.image_fit!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass

@@ -148,18 +148,14 @@ def train(
     cfg: TrainConfig,
     callbacks: list[pl.Callback] | None = None,
 ) -> dict[str, Any]:
-    """Fit `net` in place; returns the history, best epoch and train seconds. `callbacks`: extra Lightning ones."""
+    """Fit `net` in place; returns the history, best epoch and train seconds. `callbacks`: extra ones."""
     _quiet_lightning()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     name, mode = task.monitor
     best = BestWeights(f"val_{name}", mode)
     history = History()
-    callbacks: list[pl.Callback] = [
-        best,
-        history,
-        pl.callbacks.EarlyStopping(f"val_{name}", mode=mode, patience=cfg.patience),
-        *(callbacks or []),
-    ]
+    extra = list(callbacks or [])
+    callbacks = [best, history, pl.callbacks.EarlyStopping(f"val_{name}", mode=mode, patience=cfg.patience), *extra]
     if cfg.progress:
         callbacks.append(_progress_callback())
     trainer = pl.Trainer(
