@@ -116,8 +116,10 @@ def main() -> None:
     tests = []
     for seed in range(a.seeds):
         cfg = Config.from_dict({})
-        for path, value in ({k: v for k, v in sp.items() if not isinstance(v, dict) or "type" not in v}
-                            | params | {"data.label": "digit", "train.seed": seed, "train.progress": False}).items():  # fmt: skip
+        fixed = {k: v for k, v in sp.items() if not isinstance(v, dict) or "type" not in v}
+        for path, value in (
+            fixed | params | {"data.label": "digit", "train.seed": seed, "train.progress": False}
+        ).items():
             cfg.set(path, value)
         p = make_predictor(cfg)
         p.fit(train)
