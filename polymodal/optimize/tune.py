@@ -252,6 +252,9 @@ def pruning_callback(trial: Any, monitor: str) -> Any:
                     f"(logged: {sorted(trainer.callback_metrics)})"
                 )
             self.reported += 1  # before the parent's report, which raises TrialPruned when the trial is cut
+            if trainer.current_epoch >= trainer.max_epochs - 1:  # the last epoch: cutting it saves nothing
+                self._trial.report(float(trainer.callback_metrics[self.monitor]), step=trainer.current_epoch)
+                return
             super().on_validation_end(trainer, pl_module)
 
     callback = MonitoredPruning(trial, monitor)
