@@ -32,7 +32,10 @@ def plot_png(kind: str, study: Any) -> bytes:
         "parallel": ovm.plot_parallel_coordinate,
         "intermediate": ovm.plot_intermediate_values,
     }[kind]
-    with warnings.catch_warnings():
+    import matplotlib
+
+    # Optuna's plots switch pyplot to its own style: keep that inside this figure, not in the caller's process.
+    with warnings.catch_warnings(), matplotlib.rc_context():
         warnings.simplefilter("ignore")  # experimental-API and axis-limit warnings are noise in a report
         return _png(fn(study))
 
