@@ -173,7 +173,7 @@ def test_resume_after_a_killed_run_keeps_the_total_budget(tmp_path):
             "--heartbeat", "1"]  # fmt: skip
     storage = f"sqlite:///{out / 'study.db'}"
     first = run_tune(*args)
-    deadline = time.monotonic() + 300  # generous: a cold start of torch on a shared CPU
+    deadline = time.monotonic() + 420  # generous: a cold start of torch on a shared CPU
     done = 0
     while done < 2:  # kill it (no clean-up at all) once two trials have finished
         if (out / "study.db").exists():
@@ -192,7 +192,7 @@ def test_resume_after_a_killed_run_keeps_the_total_budget(tmp_path):
     assert sum(t.state == TrialState.COMPLETE for t in before) in (2, 3)
 
     second = run_tune(*args)
-    log = second.communicate(timeout=180)[0]
+    log = second.communicate(timeout=420)[0]
     assert second.returncode == 0, log
     trials = load(storage).get_trials()
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 4, log  # a total, not 4 more

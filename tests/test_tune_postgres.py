@@ -79,7 +79,7 @@ def test_two_workers_share_a_postgres_study_and_a_killed_trial_is_retried(tmp_pa
     b = run_tune(str(train), "-o", str(tmp_path / "b"), *common)
     storage = postgres.replace("postgresql://", "postgresql+psycopg://")
     killed = None
-    deadline = time.monotonic() + 240  # generous: two cold starts of torch on a shared CPU
+    deadline = time.monotonic() + 420  # generous: two cold starts of torch on a shared CPU
     while killed is None and time.monotonic() < deadline:  # kill worker A once it is inside a trial's epochs
         try:
             for t in load(storage, "shared").get_trials():
@@ -96,7 +96,7 @@ def test_two_workers_share_a_postgres_study_and_a_killed_trial_is_retried(tmp_pa
         a.kill(), b.kill()
         pytest.fail(f"worker A never got into a trial:\n{a.communicate()[0][-3000:]}\n{b.communicate()[0][-3000:]}")
     a.wait()
-    log_b = b.communicate(timeout=120)[0]
+    log_b = b.communicate(timeout=420)[0]
     assert b.returncode == 0, log_b
 
     trials = load(storage, "shared").get_trials()
