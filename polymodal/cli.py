@@ -784,6 +784,54 @@ def zero_shot_cmd(
     _run(go)
 
 
+@app.command()
+def tune(
+    train: Path = typer.Argument(..., help="Training table: .csv, .tsv, .parquet or .jsonl"),
+    label: str = typer.Option(..., "--label", "-y", help="The column to predict"),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for the study, trials, best model and report"),
+    trials: int = typer.Option(20, help="Total trials of the study, over every re-run and worker"),
+    timeout: str | None = typer.Option(None, help="Stop starting trials after this long: 2h, 90m, 45s"),
+    space: Path | None = typer.Option(None, help="Search space YAML: dotted paths -> ranges, choices or values"),
+    storage: str | None = typer.Option(None, help="Study storage URL (default: sqlite in OUTPUT; postgresql://...)"),
+    study: str = typer.Option("polymodal-tune", help="Study name inside the storage"),
+    valid: Path | None = typer.Option(None, help="Validation table (default: a stratified split of train)"),
+    keep: int = typer.Option(3, help="Model folders kept: the best K trials'"),
+    config: Path | None = typer.Option(None, help="Base config YAML every trial starts from"),
+    pruner: str = typer.Option("median", help="median | hyperband | none: stop unpromising trials after an epoch"),
+    seed: int = typer.Option(0, help="Seed of the TPE sampler"),
+    heartbeat: int = typer.Option(60, help="Seconds between a trial's heartbeats; silent 2x as long = failed"),
+    max_retry: int = typer.Option(2, help="How often a trial whose worker died is run again"),
+) -> None:
+    """Search the config space with Optuna (TPE, pruning); resumable; several workers may share one study."""
+    from polymodal.optimize.tune import tune as run_tune
+
+    def go():
+        s = run_tune(
+            train, label, output, trials=trials, timeout=timeout, space=space, storage=storage, study_name=study,
+            valid=valid, keep=keep, config=config, pruner=pruner, seed=seed, heartbeat=heartbeat,
+            max_retry=max_retry, log_fn=lambda m: console.print(m, highlight=False),
+        )  # fmt: skip
+        best = s["best"]
+        if best is None:
+            console.print(f"no trial finished; states: {s['states']}")
+        else:
+            console.print(f"best trial {best['number']}: {s['metric']} {best['value']:.4f}", highlight=False)
+            for k, v in best["params"].items():
+                console.print(f"  {k}: {v}", highlight=False)
+        console.print(f"wrote {output / 'best'}, {output / 'trials.csv'}, {output / 'report.html'}")
+
+    from polymodal.config import ConfigError
+    from polymodal.optimize.tune import TuneError
+
+    try:
+        _run(go)
+    except (ConfigError, TuneError) as e:  # ValueErrors, but say which kind
+        _fail(str(e))
+    except KeyboardInterrupt:
+        err.print("interrupted: run the same command again to resume the study (the trial budget is a total)")
+        raise typer.Exit(code=130) from None
+
+
 def main() -> None:
     app()
 

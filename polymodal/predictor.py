@@ -289,6 +289,18 @@ class MultimodalPredictor:
         )
         return take_rows(df, media, frozen, np.sort(tr)), take_rows(df, media, frozen, np.sort(va))
 
+    def tune(self, train: Any, output: str | os.PathLike[str], **options: Any) -> MultimodalPredictor:
+        """Optuna search over this predictor's config (see `polymodal.optimize.tune.tune` for `options`: trials,
+        space, storage, timeout, ...). Returns the best trial's model, loaded; `tune_` holds the summary."""
+        from polymodal.optimize.tune import tune as run_tune
+
+        summary = run_tune(train, self.label, output, config=self.config_, **options)
+        if summary["best_folder"] is None:
+            raise RuntimeError(f"no trial of the study finished here; see {Path(output) / 'trials.csv'}")
+        best = MultimodalPredictor.load(summary["best_folder"])
+        best.tune_ = summary
+        return best
+
     # ---- using -------------------------------------------------------------------------------------
     def _require_fitted(self):
         if self.engine is None:

@@ -1,0 +1,1 @@
+"""Optimization on top of training: hyper-parameter search (`tune`)."""
