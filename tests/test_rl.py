@@ -37,7 +37,10 @@ class ColourChoice(gym.Env):
 
     def __init__(self):
         self.observation_space = spaces.Dict(
-            {"image": spaces.Box(0, 255, (8, 8, 3), np.uint8), "mission": spaces.Text(40, charset="abcdefghijklmnopqrstuvwxyz ")}
+            {
+                "image": spaces.Box(0, 255, (8, 8, 3), np.uint8),
+                "mission": spaces.Text(40, charset="abcdefghijklmnopqrstuvwxyz "),
+            }
         )
         self.action_space = spaces.Discrete(2)
 
@@ -210,9 +213,10 @@ def test_transfer_encoders_from_a_polymodal_model(tmp_path):
     assert type(text).__name__ == "TextRNN" and not any(p.requires_grad for p in text.parameters())
     for name, value in text.state_dict().items():  # frozen: still the model's weights after training
         assert torch.equal(value, next(v for k, v in weights.items() if k.endswith(name)))
-    assert agent.vocab.words == json.loads((tmp_path / "model" / "preprocess.json").read_text())["state"][
-        "mission"
-    ]["vocab"]
+    assert (
+        agent.vocab.words
+        == json.loads((tmp_path / "model" / "preprocess.json").read_text())["state"]["mission"]["vocab"]
+    )
     folder = agent.save(tmp_path / "policy")
     assert (folder / "transfer_model" / "model.safetensors").exists()
     env, loaded = agent.make_env(), Agent.load(folder)

@@ -167,7 +167,8 @@ def policy_kwargs(cfg: AgentConfig, model_dir: str | None = None) -> dict[str, A
         kwargs["features_extractor_class"] = MultimodalExtractor
         kwargs["features_extractor_kwargs"] = {
             "fusion": cfg.fusion, "embed_dim": cfg.embed_dim, "hidden": cfg.hidden, "modalities": cfg.modalities,
-            "encoder_kwargs": cfg.encoder_kwargs, "model": model_dir or cfg.model, "transfer": cfg.transfer, "freeze": cfg.freeze,
+            "encoder_kwargs": cfg.encoder_kwargs, "model": model_dir or cfg.model, "transfer": cfg.transfer,
+            "freeze": cfg.freeze,
         }  # fmt: skip
     return kwargs
 
@@ -192,36 +193,51 @@ def _algo(name: str):
 
 
 # ---- evaluation -------------------------------------------------------------------------------------------
-def run_episodes(model: Any, env: gym.Env, episodes: int, seed: int = 1_000_000) -> dict[str, float]:
-    """Deterministic actions for `episodes` seeded episodes. Success: the env's `is_success` when it reports one,
-    otherwise a positive final reward at termination (MiniGrid/BabyAI reward only success)."""
+def run_episodes(
+    model: Any, make: Callable[[], gym.Env], episodes: int, seed: int = 1_000_000, batch: int = 50
+) -> dict[str, float]:
+    """Deterministic actions for `episodes` seeded episodes (episode i resets with seed + i), `batch` envs stepped
+    together so the policy runs on batches. Success: the env's `is_success` when it reports one, otherwise a
+    positive final reward at termination (MiniGrid/BabyAI reward only success)."""
     returns, successes, lengths = [], [], []
-    for i in range(episodes):
-        obs, _ = env.reset(seed=seed + i)
-        total, n, done = 0.0, 0, False
-        while not done:
-            action, _ = model.predict(obs, deterministic=True)
-            obs, reward, terminated, truncated, info = env.step(action)
-            total, n, done = total + float(reward), n + 1, terminated or truncated
-        ok = info.get("is_success", terminated and float(reward) > 0)
-        returns.append(total), successes.append(float(bool(ok))), lengths.append(n)
+    envs = [make() for _ in range(min(batch, episodes))]
+    for start in range(0, episodes, len(envs)):
+        active = {j: envs[j].reset(seed=seed + start + j)[0] for j in range(min(len(envs), episodes - start))}
+        total, steps = dict.fromkeys(active, 0.0), dict.fromkeys(active, 0)
+        while active:
+            idx = list(active)
+            obs = {k: np.stack([active[j][k] for j in idx]) for k in active[idx[0]]}
+            actions, _ = model.predict(obs, deterministic=True)
+            for j, action in zip(idx, actions, strict=True):
+                o, reward, terminated, truncated, info = envs[j].step(action)
+                total[j], steps[j] = total[j] + float(reward), steps[j] + 1
+                if terminated or truncated:
+                    del active[j]
+                    ok = info.get("is_success", terminated and float(reward) > 0)
+                    returns.append(total[j]), successes.append(float(bool(ok))), lengths.append(steps[j])
+                else:
+                    active[j] = o
     return {"success_rate": float(np.mean(successes)), "mean_return": float(np.mean(returns)),
             "mean_length": float(np.mean(lengths)), "episodes": episodes}  # fmt: skip
 
 
-def _curve_callback(make_eval_env: Callable[[], gym.Env], cfg: AgentConfig, history: list[dict]):
+def _curve_callback(
+    make_eval_env: Callable[[], gym.Env], cfg: AgentConfig, history: list[dict], on_eval: Callable[[dict], None] | None
+):
     from stable_baselines3.common.callbacks import BaseCallback
 
     class Curve(BaseCallback):
         """Evaluate every `eval_every` steps (and at step 0), appending to `history`."""
 
         def _on_training_start(self) -> None:
-            self.env, self.next, self.t0 = make_eval_env(), 0, time.perf_counter()
+            self.next, self.t0 = 0, time.perf_counter()
             self._evaluate()
 
         def _evaluate(self) -> None:
-            r = run_episodes(self.model, self.env, cfg.eval_episodes, seed=2_000_000)
+            r = run_episodes(self.model, make_eval_env, cfg.eval_episodes, seed=2_000_000)
             history.append({"steps": int(self.num_timesteps), "seconds": time.perf_counter() - self.t0, **r})
+            if on_eval:
+                on_eval(history[-1])
             self.next = self.num_timesteps + cfg.eval_every
 
         def _on_step(self) -> bool:
@@ -270,7 +286,7 @@ class Agent:
 
     def evaluate(self, episodes: int = 100, seed: int = 1_000_000) -> dict[str, float]:
         with torch_threads(self.config.threads):
-            return run_episodes(self.model, self.make_env(), episodes, seed)
+            return run_episodes(self.model, self.make_env, episodes, seed)
 
     def predict(self, obs: dict, deterministic: bool = True) -> Any:
         return self.model.predict(obs, deterministic=deterministic)[0]
@@ -338,8 +354,14 @@ class Agent:
         return cls(cfg, model, vocab, history, meta.get("train_seconds", 0.0))
 
 
-def train(cfg: AgentConfig, progress_bar: bool = False, device: str = "auto") -> Agent:
-    """Check the setting, build the envs, learn for `cfg.steps` steps with periodic evaluation."""
+def train(
+    cfg: AgentConfig,
+    progress_bar: bool = False,
+    device: str = "auto",
+    on_eval: Callable[[dict], None] | None = None,
+) -> Agent:
+    """Check the setting, build the envs, learn for `cfg.steps` steps with periodic evaluation (each point is
+    also passed to `on_eval`)."""
     from stable_baselines3.common.env_util import make_vec_env
 
     vocab = build_vocabulary(cfg)
@@ -353,7 +375,7 @@ def train(cfg: AgentConfig, progress_bar: bool = False, device: str = "auto") ->
     history: list[dict] = []
     t0 = time.perf_counter()
     with torch_threads(cfg.threads):
-        model.learn(cfg.steps, callback=_curve_callback(lambda: make_env(cfg, vocab), cfg, history),
+        model.learn(cfg.steps, callback=_curve_callback(lambda: make_env(cfg, vocab), cfg, history, on_eval),
                     progress_bar=progress_bar)  # fmt: skip
     agent = Agent(cfg, model, vocab, history, time.perf_counter() - t0)
     model.policy.set_training_mode(False)

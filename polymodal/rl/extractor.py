@@ -64,7 +64,9 @@ def plan_input(key: str, space: spaces.Space, modality: str | None = None) -> In
             "train does) so the extractor gets fixed-length token ids"
         )
     if isinstance(space, spaces.Discrete):
-        return InputPlan(Modality.CATEGORICAL, {"cardinalities": [int(space.n) + 2]}, lookup=list(range(2, space.n + 2)))
+        return InputPlan(
+            Modality.CATEGORICAL, {"cardinalities": [int(space.n) + 2]}, lookup=list(range(2, space.n + 2))
+        )
     if isinstance(space, spaces.MultiDiscrete) and space.nvec.ndim == 1:
         return InputPlan(Modality.CATEGORICAL, {"cardinalities": [int(n) + 2 for n in space.nvec]})
     if isinstance(space, spaces.MultiBinary) and np.ndim(space.n) == 0:
