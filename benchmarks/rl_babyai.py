@@ -11,7 +11,7 @@ Runs, side by side, one fixed step budget per algorithm, same seed:
   bow        SB3's default MultiInputPolicy (CombinedExtractor: image flattened, mission as word counts)
   blind      the polymodal extractor without the mission key (DropKeys)
 for PPO and DQN. Success rate of deterministic actions over 200 evaluation episodes after the budget; learning
-curves (success vs steps, 40 episodes per point) to benchmarks/results/rl_babyai.png; JSON beside it.
+curves (success vs steps, 30 episodes per point) to benchmarks/results/rl_babyai.png; JSON beside it.
 
   nice -n 10 python benchmarks/rl_babyai.py            # the reported run (2 processes in parallel, 1 thread each)
   python benchmarks/rl_babyai.py --ppo-steps 20000 --dqn-steps 20000 --runs polymodal-ppo,bow-ppo
@@ -34,9 +34,9 @@ RESULTS = ROOT / "benchmarks" / "results"
 RUNS = {
     "polymodal-ppo": {"algo": "ppo"},
     "bow-ppo": {"algo": "ppo", "extractor": False, "text": "bow"},
-    "blind-ppo": {"algo": "ppo", "hide": ["mission"]},
     "polymodal-dqn": {"algo": "dqn"},
     "bow-dqn": {"algo": "dqn", "extractor": False, "text": "bow"},
+    "blind-ppo": {"algo": "ppo", "hide": ["mission"]},
 }
 
 
@@ -62,11 +62,11 @@ def one_run(name: str, args: argparse.Namespace) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--env", default="MiniGrid-Fetch-5x5-N2-v0")
-    ap.add_argument("--ppo-steps", type=int, default=60_000)
-    ap.add_argument("--dqn-steps", type=int, default=40_000)
+    ap.add_argument("--ppo-steps", type=int, default=40_000)
+    ap.add_argument("--dqn-steps", type=int, default=20_000)
     ap.add_argument("--fusion", default="early")
     ap.add_argument("--episodes", type=int, default=200, help="final evaluation episodes")
-    ap.add_argument("--curve-episodes", type=int, default=40)
+    ap.add_argument("--curve-episodes", type=int, default=30)
     ap.add_argument("--points", type=int, default=8, help="learning-curve points per run")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
