@@ -24,7 +24,7 @@ import os
 import platform
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,9 +78,16 @@ def main() -> None:
     from polymodal.model.artifact import write_json
     from polymodal.rl.agent import plot_curve
 
+    RESULTS.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    results: list[dict] = []
     with ProcessPoolExecutor(args.workers) as pool:
-        results = list(pool.map(one_run, names, [args] * len(names)))
+        futures = [pool.submit(one_run, n, args) for n in names]
+        for fut in as_completed(futures):
+            results.append(fut.result())
+            # Each finished run is written at once, so a run cut short still leaves the ones that finished.
+            write_json(RESULTS / f"{args.out}.json", {"complete": False, "env": args.env, "runs": results})
+    results.sort(key=lambda r: names.index(r["name"]))
     wall = time.perf_counter() - t0
 
     by = {r["name"]: r for r in results}
@@ -105,8 +112,8 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     plot_curve({r["name"]: r["history"] for r in results}, RESULTS / f"{args.out}.png", f"{args.env} (success)")
     write_json(RESULTS / f"{args.out}.json", {
-        "env": args.env, "episodes": args.episodes, "curve_episodes": args.curve_episodes, "seed": args.seed,
-        "fusion": args.fusion, "ppo_steps": args.ppo_steps, "dqn_steps": args.dqn_steps, "runs": results,
+        "complete": True, "env": args.env, "episodes": args.episodes, "curve_episodes": args.curve_episodes,
+        "seed": args.seed, "fusion": args.fusion, "ppo_steps": args.ppo_steps, "dqn_steps": args.dqn_steps, "runs": results,
         "goals": goals, "wall_seconds": wall, "workers": args.workers, "torch_threads_per_worker": 1,
         "cpu": f"{os.cpu_count()} cores (shared with other jobs), {platform.processor() or platform.machine()}",
         "note": "Reduced budget to fit ~20-25 min wall on 2 shared CPU cores; Fetch-5x5-N2 instead of GoToLocal.",
