@@ -113,8 +113,8 @@ def main() -> None:
     plot_curve({r["name"]: r["history"] for r in results}, RESULTS / f"{args.out}.png", f"{args.env} (success)")
     write_json(RESULTS / f"{args.out}.json", {
         "complete": True, "env": args.env, "episodes": args.episodes, "curve_episodes": args.curve_episodes,
-        "seed": args.seed, "fusion": args.fusion, "ppo_steps": args.ppo_steps, "dqn_steps": args.dqn_steps, "runs": results,
-        "goals": goals, "wall_seconds": wall, "workers": args.workers, "torch_threads_per_worker": 1,
+        "seed": args.seed, "fusion": args.fusion, "ppo_steps": args.ppo_steps, "dqn_steps": args.dqn_steps,
+        "runs": results, "goals": goals, "wall_seconds": wall, "workers": args.workers, "torch_threads_per_worker": 1,
         "cpu": f"{os.cpu_count()} cores (shared with other jobs), {platform.processor() or platform.machine()}",
         "note": "Reduced budget to fit ~20-25 min wall on 2 shared CPU cores; Fetch-5x5-N2 instead of GoToLocal.",
         "command": "nice -n 10 python " + " ".join(sys.argv),
