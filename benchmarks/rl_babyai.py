@@ -72,13 +72,19 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--runs", default=",".join(RUNS))
     ap.add_argument("--out", default="rl_babyai")
+    ap.add_argument("--report", action="store_true", help="no training: table, goals and curves of the saved JSON")
     args = ap.parse_args()
     names = args.runs.split(",")
 
     from polymodal.model.artifact import write_json
-    from polymodal.rl.agent import plot_curve
 
     RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.report:
+        from polymodal.model.artifact import read_json
+
+        saved = read_json(RESULTS / f"{args.out}.json")
+        report(saved["runs"], args, saved.get("wall_seconds"), saved)
+        return
     t0 = time.perf_counter()
     results: list[dict] = []
     with ProcessPoolExecutor(args.workers) as pool:
@@ -88,10 +94,17 @@ def main() -> None:
             # Each finished run is written at once, so a run cut short still leaves the ones that finished.
             write_json(RESULTS / f"{args.out}.json", {"complete": False, "env": args.env, "runs": results})
     results.sort(key=lambda r: names.index(r["name"]))
-    wall = time.perf_counter() - t0
+    report(results, args, time.perf_counter() - t0)
+
+
+def report(results: list[dict], args: argparse.Namespace, wall: float | None, saved: dict | None = None) -> None:
+    """Print the table and the goals, draw the curves, write the JSON (a cut-short run: `complete` stays false)."""
+    from polymodal.model.artifact import write_json
+    from polymodal.rl.agent import plot_curve
 
     by = {r["name"]: r for r in results}
-    print(f"\n{args.env}: success rate over {args.episodes} episodes (deterministic), wall {wall / 60:.1f} min")
+    minutes = f"{wall / 60:.1f} min" if wall else "cut short"
+    print(f"\n{args.env}: success rate over {args.episodes} episodes (deterministic), wall {minutes}")
     print(f"{'run':15s} {'algo':5s} {'steps':>7s} {'success':>8s} {'return':>7s} {'to 0.9':>7s} {'train s':>8s}")
     for r in results:
         f = r["final"]
@@ -109,15 +122,16 @@ def main() -> None:
     for g, ok in goals.items():
         print(f"goal {'MET' if ok else 'NOT MET'}: {g}")
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
     plot_curve({r["name"]: r["history"] for r in results}, RESULTS / f"{args.out}.png", f"{args.env} (success)")
     write_json(RESULTS / f"{args.out}.json", {
-        "complete": True, "env": args.env, "episodes": args.episodes, "curve_episodes": args.curve_episodes,
+        "complete": bool(saved.get("complete")) if saved else True, "env": args.env, "episodes": args.episodes,
+        "curve_episodes": args.curve_episodes, "not_finished": [n for n in RUNS if n not in by],
         "seed": args.seed, "fusion": args.fusion, "ppo_steps": args.ppo_steps, "dqn_steps": args.dqn_steps,
         "runs": results, "goals": goals, "wall_seconds": wall, "workers": args.workers, "torch_threads_per_worker": 1,
         "cpu": f"{os.cpu_count()} cores (shared with other jobs), {platform.processor() or platform.machine()}",
         "note": "Reduced budget to fit ~20-25 min wall on 2 shared CPU cores; Fetch-5x5-N2 instead of GoToLocal.",
-        "command": "nice -n 10 python " + " ".join(sys.argv),
+        "command": saved.get("command", "nice -n 10 python benchmarks/rl_babyai.py") if saved
+        else "nice -n 10 python " + " ".join(sys.argv),
     })  # fmt: skip
     print(f"wrote {RESULTS / (args.out + '.json')} and .png")
 
