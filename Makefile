@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev,privacy,privacy-bench,retrieval,tune]'
+	$(BIN)/python -m pip install -q -e '.[dev,privacy,privacy-bench,retrieval,tune,rl]'
 	touch $(STAMP)
 
 install: $(STAMP)

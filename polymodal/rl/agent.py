@@ -1,0 +1,435 @@
+"""Train, save, load and evaluate an SB3 agent (DQN or PPO) with the polymodal extractor on any gymnasium env.
+
+The policy folder (written atomically, never pickled):
+  policy.safetensors  the SB3 policy's state_dict
+  policy.json         algorithm, env id, observation/action spaces, hyper-parameters, extractor settings
+  vocab.json          the vocabulary that turns the env's Text observations into token ids (when it has any)
+  metrics.json        the periodic evaluations (success rate and return vs steps) and the final one
+  curve.png           the learning curve
+  transfer_model/     a copy of the polymodal model folder the encoders were transferred from (when used)
+Loading rebuilds the SB3 algorithm from policy.json and loads the state dict: SB3's zip/pickle files are never used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from polymodal.model.artifact import atomic_folder, read_json, write_json
+from polymodal.rl.extractor import MultimodalExtractor, ObservationError, plan_inputs, vocabulary_from_model
+from polymodal.rl.wrappers import AsDict, BagOfWords, DropKeys, TextTokens, Vocabulary, sample_texts, text_keys
+
+POLICY_WEIGHTS, POLICY_JSON, VOCAB, METRICS, CURVE, TRANSFER = (
+    "policy.safetensors", "policy.json", "vocab.json", "metrics.json", "curve.png", "transfer_model",
+)  # fmt: skip
+FORMAT = "polymodal-rl/1"
+
+# Which action spaces each algorithm can act in (SB3's own limits).
+ACTION_SPACES: dict[str, tuple[type[spaces.Space], ...]] = {
+    "dqn": (spaces.Discrete,),
+    "ppo": (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary),
+}
+# Defaults that learn small grid worlds (MiniGrid/BabyAI) in tens of thousands of steps; any can be overridden.
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "dqn": {"learning_rate": 5e-4, "buffer_size": 50_000, "learning_starts": 1_000, "batch_size": 64, "gamma": 0.95,
+            "train_freq": 4, "target_update_interval": 500, "exploration_fraction": 0.3,
+            "exploration_final_eps": 0.02},
+    "ppo": {"learning_rate": 7e-4, "n_steps": 128, "batch_size": 256, "n_epochs": 4, "gamma": 0.95,
+            "gae_lambda": 0.95, "ent_coef": 0.01, "clip_range": 0.2},
+}  # fmt: skip
+DEFAULT_ENVS = {"dqn": 1, "ppo": 8}
+
+
+class RLSetupError(ValueError):
+    """A setting that cannot train (unknown env id, an action space the algorithm cannot take); raised up front."""
+
+
+@dataclass
+class AgentConfig:
+    env_id: str
+    algo: str = "ppo"
+    steps: int = 50_000
+    fusion: str = "early"
+    embed_dim: int = 64
+    hidden: int = 128
+    seed: int = 0
+    n_envs: int | None = None
+    extractor: bool = True  # False: SB3's default CombinedExtractor (the benchmark's baseline)
+    text: str = "tokens"  # tokens: Text -> token ids (TextTokens) | bow: word counts (BagOfWords)
+    hide: list[str] = field(default_factory=list)  # observation keys the agent does not see
+    modalities: dict[str, str] = field(default_factory=dict)
+    encoder_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)  # per key: e.g. {"image": {"widths": [8]}}
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    net_arch: list[int] | None = None
+    model: str | None = None  # transfer: a polymodal model folder
+    transfer: dict[str, str] = field(default_factory=dict)  # observation key -> the model's input name
+    freeze: bool = True
+    threads: int = 1  # torch CPU threads: RL runs many tiny batches, where more threads only add contention
+    eval_every: int = 5_000
+    eval_episodes: int = 50
+    vocab_resets: int = 200
+
+    def __post_init__(self) -> None:
+        if self.algo not in ACTION_SPACES:
+            raise RLSetupError(f"unknown algorithm {self.algo!r}; choose one of {sorted(ACTION_SPACES)}")
+        if self.text not in ("tokens", "bow"):
+            raise RLSetupError(f"text must be 'tokens' or 'bow', not {self.text!r}")
+        if self.steps < 1:
+            raise RLSetupError(f"steps must be at least 1, not {self.steps}")
+        self.n_envs = self.n_envs or DEFAULT_ENVS[self.algo]
+
+    def params(self) -> dict[str, Any]:
+        return {**DEFAULTS[self.algo], **self.hyperparameters}
+
+
+# ---- environments -----------------------------------------------------------------------------------------
+def check_env_id(env_id: str) -> None:
+    """Raise RLSetupError listing close registered ids when `env_id` is unknown (MiniGrid/BabyAI: imported first)."""
+    if env_id not in gym.registry:
+        try:
+            import minigrid  # noqa: F401  (importing registers the MiniGrid and BabyAI envs)
+        except ImportError:
+            pass
+    if env_id in gym.registry:
+        return
+    close = difflib.get_close_matches(env_id, list(gym.registry), n=6, cutoff=0.6)
+    hint = f"; close ids: {', '.join(close)}" if close else ""
+    raise RLSetupError(
+        f"unknown gymnasium env id {env_id!r}{hint}. MiniGrid/BabyAI ids need `pip install polymodal[rl]`; "
+        "a custom env must be registered with gymnasium.register before training"
+    )
+
+
+def _base_env(cfg: AgentConfig) -> gym.Env:
+    check_env_id(cfg.env_id)
+    try:
+        env = gym.make(cfg.env_id, **cfg.env_kwargs)
+    except gym.error.Error as e:
+        raise RLSetupError(f"gymnasium could not make {cfg.env_id!r}: {e}") from e
+    return env if isinstance(env.observation_space, spaces.Dict) else AsDict(env)
+
+
+def wrap_env(env: gym.Env, cfg: AgentConfig, vocab: Vocabulary | None) -> gym.Env:
+    if cfg.hide:
+        env = DropKeys(env, cfg.hide)
+    if text_keys(env.observation_space):
+        env = BagOfWords(env, vocab) if cfg.text == "bow" else TextTokens(env, vocab)
+    return env
+
+
+def build_vocabulary(cfg: AgentConfig) -> Vocabulary | None:
+    """The vocabulary of the env's Text observations: the transferred model's, or the words of sample resets."""
+    for key, name in cfg.transfer.items():
+        if cfg.model and key in text_keys(_base_env(cfg).observation_space):
+            return vocabulary_from_model(cfg.model, name)
+    env = _base_env(cfg)
+    if not text_keys(env.observation_space):
+        return None
+    return Vocabulary.build(sample_texts(env, cfg.vocab_resets, seed=10_000 + cfg.seed))
+
+
+def make_env(cfg: AgentConfig, vocab: Vocabulary | None) -> gym.Env:
+    return wrap_env(_base_env(cfg), cfg, vocab)
+
+
+def check_setup(cfg: AgentConfig, env: gym.Env) -> None:
+    """Everything that would fail inside SB3 later, checked before any training: action space and observations."""
+    allowed = ACTION_SPACES[cfg.algo]
+    if not isinstance(env.action_space, allowed):
+        others = [a for a, ok in ACTION_SPACES.items() if isinstance(env.action_space, ok)]
+        raise RLSetupError(
+            f"{cfg.algo.upper()} cannot act in {cfg.env_id!r}: its action space is {env.action_space}, and "
+            f"{cfg.algo.upper()} takes {' / '.join(a.__name__ for a in allowed)} actions"
+            + (f"; use --algo {others[0]}" if others else "")
+        )
+    if cfg.extractor:
+        plan_inputs(env.observation_space, cfg.modalities)
+    if cfg.transfer and not cfg.model:
+        raise RLSetupError("transfer maps observation keys to model inputs but no model folder is given")
+
+
+def policy_kwargs(cfg: AgentConfig, model_dir: str | None = None) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    if cfg.net_arch is not None:
+        kwargs["net_arch"] = list(cfg.net_arch)
+    if cfg.extractor:
+        kwargs["features_extractor_class"] = MultimodalExtractor
+        kwargs["features_extractor_kwargs"] = {
+            "fusion": cfg.fusion, "embed_dim": cfg.embed_dim, "hidden": cfg.hidden, "modalities": cfg.modalities,
+            "encoder_kwargs": cfg.encoder_kwargs, "model": model_dir or cfg.model, "transfer": cfg.transfer,
+            "freeze": cfg.freeze,
+        }  # fmt: skip
+    return kwargs
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run with `n` torch CPU threads, then restore. On tiny batches, 2 threads can be 20x slower than 1."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _algo(name: str):
+    from stable_baselines3 import DQN, PPO
+
+    return {"dqn": DQN, "ppo": PPO}[name]
+
+
+# ---- evaluation -------------------------------------------------------------------------------------------
+def run_episodes(
+    model: Any, make: Callable[[], gym.Env], episodes: int, seed: int = 1_000_000, batch: int = 50
+) -> dict[str, float]:
+    """Deterministic actions for `episodes` seeded episodes (episode i resets with seed + i), `batch` envs stepped
+    together so the policy runs on batches. Success: the env's `is_success` when it reports one, otherwise a
+    positive final reward at termination (MiniGrid/BabyAI reward only success)."""
+    returns, successes, lengths = [], [], []
+    envs = [make() for _ in range(min(batch, episodes))]
+    for start in range(0, episodes, len(envs)):
+        active = {j: envs[j].reset(seed=seed + start + j)[0] for j in range(min(len(envs), episodes - start))}
+        total, steps = dict.fromkeys(active, 0.0), dict.fromkeys(active, 0)
+        while active:
+            idx = list(active)
+            obs = {k: np.stack([active[j][k] for j in idx]) for k in active[idx[0]]}
+            actions, _ = model.predict(obs, deterministic=True)
+            for j, action in zip(idx, actions, strict=True):
+                o, reward, terminated, truncated, info = envs[j].step(action)
+                total[j], steps[j] = total[j] + float(reward), steps[j] + 1
+                if terminated or truncated:
+                    del active[j]
+                    ok = info.get("is_success", terminated and float(reward) > 0)
+                    returns.append(total[j]), successes.append(float(bool(ok))), lengths.append(steps[j])
+                else:
+                    active[j] = o
+    return {"success_rate": float(np.mean(successes)), "mean_return": float(np.mean(returns)),
+            "mean_length": float(np.mean(lengths)), "episodes": episodes}  # fmt: skip
+
+
+def _curve_callback(
+    make_eval_env: Callable[[], gym.Env], cfg: AgentConfig, history: list[dict], on_eval: Callable[[dict], None] | None
+):
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class Curve(BaseCallback):
+        """Evaluate every `eval_every` steps (and at step 0), appending to `history`."""
+
+        def _on_training_start(self) -> None:
+            self.next, self.t0 = 0, time.perf_counter()
+            self._evaluate()
+
+        def _evaluate(self) -> None:
+            r = run_episodes(self.model, make_eval_env, cfg.eval_episodes, seed=2_000_000)
+            history.append({"steps": int(self.num_timesteps), "seconds": time.perf_counter() - self.t0, **r})
+            if on_eval:
+                on_eval(history[-1])
+            self.next = self.num_timesteps + cfg.eval_every
+
+        def _on_step(self) -> bool:
+            if self.num_timesteps >= self.next:
+                self._evaluate()
+            return True
+
+        def _on_training_end(self) -> None:
+            if history[-1]["steps"] != self.num_timesteps:
+                self._evaluate()
+
+    return Curve()
+
+
+def plot_curve(curves: dict[str, list[dict]], path: Path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, h in curves.items():
+        a.plot([p["steps"] for p in h], [p["success_rate"] for p in h], marker=".", label=name)
+        b.plot([p["steps"] for p in h], [p["mean_return"] for p in h], marker=".", label=name)
+    a.set(xlabel="environment steps", ylabel="success rate", ylim=(-0.02, 1.02), title=title or "success")
+    b.set(xlabel="environment steps", ylabel="mean return", title="return")
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---- training, saving, loading ----------------------------------------------------------------------------
+@dataclass
+class Agent:
+    config: AgentConfig
+    model: Any  # the SB3 algorithm
+    vocab: Vocabulary | None
+    history: list[dict] = field(default_factory=list)
+    train_seconds: float = 0.0
+
+    def make_env(self) -> gym.Env:
+        return make_env(self.config, self.vocab)
+
+    def evaluate(self, episodes: int = 100, seed: int = 1_000_000) -> dict[str, float]:
+        with torch_threads(self.config.threads):
+            return run_episodes(self.model, self.make_env, episodes, seed)
+
+    def predict(self, obs: dict, deterministic: bool = True) -> Any:
+        return self.model.predict(obs, deterministic=deterministic)[0]
+
+    def save(self, folder: str | Path) -> Path:
+        from safetensors.torch import save_file
+
+        cfg = self.config
+        with atomic_folder(Path(folder)) as tmp:
+            # A tensor shared by several names (PPO's features_extractor = pi_/vf_features_extractor) is written
+            # once; the other names are recorded as aliases in policy.json.
+            unique, aliases, seen = {}, {}, {}
+            for k, v in self.model.policy.state_dict().items():
+                ident = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
+                if ident in seen:
+                    aliases[k] = seen[ident]
+                else:
+                    seen[ident], unique[k] = k, v.detach().cpu().contiguous()
+            save_file(unique, str(tmp / POLICY_WEIGHTS))
+            if cfg.model:
+                (tmp / TRANSFER).mkdir()
+                for name in ("config.json", "model.safetensors", "preprocess.json"):
+                    shutil.copyfile(Path(cfg.model) / name, tmp / TRANSFER / name)
+            write_json(tmp / POLICY_JSON, {
+                "format": FORMAT, "config": asdict(cfg), "hyperparameters": cfg.params(),
+                "observation_space": space_to_dict(self.model.observation_space),
+                "action_space": space_to_dict(self.model.action_space), "train_seconds": self.train_seconds,
+                "weight_aliases": aliases,
+            })  # fmt: skip
+            if self.vocab is not None:
+                write_json(tmp / VOCAB, self.vocab.to_dict())
+            final = self.history[-1] if self.history else {}
+            write_json(tmp / METRICS, {"history": self.history, "final": final})
+            if self.history:
+                plot_curve({f"{cfg.algo} ({cfg.fusion})": self.history}, tmp / CURVE, cfg.env_id)
+        return Path(folder).resolve()
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str = "auto") -> Agent:
+        """Rebuild the SB3 algorithm from policy.json (on a stand-in env with the saved spaces, so the real env is
+        only needed to act) and load policy.safetensors into it."""
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        missing = [n for n in (POLICY_JSON, POLICY_WEIGHTS) if not (folder / n).exists()]
+        if missing:
+            raise FileNotFoundError(f"{folder} is not a polymodal RL policy folder: missing {missing}")
+        meta = read_json(folder / POLICY_JSON)
+        cfg = AgentConfig(**meta["config"])
+        if cfg.model:
+            cfg.model = str(folder / TRANSFER)
+        vocab = Vocabulary.from_dict(read_json(folder / VOCAB)) if (folder / VOCAB).exists() else None
+        stand_in = _SpacesEnv(space_from_dict(meta["observation_space"]), space_from_dict(meta["action_space"]))
+        params = dict(meta["hyperparameters"])
+        if cfg.algo == "dqn":
+            params["buffer_size"] = 1  # the replay buffer is for training only
+        model = _algo(cfg.algo)(
+            "MultiInputPolicy", stand_in, policy_kwargs=policy_kwargs(cfg), seed=cfg.seed, device=device, **params
+        )
+        state = load_file(str(folder / POLICY_WEIGHTS))
+        state.update({alias: state[name] for alias, name in meta.get("weight_aliases", {}).items()})
+        model.policy.load_state_dict(state, strict=True)
+        model.policy.set_training_mode(False)
+        history = read_json(folder / METRICS)["history"] if (folder / METRICS).exists() else []
+        return cls(cfg, model, vocab, history, meta.get("train_seconds", 0.0))
+
+
+def train(
+    cfg: AgentConfig,
+    progress_bar: bool = False,
+    device: str = "auto",
+    on_eval: Callable[[dict], None] | None = None,
+) -> Agent:
+    """Check the setting, build the envs, learn for `cfg.steps` steps with periodic evaluation (each point is
+    also passed to `on_eval`)."""
+    from stable_baselines3.common.env_util import make_vec_env
+
+    vocab = build_vocabulary(cfg)
+    probe = make_env(cfg, vocab)
+    check_setup(cfg, probe)
+    vec = make_vec_env(lambda: make_env(cfg, vocab), n_envs=cfg.n_envs, seed=cfg.seed)
+    model = _algo(cfg.algo)(
+        "MultiInputPolicy", vec, policy_kwargs=policy_kwargs(cfg), seed=cfg.seed, device=device, verbose=0,
+        **cfg.params(),
+    )  # fmt: skip
+    history: list[dict] = []
+    t0 = time.perf_counter()
+    with torch_threads(cfg.threads):
+        model.learn(cfg.steps, callback=_curve_callback(lambda: make_env(cfg, vocab), cfg, history, on_eval),
+                    progress_bar=progress_bar)  # fmt: skip
+    agent = Agent(cfg, model, vocab, history, time.perf_counter() - t0)
+    model.policy.set_training_mode(False)
+    return agent
+
+
+# ---- spaces as JSON ---------------------------------------------------------------------------------------
+def _array(a: np.ndarray) -> Any:
+    """A Box bound as JSON: one number when all entries agree (images), else a nested list."""
+    flat = np.asarray(a).ravel()
+    if flat.size and np.all(flat == flat[0]):
+        return flat[0].item()
+    return np.asarray(a).tolist()
+
+
+def space_to_dict(space: spaces.Space) -> dict[str, Any]:
+    if isinstance(space, spaces.Dict):
+        return {"type": "Dict", "spaces": {k: space_to_dict(s) for k, s in space.spaces.items()}}
+    if isinstance(space, spaces.Box):
+        return {"type": "Box", "shape": list(space.shape), "dtype": str(space.dtype),
+                "low": _array(space.low), "high": _array(space.high)}  # fmt: skip
+    if isinstance(space, spaces.Discrete):
+        return {"type": "Discrete", "n": int(space.n), "start": int(space.start)}
+    if isinstance(space, spaces.MultiDiscrete):
+        return {"type": "MultiDiscrete", "nvec": space.nvec.tolist()}
+    if isinstance(space, spaces.MultiBinary):
+        return {"type": "MultiBinary", "n": np.asarray(space.n).tolist()}
+    raise ObservationError(f"cannot describe space {space} as JSON")
+
+
+def space_from_dict(d: dict[str, Any]) -> spaces.Space:
+    t = d["type"]
+    if t == "Dict":
+        return spaces.Dict({k: space_from_dict(s) for k, s in d["spaces"].items()})
+    if t == "Box":
+        dtype, shape = np.dtype(d["dtype"]), tuple(d["shape"])
+        low, high = (np.broadcast_to(np.asarray(d[b], dtype), shape) for b in ("low", "high"))
+        return spaces.Box(low, high, shape, dtype)
+    if t == "Discrete":
+        return spaces.Discrete(d["n"], start=d.get("start", 0))
+    if t == "MultiDiscrete":
+        return spaces.MultiDiscrete(d["nvec"])
+    return spaces.MultiBinary(d["n"])
+
+
+class _SpacesEnv(gym.Env):
+    """A stand-in with the saved spaces: SB3 needs an env to build an algorithm; loading must not need the real one."""
+
+    def __init__(self, observation_space: spaces.Space, action_space: spaces.Space):
+        self.observation_space, self.action_space = observation_space, action_space
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        return self.observation_space.sample(), 0.0, True, False, {}

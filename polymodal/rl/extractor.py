@@ -1,0 +1,291 @@
+"""`MultimodalExtractor`: polymodal's encoders and fusions as a Stable-Baselines3 features extractor.
+
+One encoder per key of a gymnasium `Dict` observation space, chosen from the key's space:
+  image `Box` (H x W x C or C x H x W)       -> ImageCNN          (modality image)
+  token ids: 1-D integer `Box` (TextTokens)  -> TextRNN           (modality text)
+  vector: 1-D float `Box` (or any, flattened) -> NumericMLP       (modality numeric)
+  `Discrete` / `MultiDiscrete`                -> CategoricalMLP   (modality categorical: an embedding)
+  spectrogram: 2-D float `Box` (features x frames) -> AudioCNN    (modality audio)
+then any fusion of `polymodal.fusion.FUSIONS` over the embeddings, with every input present.
+
+SB3 preprocesses observations before the extractor sees them (uint8 images / 255, `Discrete` one-hot, every
+`Box` to float): `_adapt` turns each back into what the polymodal encoder takes (channels first, ids, ...).
+
+Transfer: `model=FOLDER, transfer={obs_key: input_name}` builds those keys' encoders from a trained polymodal
+model folder (its config and safetensors weights), frozen (`freeze=True`) or trained on with the agent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from torch import nn
+
+from polymodal.data.schema import Modality
+from polymodal.encoders import build_encoder
+from polymodal.fusion import FUSIONS, build_fusion
+from polymodal.model.network import module_keys
+from polymodal.preprocess import category_key
+from polymodal.rl.wrappers import Vocabulary, is_text_space
+
+
+class ObservationError(ValueError):
+    """An observation (key or space) that the extractor cannot encode; raised before any training."""
+
+
+@dataclass
+class InputPlan:
+    """How one observation key is encoded: the modality, the encoder's spec, and how to adapt SB3's tensor."""
+
+    modality: Modality
+    spec: dict[str, Any]
+    channels_last: bool = False  # images: H x W x C in the space
+    lookup: list[int] = field(default_factory=list)  # categorical: Discrete value index -> category id
+    norm: tuple[list[float], list[float]] | None = None  # transferred images/vectors: the model's mean, std
+    flags: int = 0  # transferred numeric input: missing-value flags appended (always 0: observations are complete)
+
+
+def _is_channels_last(shape: tuple[int, ...]) -> bool:
+    # SB3's rule (is_image_space_channels_first): the smallest dimension is the channel axis.
+    return int(np.argmin(shape)) == 2
+
+
+def plan_input(key: str, space: spaces.Space, modality: str | None = None) -> InputPlan:
+    """Pick the encoder of one observation key, or raise ObservationError naming the key and the fix."""
+    if is_text_space(space):
+        raise ObservationError(
+            f"observation key {key!r} is a Text space: wrap the env with polymodal.rl.TextTokens (polymodal rl "
+            "train does) so the extractor gets fixed-length token ids"
+        )
+    if isinstance(space, spaces.Discrete):
+        return InputPlan(
+            Modality.CATEGORICAL, {"cardinalities": [int(space.n) + 2]}, lookup=list(range(2, space.n + 2))
+        )
+    if isinstance(space, spaces.MultiDiscrete) and space.nvec.ndim == 1:
+        return InputPlan(Modality.CATEGORICAL, {"cardinalities": [int(n) + 2 for n in space.nvec]})
+    if isinstance(space, spaces.MultiBinary) and np.ndim(space.n) == 0:
+        return InputPlan(Modality.NUMERIC, {"n_features": int(space.n)})
+    if not isinstance(space, spaces.Box):
+        raise ObservationError(
+            f"observation key {key!r} has a {type(space).__name__} space ({space}), which the extractor cannot "
+            "encode: it takes Box (image, token ids, vector, spectrogram), Discrete and MultiDiscrete. Flatten or "
+            "drop the key with a gymnasium wrapper (polymodal.rl.DropKeys)"
+        )
+    shape = space.shape
+    chosen = Modality(modality) if modality else None
+    if chosen is None:
+        if len(shape) == 3:
+            chosen = Modality.IMAGE
+        elif len(shape) == 1 and np.issubdtype(space.dtype, np.integer) and space.dtype != np.uint8:
+            chosen = Modality.TEXT
+        elif len(shape) == 2:
+            chosen = Modality.AUDIO
+        elif len(shape) <= 1:
+            chosen = Modality.NUMERIC
+        else:
+            raise ObservationError(
+                f"observation key {key!r} is a Box of shape {shape}: the extractor encodes images (3-D), "
+                "spectrograms (2-D), token ids and vectors (1-D). Pass modalities={key!r: 'numeric'} to flatten it"
+            )
+    if chosen is Modality.IMAGE:
+        if len(shape) != 3:
+            raise ObservationError(f"observation key {key!r}: an image needs a 3-D Box, not shape {shape}")
+        last = _is_channels_last(shape)
+        c, h, w = (shape[2], shape[0], shape[1]) if last else shape
+        return InputPlan(Modality.IMAGE, {"channels": int(c), "size": int(min(h, w))}, channels_last=last)
+    if chosen is Modality.TEXT:
+        if len(shape) != 1:
+            raise ObservationError(f"observation key {key!r}: token ids need a 1-D Box, not shape {shape}")
+        return InputPlan(Modality.TEXT, {"vocab_size": int(np.max(space.high)) + 1, "max_len": int(shape[0])})
+    if chosen is Modality.AUDIO:
+        if len(shape) != 2 or shape[0] < 8 or shape[1] < 8:
+            raise ObservationError(
+                f"observation key {key!r}: a spectrogram needs a 2-D Box (features, frames) of at least 8 x 8, "
+                f"not shape {shape}; pass modalities={{{key!r}: 'numeric'}} to flatten it instead"
+            )
+        return InputPlan(Modality.AUDIO, {"n_features": int(shape[0])})
+    if chosen is Modality.NUMERIC:
+        return InputPlan(Modality.NUMERIC, {"n_features": int(np.prod(shape, dtype=int)) or 1})
+    raise ObservationError(f"observation key {key!r}: modality {chosen.value!r} does not fit a Box {shape}")
+
+
+def plan_inputs(space: spaces.Space, modalities: dict[str, str] | None = None) -> dict[str, InputPlan]:
+    """Plan every key of a `Dict` space (checked up front, so a bad key fails before any training)."""
+    if not isinstance(space, spaces.Dict):
+        raise ObservationError(
+            f"the extractor takes a Dict observation space, not {space}: wrap the env with polymodal.rl.AsDict"
+        )
+    modalities = modalities or {}
+    unknown = sorted(set(modalities) - set(space.spaces))
+    if unknown:
+        raise ObservationError(f"modalities given for keys {unknown} that the observation does not have")
+    return {k: plan_input(k, s, modalities.get(k)) for k, s in space.spaces.items()}
+
+
+def _load_encoders(
+    folder: str | Path, transfer: dict[str, str], plans: dict[str, InputPlan]
+) -> tuple[dict[str, nn.Module], int]:
+    """Build the transferred keys' encoders from a polymodal model folder and load their weights."""
+    from polymodal.data.schema import Schema
+    from polymodal.model.artifact import load_folder
+
+    config, state, preprocess, _ = load_folder(Path(folder))
+    inputs = Schema.from_dict(config["schema"]).inputs
+    keys = module_keys(list(inputs))
+    out: dict[str, nn.Module] = {}
+    for obs_key, name in transfer.items():
+        if obs_key not in plans:
+            raise ObservationError(f"transfer maps observation key {obs_key!r}, which the observation does not have")
+        if name not in inputs:
+            raise ObservationError(f"model {folder} has no input {name!r} (for key {obs_key!r}); it has {list(inputs)}")
+        plan, modality, spec = plans[obs_key], inputs[name], dict(config["input_specs"][name])
+        if "in_dim" in spec or "pretrained" in spec:
+            raise ObservationError(
+                f"input {name!r} of {folder} uses a pretrained encoder; transfer takes the scratch encoders only"
+            )
+        if modality is not plan.modality:
+            raise ObservationError(
+                f"observation key {obs_key!r} is {plan.modality.value} but model input {name!r} is {modality.value}"
+            )
+        st = preprocess["state"][name]
+        if modality is Modality.IMAGE:
+            if spec["channels"] != plan.spec["channels"]:
+                raise ObservationError(f"{obs_key!r} has {plan.spec['channels']} channels, {name!r} {spec['channels']}")
+            plan.norm = (st["mean"], st["std"])
+        elif modality is Modality.TEXT and plan.spec["vocab_size"] > spec["vocab_size"]:
+            raise ObservationError(
+                f"{obs_key!r} token ids go up to {plan.spec['vocab_size'] - 1} but {name!r} knows {spec['vocab_size']}"
+                " ids: tokenize with the model's vocabulary (polymodal.rl.vocabulary_from_model)"
+            )
+        elif modality is Modality.NUMERIC:
+            n = len(st["columns"])
+            if plan.spec["n_features"] != n:
+                raise ObservationError(f"{obs_key!r} has {plan.spec['n_features']} numbers, {name!r} takes {n}")
+            plan.norm, plan.flags = (st["mean"], st["std"]), n
+        elif modality is Modality.CATEGORICAL:
+            if len(st["vocabs"]) != 1 or len(plan.lookup) == 0:
+                raise ObservationError(f"transfer of {name!r} needs a Discrete key and a single categorical column")
+            index = {v: i + 2 for i, v in enumerate(st["vocabs"][0])}
+            plan.lookup = [index.get(category_key(v), 1) for v in range(len(plan.lookup))]
+        plan.spec = spec
+        encoder = build_encoder(modality, spec, config["embed_dim"])
+        prefix = f"encoders.{keys[name]}."
+        encoder.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
+        out[obs_key] = encoder
+    return out, int(config["embed_dim"])
+
+
+# RL nets are trained for many small steps on CPU: by default the scratch encoders are narrower than for tables.
+RL_ENCODER_DEFAULTS: dict[Modality, dict[str, Any]] = {
+    Modality.IMAGE: {"widths": (16, 32, 64)},
+    Modality.TEXT: {"embed_dim": 32, "hidden": 64},
+    Modality.AUDIO: {"widths": (8, 16, 32), "hidden": 64},
+    Modality.NUMERIC: {"hidden": 64, "dropout": 0.0},
+    Modality.CATEGORICAL: {"hidden": 64, "dropout": 0.0},
+}
+
+
+class MultimodalExtractor(BaseFeaturesExtractor):
+    """SB3 features extractor: one polymodal encoder per observation key, then a polymodal fusion.
+
+    Use with `MultiInputPolicy` and `policy_kwargs={"features_extractor_class": MultimodalExtractor,
+    "features_extractor_kwargs": {"fusion": "attention"}}` for DQN, PPO, A2C, ... (SB3 builds it from the env's
+    observation space).
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Dict,
+        fusion: str = "early",
+        embed_dim: int = 64,
+        hidden: int = 128,
+        modalities: dict[str, str] | None = None,
+        encoder_kwargs: dict[str, dict[str, Any]] | None = None,
+        model: str | None = None,
+        transfer: dict[str, str] | None = None,
+        freeze: bool = True,
+    ):
+        if fusion not in FUSIONS:
+            raise ObservationError(f"unknown fusion {fusion!r}; choose one of {sorted(FUSIONS)}")
+        plans = plan_inputs(observation_space, modalities)
+        loaded, model_dim = _load_encoders(model, transfer or {}, plans) if model else ({}, embed_dim)
+        names = list(plans)
+        keys = module_keys(names)
+        encoders = {}
+        for k, plan in plans.items():
+            dim = model_dim if k in loaded else embed_dim
+            spec = {**plan.spec, **RL_ENCODER_DEFAULTS[plan.modality], **(encoder_kwargs or {}).get(k, {})}
+            encoders[keys[k]] = loaded.get(k) or build_encoder(plan.modality, spec, dim)
+        dims = {keys[k]: encoders[keys[k]].dim for k in names}
+        # Late fusion returns "logits": here its outputs are the features, so it gets `hidden` outputs.
+        fused = build_fusion(fusion, dims, hidden, hidden=hidden, dropout=0.0)
+        super().__init__(observation_space, features_dim=fused.out_dim or hidden)
+        self.names, self.keys, self.plans = names, keys, plans
+        self.encoders = nn.ModuleDict(encoders)
+        self.fusion = fused
+        self.frozen = {keys[k] for k in loaded} if freeze else set()
+        for k in self.frozen:
+            self.encoders[k].requires_grad_(False)
+        for k, plan in plans.items():
+            if plan.lookup:
+                self.register_buffer(f"lookup_{keys[k]}", torch.tensor(plan.lookup, dtype=torch.long), persistent=False)
+            if plan.norm is not None:
+                mean, std = (torch.tensor(v, dtype=torch.float32) for v in plan.norm)
+                self.register_buffer(f"mean_{keys[k]}", mean, persistent=False)
+                self.register_buffer(f"std_{keys[k]}", std, persistent=False)
+
+    def train(self, mode: bool = True) -> MultimodalExtractor:
+        super().train(mode)
+        for k in self.frozen:  # a frozen encoder keeps its batch-norm statistics
+            self.encoders[k].eval()
+        return self
+
+    def _adapt(self, key: str, x: torch.Tensor) -> torch.Tensor:
+        """SB3's preprocessed tensor -> the encoder's input."""
+        plan, mk = self.plans[key], self.keys[key]
+        m = plan.modality
+        if m is Modality.IMAGE:
+            x = x.float()
+            if plan.channels_last:  # SB3 transposes uint8 images itself; other image Boxes arrive as they are
+                x = x.permute(0, 3, 1, 2)
+            if plan.norm is not None:
+                x = (x - getattr(self, f"mean_{mk}")[:, None, None]) / getattr(self, f"std_{mk}")[:, None, None]
+            return x
+        if m is Modality.TEXT:
+            return x.long()
+        if m is Modality.CATEGORICAL:
+            x = x.flatten(1)  # rollout buffers keep Discrete observations as (batch, 1): one-hot (batch, 1, n)
+            space = self._observation_space.spaces[key]
+            if isinstance(space, spaces.Discrete):  # SB3 one-hot encodes Discrete observations
+                return getattr(self, f"lookup_{mk}")[x.argmax(dim=-1)].unsqueeze(1)
+            parts = torch.split(x, [int(n) for n in space.nvec], dim=-1)
+            return torch.stack([p.argmax(dim=-1) + 2 for p in parts], dim=1)
+        if m is Modality.AUDIO:
+            return x.float()
+        x = x.float().flatten(1)
+        if plan.norm is not None:
+            x = (x - getattr(self, f"mean_{mk}")) / getattr(self, f"std_{mk}")
+            x = torch.cat([x, torch.zeros(x.shape[0], plan.flags, dtype=x.dtype, device=x.device)], dim=1)
+        return x
+
+    def forward(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
+        emb = {self.keys[k]: self.encoders[self.keys[k]](self._adapt(k, observations[k])) for k in self.names}
+        b = next(iter(emb.values())).shape[0]
+        present = torch.ones(b, len(self.names), dtype=torch.bool, device=next(iter(emb.values())).device)
+        return self.fusion(emb, present)
+
+
+def vocabulary_from_model(folder: str | Path, input_name: str) -> Vocabulary:
+    """The text vocabulary a polymodal model folder was trained with, to tokenize observations for transfer."""
+    from polymodal.model.artifact import PREPROCESS, read_json
+
+    state = read_json(Path(folder) / PREPROCESS)["state"]
+    if input_name not in state or "vocab" not in state[input_name]:
+        raise ObservationError(f"model {folder} has no scratch text input {input_name!r}")
+    return Vocabulary(state[input_name]["vocab"], state[input_name]["max_len"])

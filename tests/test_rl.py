@@ -1,0 +1,235 @@
+"""Reinforcement learning with the polymodal extractor (polymodal.rl): extractor, instruction following with DQN,
+save/load, transfer from a polymodal model folder, the set-up errors, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from gymnasium import spaces
+from typer.testing import CliRunner
+
+from polymodal.cli import app
+from polymodal.rl import (
+    Agent,
+    AgentConfig,
+    MultimodalExtractor,
+    ObservationError,
+    RLSetupError,
+    TextTokens,
+    Vocabulary,
+    train,
+)
+
+COLOURS = {"red": (255, 0, 0), "blue": (0, 0, 255)}
+# Small encoders keep the tests fast on 2 CPU cores.
+TINY = {"image": {"widths": [8, 16]}, "mission": {"embed_dim": 8, "hidden": 16}}
+
+
+class ColourChoice(gym.Env):
+    """A red and a blue square, in random order (left / right); the mission names one colour ("go to the red
+    square"). Action 0 = left, 1 = right; reward 1 only for the side of the named colour. One step per episode.
+    Neither the image nor the mission alone beats chance: the agent must fuse them."""
+
+    def __init__(self):
+        self.observation_space = spaces.Dict(
+            {
+                "image": spaces.Box(0, 255, (8, 8, 3), np.uint8),
+                "mission": spaces.Text(40, charset="abcdefghijklmnopqrstuvwxyz "),
+            }
+        )
+        self.action_space = spaces.Discrete(2)
+
+    def _obs(self) -> dict:
+        img = np.zeros((8, 8, 3), np.uint8)
+        img[2:6, 0:4] = COLOURS[self.order[0]]
+        img[2:6, 4:8] = COLOURS[self.order[1]]
+        return {"image": img, "mission": f"go to the {self.target} square"}
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.order = ["red", "blue"] if self.np_random.integers(2) else ["blue", "red"]
+        self.target = str(self.np_random.choice(["red", "blue"]))
+        return self._obs(), {}
+
+    def step(self, action):
+        ok = self.order[int(action)] == self.target
+        return self._obs(), float(ok), True, False, {"is_success": ok}
+
+
+gym.register("PolymodalColourChoice-v0", entry_point=ColourChoice)
+gym.register("PolymodalColourChoiceBox-v0", entry_point=ColourChoice)  # same observations, used with Box actions
+
+
+def _cfg(**kw) -> AgentConfig:
+    base = dict(
+        env_id="PolymodalColourChoice-v0", algo="dqn", steps=1500, embed_dim=16, hidden=32, eval_every=500,
+        eval_episodes=100, vocab_resets=40, encoder_kwargs=TINY, net_arch=[32],
+        hyperparameters={"learning_starts": 200, "train_freq": 2, "target_update_interval": 200,
+                         "exploration_fraction": 0.4, "learning_rate": 2e-3, "batch_size": 32},
+    )  # fmt: skip
+    return AgentConfig(**{**base, **kw})
+
+
+def _space() -> spaces.Dict:
+    return spaces.Dict(
+        {
+            "image": spaces.Box(0, 255, (3, 8, 8), np.uint8),
+            "mission": spaces.Box(0, 9, (6,), np.int64),
+            "vector": spaces.Box(-1.0, 1.0, (5,), np.float32),
+            "direction": spaces.Discrete(4),
+        }
+    )
+
+
+@pytest.mark.parametrize("fusion", ["early", "attention", "late"])
+def test_extractor_shape_and_gradient_flow(fusion):
+    from stable_baselines3.common.preprocessing import preprocess_obs
+
+    space = _space()
+    ext = MultimodalExtractor(space, fusion=fusion, embed_dim=16, hidden=24, encoder_kwargs=TINY)
+    obs = {k: torch.as_tensor(np.stack([space[k].sample() for _ in range(6)])) for k in space.spaces}
+    feats = ext(preprocess_obs(obs, space))
+    assert feats.shape == (6, ext.features_dim)
+    assert {type(e).__name__ for e in ext.encoders.values()} == {"ImageCNN", "TextRNN", "NumericMLP", "CategoricalMLP"}
+    feats.pow(2).sum().backward()
+    for key, enc in ext.encoders.items():
+        grads = [p.grad for p in enc.parameters() if p.requires_grad]
+        assert grads and all(g is not None for g in grads), key
+        assert sum(float(g.abs().sum()) for g in grads) > 0, key
+
+
+def test_channels_last_image_and_discrete_ids():
+    space = spaces.Dict({"image": spaces.Box(0.0, 1.0, (8, 8, 3), np.float32), "d": spaces.Discrete(3)})
+    ext = MultimodalExtractor(space, encoder_kwargs=TINY)
+    assert ext.plans["image"].channels_last and ext.plans["image"].spec["channels"] == 3
+    one_hot = torch.eye(3)[[2, 0]]
+    assert ext._adapt("d", one_hot).tolist() == [[4], [2]]  # 0 = missing, 1 = unseen, values from 2
+    assert ext._adapt("image", torch.zeros(2, 8, 8, 3)).shape == (2, 3, 8, 8)
+
+
+def test_dqn_learns_the_instruction_a_blind_policy_cannot_and_save_load_acts_identically(tmp_path):
+    torch.set_num_threads(1)
+    agent = train(_cfg())
+    blind = train(_cfg(hide=["mission"]))
+    seen = agent.evaluate(200)["success_rate"]
+    unseen = blind.evaluate(200)["success_rate"]
+    assert seen >= 0.95, agent.history
+    assert unseen <= 0.65, blind.history  # chance is 0.5; 200 episodes: 0.65 is 4 standard deviations above
+    assert len(agent.history) >= 3 and agent.history[0]["steps"] == 0
+
+    folder = agent.save(tmp_path / "policy")
+    assert {p.name for p in folder.iterdir()} >= {"policy.safetensors", "policy.json", "vocab.json", "curve.png"}
+    assert not [p for p in folder.rglob("*") if p.suffix in (".zip", ".pkl", ".pt")]
+    meta = json.loads((folder / "policy.json").read_text())
+    assert meta["config"]["algo"] == "dqn" and meta["observation_space"]["spaces"]["mission"]["type"] == "Box"
+    loaded = Agent.load(folder)
+    assert loaded.vocab.words == agent.vocab.words
+    env = agent.make_env()
+    for i in range(40):
+        obs, _ = env.reset(seed=500 + i)
+        assert loaded.predict(obs) == agent.predict(obs)
+        q = agent.model.q_net(agent.model.policy.obs_to_tensor(obs)[0])
+        q2 = loaded.model.q_net(loaded.model.policy.obs_to_tensor(obs)[0])
+        assert torch.equal(q, q2)
+    assert loaded.evaluate(50) == agent.evaluate(50)
+
+
+def test_text_tokens_wrapper_and_vocabulary():
+    vocab = Vocabulary.build(["go to the red square", "go to the blue square"])
+    env = TextTokens(ColourChoice(), vocab)
+    obs, _ = env.reset(seed=0)
+    assert env.observation_space["mission"].shape == (vocab.max_len,)
+    assert obs["mission"].dtype == np.int64 and env.observation_space["mission"].contains(obs["mission"])
+    assert vocab.encode("go to the green square").tolist()[:5] == vocab.encode("go to the zzz square").tolist()[:5]
+    assert 1 in vocab.encode("go to the green square").tolist()  # unknown word -> 1
+    assert Vocabulary.from_dict(json.loads(json.dumps(vocab.to_dict()))).encode("the red").tolist() == (
+        vocab.encode("the red").tolist()
+    )
+
+
+def test_observation_key_it_cannot_encode():
+    bad = spaces.Dict({"image": spaces.Box(0, 255, (8, 8, 3), np.uint8), "pair": spaces.Tuple((spaces.Discrete(2),))})
+    with pytest.raises(ObservationError, match=r"observation key 'pair' has a Tuple space.*DropKeys"):
+        MultimodalExtractor(bad)
+    with pytest.raises(ObservationError, match=r"'mission' is a Text space.*TextTokens"):
+        MultimodalExtractor(spaces.Dict({"mission": spaces.Text(10)}))
+    with pytest.raises(ObservationError, match=r"'video' is a Box of shape \(2, 3, 8, 8\)"):
+        MultimodalExtractor(spaces.Dict({"video": spaces.Box(0, 1, (2, 3, 8, 8))}))
+    with pytest.raises(ObservationError, match="unknown fusion 'nope'"):
+        MultimodalExtractor(_space(), fusion="nope")
+
+
+def test_action_space_and_env_id_errors_before_training(tmp_path):
+    with pytest.raises(RLSetupError, match=r"DQN cannot act in 'Pendulum-v1'.*Box.*takes Discrete.*--algo ppo"):
+        train(AgentConfig("Pendulum-v1", algo="dqn", steps=10))
+    with pytest.raises(RLSetupError, match=r"unknown gymnasium env id 'CartPol-v1'; close ids: .*CartPole-v1"):
+        train(AgentConfig("CartPol-v1", algo="ppo", steps=10))
+    with pytest.raises(RLSetupError, match="unknown algorithm 'sac'"):
+        AgentConfig("CartPole-v1", algo="sac")
+    out = tmp_path / "never"
+    r = CliRunner().invoke(app, ["rl", "train", "--env", "Pendulum-v1", "--algo", "dqn", "-o", str(out)])
+    assert r.exit_code == 2 and "DQN cannot act" in r.output and not out.exists()
+
+
+def test_cli_train_and_evaluate_on_a_tiny_env(tmp_path):
+    out = tmp_path / "rl1"
+    r = CliRunner().invoke(app, [
+        "rl", "train", "--env", "PolymodalColourChoice-v0", "--algo", "ppo", "--steps", "256", "--n-envs", "2",
+        "--fusion", "attention", "--embed-dim", "16", "--eval-every", "128", "--eval-episodes", "10",
+        "--param", "n_steps=64", "--param", "batch_size=64", "--param", "n_epochs=1", "-o", str(out), "--no-progress",
+    ])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "saved policy" in r.output
+    assert (out / "curve.png").stat().st_size > 1000
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [h["steps"] for h in metrics["history"]][0] == 0 and metrics["history"][-1]["steps"] >= 256
+    meta = json.loads((out / "policy.json").read_text())
+    assert meta["config"]["fusion"] == "attention" and meta["hyperparameters"]["n_steps"] == 64
+    r = CliRunner().invoke(app, ["rl", "evaluate", str(out), "--episodes", "20"])
+    assert r.exit_code == 0, r.output
+    assert '"episodes": 20' in r.output and "success" in r.output
+
+
+def test_transfer_encoders_from_a_polymodal_model(tmp_path):
+    """Pretrain a text model (mission -> colour), then build the agent's mission encoder from its folder."""
+    from polymodal import MultimodalPredictor
+
+    rng = np.random.default_rng(0)
+    colours = rng.choice(["red", "blue"], 60)
+    df = pd.DataFrame({"mission": [f"go to the {c} square" for c in colours], "y": colours})
+    model = MultimodalPredictor(label="y", embed_dim=16, hidden=16, max_epochs=1, batch_size=32)
+    model.fit(df).save(tmp_path / "model")
+    weights = {k: v for k, v in model.engine.net.state_dict().items() if k.startswith("encoders.")}
+
+    cfg = _cfg(steps=300, model=str(tmp_path / "model"), transfer={"mission": "mission"}, freeze=True, eval_every=300)
+    agent = train(cfg)
+    ext = agent.model.policy.q_net.features_extractor
+    text = ext.encoders[ext.keys["mission"]]
+    assert type(text).__name__ == "TextRNN" and not any(p.requires_grad for p in text.parameters())
+    for name, value in text.state_dict().items():  # frozen: still the model's weights after training
+        assert torch.equal(value, next(v for k, v in weights.items() if k.endswith(name)))
+    assert (
+        agent.vocab.words
+        == json.loads((tmp_path / "model" / "preprocess.json").read_text())["state"]["mission"]["vocab"]
+    )
+    folder = agent.save(tmp_path / "policy")
+    assert (folder / "transfer_model" / "model.safetensors").exists()
+    env, loaded = agent.make_env(), Agent.load(folder)
+    for i in range(10):
+        obs, _ = env.reset(seed=i)
+        assert loaded.predict(obs) == agent.predict(obs)
+
+    trainable = MultimodalExtractor(
+        agent.make_env().observation_space, model=str(tmp_path / "model"), transfer={"mission": "mission"},
+        freeze=False, encoder_kwargs=TINY,
+    )  # fmt: skip
+    assert all(p.requires_grad for p in trainable.encoders[trainable.keys["mission"]].parameters())
+    with pytest.raises(ObservationError, match="no input 'caption'"):
+        MultimodalExtractor(
+            agent.make_env().observation_space, model=str(tmp_path / "model"), transfer={"mission": "caption"}
+        )
