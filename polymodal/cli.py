@@ -47,14 +47,55 @@ def _fail(message: str) -> None:
 
 
 def _run(fn):
-    """Turn the errors a user can fix (bad rows, unknown columns, missing files) into a message and exit code 2."""
-    from polymodal.data import BadRowsError, SchemaError
-    from polymodal.encoders.pretrained import EncoderNotFound
+    """Errors a user can fix (`UserError`: bad rows, unknown columns, bad options; a missing file) become a message
+    and exit code 2. Anything else is a bug: say so, keep the traceback in a file, and exit with code 3."""
+    import click
+
+    from polymodal.errors import UserError
 
     try:
         return fn()
-    except (BadRowsError, SchemaError, FileNotFoundError, ValueError, EncoderNotFound) as e:
+    except (UserError, FileNotFoundError) as e:
         _fail(str(e))
+    except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, KeyboardInterrupt):
+        raise
+    except Exception as e:  # noqa: BLE001 - the last resort: report the bug instead of a bare traceback
+        _internal_error(e)
+
+
+DEBUG_ENV = "POLYMODAL_DEBUG"
+
+
+def _internal_error(e: Exception) -> None:
+    """Report an unexpected exception as a bug: one line, the traceback in a file (and on screen with --debug)."""
+    import os
+    import tempfile
+    import time
+    import traceback
+
+    trace = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+    fd, path = tempfile.mkstemp(prefix=f"polymodal-crash-{time.strftime('%Y%m%d-%H%M%S')}-", suffix=".txt")
+    with os.fdopen(fd, "w") as f:
+        f.write(f"polymodal {' '.join(sys.argv[1:])}\n\n{trace}")
+    if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+        err.print(trace, highlight=False, markup=False)
+    err.print(
+        f"[bold red]internal error (a bug in polymodal):[/] {type(e).__name__}: {e}\n"
+        f"traceback written to {path} (shown here with --debug or {DEBUG_ENV}=1); please report it with that file.",
+        highlight=False,
+    )
+    raise typer.Exit(code=3)
+
+
+@app.callback()
+def _main(
+    debug: bool = typer.Option(False, "--debug", help=f"Print the traceback of internal errors (or {DEBUG_ENV}=1)"),
+) -> None:
+    """Train, evaluate and use fused multimodal models."""
+    import os
+
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
 
 
 @app.command()
@@ -279,7 +320,12 @@ def serve(
     max_batch_size: int = typer.Option(32, help="Rows per forward pass at most (1: micro-batching off)"),
     max_wait_ms: float = typer.Option(5.0, help="How long a request may wait for others to share its batch"),
     api_key_env: str | None = typer.Option(
-        None, help="Environment variable holding the API key; /v1 then needs 'Authorization: Bearer <key>'"
+        None, help="Environment variable holding the API key; every endpoint but /health and /ready then needs "
+        "'Authorization: Bearer <key>'"
+    ),
+    public_docs: bool = typer.Option(
+        False, help="With an API key: leave the page, /docs, /openapi.json and /metrics open to anyone (they show "
+        "the model's columns and traffic); /v1 still needs the key"
     ),
     max_body_mb: float = typer.Option(16.0, help="Largest request body, in MiB"),
     max_instances: int = typer.Option(64, help="Instances per request at most"),
@@ -298,7 +344,7 @@ def serve(
             model=str(model), max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, api_key_env=api_key_env,
             max_body_bytes=int(max_body_mb * 1024 * 1024), max_instances=max_instances,
             max_image_pixels=max_image_pixels, max_audio_seconds=max_audio_seconds, max_text_chars=max_text_chars,
-            max_queue=max_queue,
+            max_queue=max_queue, public_docs=public_docs,
         )  # fmt: skip
         bind, notice = resolve_host(host, api_key_env is not None)
         err.print(f"polymodal serve: {notice}; http://{bind}:{port}/", highlight=False)

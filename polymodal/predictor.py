@@ -23,6 +23,7 @@ from polymodal.data.validate import (
     check_labels,
     write_report,
 )
+from polymodal.errors import UserError
 from polymodal.preprocess import Features, PreprocessConfig, Preprocessor
 
 log = logging.getLogger("polymodal")
@@ -87,11 +88,11 @@ class MultimodalPredictor:
         from polymodal.fusion import FUSIONS
 
         if fusion not in FUSIONS:
-            raise ValueError(f"unknown fusion {fusion!r}; choose one of {sorted(FUSIONS)}")
+            raise UserError(f"unknown fusion {fusion!r}; choose one of {sorted(FUSIONS)}")
         if on_bad_rows not in BAD_ROW_POLICIES:
-            raise ValueError(f"on_bad_rows must be one of {BAD_ROW_POLICIES}, not {on_bad_rows!r}")
+            raise UserError(f"on_bad_rows must be one of {BAD_ROW_POLICIES}, not {on_bad_rows!r}")
         if not 0.0 < valid_fraction < 1.0:
-            raise ValueError("valid_fraction must be between 0 and 1")
+            raise UserError("valid_fraction must be between 0 and 1")
         self.label, self.fusion, self.problem_type = label, fusion, problem_type
         self.modalities = {c: Modality(m) for c, m in (modalities or {}).items()}
         self.ignore = list(ignore or [])
@@ -101,7 +102,7 @@ class MultimodalPredictor:
         self.embed_dim, self.hidden, self.dropout = embed_dim, hidden, dropout
         self.valid_fraction, self.on_bad_rows = valid_fraction, on_bad_rows
         if preset not in (None, "scratch", "pretrained"):
-            raise ValueError(f"unknown preset {preset!r}; choose 'scratch' or 'pretrained'")
+            raise UserError(f"unknown preset {preset!r}; choose 'scratch' or 'pretrained'")
         # Which encoder each text/image/audio column gets: per column, else per modality, else the preset's.
         self.encoders = dict(encoders or {})
         self.modality_encoders = {
@@ -201,7 +202,7 @@ class MultimodalPredictor:
         else:
             (df, media, frozen), (vdf, vmedia, vfrozen) = self._split(df, media, frozen, schema)
         if schema.problem_type.is_classification and df[schema.label].nunique() < 2:
-            raise ValueError(f"the label {schema.label!r} has a single class in the training rows")
+            raise UserError(f"the label {schema.label!r} has a single class in the training rows")
 
         preprocessor.fit(df, media)
         task = Task.fit(schema.problem_type, df[schema.label])
@@ -300,7 +301,7 @@ class MultimodalPredictor:
         """Class probabilities, one column per class. `on_bad_rows='missing'` treats a broken file as absent."""
         engine = self._require_fitted()
         if not engine.task.is_classification:
-            raise ValueError("predict_proba is for classification; this model does regression")
+            raise UserError("predict_proba is for classification; this model does regression")
         df, out, _ = self._outputs(data, on_bad_rows)
         return pd.DataFrame(out, columns=[str(c) for c in engine.task.classes], index=df.index)
 

@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from polymodal.errors import UserError
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".opus")
 
@@ -32,7 +34,7 @@ class ProblemType(str, Enum):
         return self is not ProblemType.REGRESSION
 
 
-class SchemaError(ValueError):
+class SchemaError(UserError):
     """The table does not match what was asked of it (a column is unknown, empty, or of the wrong kind)."""
 
 
@@ -169,5 +171,8 @@ def infer_schema(
         columns[col] = infer_modality(df[col])
     if not columns:
         raise SchemaError(f"no input columns left besides the label {label!r}")
+    choices = [t.value for t in ProblemType]
+    if problem_type and str(getattr(problem_type, "value", problem_type)) not in choices:
+        raise SchemaError(f"problem type must be one of {choices}, not {problem_type!r}")
     ptype = ProblemType(problem_type) if problem_type else infer_problem_type(df[label])
     return Schema(columns=columns, label=label, problem_type=ptype, ignored=ignore)

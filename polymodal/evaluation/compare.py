@@ -40,6 +40,7 @@ import pandas as pd
 from polymodal import __version__
 from polymodal.data.io import read_table
 from polymodal.data.schema import Schema, infer_schema
+from polymodal.errors import UserError
 from polymodal.evaluation.robustness import NoisyInputs, check_noise_rows, evaluate_robustness, noise_sample
 from polymodal.evaluation.subset import select_features, sub_preprocessor, sub_schema
 from polymodal.model.artifact import read_json, write_json
@@ -69,7 +70,7 @@ def parse_fusions(fusions: str | list[str]) -> list[str]:
         return choices
     unknown = [f for f in names if f not in choices]
     if unknown:
-        raise ValueError(f"unknown fusion(s) {unknown}; choose 'all' or among {choices}")
+        raise UserError(f"unknown fusion(s) {unknown}; choose 'all' or among {choices}")
     return list(dict.fromkeys(names))
 
 
@@ -193,7 +194,7 @@ def prepare_seed(
             (data.valid.df, data.valid.media, data.valid.frozen),
         )
     if schema.problem_type.is_classification and df[schema.label].nunique() < 2:
-        raise ValueError(f"the label {schema.label!r} has a single class in the training rows")
+        raise UserError(f"the label {schema.label!r} has a single class in the training rows")
     pre = Preprocessor(schema, data.preprocessor.config)
     pre.state = copy.deepcopy(data.preprocessor.state)  # the pretrained inputs' settings; fit adds the rest
     pre.fit(df, media)
@@ -534,11 +535,11 @@ def compare(
     wall_start = time.perf_counter()
     seed_list = list(range(seeds)) if isinstance(seeds, int) else sorted(set(seeds))
     if not seed_list:
-        raise ValueError("seeds must be at least 1")
+        raise UserError("seeds must be at least 1")
     check_noise_rows(noise_rows)  # before any work, not after the encoders ran
     for key in ("label", "fusion", "seed"):
         if key in options:
-            raise ValueError(f"{key!r} is set by compare itself")
+            raise UserError(f"{key!r} is set by compare itself")
     options = {"progress": False} | options
     template = MultimodalPredictor(label=label, **options)
     selected = parse_fusions(fusions)

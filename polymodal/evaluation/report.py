@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from polymodal.errors import UserError
+
 SECTIONS = {
     "leaderboard": "Leaderboard",
     "bar-chart": "Task metric with error bars",
@@ -478,7 +480,7 @@ def model_report(
     df, base_dir = read_table(data)
     schema, task = model.schema, model.task
     if schema.label not in df.columns:
-        raise ValueError(f"the table has no label column {schema.label!r}: a report needs labelled rows")
+        raise UserError(f"the table has no label column {schema.label!r}: a report needs labelled rows")
     check_columns(df, schema, training=False)
     # The model's own pipeline: decoded media (kept for the noise) and frozen embeddings, then preprocessing.
     media, frozen, problems = model.pipeline.decode(df, base_dir)

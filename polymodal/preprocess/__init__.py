@@ -18,6 +18,7 @@ import pandas as pd
 
 from polymodal.data.schema import CATEGORICAL_INPUT, NUMERIC_INPUT, Modality, Schema
 from polymodal.data.validate import is_missing
+from polymodal.errors import UserError
 
 PAD, UNK = 0, 1
 CLIP_SIGMAS = 100.0
@@ -44,7 +45,7 @@ class PreprocessConfig:
         from polymodal.data.media import IMAGE_FITS
 
         if self.image_fit not in IMAGE_FITS:
-            raise ValueError(f"image_fit must be one of {IMAGE_FITS}, not {self.image_fit!r}")
+            raise UserError(f"image_fit must be one of {IMAGE_FITS}, not {self.image_fit!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from polymodal.data.schema import ProblemType
+from polymodal.errors import UserError
 
 
 def _jsonable(v: Any) -> Any:
@@ -36,7 +37,7 @@ class Task:
         if ProblemType(problem_type).is_classification:
             classes = sorted({_jsonable(v) for v in y.dropna()}, key=lambda v: (str(type(v)), v))
             if len(classes) < 2:
-                raise ValueError(f"the label has a single class ({classes}); classification needs at least two")
+                raise UserError(f"the label has a single class ({classes}); classification needs at least two")
             return cls(problem_type, classes=classes)
         values = pd.to_numeric(y, errors="coerce").to_numpy(dtype=float)
         return cls(problem_type, y_mean=float(np.nanmean(values)), y_std=float(max(np.nanstd(values), 1e-8)))
@@ -59,7 +60,7 @@ class Task:
             index = {c: i for i, c in enumerate(self.classes)}
             unknown = sorted({str(v) for v in y if _jsonable(v) not in index})
             if unknown:
-                raise ValueError(f"label value(s) {unknown[:10]} were not seen in training (classes: {self.classes})")
+                raise UserError(f"label value(s) {unknown[:10]} were not seen in training (classes: {self.classes})")
             return np.array([index[_jsonable(v)] for v in y], dtype=np.int64)
         values = pd.to_numeric(y, errors="coerce").to_numpy(dtype=np.float32)
         return ((values - self.y_mean) / self.y_std).astype(np.float32)
