@@ -320,12 +320,14 @@ def serve(
     max_batch_size: int = typer.Option(32, help="Rows per forward pass at most (1: micro-batching off)"),
     max_wait_ms: float = typer.Option(5.0, help="How long a request may wait for others to share its batch"),
     api_key_env: str | None = typer.Option(
-        None, help="Environment variable holding the API key; every endpoint but /health and /ready then needs "
-        "'Authorization: Bearer <key>'"
+        None,
+        help="Environment variable holding the API key; every endpoint but /health and /ready then needs "
+        "'Authorization: Bearer <key>'",
     ),
     public_docs: bool = typer.Option(
-        False, help="With an API key: leave the page, /docs, /openapi.json and /metrics open to anyone (they show "
-        "the model's columns and traffic); /v1 still needs the key"
+        False,
+        help="With an API key: leave the page, /docs, /openapi.json and /metrics open to anyone (they show "
+        "the model's columns and traffic); /v1 still needs the key",
     ),
     max_body_mb: float = typer.Option(16.0, help="Largest request body, in MiB"),
     max_instances: int = typer.Option(64, help="Instances per request at most"),

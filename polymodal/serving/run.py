@@ -21,7 +21,8 @@ def resolve_host(host: str | None, api_key_required: bool) -> tuple[str, str]:
         return "127.0.0.1", "no API key (--api-key-env): listening on 127.0.0.1 only, this machine alone can connect"
     if not api_key_required and host not in LOOPBACK:
         return host, f"WARNING: no API key and listening on {host}: anyone who can reach it can use the model"
-    return host, f"listening on {host}" + (" (API key required on all but /health and /ready)" if api_key_required else "")
+    required = " (API key required on all but /health and /ready)" if api_key_required else ""
+    return host, f"listening on {host}{required}"
 
 
 def serve(config: ServeConfig, host: str, port: int, workers: int = 1, log_level: str = "info") -> None:
