@@ -31,15 +31,21 @@ def every_kind(tmp_path_factory):
 
 # ---- 1. compare on a table with every kind of input -----------------------------------------------------------
 def test_compare_runs_on_every_kind_of_input_with_empty_cells(every_kind, tmp_path):
+    from polymodal.evaluation.compare import compare, leaderboard_table
+
     out = tmp_path / "cmp"
-    args = ["compare", str(every_kind), "-y", "y", "-o", str(out), "--seeds", "1", "--fusions", "early,late",
-            "--noise-levels", "2", "--noise-rows", "8", "--patience", "2", *SMALL]  # fmt: skip
-    r = CliRunner().invoke(app, args)
-    assert r.exit_code == 0, r.output
-    board = json.loads((out / "leaderboard.json").read_text())
-    names = {e["name"] for e in board["entries"]}
-    assert {"image only", "caption only", "clip only", "numeric only", "categorical only", "early", "late"} <= names
-    assert (out / "report.html").exists()
+    options = dict(synth.FAST, max_epochs=2, patience=1, embed_dim=16, hidden=16)
+    board = compare(every_kind, "y", out, fusions="early,late", seeds=1, noise_levels=2, noise_rows=8,
+                    permutations=1, **options)  # fmt: skip
+    names = {e["entry"] for e in board["leaderboard"]}
+    assert {"image only", "caption only", "clip only", "tabular:numeric only", "tabular:categorical only"} <= names
+    assert {"early", "late"} <= names
+    noise = board["results"][-1]["robustness"]["noise"]  # the categorical input was noised too
+    assert len(noise["tabular:categorical"]["scores"]) == 3
+    assert board["majority_class"]["name"].startswith("majority class") and 0 < board["majority_class"]["score"] < 1
+    assert board["verdict"].startswith("The best fusion, ") and "majority class" in board["verdict"]
+    assert leaderboard_table(board).caption == board["verdict"]  # printed under the table
+    assert "Verdict:" in (out / "report.html").read_text()
 
 
 def test_categorical_noise_does_not_write_into_a_read_only_array():
@@ -206,3 +212,43 @@ def test_public_docs_opens_docs_metrics_and_page_but_not_v1(serving_model, monke
 def test_serve_cli_has_the_public_docs_flag():
     r = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "200"})
     assert "--public-docs" in r.output
+
+
+# ---- 8. the verdict of a compare ------------------------------------------------------------------------------
+def _board(rows, majority=0.25, seeds=3, higher=True, metric="accuracy"):
+    rows = [{"entry": e, "kind": k, f"{metric}_mean": m, f"{metric}_std": s} for e, k, m, s in rows]
+    rows.sort(key=lambda r: -r[f"{metric}_mean"] if higher else r[f"{metric}_mean"])
+    return {"metric": metric, "higher_is_better": higher, "seeds": seeds, "leaderboard": rows,
+            "majority_class": {"name": "majority class 'a'", "score": majority}}  # fmt: skip
+
+
+def test_verdict_when_fusion_wins_and_every_entry_learned():
+    from polymodal.evaluation.compare import verdict
+
+    board = _board([("gmu", "fusion", 0.90, 0.01), ("image only", "unimodal", 0.70, 0.02),
+                    ("caption only", "unimodal", 0.60, 0.03)])  # fmt: skip
+    v = verdict(board)
+    assert v == (
+        "The best fusion, gmu (0.9000 ± 0.0100), beats the best single input, image only (0.7000 ± 0.0200) by "
+        "0.2000, more than the seeds' spread (std 0.0200); every entry beats the majority class 'a' (accuracy "
+        "0.2500)."
+    )
+
+
+def test_verdict_when_fusion_is_within_noise_and_nothing_beats_the_majority_class():
+    from polymodal.evaluation.compare import verdict
+
+    # NLVR-like: everything at chance, the fusion a hair above the best single input but within the spread.
+    board = _board([("early", "fusion", 0.515, 0.02), ("ensemble-stack", "ensemble", 0.50, 0.01),
+                    ("image only", "unimodal", 0.51, 0.01), ("text only", "unimodal", 0.505, 0.015)], majority=0.52)
+    v = verdict(board)
+    assert "does not beat the best single input, image only" in v and "(std 0.0200; difference +0.0050)" in v
+    assert v.endswith("no entry beats the majority class 'a' (accuracy 0.5200): nothing learned a signal from "
+                      "these inputs.")  # fmt: skip
+    # Some above, some not; RMSE: lower is better.
+    board = _board([("early", "fusion", 1.0, 0.1), ("x only", "unimodal", 2.0, 0.1), ("y only", "unimodal", 3.1, 0.1)],
+                   majority=3.0, higher=False, metric="rmse")  # fmt: skip
+    v = verdict(board)
+    assert "beats the best single input, x only" in v and "by 1.0000" in v and "2 of 3 entries beat" in v
+    assert "difference" in verdict(_board([("early", "fusion", 0.6, float("nan")),
+                                           ("x only", "unimodal", 0.5, float("nan"))], seeds=1))  # fmt: skip

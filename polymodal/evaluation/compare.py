@@ -402,12 +402,70 @@ def aggregate(results: list[dict], entries: list[Entry], metric: str, higher: bo
     return rows
 
 
+def majority_baseline(task: Task, train_targets: np.ndarray, test_targets: np.ndarray) -> dict[str, Any]:
+    """The test score of predicting the training rows' majority class (the training mean for regression)."""
+    outputs, name = task.majority_outputs(train_targets, len(test_targets))
+    return {"name": name, "score": task.score(test_targets, outputs)}
+
+
+def _fmt(row: dict[str, Any], metric: str) -> str:
+    std = row.get(f"{metric}_std")
+    return f"{row[f'{metric}_mean']:.4f}" + ("" if std is None or std != std else f" ± {std:.4f}")
+
+
+def verdict(board: dict[str, Any]) -> str:
+    """One sentence: does the best fusion beat the best single input by more than the seeds' spread (the larger
+    of the two standard deviations), and does any entry beat the majority class (by more than its own std)?"""
+    metric, higher, rows = board["metric"], board["higher_is_better"], board["leaderboard"]
+    sign = 1.0 if higher else -1.0
+
+    def gain(row: dict[str, Any], reference: float) -> float:
+        return sign * (row[f"{metric}_mean"] - reference)
+
+    def std(row: dict[str, Any]) -> float:
+        s = row.get(f"{metric}_std")
+        return 0.0 if s is None or s != s else float(s)
+
+    singles = [r for r in rows if r["kind"] == "unimodal"]
+    fused = [r for r in rows if r["kind"] != "unimodal"]
+    best = lambda rs: max(rs, key=lambda r: sign * r[f"{metric}_mean"])  # noqa: E731
+    if fused and singles:
+        f, u = best(fused), best(singles)
+        spread = max(std(f), std(u))
+        margin = gain(f, u[f"{metric}_mean"])
+        what = f"the best fusion, {f['entry']} ({_fmt(f, metric)}), "
+        ref = f"the best single input, {u['entry']} ({_fmt(u, metric)})"
+        if board.get("seeds", 1) < 2:  # no spread to measure: say the difference and that it may be noise
+            verb = "beats" if margin > 0 else "does not beat"
+            first = what + f"{verb} {ref} (difference {margin:+.4f}), but with one seed the spread is unknown"
+        elif margin > spread:
+            first = what + f"beats {ref} by {margin:.4f}, more than the seeds' spread (std {spread:.4f})"
+        else:
+            first = what + f"does not beat {ref} by more than the seeds' spread (std {spread:.4f}; difference "
+            first += f"{margin:+.4f})"
+    else:
+        first = "there is no fusion and single input to compare"
+    majority = board.get("majority_class")
+    if majority is None:
+        return first[0].upper() + first[1:] + "."
+    beating = [r for r in rows if gain(r, majority["score"]) > std(r)]
+    base = f"the {majority['name']} ({metric} {majority['score']:.4f})"
+    if not beating:
+        second = f"no entry beats {base}: nothing learned a signal from these inputs"
+    elif len(beating) == len(rows):
+        second = f"every entry beats {base}"
+    else:
+        second = f"{len(beating)} of {len(rows)} entries beat {base}"
+    return first[0].upper() + first[1:] + "; " + second + "."
+
+
 def leaderboard_table(board: dict[str, Any]):
     """The ranked leaderboard as a rich table."""
     from rich.table import Table
 
     metric = board["metric"]
     t = Table(title=f"leaderboard: {metric} on the test rows, mean ± std over {board['seeds']} seed(s)")
+    t.caption = board.get("verdict") or verdict(board)
     cols = ["#", "entry", metric, "macro-F1", "params", "train s", "infer ms/row", "peak MB", "rel. robustness"]
     for c in cols:
         t.add_column(c, justify="left" if c == "entry" else "right")
@@ -441,6 +499,7 @@ class _Run:
         self.sd: SeedData | None = None
         self.encoder_seconds: float | None = None
         self.task: dict | None = None
+        self.majority: dict | None = None
 
     def seed_data(self, seed: int) -> SeedData:
         if self.sd is None or self.sd.seed != seed:
@@ -454,6 +513,7 @@ class _Run:
             if self.task is None:  # the report's confusion matrix and ROC curves need the test labels
                 self.task = self.sd.task.to_dict()
                 _save_array(self.output / TARGETS, self.sd.test_y)
+                self.majority = majority_baseline(self.sd.task, self.sd.train_y, self.sd.test_y)
         return self.sd
 
     def folder(self, entry: Entry, seed: int) -> Path:
@@ -620,8 +680,11 @@ def compare(
         "data": fingerprints,
         "options": options,
         "leaderboard": aggregate(results, entries, metric, higher),
+        # A model that ignores its inputs, on the same test rows: what every entry must beat to have learned.
+        "majority_class": run.majority or previous.get("majority_class"),
         "results": [{k: v for k, v in r.items() if k not in ("history", "resumed")} for r in results],
     }
+    board["verdict"] = verdict(board)
     write_json(path, board)
     _write_csv(output / f"{LEADERBOARD}.csv", board["leaderboard"])
     if report:

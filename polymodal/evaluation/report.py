@@ -364,7 +364,7 @@ def compare_robustness_png(board: dict[str, Any], path: str | os.PathLike[str]) 
 # ---- the two reports ----------------------------------------------------------------------------------------
 def compare_report(folder: str | os.PathLike[str]) -> str:
     """The report of a compare folder (leaderboard.json, test_targets.npy and the entries' results)."""
-    from polymodal.evaluation.compare import OUTPUTS, RESULT, TARGETS, Entry, load_array
+    from polymodal.evaluation.compare import OUTPUTS, RESULT, TARGETS, Entry, load_array, verdict
     from polymodal.model.artifact import read_json
 
     folder = Path(folder)
@@ -386,7 +386,8 @@ def compare_report(folder: str | os.PathLike[str]) -> str:
               "peak MB": r["peak_mem_mb"]}  # fmt: skip
         shown.append(d)
     s["leaderboard"] = (
-        _note(
+        f'<p class="verdict"><b>Verdict:</b> {_esc(board.get("verdict") or verdict(board))}</p>'
+        + _note(
             f"ranked by mean test {metric} over {board['seeds']} seed(s); ci95 is the half-width of the 95 % "
             "t-interval of the mean; train seconds of an ensemble include its members' training; peak memory is "
             "the growth of resident memory during the entry."

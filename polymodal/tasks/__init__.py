@@ -98,6 +98,18 @@ class Task:
             return float(skm.accuracy_score(targets, outputs.argmax(axis=1)))
         return float(np.sqrt(skm.mean_squared_error(targets * self.y_std + self.y_mean, outputs)))
 
+    def majority_outputs(self, train_targets: np.ndarray, n: int) -> tuple[np.ndarray, str]:
+        """What a model that ignores its inputs would output for `n` rows: the most frequent class of the encoded
+        training targets (the mean for regression); and a short name of that baseline."""
+        if self.is_classification:
+            counts = np.bincount(train_targets.astype(np.int64), minlength=len(self.classes))
+            top = int(counts.argmax())
+            out = np.zeros((n, len(self.classes)), dtype=np.float32)
+            out[:, top] = 1.0
+            return out, f"majority class {self.classes[top]!r}"
+        mean = float(np.mean(train_targets)) * self.y_std + self.y_mean
+        return np.full(n, mean, dtype=np.float64), "the training mean"
+
     def metrics(self, y_true: pd.Series, outputs: np.ndarray) -> dict[str, Any]:
         """Metrics from scikit-learn, keyed by name; `confusion_matrix` is a nested list (rows: true class)."""
         from sklearn import metrics as skm
