@@ -3,8 +3,6 @@ errors in the CLI, decompression bombs, the API key on every endpoint) and the c
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -239,8 +237,15 @@ def test_verdict_when_fusion_is_within_noise_and_nothing_beats_the_majority_clas
     from polymodal.evaluation.compare import verdict
 
     # NLVR-like: everything at chance, the fusion a hair above the best single input but within the spread.
-    board = _board([("early", "fusion", 0.515, 0.02), ("ensemble-stack", "ensemble", 0.50, 0.01),
-                    ("image only", "unimodal", 0.51, 0.01), ("text only", "unimodal", 0.505, 0.015)], majority=0.52)
+    board = _board(
+        [
+            ("early", "fusion", 0.515, 0.02),
+            ("ensemble-stack", "ensemble", 0.50, 0.01),
+            ("image only", "unimodal", 0.51, 0.01),
+            ("text only", "unimodal", 0.505, 0.015),
+        ],
+        majority=0.52,
+    )
     v = verdict(board)
     assert "does not beat the best single input, image only" in v and "(std 0.0200; difference +0.0050)" in v
     assert v.endswith("no entry beats the majority class 'a' (accuracy 0.5200): nothing learned a signal from "
