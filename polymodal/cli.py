@@ -36,6 +36,12 @@ NoiseLevels = Annotated[int, typer.Option(help="Noise levels per modality for ro
 NoiseRows = Annotated[int, typer.Option(help="Measure the noise curves on a fixed sample of this many test rows")]
 
 
+def checkpoint_folder(output: Path) -> Path:
+    """Where `fit -o OUTPUT` keeps its training checkpoint: a hidden sibling of the output folder."""
+    output = Path(output).absolute()
+    return output.with_name(f".{output.name}.checkpoint")
+
+
 def _modalities(**columns: list[str] | None) -> dict[str, str]:
     """The column -> modality overrides given with --text/--image/--audio/--numeric/--categorical."""
     return {c: modality for modality, cols in columns.items() for c in cols or []}
@@ -138,8 +144,14 @@ def fit(
     lora: bool = typer.Option(False, help="With --finetune: train LoRA adapters instead of the encoder's weights"),
     encoder_lr: float | None = typer.Option(None, help="Learning rate of fine-tuned encoders (default: lr / 10)"),
     cache_dir: CacheDir = None,
+    restart: bool = typer.Option(
+        False, help="Start over instead of resuming from the checkpoint a killed run of this fit left beside -o"
+    ),
 ) -> None:
-    """Train a fused model on a table and save it to a folder."""
+    """Train a fused model on a table and save it to a folder.
+
+    A checkpoint is written after each epoch to .NAME.checkpoint/ beside the output folder NAME; running the same
+    command again after a crash or a kill resumes from it. It is removed once the model folder is written."""
     from polymodal.evaluation.table import metrics_table
     from polymodal.predictor import MultimodalPredictor
 
@@ -156,6 +168,8 @@ def fit(
             freeze=not finetune, finetune_layers=finetune_layers, lora=lora, encoder_lr=encoder_lr,
             cache_dir=cache_dir,
         )  # fmt: skip
+        p.train_config.checkpoint_dir = str(checkpoint_folder(output))
+        p.train_config.restart = restart
         p.fit(train, valid)
         folder = p.save(output)
         console.print(metrics_table({f"{fusion} (validation)": p.metrics_["valid"]}, title="validation metrics"))

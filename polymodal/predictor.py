@@ -243,6 +243,7 @@ class MultimodalPredictor:
             self._prefer_bf16()
         valid_y = task.encode_targets(valid_df[schema.label])
         result = run_training(net, task, schema.inputs, train_x, train_y, valid_x, valid_y, self.train_config)
+        self._checkpoint_done = self.train_config.checkpoint_dir  # removed once the model folder is written
         self.schema = schema
         self.engine = InferenceEngine(schema, preprocessor, task, net, cache_dir=self.cache_dir)
         self.metrics_ = {
@@ -374,7 +375,7 @@ class MultimodalPredictor:
             tmp = Path(tempfile.mkdtemp()) / DROPPED_REPORT
             write_report(self.dropped_, tmp)
             extra[DROPPED_REPORT] = tmp
-        return save_folder(
+        saved = save_folder(
             Path(folder),
             self.config(),
             engine.net.state_dict(),
@@ -382,6 +383,12 @@ class MultimodalPredictor:
             self.metrics_,
             extra,
         )
+        if getattr(self, "_checkpoint_done", None):  # the training it protected is safely written now
+            import shutil
+
+            shutil.rmtree(self._checkpoint_done, ignore_errors=True)
+            self._checkpoint_done = None
+        return saved
 
     @classmethod
     def load(

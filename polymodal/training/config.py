@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+RUN_ONLY = ("checkpoint_dir", "restart")
+
 
 @dataclass
 class TrainConfig:
@@ -22,6 +24,11 @@ class TrainConfig:
     augment: bool = True
     progress: bool = True
     encoder_lr: float | None = None  # learning rate of fine-tuned pretrained encoders (default: lr / 10)
+    # A folder for the checkpoint written after each epoch: a run killed at any moment resumes from it when the
+    # same training is run again (None: no checkpoint). The CLI uses a hidden sibling of the output folder.
+    checkpoint_dir: str | None = None
+    restart: bool = False  # ignore (and replace) a checkpoint found in checkpoint_dir instead of resuming from it
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Where this run keeps its checkpoint is not a setting of the model: not saved with it.
+        return {k: v for k, v in asdict(self).items() if k not in RUN_ONLY}
