@@ -28,10 +28,18 @@ class ProblemType(str, Enum):
     BINARY = "binary"
     MULTICLASS = "multiclass"
     REGRESSION = "regression"
+    MULTILABEL = "multilabel"  # several labels per row, joined with LABEL_SEPARATOR: "cat|outdoor"
 
     @property
     def is_classification(self) -> bool:
         return self is not ProblemType.REGRESSION
+
+    @property
+    def is_multilabel(self) -> bool:
+        return self is ProblemType.MULTILABEL
+
+
+LABEL_SEPARATOR = "|"
 
 
 class SchemaError(UserError):
@@ -122,8 +130,11 @@ def infer_modality(values: pd.Series) -> Modality:
 
 
 def infer_problem_type(values: pd.Series) -> ProblemType:
-    """Binary for two classes, multiclass for few integer or string classes, regression for real numbers."""
+    """Multilabel when the values hold several labels (`a|b`), binary for two classes, multiclass for few integer
+    or string classes, regression for real numbers."""
     y = values.dropna()
+    if not pd.api.types.is_numeric_dtype(y) and y.astype(str).str.contains(LABEL_SEPARATOR, regex=False).any():
+        return ProblemType.MULTILABEL
     n_unique = y.nunique()
     if n_unique <= 2:
         return ProblemType.BINARY

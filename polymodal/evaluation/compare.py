@@ -611,6 +611,9 @@ def compare(
     frames = {k: read_table(v)[0] for k, v in tables.items()}
     fingerprints = {k: fingerprint(df) for k, df in frames.items()}
     schema = infer_schema(frames["train"], label, template.modalities, template.ignore, template.problem_type)
+    if schema.problem_type.is_multilabel and any(f in ENSEMBLES for f in selected):
+        say("multilabel: the late ensembles (softmax averaging and stacking) are left out")
+        selected = [f for f in selected if f not in ENSEMBLES]
     entries = plan_entries(list(schema.inputs), selected)
     base = {
         "version": __version__, "data": fingerprints, "schema": schema.to_dict(), "options": options,

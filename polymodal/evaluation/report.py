@@ -264,6 +264,12 @@ def _detail_sections(
     """Confusion matrix, ROC curves and per-class metrics of one model's test outputs."""
     s: dict[str, str] = {}
     intro = _note(f"model: {name}")
+    if task["problem_type"] == "multilabel":
+        na = _note("not applicable to a multilabel task: see the per-label metrics")
+        s["confusion-matrix"] = s["roc-curves"] = intro + na
+        rows = [{"label": c} | v for c, v in metrics["per_class"].items()]
+        s["per-class"] = intro + _table(rows, ["label", "precision", "recall", "f1", "support"], left=("label",))
+        return s
     if task["problem_type"] == "regression":
         na = _note("not applicable: this is a regression task")
         s["confusion-matrix"] = intro + na + scatter_chart(targets * task["y_std"] + task["y_mean"], outputs)
@@ -412,7 +418,7 @@ def compare_report(folder: str | os.PathLike[str]) -> str:
         hist = read_json(path).get("history") if path.exists() else None
         if hist:
             histories[r["entry"]] = hist
-    monitor = "accuracy" if task["problem_type"] != "regression" else "rmse"
+    monitor = {"regression": "rmse", "multilabel": "f1_micro"}.get(task["problem_type"], "accuracy")
     s["training-curves"] = (
         _note("seed 0; ensembles have no curves of their own (their members' are shown)")
         + training_chart(histories, monitor)
@@ -433,6 +439,16 @@ def _bootstrap(targets: np.ndarray, outputs: np.ndarray, task: Any, n: int = 200
     from sklearn import metrics as skm
 
     def headline(t: np.ndarray, o: np.ndarray) -> dict[str, float]:
+        if task.is_multilabel:
+            from polymodal.tasks import label_sets
+
+            t, pred = t.astype(np.int64), label_sets(o)
+            return {
+                "f1_micro": skm.f1_score(t, pred, average="micro", zero_division=0),
+                "f1_macro": skm.f1_score(t, pred, average="macro", zero_division=0),
+                "jaccard_samples": skm.jaccard_score(t, pred, average="samples", zero_division=0),
+                "exact_match": skm.accuracy_score(t, pred),
+            }
         if task.is_classification:
             pred = o.argmax(axis=1)
             return {
@@ -514,7 +530,7 @@ def model_report(
     )
     s |= _robustness_sections({name: robust}, metric)
     s |= _detail_sections(task.to_dict(), metrics, targets, outputs, name)
-    monitor = "accuracy" if task.is_classification else "rmse"
+    monitor = task.monitor[0]
     s["training-curves"] = training_chart({name: history}, monitor) if history else _note("no training history")
     subtitle = f"{name} on {len(df)} labelled rows; label {schema.label!r} ({task.problem_type.value})"
     return page(f"polymodal report: {name}", subtitle, s)

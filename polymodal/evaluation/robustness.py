@@ -55,6 +55,8 @@ class Scorable(Protocol):
 
 def metric_of(task: Task) -> tuple[str, bool]:
     """The task metric robustness and the leaderboard rank by, and whether higher is better."""
+    if task.is_multilabel:
+        return ("f1_micro", True)
     return ("accuracy", True) if task.is_classification else ("rmse", False)
 
 

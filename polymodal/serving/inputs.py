@@ -233,6 +233,7 @@ class Prediction(BaseModel):
     prediction: StrictBool | StrictInt | StrictFloat | StrictStr | None = Field(
         description="The predicted class (classification) or value (regression)"
     )
+    labels: list[str] | None = Field(None, description="Multilabel: the predicted labels (probability >= 0.5)")
     probabilities: dict[str, float] | None = Field(None, description="Class -> probability (classification)")
     inputs_used: list[str] = Field(description="Fusion inputs this prediction used")
     inputs_missing: list[str] = Field(description="Fusion inputs absent from this instance (missing-modality path)")
