@@ -63,7 +63,7 @@ def _run(fn):
         return fn()
     except (UserError, FileNotFoundError) as e:
         _fail(str(e))
-    except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, KeyboardInterrupt):
+    except (typer.Exit, click.exceptions.Exit, click.exceptions.Abort, click.ClickException, KeyboardInterrupt):
         raise
     except Exception as e:  # noqa: BLE001 - the last resort: report the bug instead of a bare traceback
         _internal_error(e)

@@ -64,6 +64,8 @@ def test_a_user_error_is_one_line_and_exit_code_2(every_kind, tmp_path):
     assert r.exit_code == 2 and "problem type must be one of" in r.output
     r = CliRunner().invoke(app, ["info", str(tmp_path / "absent")])
     assert r.exit_code == 2 and "error:" in r.output  # a path the user gave that is not there
+    r = CliRunner().invoke(app, ["report", str(tmp_path), "-o", str(tmp_path / "r.html")])  # the CLI's own check
+    assert r.exit_code == 2 and "labelled table" in r.output
     assert not (tmp_path / "m").exists()
 
 
