@@ -4,13 +4,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean browser postgres
+.PHONY: install demo test lint bench clean browser postgres lock
 
-$(STAMP): pyproject.toml
+LOCK := requirements.lock
+
+# Exact versions with hashes (every extra of pyproject.toml), then polymodal itself without resolving anything.
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev,privacy,privacy-bench,retrieval,tune,rl]'
+	$(BIN)/python -m pip install -q --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -34,6 +38,17 @@ postgres:
 
 test: lint browser postgres
 	$(BIN)/python -m pytest -q
+
+# Re-resolve pyproject.toml's ranges (all extras, whatever they are now) to exact versions with hashes, then
+# install them and run the tests against them. torch stays out of the lock: it is installed first, above.
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q uv
+	$(BIN)/uv pip compile pyproject.toml --all-extras --generate-hashes --native-tls --quiet \
+	  --python $(BIN)/python --no-emit-package torch -c .ci/lock-constraints.txt \
+	  $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS)) -o $(LOCK)
+	rm -f $(STAMP)
+	$(MAKE) test
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/av_digits.py

@@ -69,6 +69,12 @@ Finetune = Annotated[
 ]
 
 
+def checkpoint_folder(output: Path) -> Path:
+    """Where `fit -o OUTPUT` keeps its training checkpoint: a hidden sibling of the output folder."""
+    output = Path(output).absolute()
+    return output.with_name(f".{output.name}.checkpoint")
+
+
 def _modalities(**columns: list[str] | None) -> dict[str, str] | None:
     """The column -> modality overrides given with --text/--image/--audio/--numeric/--categorical."""
     return {c: modality for modality, cols in columns.items() for c in cols or []} or None
@@ -98,14 +104,55 @@ def _fail(message: str) -> None:
 
 
 def _run(fn):
-    """Turn the errors a user can fix (bad rows, unknown columns, missing files) into a message and exit code 2."""
-    from polymodal.data import BadRowsError, SchemaError
-    from polymodal.encoders.pretrained import EncoderNotFound
+    """Errors a user can fix (`UserError`: bad rows, unknown columns, bad options; a missing file) become a message
+    and exit code 2. Anything else is a bug: say so, keep the traceback in a file, and exit with code 3."""
+    import click
+
+    from polymodal.errors import UserError
 
     try:
         return fn()
-    except (BadRowsError, SchemaError, FileNotFoundError, ValueError, EncoderNotFound) as e:
+    except (UserError, FileNotFoundError) as e:
         _fail(str(e))
+    except (typer.Exit, click.exceptions.Exit, click.exceptions.Abort, click.ClickException, KeyboardInterrupt):
+        raise
+    except Exception as e:  # noqa: BLE001 - the last resort: report the bug instead of a bare traceback
+        _internal_error(e)
+
+
+DEBUG_ENV = "POLYMODAL_DEBUG"
+
+
+def _internal_error(e: Exception) -> None:
+    """Report an unexpected exception as a bug: one line, the traceback in a file (and on screen with --debug)."""
+    import os
+    import tempfile
+    import time
+    import traceback
+
+    trace = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+    fd, path = tempfile.mkstemp(prefix=f"polymodal-crash-{time.strftime('%Y%m%d-%H%M%S')}-", suffix=".txt")
+    with os.fdopen(fd, "w") as f:
+        f.write(f"polymodal {' '.join(sys.argv[1:])}\n\n{trace}")
+    if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+        err.print(trace, highlight=False, markup=False)
+    err.print(
+        f"[bold red]internal error (a bug in polymodal):[/] {type(e).__name__}: {e}\n"
+        f"traceback written to {path} (shown here with --debug or {DEBUG_ENV}=1); please report it with that file.",
+        highlight=False,
+    )
+    raise typer.Exit(code=3)
+
+
+@app.callback()
+def _main(
+    debug: bool = typer.Option(False, "--debug", help=f"Print the traceback of internal errors (or {DEBUG_ENV}=1)"),
+) -> None:
+    """Train, evaluate and use fused multimodal models."""
+    import os
+
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
 
 
 @app.command()
@@ -151,11 +198,16 @@ def fit(
     anonymize: Anonymize = None,
     privacy_operator: PrivacyOperator = None,
     ner_model: NerModel = None,
+    restart: bool = typer.Option(
+        False, help="Start over instead of resuming from the checkpoint a killed run of this fit left beside -o"
+    ),
 ) -> None:
     """Train a fused model on a table and save it to a folder.
 
     Every setting has a dotted path in the config tree (`polymodal config` lists them): give a YAML file with
-    --config, then flags and --set PATH=VALUE override it."""
+    --config, then flags and --set PATH=VALUE override it. A checkpoint is written after each epoch to
+    .NAME.checkpoint/ beside the output folder NAME; running the same command again after a crash or a kill resumes
+    from it. It is removed once the model folder is written."""
     from polymodal.evaluation.table import metrics_table
     from polymodal.predictor import MultimodalPredictor
 
@@ -178,6 +230,8 @@ def fit(
         p = MultimodalPredictor(config=config, **settings)
         if p.config_.privacy.anonymize and p.config_.privacy.output_dir is None:
             p.config_.privacy.output_dir = str(output.parent / f"{output.name}.anonymized")  # kept beside the model
+        p.train_config.checkpoint_dir = str(checkpoint_folder(output))
+        p.train_config.restart = restart
         p.fit(train, valid)
         folder = p.save(output)
         console.print(metrics_table({f"{p.fusion} (validation)": p.metrics_["valid"]}, title="validation metrics"))
@@ -388,7 +442,14 @@ def serve(
     max_batch_size: int = typer.Option(32, help="Rows per forward pass at most (1: micro-batching off)"),
     max_wait_ms: float = typer.Option(5.0, help="How long a request may wait for others to share its batch"),
     api_key_env: str | None = typer.Option(
-        None, help="Environment variable holding the API key; /v1 then needs 'Authorization: Bearer <key>'"
+        None,
+        help="Environment variable holding the API key; every endpoint but /health and /ready then needs "
+        "'Authorization: Bearer <key>'",
+    ),
+    public_docs: bool = typer.Option(
+        False,
+        help="With an API key: leave the page, /docs, /openapi.json and /metrics open to anyone (they show "
+        "the model's columns and traffic); /v1 still needs the key",
     ),
     max_body_mb: float = typer.Option(16.0, help="Largest request body, in MiB"),
     max_instances: int = typer.Option(64, help="Instances per request at most"),
@@ -407,7 +468,7 @@ def serve(
             model=str(model), max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, api_key_env=api_key_env,
             max_body_bytes=int(max_body_mb * 1024 * 1024), max_instances=max_instances,
             max_image_pixels=max_image_pixels, max_audio_seconds=max_audio_seconds, max_text_chars=max_text_chars,
-            max_queue=max_queue,
+            max_queue=max_queue, public_docs=public_docs,
         )  # fmt: skip
         bind, notice = resolve_host(host, api_key_env is not None)
         err.print(f"polymodal serve: {notice}; http://{bind}:{port}/", highlight=False)

@@ -17,12 +17,14 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Union
 
+from polymodal.errors import UserError
+
 IMAGE_FITS = ("squash", "pad")
 BAD_ROW_POLICIES = ("error", "skip")
 PRESETS = (None, "scratch", "pretrained")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A setting that does not exist or has the wrong type; the message names the key and the closest valid one."""
 
 
@@ -118,9 +120,14 @@ class TrainConfig:
     augment: bool = True
     progress: bool = True
     encoder_lr: float | None = None  # learning rate of fine-tuned pretrained encoders (default: lr / 10)
+    # Where this run keeps the checkpoint written after each epoch, so a killed run resumes (the CLI: a hidden
+    # sibling of the output folder), and whether to discard one found there. The run's, not the model's: never
+    # saved with the model.
+    checkpoint_dir: str | None = field(default=None, metadata={"run": True})
+    restart: bool = field(default=False, metadata={"run": True})
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if not _is_run_field(TrainConfig, k)}
 
 
 @dataclass
@@ -217,6 +224,7 @@ class Config:
         d = asdict(self)
         if not internal:
             d["preprocess"].pop("pretrained", None)
+            d["train"] = self.train.to_dict()
         return d
 
     def to_yaml(self, path: str | os.PathLike[str] | None = None) -> str:
@@ -335,6 +343,10 @@ def unknown_key_message(key: str, path: str | None = None) -> str:
     close = closest_key(key if path is None else path)
     hint = f"; did you mean {close!r}?" if close else f"; valid sections: {', '.join(SECTIONS)}"
     return f"unknown setting {path or key!r}{hint}"
+
+
+def _is_run_field(cls: type, name: str) -> bool:
+    return bool({f.name: f for f in fields(cls)}[name].metadata.get("run"))
 
 
 def _hints(cls: type) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from polymodal.data.validate import (
     check_labels,
     write_report,
 )
+from polymodal.errors import UserError
 from polymodal.preprocess import Features, PreprocessConfig, Preprocessor
 
 log = logging.getLogger("polymodal")
@@ -208,7 +209,7 @@ class MultimodalPredictor:
         else:
             (df, media, frozen), (vdf, vmedia, vfrozen) = self._split(df, media, frozen, schema)
         if schema.problem_type.is_classification and df[schema.label].nunique() < 2:
-            raise ValueError(f"the label {schema.label!r} has a single class in the training rows")
+            raise UserError(f"the label {schema.label!r} has a single class in the training rows")
 
         preprocessor.fit(df, media)
         task = Task.fit(schema.problem_type, df[schema.label])
@@ -249,6 +250,7 @@ class MultimodalPredictor:
         result = run_training(
             net, task, schema.inputs, train_x, train_y, valid_x, valid_y, self.train_config, callbacks=callbacks
         )
+        self._checkpoint_done = self.train_config.checkpoint_dir  # removed once the model folder is written
         self.schema = schema
         self.engine = InferenceEngine(schema, preprocessor, task, net, cache_dir=self.cache_dir)
         self.metrics_ = {
@@ -319,7 +321,7 @@ class MultimodalPredictor:
         """Class probabilities, one column per class. `on_bad_rows='missing'` treats a broken file as absent."""
         engine = self._require_fitted()
         if not engine.task.is_classification:
-            raise ValueError("predict_proba is for classification; this model does regression")
+            raise UserError("predict_proba is for classification; this model does regression")
         df, out, _ = self._outputs(data, on_bad_rows)
         return pd.DataFrame(out, columns=[str(c) for c in engine.task.classes], index=df.index)
 
@@ -388,7 +390,7 @@ class MultimodalPredictor:
             tmp = Path(tempfile.mkdtemp()) / DROPPED_REPORT
             write_report(self.dropped_, tmp)
             extra[DROPPED_REPORT] = tmp
-        return save_folder(
+        saved = save_folder(
             Path(folder),
             self.config(),
             engine.net.state_dict(),
@@ -396,6 +398,12 @@ class MultimodalPredictor:
             self.metrics_,
             extra,
         )
+        if getattr(self, "_checkpoint_done", None):  # the training it protected is safely written now
+            import shutil
+
+            shutil.rmtree(self._checkpoint_done, ignore_errors=True)
+            self._checkpoint_done = None
+        return saved
 
     @classmethod
     def load(

@@ -502,8 +502,9 @@ def test_api_key(service, model_and_test, monkeypatch):
         assert c.post("/v1/predict", json=body, headers=key).status_code == 200
         assert c.get("/v1/model", headers=key).status_code == 200
         assert c.get("/health").status_code == 200 and c.get("/ready").status_code == 200
-        assert 'id="api-key"' in c.get("/").text
-        assert "HTTPBearer" in json.dumps(c.get("/openapi.json").json()["components"]["securitySchemes"])
+        assert 'id="api-key"' in c.get("/", headers=key).text
+        spec = c.get("/openapi.json", headers=key).json()
+        assert "HTTPBearer" in json.dumps(spec["components"]["securitySchemes"])
     with pytest.raises(ValueError, match="unset or empty"):
         ServeConfig(model=str(model_and_test[0]), api_key_env="TEST_SERVE_KEY_UNSET")
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from polymodal.errors import UserError
+
 
 def read_table(source: str | os.PathLike[str] | pd.DataFrame) -> tuple[pd.DataFrame, Path]:
     """Return the table and the folder its relative file paths resolve against.
@@ -28,7 +30,7 @@ def read_table(source: str | os.PathLike[str] | pd.DataFrame) -> tuple[pd.DataFr
     elif suffix == ".json":
         df = pd.read_json(path)
     else:
-        raise ValueError(
+        raise UserError(
             f"cannot read {str(path)!r}: unknown table format {suffix!r}. Use .csv, .tsv, .parquet or .jsonl."
         )
     return df.reset_index(drop=True), path.resolve().parent

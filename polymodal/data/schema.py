@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from polymodal.errors import UserError
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".opus")
 
@@ -26,13 +28,21 @@ class ProblemType(str, Enum):
     BINARY = "binary"
     MULTICLASS = "multiclass"
     REGRESSION = "regression"
+    MULTILABEL = "multilabel"  # several labels per row, joined with LABEL_SEPARATOR: "cat|outdoor"
 
     @property
     def is_classification(self) -> bool:
         return self is not ProblemType.REGRESSION
 
+    @property
+    def is_multilabel(self) -> bool:
+        return self is ProblemType.MULTILABEL
 
-class SchemaError(ValueError):
+
+LABEL_SEPARATOR = "|"
+
+
+class SchemaError(UserError):
     """The table does not match what was asked of it (a column is unknown, empty, or of the wrong kind)."""
 
 
@@ -120,8 +130,11 @@ def infer_modality(values: pd.Series) -> Modality:
 
 
 def infer_problem_type(values: pd.Series) -> ProblemType:
-    """Binary for two classes, multiclass for few integer or string classes, regression for real numbers."""
+    """Multilabel when the values hold several labels (`a|b`), binary for two classes, multiclass for few integer
+    or string classes, regression for real numbers."""
     y = values.dropna()
+    if not pd.api.types.is_numeric_dtype(y) and y.astype(str).str.contains(LABEL_SEPARATOR, regex=False).any():
+        return ProblemType.MULTILABEL
     n_unique = y.nunique()
     if n_unique <= 2:
         return ProblemType.BINARY
@@ -169,5 +182,8 @@ def infer_schema(
         columns[col] = infer_modality(df[col])
     if not columns:
         raise SchemaError(f"no input columns left besides the label {label!r}")
+    choices = [t.value for t in ProblemType]
+    if problem_type and str(getattr(problem_type, "value", problem_type)) not in choices:
+        raise SchemaError(f"problem type must be one of {choices}, not {problem_type!r}")
     ptype = ProblemType(problem_type) if problem_type else infer_problem_type(df[label])
     return Schema(columns=columns, label=label, problem_type=ptype, ignored=ignore)

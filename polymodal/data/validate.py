@@ -15,6 +15,7 @@ from polymodal.data.io import resolve_path
 from polymodal.data.media import MediaError, decode_audio, decode_image
 from polymodal.data.redact import quote_value
 from polymodal.data.schema import Modality, Schema, SchemaError
+from polymodal.errors import UserError
 
 MAX_LISTED = 20
 
@@ -26,7 +27,7 @@ class Problem:
     reason: str
 
 
-class BadRowsError(ValueError):
+class BadRowsError(UserError):
     """Raised when rows fail validation and the caller asked to stop (the default)."""
 
     def __init__(self, problems: list[Problem], table: str = "the table"):

@@ -18,9 +18,10 @@ import torch
 from torch import nn
 
 from polymodal.data.schema import Modality
+from polymodal.errors import UserError
 
 
-class EncoderNotFound(RuntimeError):
+class EncoderNotFound(UserError, RuntimeError):
     """A pretrained encoder's files are not on this machine (and the hub cannot be reached)."""
 
 
@@ -264,7 +265,7 @@ def build(ref: EncoderRef, modality: Modality, pad_id: int = 0, from_config: str
         return HFImage(path, from_config=arch_only)
     if modality is Modality.AUDIO:
         return HFAudio(path, from_config=arch_only)
-    raise ValueError(f"no pretrained encoders for {modality.value} columns")
+    raise UserError(f"no pretrained encoders for {modality.value} columns")
 
 
 def unfreeze_top_layers(module: nn.Module, n: int | None) -> None:
@@ -276,7 +277,7 @@ def unfreeze_top_layers(module: nn.Module, n: int | None) -> None:
         return
     lists = {name: m for name, m in module.named_modules() if isinstance(m, nn.ModuleList)}
     if not lists:
-        raise ValueError("cannot find the layer list of this encoder to unfreeze its top layers; unfreeze all")
+        raise UserError("cannot find the layer list of this encoder to unfreeze its top layers; unfreeze all")
     prefix, layers = max(lists.items(), key=lambda kv: len(kv[1]))
     top = {f"{prefix}.{i}." for i in range(len(layers) - n, len(layers))}
     seen_layers = False

@@ -40,6 +40,7 @@ import pandas as pd
 from polymodal import __version__
 from polymodal.data.io import read_table
 from polymodal.data.schema import Modality, Schema, infer_schema
+from polymodal.errors import UserError
 from polymodal.evaluation.robustness import NoisyInputs, check_noise_rows, evaluate_robustness, noise_sample
 from polymodal.evaluation.subset import select_features, sub_preprocessor, sub_schema
 from polymodal.model.artifact import read_json, write_json
@@ -69,7 +70,7 @@ def parse_fusions(fusions: str | list[str]) -> list[str]:
         return choices
     unknown = [f for f in names if f not in choices]
     if unknown:
-        raise ValueError(f"unknown fusion(s) {unknown}; choose 'all' or among {choices}")
+        raise UserError(f"unknown fusion(s) {unknown}; choose 'all' or among {choices}")
     return list(dict.fromkeys(names))
 
 
@@ -193,7 +194,7 @@ def prepare_seed(
             (data.valid.df, data.valid.media, data.valid.frozen),
         )
     if schema.problem_type.is_classification and df[schema.label].nunique() < 2:
-        raise ValueError(f"the label {schema.label!r} has a single class in the training rows")
+        raise UserError(f"the label {schema.label!r} has a single class in the training rows")
     pre = Preprocessor(schema, data.preprocessor.config)
     pre.state = copy.deepcopy(data.preprocessor.state)  # the pretrained inputs' settings; fit adds the rest
     pre.fit(df, media)
@@ -403,12 +404,70 @@ def aggregate(results: list[dict], entries: list[Entry], metric: str, higher: bo
     return rows
 
 
+def majority_baseline(task: Task, train_targets: np.ndarray, test_targets: np.ndarray) -> dict[str, Any]:
+    """The test score of predicting the training rows' majority class (the training mean for regression)."""
+    outputs, name = task.majority_outputs(train_targets, len(test_targets))
+    return {"name": name, "score": task.score(test_targets, outputs)}
+
+
+def _fmt(row: dict[str, Any], metric: str) -> str:
+    std = row.get(f"{metric}_std")
+    return f"{row[f'{metric}_mean']:.4f}" + ("" if std is None or std != std else f" ± {std:.4f}")
+
+
+def verdict(board: dict[str, Any]) -> str:
+    """One sentence: does the best fusion beat the best single input by more than the seeds' spread (the larger
+    of the two standard deviations), and does any entry beat the majority class (by more than its own std)?"""
+    metric, higher, rows = board["metric"], board["higher_is_better"], board["leaderboard"]
+    sign = 1.0 if higher else -1.0
+
+    def gain(row: dict[str, Any], reference: float) -> float:
+        return sign * (row[f"{metric}_mean"] - reference)
+
+    def std(row: dict[str, Any]) -> float:
+        s = row.get(f"{metric}_std")
+        return 0.0 if s is None or s != s else float(s)
+
+    singles = [r for r in rows if r["kind"] == "unimodal"]
+    fused = [r for r in rows if r["kind"] != "unimodal"]
+    best = lambda rs: max(rs, key=lambda r: sign * r[f"{metric}_mean"])  # noqa: E731
+    if fused and singles:
+        f, u = best(fused), best(singles)
+        spread = max(std(f), std(u))
+        margin = gain(f, u[f"{metric}_mean"])
+        what = f"the best fusion, {f['entry']} ({_fmt(f, metric)}), "
+        ref = f"the best single input, {u['entry']} ({_fmt(u, metric)})"
+        if board.get("seeds", 1) < 2:  # no spread to measure: say the difference and that it may be noise
+            verb = "beats" if margin > 0 else "does not beat"
+            first = what + f"{verb} {ref} (difference {margin:+.4f}), but with one seed the spread is unknown"
+        elif margin > spread:
+            first = what + f"beats {ref} by {margin:.4f}, more than the seeds' spread (std {spread:.4f})"
+        else:
+            first = what + f"does not beat {ref} by more than the seeds' spread (std {spread:.4f}; difference "
+            first += f"{margin:+.4f})"
+    else:
+        first = "there is no fusion and single input to compare"
+    majority = board.get("majority_class")
+    if majority is None:
+        return first[0].upper() + first[1:] + "."
+    beating = [r for r in rows if gain(r, majority["score"]) > std(r)]
+    base = f"the {majority['name']} ({metric} {majority['score']:.4f})"
+    if not beating:
+        second = f"no entry beats {base}: nothing learned a signal from these inputs"
+    elif len(beating) == len(rows):
+        second = f"every entry beats {base}"
+    else:
+        second = f"{len(beating)} of {len(rows)} entries beat {base}"
+    return first[0].upper() + first[1:] + "; " + second + "."
+
+
 def leaderboard_table(board: dict[str, Any]):
     """The ranked leaderboard as a rich table."""
     from rich.table import Table
 
     metric = board["metric"]
     t = Table(title=f"leaderboard: {metric} on the test rows, mean ± std over {board['seeds']} seed(s)")
+    t.caption = board.get("verdict") or verdict(board)
     cols = ["#", "entry", metric, "macro-F1", "params", "train s", "infer ms/row", "peak MB", "rel. robustness"]
     for c in cols:
         t.add_column(c, justify="left" if c == "entry" else "right")
@@ -442,6 +501,7 @@ class _Run:
         self.sd: SeedData | None = None
         self.encoder_seconds: float | None = None
         self.task: dict | None = None
+        self.majority: dict | None = None
 
     def seed_data(self, seed: int) -> SeedData:
         if self.sd is None or self.sd.seed != seed:
@@ -455,6 +515,7 @@ class _Run:
             if self.task is None:  # the report's confusion matrix and ROC curves need the test labels
                 self.task = self.sd.task.to_dict()
                 _save_array(self.output / TARGETS, self.sd.test_y)
+                self.majority = majority_baseline(self.sd.task, self.sd.train_y, self.sd.test_y)
         return self.sd
 
     def folder(self, entry: Entry, seed: int) -> Path:
@@ -536,11 +597,11 @@ def compare(
     wall_start = time.perf_counter()
     seed_list = list(range(seeds)) if isinstance(seeds, int) else sorted(set(seeds))
     if not seed_list:
-        raise ValueError("seeds must be at least 1")
+        raise UserError("seeds must be at least 1")
     check_noise_rows(noise_rows)  # before any work, not after the encoders ran
     for key in ("label", "fusion", "seed"):
         if key in options:
-            raise ValueError(f"{key!r} is set by compare itself")
+            raise UserError(f"{key!r} is set by compare itself")
     options = {"progress": False} | options
     template = MultimodalPredictor(label=label, **options)
     label = template.label
@@ -562,6 +623,9 @@ def compare(
     data = template.config_.data
     modalities = {c: Modality(m) for c, m in data.modalities.items()}
     schema = infer_schema(frames["train"], label, modalities, data.ignore, data.problem_type)
+    if schema.problem_type.is_multilabel and any(f in ENSEMBLES for f in selected):
+        say("multilabel: the late ensembles (softmax averaging and stacking) are left out")
+        selected = [f for f in selected if f not in ENSEMBLES]
     entries = plan_entries(list(schema.inputs), selected)
     base = {
         "version": __version__, "data": fingerprints, "schema": schema.to_dict(), "options": options,
@@ -631,8 +695,11 @@ def compare(
         "data": fingerprints,
         "options": options,
         "leaderboard": aggregate(results, entries, metric, higher),
+        # A model that ignores its inputs, on the same test rows: what every entry must beat to have learned.
+        "majority_class": run.majority or previous.get("majority_class"),
         "results": [{k: v for k, v in r.items() if k not in ("history", "resumed")} for r in results],
     }
+    board["verdict"] = verdict(board)
     write_json(path, board)
     _write_csv(output / f"{LEADERBOARD}.csv", board["leaderboard"])
     if report:

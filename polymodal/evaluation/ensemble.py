@@ -19,6 +19,7 @@ import torch
 from polymodal import __version__
 from polymodal.data.schema import Schema
 from polymodal.data.validate import Problem
+from polymodal.errors import UserError
 from polymodal.evaluation.subset import merge_features, select_features
 from polymodal.fusion.ensemble import MODES, ProbabilityEnsemble
 from polymodal.model.artifact import METRICS, atomic_folder, read_json, write_json
@@ -123,7 +124,7 @@ class EnsembleModel:
 
             seen = np.unique(y)
             if len(seen) < 2:
-                raise ValueError("stacking needs at least two classes in the validation rows")
+                raise UserError("stacking needs at least two classes in the validation rows")
             lr = LogisticRegression(C=c, max_iter=2000).fit(X, y)
             if len(seen) == 2:  # scikit-learn keeps one row of weights: logit of seen[1] against seen[0]
                 weight[seen[1]], bias[seen[1]] = lr.coef_[0], lr.intercept_[0]

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from polymodal.errors import UserError
+
 SECTIONS = {
     "leaderboard": "Leaderboard",
     "bar-chart": "Task metric with error bars",
@@ -262,6 +264,12 @@ def _detail_sections(
     """Confusion matrix, ROC curves and per-class metrics of one model's test outputs."""
     s: dict[str, str] = {}
     intro = _note(f"model: {name}")
+    if task["problem_type"] == "multilabel":
+        na = _note("not applicable to a multilabel task: see the per-label metrics")
+        s["confusion-matrix"] = s["roc-curves"] = intro + na
+        rows = [{"label": c} | v for c, v in metrics["per_class"].items()]
+        s["per-class"] = intro + _table(rows, ["label", "precision", "recall", "f1", "support"], left=("label",))
+        return s
     if task["problem_type"] == "regression":
         na = _note("not applicable: this is a regression task")
         s["confusion-matrix"] = intro + na + scatter_chart(targets * task["y_std"] + task["y_mean"], outputs)
@@ -362,7 +370,7 @@ def compare_robustness_png(board: dict[str, Any], path: str | os.PathLike[str]) 
 # ---- the two reports ----------------------------------------------------------------------------------------
 def compare_report(folder: str | os.PathLike[str]) -> str:
     """The report of a compare folder (leaderboard.json, test_targets.npy and the entries' results)."""
-    from polymodal.evaluation.compare import OUTPUTS, RESULT, TARGETS, Entry, load_array
+    from polymodal.evaluation.compare import OUTPUTS, RESULT, TARGETS, Entry, load_array, verdict
     from polymodal.model.artifact import read_json
 
     folder = Path(folder)
@@ -384,7 +392,8 @@ def compare_report(folder: str | os.PathLike[str]) -> str:
               "peak MB": r["peak_mem_mb"]}  # fmt: skip
         shown.append(d)
     s["leaderboard"] = (
-        _note(
+        f'<p class="verdict"><b>Verdict:</b> {_esc(board.get("verdict") or verdict(board))}</p>'
+        + _note(
             f"ranked by mean test {metric} over {board['seeds']} seed(s); ci95 is the half-width of the 95 % "
             "t-interval of the mean; train seconds of an ensemble include its members' training; peak memory is "
             "the growth of resident memory during the entry."
@@ -409,7 +418,7 @@ def compare_report(folder: str | os.PathLike[str]) -> str:
         hist = read_json(path).get("history") if path.exists() else None
         if hist:
             histories[r["entry"]] = hist
-    monitor = "accuracy" if task["problem_type"] != "regression" else "rmse"
+    monitor = {"regression": "rmse", "multilabel": "f1_micro"}.get(task["problem_type"], "accuracy")
     s["training-curves"] = (
         _note("seed 0; ensembles have no curves of their own (their members' are shown)")
         + training_chart(histories, monitor)
@@ -430,6 +439,16 @@ def _bootstrap(targets: np.ndarray, outputs: np.ndarray, task: Any, n: int = 200
     from sklearn import metrics as skm
 
     def headline(t: np.ndarray, o: np.ndarray) -> dict[str, float]:
+        if task.is_multilabel:
+            from polymodal.tasks import label_sets
+
+            t, pred = t.astype(np.int64), label_sets(o)
+            return {
+                "f1_micro": skm.f1_score(t, pred, average="micro", zero_division=0),
+                "f1_macro": skm.f1_score(t, pred, average="macro", zero_division=0),
+                "jaccard_samples": skm.jaccard_score(t, pred, average="samples", zero_division=0),
+                "exact_match": skm.accuracy_score(t, pred),
+            }
         if task.is_classification:
             pred = o.argmax(axis=1)
             return {
@@ -478,7 +497,7 @@ def model_report(
     df, base_dir = read_table(data)
     schema, task = model.schema, model.task
     if schema.label not in df.columns:
-        raise ValueError(f"the table has no label column {schema.label!r}: a report needs labelled rows")
+        raise UserError(f"the table has no label column {schema.label!r}: a report needs labelled rows")
     check_columns(df, schema, training=False)
     # The model's own pipeline: decoded media (kept for the noise) and frozen embeddings, then preprocessing.
     media, frozen, problems = model.pipeline.decode(df, base_dir)
@@ -511,7 +530,7 @@ def model_report(
     )
     s |= _robustness_sections({name: robust}, metric)
     s |= _detail_sections(task.to_dict(), metrics, targets, outputs, name)
-    monitor = "accuracy" if task.is_classification else "rmse"
+    monitor = task.monitor[0]
     s["training-curves"] = training_chart({name: history}, monitor) if history else _note("no training history")
     subtitle = f"{name} on {len(df)} labelled rows; label {schema.label!r} ({task.problem_type.value})"
     return page(f"polymodal report: {name}", subtitle, s)

@@ -29,6 +29,7 @@ import pandas as pd
 
 from polymodal.data.schema import CATEGORICAL_INPUT, NUMERIC_INPUT, Modality, Schema
 from polymodal.data.validate import is_missing
+from polymodal.errors import UserError
 from polymodal.evaluation.subset import input_columns, select_features, sub_preprocessor, sub_schema
 from polymodal.preprocess import Features, Preprocessor
 from polymodal.tasks import Task
@@ -54,6 +55,8 @@ class Scorable(Protocol):
 
 def metric_of(task: Task) -> tuple[str, bool]:
     """The task metric robustness and the leaderboard rank by, and whether higher is better."""
+    if task.is_multilabel:
+        return ("f1_micro", True)
     return ("accuracy", True) if task.is_classification else ("rmse", False)
 
 
@@ -126,7 +129,8 @@ def noise_numeric(df: pd.DataFrame, columns: list[str], std: list[float], s: flo
 def noise_categorical(df: pd.DataFrame, columns: list[str], vocabs: list[list[str]], s: float, rng):
     df = df.copy()
     for c, vocab in zip(columns, vocabs, strict=True):
-        values = df[c].astype(object).to_numpy()
+        # A copy: under pandas 3 (copy-on-write) `to_numpy()` may return a read-only view of the column.
+        values = df[c].astype(object).to_numpy(copy=True)
         swap = (rng.random(len(values)) < 0.5 * s) & ~np.array([is_missing(v) for v in values], dtype=bool)
         if vocab:
             values[swap] = [vocab[i] for i in rng.integers(len(vocab), size=int(swap.sum()))]
@@ -136,7 +140,7 @@ def noise_categorical(df: pd.DataFrame, columns: list[str], vocabs: list[list[st
 
 def check_noise_rows(noise_rows: int | None) -> None:
     if noise_rows is not None and noise_rows < 1:
-        raise ValueError(f"noise_rows must be at least 1 (or None for every test row), not {noise_rows}")
+        raise UserError(f"noise_rows must be at least 1 (or None for every test row), not {noise_rows}")
 
 
 def noise_sample(n: int, noise_rows: int | None) -> np.ndarray | None:

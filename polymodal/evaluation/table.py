@@ -14,6 +14,7 @@ CLASSIFICATION_COLUMNS = [
     "log_loss",
 ]
 REGRESSION_COLUMNS = ["rmse", "mae", "r2"]
+MULTILABEL_COLUMNS = ["f1_micro", "f1_macro", "jaccard_samples", "accuracy", "hamming_loss", "auroc"]
 
 
 def _fmt(v: Any) -> str:
@@ -29,7 +30,11 @@ def metrics_table(rows: dict[str, dict[str, Any]], title: str = "metrics", extra
     from rich.table import Table
 
     first = next(iter(rows.values()), {})
-    columns = (CLASSIFICATION_COLUMNS if "accuracy" in first else REGRESSION_COLUMNS) + list(extra or [])
+    if "f1_micro" in first:
+        columns = list(MULTILABEL_COLUMNS)
+    else:
+        columns = CLASSIFICATION_COLUMNS if "accuracy" in first else REGRESSION_COLUMNS
+    columns = columns + list(extra or [])
     table = Table(title=title)
     table.add_column("model")
     for c in columns:

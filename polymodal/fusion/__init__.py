@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from polymodal.errors import UserError
 from polymodal.fusion.attention import AttentionFusion
 from polymodal.fusion.base import Fusion
 from polymodal.fusion.cross_attention import CrossAttentionFusion
@@ -26,7 +27,7 @@ FUSIONS: dict[str, type[Fusion]] = {
 
 def build_fusion(name: str, dims: dict[str, int], n_outputs: int, **kwargs) -> Fusion:
     if name not in FUSIONS:
-        raise ValueError(f"unknown fusion {name!r}; choose one of {sorted(FUSIONS)}")
+        raise UserError(f"unknown fusion {name!r}; choose one of {sorted(FUSIONS)}")
     return FUSIONS[name](dims, n_outputs, **kwargs)
 
 

@@ -48,6 +48,7 @@ from polymodal import __version__
 from polymodal.data.io import read_table
 from polymodal.data.schema import Modality, Schema, infer_schema
 from polymodal.data.validate import check_columns
+from polymodal.errors import UserError
 from polymodal.model.artifact import atomic_folder, read_json, write_json
 from polymodal.optimize.space import Config, Space, build_space, default_space, read_space
 from polymodal.preprocess import Features, PreprocessConfig, Preprocessor
@@ -74,7 +75,7 @@ def parse_duration(text: str | float | int | None) -> float | None:
         return float(s)
     parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", s)
     if not parts or re.sub(r"(\d+(?:\.\d+)?)\s*([hms])", "", s).strip():
-        raise ValueError(f"cannot read the duration {text!r}: write e.g. 2h, 90m, 1h30m, 45s or seconds")
+        raise UserError(f"cannot read the duration {text!r}: write e.g. 2h, 90m, 1h30m, 45s or seconds")
     return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
 
 
@@ -223,7 +224,7 @@ class SharedData:
             else:
                 vdf, vmedia, vfrozen, _ = vrows
             if schema.problem_type.is_classification and df[schema.label].nunique() < 2:
-                raise ValueError(f"the label {schema.label!r} has a single class in the training rows")
+                raise UserError(f"the label {schema.label!r} has a single class in the training rows")
             pre = Preprocessor(schema, base.config)
             pre.state = copy.deepcopy(base.state)  # the pretrained inputs' settings; fit adds the rest
             pre.fit(df, media)
@@ -271,7 +272,7 @@ def make_pruner(name: str, max_epochs: int, startup: int, warmup: int) -> Any:
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(2, max_epochs), reduction_factor=3)
     if name == "none":
         return optuna.pruners.NopPruner()
-    raise ValueError(f"unknown pruner {name!r}; choose one of {PRUNERS}")
+    raise UserError(f"unknown pruner {name!r}; choose one of {PRUNERS}")
 
 
 # ---- the study's bookkeeping -------------------------------------------------------------------------------
@@ -390,9 +391,9 @@ def tune(
 
     say = log_fn or log.info
     if trials < 1 or keep < 1:
-        raise ValueError("trials and keep must be at least 1")
+        raise UserError("trials and keep must be at least 1")
     if pruner not in PRUNERS:
-        raise ValueError(f"unknown pruner {pruner!r}; choose one of {PRUNERS}")
+        raise UserError(f"unknown pruner {pruner!r}; choose one of {PRUNERS}")
     seconds = parse_duration(timeout)
     output = Path(output)
 
@@ -442,7 +443,7 @@ def tune(
                 trial.set_user_attr("epochs", pruning.reported)
             value = float(p.metrics_["valid"][metric])
             if not math.isfinite(value):
-                raise ValueError(f"validation {metric} is {value}")
+                raise UserError(f"validation {metric} is {value}")
             trial.set_user_attr("seconds", round(time.perf_counter() - start, 2))
             ranked = _ranked(study)
             worse = direction == "maximize" and len(ranked) >= keep and value < ranked[keep - 1].value

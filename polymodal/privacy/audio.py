@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from polymodal.errors import UserError
+
 DEFAULT_ALPHA = 0.8
 LPC_ORDER = 20
 
@@ -27,7 +29,7 @@ def mcadams(
     from scipy.signal import lfilter
 
     if not 0.5 <= alpha <= 1.5:
-        raise ValueError(f"the McAdams coefficient alpha must be between 0.5 and 1.5 (0.8 is the usual), not {alpha}")
+        raise UserError(f"the McAdams coefficient alpha must be between 0.5 and 1.5 (0.8 is the usual), not {alpha}")
     x = np.asarray(wave, dtype=np.float64)
     eps = np.finfo(np.float32).eps
     win_len = int(win_ms * 1e-3 * sample_rate)
@@ -85,7 +87,7 @@ def read_wave(source) -> tuple[np.ndarray, int]:
 
     wav, sr = sf.read(source, dtype="float64", always_2d=True)
     if wav.size == 0:
-        raise ValueError("audio has no samples")
+        raise UserError("audio has no samples")
     return wav, sr
 
 

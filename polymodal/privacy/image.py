@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from polymodal.errors import UserError
+
 FACE_MODES = ("blur", "box", "keep")
 # Frontal faces (two cascades, for recall) and profiles; a face found by any of them is covered.
 CASCADES = ("haarcascade_frontalface_default.xml", "haarcascade_frontalface_alt2.xml", "haarcascade_profileface.xml")
@@ -47,7 +49,7 @@ def find_faces(rgb: np.ndarray, min_size: int = 24) -> list[tuple[int, int, int,
 def cover_faces(rgb: np.ndarray, mode: str = "blur") -> tuple[np.ndarray, int]:
     """The picture with every face blurred beyond recognition (or filled black), and how many faces were found."""
     if mode not in FACE_MODES:
-        raise ValueError(f"unknown face mode {mode!r}; choose one of {list(FACE_MODES)}")
+        raise UserError(f"unknown face mode {mode!r}; choose one of {list(FACE_MODES)}")
     if mode == "keep":
         return rgb, 0
     import cv2

@@ -21,6 +21,7 @@ from polymodal.data.io import read_table, resolve_path
 from polymodal.data.redact import quote_value
 from polymodal.data.schema import Modality, infer_modality
 from polymodal.data.validate import BadRowsError, Problem, is_missing
+from polymodal.errors import UserError
 from polymodal.privacy.audio import DEFAULT_ALPHA, alpha_for, mcadams, read_wave, write_wav
 from polymodal.privacy.image import FACE_MODES, cascades, cover_faces, read_rgb, write_png
 from polymodal.privacy.text import DEFAULT_THRESHOLD, OPERATORS, TextAnonymizer
@@ -50,20 +51,20 @@ class PrivacySettings:
 
     def __post_init__(self) -> None:
         if self.operator not in OPERATORS:
-            raise ValueError(f"unknown operator {self.operator!r}; choose one of {list(OPERATORS)}")
+            raise UserError(f"unknown operator {self.operator!r}; choose one of {list(OPERATORS)}")
         if self.faces not in FACE_MODES:
-            raise ValueError(f"unknown face mode {self.faces!r}; choose one of {list(FACE_MODES)}")
+            raise UserError(f"unknown face mode {self.faces!r}; choose one of {list(FACE_MODES)}")
         if self.voice not in VOICE_MODES:
-            raise ValueError(f"unknown voice mode {self.voice!r}; choose one of {list(VOICE_MODES)}")
+            raise UserError(f"unknown voice mode {self.voice!r}; choose one of {list(VOICE_MODES)}")
         if self.alpha_range is not None:
             lo, hi = self.alpha_range
             if not 0.5 <= lo <= hi <= 1.5:
-                raise ValueError(f"alpha range must satisfy 0.5 <= low <= high <= 1.5, not {self.alpha_range}")
+                raise UserError(f"alpha range must satisfy 0.5 <= low <= high <= 1.5, not {self.alpha_range}")
 
     def resolved_salt(self) -> str:
         salt = self.salt if self.salt is not None else os.environ.get(SALT_ENV, "")
         if self.operator == "hash" and not salt:
-            raise ValueError(
+            raise UserError(
                 f"the hash operator needs a secret salt: set ${SALT_ENV} (or PrivacySettings(salt=...)); "
                 "the same salt maps the same value to the same token"
             )
@@ -225,7 +226,7 @@ def anonymize_table(
         name += "l"  # written as JSON lines
     out_dir = Path(out_dir).resolve()
     if out_dir == base_dir.resolve() or base_dir.resolve().is_relative_to(out_dir):
-        raise ValueError(
+        raise UserError(
             f"the output folder {str(out_dir)!r} holds the table itself: anonymization never works in place; "
             "choose a new folder"
         )

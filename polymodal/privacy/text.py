@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from polymodal.errors import UserError
+
 LANGUAGE = "en"
 OPERATORS = ("placeholder", "mask", "hash")
 # Found by shape; dates are left out on purpose (most dates in a table are not personal, and a date alone is
@@ -293,9 +295,9 @@ class TextAnonymizer:
         threshold: float = DEFAULT_THRESHOLD,
     ):
         if operator not in OPERATORS:
-            raise ValueError(f"unknown operator {operator!r}; choose one of {list(OPERATORS)}")
+            raise UserError(f"unknown operator {operator!r}; choose one of {list(OPERATORS)}")
         if operator == "hash" and not salt:
-            raise ValueError("the hash operator needs a salt (a secret string): without one, tokens can be reversed")
+            raise UserError("the hash operator needs a salt (a secret string): without one, tokens can be reversed")
         self.operator, self.salt, self.ner_model = operator, salt, ner_model
         self.entities, self.threshold = list(entities) if entities else None, threshold
         self.counts: Counter[str] = Counter()

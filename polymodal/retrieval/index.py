@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from polymodal.errors import UserError
 from polymodal.model.artifact import atomic_folder, read_json, write_json
 
 INDEX, METADATA, SETTINGS = "index.faiss", "metadata.jsonl", "settings.json"
@@ -57,13 +58,13 @@ def make_index(kind: str, dim: int, vectors: np.ndarray, params: dict[str, Any] 
     elif kind == "ivf":
         nlist = params.get("nlist") or ivf_nlist(len(vectors))
         if len(vectors) < nlist:
-            raise ValueError(f"an IVF index needs at least nlist={nlist} vectors to train on, got {len(vectors)}")
+            raise UserError(f"an IVF index needs at least nlist={nlist} vectors to train on, got {len(vectors)}")
         quantizer = faiss.IndexFlatIP(dim)
         base = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
         base.train(np.ascontiguousarray(vectors, dtype=np.float32))
         base.nprobe = params.get("nprobe", max(1, nlist // 16))
     else:
-        raise ValueError(f"unknown index kind {kind!r}; choose one of {KINDS}")
+        raise UserError(f"unknown index kind {kind!r}; choose one of {KINDS}")
     return faiss.IndexIDMap2(base)
 
 
@@ -99,20 +100,20 @@ def where_mask(meta: pd.DataFrame, expr: str) -> np.ndarray:
     try:
         tree = ast.parse(expr.strip(), mode="eval")
     except SyntaxError as e:
-        raise ValueError(f"filter {expr!r} is not a valid filter ({e.msg}); e.g. \"speaker == 'jackson'\"") from None
+        raise UserError(f"filter {expr!r} is not a valid filter ({e.msg}); e.g. \"speaker == 'jackson'\"") from None
 
     def literal(node: ast.AST) -> Any:
         try:
             return ast.literal_eval(node)
         except ValueError:
-            raise ValueError(f"filter {expr!r}: compare a column with a literal (a string, number or list)") from None
+            raise UserError(f"filter {expr!r}: compare a column with a literal (a string, number or list)") from None
 
     def column(node: ast.AST) -> pd.Series:
         if not isinstance(node, ast.Name):
-            raise ValueError(f"filter {expr!r}: the left side of a comparison must be a column name")
+            raise UserError(f"filter {expr!r}: the left side of a comparison must be a column name")
         if node.id not in meta.columns:
             known = [c for c in meta.columns if c != "_source"]
-            raise ValueError(f"filter {expr!r}: unknown column {node.id!r}; the metadata has {known}")
+            raise UserError(f"filter {expr!r}: unknown column {node.id!r}; the metadata has {known}")
         return meta[node.id]
 
     def ev(node: ast.AST) -> pd.Series:
@@ -128,18 +129,18 @@ def where_mask(meta: pd.DataFrame, expr: str) -> np.ndarray:
             left, out = column(node.left), None
             for op, right in zip(node.ops, node.comparators, strict=True):
                 if type(op) not in _OPS:
-                    raise ValueError(f"filter {expr!r}: operator {type(op).__name__} is not supported")
+                    raise UserError(f"filter {expr!r}: operator {type(op).__name__} is not supported")
                 value = literal(right)
                 if isinstance(op, ast.In | ast.NotIn) and not isinstance(value, list | tuple | set):
-                    raise ValueError(f"filter {expr!r}: 'in' needs a list, e.g. digit in [1, 2]")
+                    raise UserError(f"filter {expr!r}: 'in' needs a list, e.g. digit in [1, 2]")
                 try:
                     part = _OPS[type(op)](left, list(value) if isinstance(value, tuple | set) else value)
                 except TypeError as e:
                     msg = f"filter {expr!r}: cannot compare column {node.left.id!r} with {value!r} ({e})"
-                    raise ValueError(msg) from None
+                    raise UserError(msg) from None
                 out = part if out is None else out & part
             return out.fillna(False).astype(bool)
-        raise ValueError(f"filter {expr!r}: use comparisons like col == 'x' joined by and / or / not")
+        raise UserError(f"filter {expr!r}: use comparisons like col == 'x' joined by and / or / not")
 
     return ev(tree.body).to_numpy(dtype=bool)
 
@@ -175,7 +176,7 @@ class GalleryIndex:
     ) -> GalleryIndex:
         kind = kind or choose_kind(len(vectors))
         if kind not in KINDS:
-            raise ValueError(f"unknown index kind {kind!r}; choose one of {KINDS}")
+            raise UserError(f"unknown index kind {kind!r}; choose one of {KINDS}")
         params = dict(params or {})
         if kind == "hnsw":
             params = {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION, "efSearch": HNSW_EF_SEARCH} | params
@@ -204,14 +205,14 @@ class GalleryIndex:
     def add(self, vectors: np.ndarray, ids: np.ndarray, metadata: pd.DataFrame, source: dict | None = None) -> None:
         ids = np.asarray(ids, dtype=np.int64)
         if len(ids) != len(vectors) or len(metadata) != len(ids):
-            raise ValueError("vectors, ids and metadata must have one entry per row")
+            raise UserError("vectors, ids and metadata must have one entry per row")
         if len(set(ids.tolist())) != len(ids):
-            raise ValueError("row ids must be unique")
+            raise UserError("row ids must be unique")
         taken = set(ids.tolist()) & (set(self.metadata["id"].tolist()) | set(self.settings.get("deleted", [])))
         if taken:
-            raise ValueError(f"row id(s) {sorted(taken)[:10]} are already in the index; remove them first")
+            raise UserError(f"row id(s) {sorted(taken)[:10]} are already in the index; remove them first")
         if len(vectors) and vectors.shape[1] != self.settings["dim"]:
-            raise ValueError(f"vectors have {vectors.shape[1]} dimensions, the index {self.settings['dim']}")
+            raise UserError(f"vectors have {vectors.shape[1]} dimensions, the index {self.settings['dim']}")
         self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
         meta = metadata.reset_index(drop=True).copy()
         meta.insert(0, "id", ids)
@@ -227,7 +228,7 @@ class GalleryIndex:
         ids = [int(i) for i in ids]
         unknown = sorted(set(ids) - set(self.metadata["id"].tolist()))
         if unknown:
-            raise ValueError(f"row id(s) {unknown[:20]} are not in the index (it holds {len(self)} rows)")
+            raise UserError(f"row id(s) {unknown[:20]} are not in the index (it holds {len(self)} rows)")
         if self.kind == "hnsw":
             # An HNSW graph cannot drop nodes: removed ids become tombstones that every search filters out.
             self.settings["deleted"] = sorted(set(self.settings.get("deleted", [])) | set(ids))
@@ -244,10 +245,10 @@ class GalleryIndex:
         import faiss
 
         if not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be a positive integer, not {k!r}")
+            raise UserError(f"k must be a positive integer, not {k!r}")
         q = np.ascontiguousarray(np.asarray(query, dtype=np.float32).reshape(1, -1))
         if q.shape[1] != self.settings["dim"]:
-            raise ValueError(f"the query has {q.shape[1]} dimensions, the index {self.settings['dim']}")
+            raise UserError(f"the query has {q.shape[1]} dimensions, the index {self.settings['dim']}")
         selector, available = None, len(self)
         if where:
             allowed = self.metadata["id"].to_numpy(dtype=np.int64)[where_mask(self.metadata, where)]
@@ -316,7 +317,7 @@ class GalleryIndex:
         meta = pd.DataFrame.from_records(records) if records else pd.DataFrame({"id": pd.Series([], dtype=np.int64)})
         out = cls(index, meta, settings)
         if len(meta) != len(out):
-            raise ValueError(f"{folder}: {len(out)} vectors but {len(meta)} metadata rows; rebuild the index")
+            raise UserError(f"{folder}: {len(out)} vectors but {len(meta)} metadata rows; rebuild the index")
         return out
 
     def check_model(self, fingerprint: str, folder: str | os.PathLike[str] | None = None) -> None:

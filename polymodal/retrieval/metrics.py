@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from polymodal.errors import UserError
+
 KS = (1, 5, 10)
 
 
@@ -17,7 +19,7 @@ def relevance(n_query: int, n_gallery: int, q_labels: np.ndarray | None = None, 
     """A function rows -> boolean (len(rows), n_gallery) relevance matrix."""
     if q_labels is None or g_labels is None:
         if n_query != n_gallery:
-            raise ValueError("instance-level retrieval needs paired rows (as many queries as gallery items)")
+            raise UserError("instance-level retrieval needs paired rows (as many queries as gallery items)")
         return lambda rows: rows[:, None] == np.arange(n_gallery)[None, :]
     q, g = np.asarray(q_labels).astype(str), np.asarray(g_labels).astype(str)
     return lambda rows: q[rows][:, None] == g[None, :]

@@ -22,6 +22,7 @@ from polymodal import __version__
 from polymodal.data.io import read_table
 from polymodal.data.schema import Modality, ProblemType, Schema, SchemaError, infer_modality
 from polymodal.data.validate import BadRowsError, Problem, check_columns, is_missing
+from polymodal.errors import UserError
 from polymodal.preprocess import Features, PreprocessConfig, Preprocessor
 
 log = logging.getLogger("polymodal")
@@ -94,18 +95,18 @@ class MultimodalRetriever:
         self.queries = [query] if isinstance(query, str) else list(query)
         self.target, self.label = target, label
         if not self.queries:
-            raise ValueError("give at least one query column")
+            raise UserError("give at least one query column")
         dup = [c for c in self.queries if c == target or self.queries.count(c) > 1]
         if dup:
-            raise ValueError(f"column(s) {sorted(set(dup))} given twice: each aligned column appears once")
+            raise UserError(f"column(s) {sorted(set(dup))} given twice: each aligned column appears once")
         if label is not None and label in [target, *self.queries]:
-            raise ValueError(f"column {label!r} is the label and cannot also be an aligned column")
+            raise UserError(f"column {label!r} is the label and cannot also be an aligned column")
         if on_bad_rows not in ("error", "skip"):
-            raise ValueError(f"on_bad_rows must be 'error' or 'skip', not {on_bad_rows!r}")
+            raise UserError(f"on_bad_rows must be 'error' or 'skip', not {on_bad_rows!r}")
         if preset not in (None, "scratch", "pretrained"):
-            raise ValueError(f"unknown preset {preset!r}; choose 'scratch' or 'pretrained'")
+            raise UserError(f"unknown preset {preset!r}; choose 'scratch' or 'pretrained'")
         if not 0.0 < valid_fraction < 1.0:
-            raise ValueError("valid_fraction must be between 0 and 1")
+            raise UserError("valid_fraction must be between 0 and 1")
         self.modalities = {c: Modality(m) for c, m in (modalities or {}).items()}
         self.encoders = dict(encoders or {})  # column or modality name -> encoder name
         self.preset, self.freeze, self.finetune_layers, self.lora = preset, freeze, finetune_layers, lora
@@ -324,12 +325,12 @@ class MultimodalRetriever:
         """One query (a file path or bytes for image/audio, a string for text) -> its (dim,) unit vector."""
         col = self.column_for(modality, column)
         if is_missing(value) or (isinstance(value, bytes | bytearray) and not value):
-            raise ValueError(f"the {Modality(modality).value} query is empty")
+            raise UserError(f"the {Modality(modality).value} query is empty")
         if Modality(modality) is Modality.TEXT and not isinstance(value, str):
-            raise ValueError("a text query must be a string")
+            raise UserError("a text query must be a string")
         emb, present = self.embed((pd.DataFrame({col: [value]}), Path.cwd()), col)
         if not present[0]:
-            raise ValueError(f"the {Modality(modality).value} query has no content the model can read")
+            raise UserError(f"the {Modality(modality).value} query has no content the model can read")
         return emb[0]
 
     # ---- evaluation --------------------------------------------------------------------------------
@@ -428,7 +429,7 @@ class MultimodalRetriever:
 
         folder = Path(folder)
         if not is_aligned_folder(folder):
-            raise ValueError(
+            raise UserError(
                 f"{folder} is not an aligned model folder (make one with `polymodal align`); "
                 "a classifier folder is used with predict/evaluate instead"
             )

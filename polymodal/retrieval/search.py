@@ -16,6 +16,7 @@ import pandas as pd
 
 from polymodal.data.io import read_table
 from polymodal.data.schema import Modality
+from polymodal.errors import UserError
 from polymodal.retrieval.index import GalleryIndex
 from polymodal.retrieval.retriever import MultimodalRetriever
 
@@ -34,13 +35,13 @@ class Searcher:
         """(vectors, ids, metadata, source) of a gallery table's rows with the column present."""
         df, base_dir = read_table(table)
         if column not in df.columns:
-            raise ValueError(f"column {column!r} is missing from {table} (it has {list(df.columns)})")
+            raise UserError(f"column {column!r} is missing from {table} (it has {list(df.columns)})")
         if id_column is not None:
             if id_column not in df.columns:
-                raise ValueError(f"--id-column {id_column!r} is missing from {table} (it has {list(df.columns)})")
+                raise UserError(f"--id-column {id_column!r} is missing from {table} (it has {list(df.columns)})")
             ids = pd.to_numeric(df[id_column], errors="coerce")
             if ids.isna().any() or (ids % 1 != 0).any():
-                raise ValueError(f"--id-column {id_column!r} must hold integers in every row")
+                raise UserError(f"--id-column {id_column!r} must hold integers in every row")
             ids = ids.to_numpy(dtype=np.int64)
         else:
             ids = np.arange(start, start + len(df), dtype=np.int64)
@@ -70,12 +71,12 @@ class Searcher:
         """Embed `column` of the gallery table with the aligned model and index it (saved when `output`)."""
         r = model if isinstance(model, MultimodalRetriever) else MultimodalRetriever.load(model, cache_dir=cache_dir)
         if r.folder is None:
-            raise ValueError("save the retriever first (the index records which saved weights it was built with)")
+            raise UserError("save the retriever first (the index records which saved weights it was built with)")
         if column not in r.schema.columns:
-            raise ValueError(f"column {column!r} is not aligned by the model at {r.folder}; it aligns {r.columns}")
+            raise UserError(f"column {column!r} is not aligned by the model at {r.folder}; it aligns {r.columns}")
         vectors, ids, meta, source = cls._rows(r, gallery, column, id_column, 0)
         if len(vectors) == 0:
-            raise ValueError(f"no row of the gallery has a {column!r} value: nothing to index")
+            raise UserError(f"no row of the gallery has a {column!r} value: nothing to index")
         index = GalleryIndex.build(
             vectors, ids, meta, column=column, modality=r.schema.columns[column].value, model_folder=str(r.folder),
             model_fingerprint=r.fingerprint, kind=kind, params=params, source=source,
@@ -116,7 +117,7 @@ class Searcher:
     def save(self, folder: str | os.PathLike[str] | None = None) -> Path:
         target = folder or self.folder
         if target is None:
-            raise ValueError("give a folder to save the index to")
+            raise UserError("give a folder to save the index to")
         self.folder = self.index.save(target)
         return self.folder
 
@@ -126,10 +127,10 @@ class Searcher:
     ) -> list[dict[str, Any]]:
         """The k gallery rows nearest to a query: a file path or bytes (image, audio) or a string (text)."""
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
-            raise ValueError(f"k must be an integer from 1 to {MAX_K}, not {k!r}")
+            raise UserError(f"k must be an integer from 1 to {MAX_K}, not {k!r}")
         try:
             modality = Modality(modality)
         except ValueError:
-            raise ValueError(f"unknown query modality {modality!r}; use text, image or audio") from None
+            raise UserError(f"unknown query modality {modality!r}; use text, image or audio") from None
         query = self.retriever.embed_query(value, modality, column)
         return self.index.search(query, k=k, where=where)

@@ -13,6 +13,7 @@ import pandas as pd
 from polymodal.data.io import read_table, resolve_path
 from polymodal.data.media import MediaError, decode_image
 from polymodal.data.validate import BadRowsError, Problem, is_missing
+from polymodal.errors import UserError
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 
@@ -21,9 +22,9 @@ def parse_classes(classes: str | list[str]) -> list[str]:
     names = [c.strip() for c in (classes.split(",") if isinstance(classes, str) else classes)]
     names = [c for c in names if c]
     if len(names) < 2:
-        raise ValueError(f"give at least two class names (comma-separated), got {names}")
+        raise UserError(f"give at least two class names (comma-separated), got {names}")
     if len(set(names)) != len(names):
-        raise ValueError(f"class names repeat: {names}")
+        raise UserError(f"class names repeat: {names}")
     return names
 
 
@@ -38,7 +39,7 @@ class ZeroShotClassifier:
         self.name, self.path = str(model), ref.path
         self.model = AutoModel.from_pretrained(ref.path).to(device).eval()
         if not (hasattr(self.model, "get_image_features") and hasattr(self.model, "get_text_features")):
-            raise ValueError(f"{model} is not an aligned image-text model (CLIP, SigLIP, ...): it has no text tower")
+            raise UserError(f"{model} is not an aligned image-text model (CLIP, SigLIP, ...): it has no text tower")
         self.tokenizer = AutoTokenizer.from_pretrained(ref.path)
         self.processor = AutoImageProcessor.from_pretrained(ref.path)
         self.device, self.torch = device, torch
@@ -52,7 +53,7 @@ class ZeroShotClassifier:
 
     def text_embeddings(self, classes: list[str], template: str) -> np.ndarray:
         if "{}" not in template:
-            raise ValueError(f"the template must contain {{}} where the class name goes, got {template!r}")
+            raise UserError(f"the template must contain {{}} where the class name goes, got {template!r}")
         texts = [template.format(c) for c in classes]
         padding = "max_length" if self.siglip else True  # SigLIP was trained on max-length padded text
         tok = self.tokenizer(texts, padding=padding, truncation=True, return_tensors="pt")
@@ -93,10 +94,10 @@ def zero_shot(
     """The table with `prediction` and `proba_<class>` columns added (rows with an empty image get none)."""
     names = parse_classes(classes)
     if "{}" not in template:
-        raise ValueError(f"the template must contain {{}} where the class name goes, got {template!r}")
+        raise UserError(f"the template must contain {{}} where the class name goes, got {template!r}")
     df, base_dir = read_table(table)
     if image not in df.columns:
-        raise ValueError(f"column {image!r} is missing from the table (it has {list(df.columns)})")
+        raise UserError(f"column {image!r} is missing from the table (it has {list(df.columns)})")
     clf = ZeroShotClassifier(model, device)
     rows, images, problems = [], [], []
     for i, v in enumerate(df[image].tolist()):

@@ -18,6 +18,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from polymodal.errors import UserError
 from polymodal.preprocess import PAD, UNK, tokenize
 
 
@@ -107,9 +108,7 @@ class DropKeys(gym.ObservationWrapper):
         super().__init__(env)
         missing = [k for k in keys if k not in env.observation_space.spaces]
         if missing:
-            raise ValueError(
-                f"cannot hide observation keys {missing}: the env has {list(env.observation_space.spaces)}"
-            )
+            raise UserError(f"cannot hide observation keys {missing}: the env has {list(env.observation_space.spaces)}")
         self.keys = set(keys)
         self.observation_space = spaces.Dict(
             {k: s for k, s in env.observation_space.spaces.items() if k not in self.keys}

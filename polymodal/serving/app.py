@@ -55,6 +55,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     429: {"model": ErrorResponse, "description": "Too many rows waiting for the model; retry shortly"},
 }
 INLINE_CHECK_BYTES = 256 * 1024
+# With an API key, only the probes stay open; `public_docs` also opens the page, the docs and the metrics.
+OPEN_PATHS = frozenset({"/health", "/ready"})
+PUBLIC_DOCS_PATHS = frozenset({"/", "/docs", "/openapi.json", "/metrics", "/static/"})
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -117,10 +120,27 @@ def _swagger_asset(name: str) -> bytes:
 class ServingMiddleware:
     """Outermost layer: API key, body-size limit, request id, metrics and the JSON access log, for every request."""
 
-    def __init__(self, app, *, metrics: Metrics, max_body: int, api_key: str | None, endpoints: set[str]):
+    def __init__(
+        self,
+        app,
+        *,
+        metrics: Metrics,
+        max_body: int,
+        api_key: str | None,
+        endpoints: set[str],
+        public_docs: bool = False,
+    ):
         self.app, self.metrics, self.max_body, self.endpoints = app, metrics, max_body, endpoints
         # Keys are compared as SHA-256 digests with hmac.compare_digest: constant time, and length-independent.
         self.key_digest = hashlib.sha256(api_key.encode()).digest() if api_key else None
+        self.open_paths = OPEN_PATHS | (PUBLIC_DOCS_PATHS if public_docs else frozenset())
+
+    def _needs_key(self, path: str) -> bool:
+        """With a key, everything but the probes needs it: the page, the docs and /metrics show the model's
+        columns and traffic (unless `public_docs` opens them on purpose)."""
+        if self.key_digest is None or path in self.open_paths:
+            return False
+        return not ("/static/" in self.open_paths and path.startswith("/static/"))
 
     def _authorized(self, headers: dict[bytes, bytes]) -> bool:
         scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
@@ -157,7 +177,7 @@ class ServingMiddleware:
         self.metrics.in_flight.inc()
         try:
             early = None  # an answer given before the app sees the request
-            if self.key_digest is not None and path.startswith("/v1/") and not self._authorized(headers):
+            if self._needs_key(path) and not self._authorized(headers):
                 msg = "missing or wrong API key: send the header 'Authorization: Bearer <key>'"
                 early = _error(401, msg, headers={"WWW-Authenticate": "Bearer", "Connection": "close"})
             elif length is not None and not length.isdigit():
@@ -238,7 +258,7 @@ def create_app(config: ServeConfig, service: ModelService | None = None) -> Fast
             Metrics.worker_exit(os.getpid())
             log.info("stopped", extra={"fields": {"event": "stop"}})
 
-    auth = "; every /v1 endpoint needs 'Authorization: Bearer <key>'" if api_key else ""
+    auth = "; every endpoint but /health and /ready needs 'Authorization: Bearer <key>'" if api_key else ""
     app = FastAPI(
         title=f"polymodal: predict {schema.label!r}",
         version=__version__,
@@ -407,7 +427,12 @@ def create_app(config: ServeConfig, service: ModelService | None = None) -> Fast
 
     endpoints = {r.path for r in app.routes if hasattr(r, "path")}
     app.add_middleware(
-        ServingMiddleware, metrics=metrics, max_body=config.max_body_bytes, api_key=api_key, endpoints=endpoints
+        ServingMiddleware,
+        metrics=metrics,
+        max_body=config.max_body_bytes,
+        api_key=api_key,
+        endpoints=endpoints,
+        public_docs=config.public_docs,
     )
     app.state.serving = state
     app.state.metrics = metrics

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from polymodal.data.media import MAX_IMAGE_PIXELS
+from polymodal.errors import UserError
 
 # The app factory of each worker process reads its settings from here (uvicorn starts workers by import string).
 CONFIG_ENV = "POLYMODAL_SERVE_CONFIG"
@@ -26,22 +27,24 @@ class ServeConfig:
     max_audio_seconds: float = 60.0
     max_text_chars: int = 10_000
     api_key_env: str | None = None
+    # With a key: also leave the page, /docs, /openapi.json and /metrics open (they show the columns and traffic).
+    public_docs: bool = False
     warmup: bool = True
 
     def __post_init__(self) -> None:
         positive = ("max_batch_size", "max_queue", "max_body_bytes", "max_instances", "max_image_pixels")
         for name in (*positive, "max_audio_seconds", "max_text_chars"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, not {getattr(self, name)}")
+                raise UserError(f"{name} must be positive, not {getattr(self, name)}")
         if self.max_wait_ms < 0:
-            raise ValueError(f"max_wait_ms must be >= 0, not {self.max_wait_ms}")
+            raise UserError(f"max_wait_ms must be >= 0, not {self.max_wait_ms}")
         if self.max_image_pixels > MAX_IMAGE_PIXELS:
-            raise ValueError(f"max_image_pixels may be at most {MAX_IMAGE_PIXELS} (the decoder's own limit)")
+            raise UserError(f"max_image_pixels may be at most {MAX_IMAGE_PIXELS} (the decoder's own limit)")
         folder = Path(self.model)
         if not (folder / "config.json").is_file():
-            raise ValueError(f"{self.model!r} is not a model folder (no config.json in it)")
+            raise UserError(f"{self.model!r} is not a model folder (no config.json in it)")
         if self.api_key_env is not None and not os.environ.get(self.api_key_env):
-            raise ValueError(f"--api-key-env {self.api_key_env}: that environment variable is unset or empty")
+            raise UserError(f"--api-key-env {self.api_key_env}: that environment variable is unset or empty")
 
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env) if self.api_key_env else None

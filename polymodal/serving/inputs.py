@@ -171,8 +171,11 @@ class InstanceChecker:
             # (EPS, for one, would start Ghostscript).
             with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as im:
                 w, h = im.size
-        except Image.DecompressionBombError:
-            raise _Bad(f"image has more pixels than the limit of {limit}", limit) from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            from polymodal.data.media import image_header_size
+
+            w, h = image_header_size(data, IMAGE_FORMATS) or (0, 0)
+            raise _Bad(f"image is {w}x{h} = {w * h} pixels, above the limit of {limit}", limit) from None
         except Exception as e:  # anything PIL raises on a hostile header is the client's error
             accepted = ", ".join(IMAGE_FORMATS)
             raise _Bad(f"not an image this server can read ({type(e).__name__}); accepted: {accepted}") from None
@@ -231,6 +234,7 @@ class Prediction(BaseModel):
     prediction: StrictBool | StrictInt | StrictFloat | StrictStr | None = Field(
         description="The predicted class (classification) or value (regression)"
     )
+    labels: list[str] | None = Field(None, description="Multilabel: the predicted labels (probability >= 0.5)")
     probabilities: dict[str, float] | None = Field(None, description="Class -> probability (classification)")
     inputs_used: list[str] = Field(description="Fusion inputs this prediction used")
     inputs_missing: list[str] = Field(description="Fusion inputs absent from this instance (missing-modality path)")

@@ -6,6 +6,7 @@ import os
 import shutil
 import tempfile
 
+from polymodal.errors import UserError
 from polymodal.serving.config import CONFIG_ENV, ServeConfig
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -20,7 +21,8 @@ def resolve_host(host: str | None, api_key_required: bool) -> tuple[str, str]:
         return "127.0.0.1", "no API key (--api-key-env): listening on 127.0.0.1 only, this machine alone can connect"
     if not api_key_required and host not in LOOPBACK:
         return host, f"WARNING: no API key and listening on {host}: anyone who can reach it can use the model"
-    return host, f"listening on {host}" + (" (API key required on /v1)" if api_key_required else "")
+    required = " (API key required on all but /health and /ready)" if api_key_required else ""
+    return host, f"listening on {host}{required}"
 
 
 def serve(config: ServeConfig, host: str, port: int, workers: int = 1, log_level: str = "info") -> None:
@@ -28,7 +30,7 @@ def serve(config: ServeConfig, host: str, port: int, workers: int = 1, log_level
     import uvicorn
 
     if workers < 1:
-        raise ValueError(f"--workers must be at least 1, not {workers}")
+        raise UserError(f"--workers must be at least 1, not {workers}")
     options = dict(
         host=host, port=port, log_level=log_level, access_log=False, server_header=False,
         timeout_graceful_shutdown=GRACEFUL_SECONDS,

@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException
 
 from polymodal import __version__
 from polymodal.data.schema import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, Modality, ProblemType, Schema
+from polymodal.errors import UserError
 from polymodal.serving import logs
 from polymodal.serving.config import ServeConfig
 from polymodal.serving.inputs import ErrorResponse, FieldError, InstanceChecker, RequestError, _json_type
@@ -73,7 +74,7 @@ def create_search_app(config: ServeConfig) -> FastAPI:
     logs.configure()
     index_dir = Path(config.model) / INDEX_DIR
     if not (index_dir / "settings.json").is_file():
-        raise ValueError(
+        raise UserError(
             f"{config.model} is an aligned model without an index at {index_dir}: build one first with "
             f"`polymodal index {config.model} gallery.csv --column COL`"
         )

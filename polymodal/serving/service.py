@@ -87,6 +87,11 @@ class ModelService:
     def answer(self, output: np.ndarray, present: np.ndarray) -> dict[str, Any]:
         used = [n for n, ok in zip(self.input_names, present, strict=True) if ok]
         missing = [n for n, ok in zip(self.input_names, present, strict=True) if not ok]
+        if self.task.is_multilabel:  # the label set, as the table writes it, and each label on its own
+            prediction = str(self.task.decode(output[None, :])[0])
+            proba = {c: float(v) for c, v in zip(self.classes, output, strict=True)}
+            return {"prediction": prediction, "labels": prediction.split("|"), "probabilities": proba,
+                    "inputs_used": used, "inputs_missing": missing}  # fmt: skip
         if self.task.is_classification:
             label = self.task.classes[int(np.argmax(output))]
             proba = {c: float(v) for c, v in zip(self.classes, output, strict=True)}

@@ -1,4 +1,9 @@
-"""Tasks: the head, the loss, target encoding, and metrics for each problem type."""
+"""Tasks: the head, the loss, target encoding, and metrics for each problem type.
+
+Multilabel: the label cell holds a set of labels joined with `|` ("cat|outdoor"); the head has one sigmoid output
+per label, trained with binary cross-entropy. A label is predicted when its probability is at least 0.5; a row
+where no label reaches 0.5 gets its single most probable label (every training row has at least one label). The
+monitored metric is micro-F1; `accuracy` is the exact-match ratio (the whole set right)."""
 
 from __future__ import annotations
 
@@ -11,11 +16,28 @@ from torch import nn
 from torch.nn import functional as F
 
 from polymodal.data.redact import quote_value
-from polymodal.data.schema import ProblemType
+from polymodal.data.schema import LABEL_SEPARATOR, ProblemType
+from polymodal.errors import UserError
 
 
 def _jsonable(v: Any) -> Any:
     return v.item() if isinstance(v, np.generic) else v
+
+
+THRESHOLD = 0.5  # multilabel: a label is predicted at this probability or above
+
+
+def split_labels(value: Any) -> list[str]:
+    """The labels of one multilabel cell: "cat | outdoor" -> ["cat", "outdoor"] (blank parts dropped)."""
+    return [s.strip() for s in str(value).split(LABEL_SEPARATOR) if s.strip()]
+
+
+def label_sets(outputs: np.ndarray) -> np.ndarray:
+    """Multilabel probabilities (n, labels) -> 0/1 predictions: >= THRESHOLD, else the most probable label."""
+    pred = (outputs >= THRESHOLD).astype(np.int64)
+    none = pred.sum(axis=1) == 0
+    pred[none, outputs[none].argmax(axis=1)] = 1
+    return pred
 
 
 class Task:
@@ -34,11 +56,16 @@ class Task:
 
     @classmethod
     def fit(cls, problem_type: ProblemType, y: pd.Series) -> Task:
+        if ProblemType(problem_type).is_multilabel:
+            classes = sorted({label for v in y.dropna() for label in split_labels(v)})
+            if len(classes) < 2:
+                raise UserError(f"the multilabel label has fewer than two distinct labels ({classes})")
+            return cls(problem_type, classes=classes)
         if ProblemType(problem_type).is_classification:
             classes = sorted({_jsonable(v) for v in y.dropna()}, key=lambda v: (str(type(v)), v))
             if len(classes) < 2:
                 shown = quote_value(classes[0]) if classes else "none"
-                raise ValueError(f"the label has a single class ({shown}); classification needs at least two")
+                raise UserError(f"the label has a single class ({shown}); classification needs at least two")
             return cls(problem_type, classes=classes)
         values = pd.to_numeric(y, errors="coerce").to_numpy(dtype=float)
         return cls(problem_type, y_mean=float(np.nanmean(values)), y_std=float(max(np.nanstd(values), 1e-8)))
@@ -48,21 +75,37 @@ class Task:
         return self.problem_type.is_classification
 
     @property
+    def is_multilabel(self) -> bool:
+        return self.problem_type.is_multilabel
+
+    @property
     def n_outputs(self) -> int:
         return len(self.classes) if self.is_classification else 1
 
     @property
     def monitor(self) -> tuple[str, str]:
         """The validation metric for early stopping and best-checkpoint selection, and its direction."""
+        if self.is_multilabel:
+            return ("f1_micro", "max")
         return ("accuracy", "max") if self.is_classification else ("rmse", "min")
 
     def encode_targets(self, y: pd.Series) -> np.ndarray:
+        if self.is_multilabel:  # multi-hot (n, labels)
+            index = {c: i for i, c in enumerate(self.classes)}
+            sets = [split_labels(v) for v in y]
+            unknown = sorted({label for s in sets for label in s if label not in index})
+            if unknown:
+                raise UserError(f"label(s) {unknown[:10]} were not seen in training (labels: {self.classes})")
+            out = np.zeros((len(sets), len(self.classes)), dtype=np.float32)
+            for i, s in enumerate(sets):
+                out[i, [index[label] for label in s]] = 1.0
+            return out
         if self.is_classification:
             index = {c: i for i, c in enumerate(self.classes)}
             unknown = sorted({str(v) for v in y if _jsonable(v) not in index})
             if unknown:
                 shown = ", ".join(quote_value(v) for v in unknown[:10])
-                raise ValueError(f"label value(s) {shown} were not seen in training ({len(self.classes)} classes)")
+                raise UserError(f"label value(s) {shown} were not seen in training ({len(self.classes)} classes)")
             return np.array([index[_jsonable(v)] for v in y], dtype=np.int64)
         values = pd.to_numeric(y, errors="coerce").to_numpy(dtype=np.float32)
         return ((values - self.y_mean) / self.y_std).astype(np.float32)
@@ -76,18 +119,27 @@ class Task:
         )
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.is_multilabel:
+            return F.binary_cross_entropy_with_logits(logits.float(), target.float())
         if self.is_classification:
             return F.cross_entropy(logits.float(), target)
         return F.mse_loss(logits.float().squeeze(-1), target)
 
     def outputs(self, logits: torch.Tensor) -> np.ndarray:
         """Class probabilities (n, n_classes), or predictions in the label's units (n,)."""
+        if self.is_multilabel:
+            return torch.sigmoid(logits.float()).cpu().numpy()
         if self.is_classification:
             return torch.softmax(logits.float(), dim=-1).cpu().numpy()
         return logits.float().squeeze(-1).cpu().numpy() * self.y_std + self.y_mean
 
     def decode(self, outputs: np.ndarray) -> np.ndarray:
-        """Outputs -> predictions in the label's own values."""
+        """Outputs -> predictions in the label's own values (multilabel: the labels joined with `|`)."""
+        if self.is_multilabel:
+            names = np.asarray(self.classes, dtype=object)
+            return np.array(
+                [LABEL_SEPARATOR.join(names[row.astype(bool)]) for row in label_sets(outputs)], dtype=object
+            )
         if self.is_classification:
             return np.asarray(self.classes, dtype=object)[outputs.argmax(axis=1)]
         return outputs
@@ -96,9 +148,29 @@ class Task:
         """The monitored metric (see `monitor`) from encoded targets, as used during training."""
         from sklearn import metrics as skm
 
+        if self.is_multilabel:
+            return float(skm.f1_score(targets.astype(np.int64), label_sets(outputs), average="micro", zero_division=0))
         if self.is_classification:
             return float(skm.accuracy_score(targets, outputs.argmax(axis=1)))
         return float(np.sqrt(skm.mean_squared_error(targets * self.y_std + self.y_mean, outputs)))
+
+    def majority_outputs(self, train_targets: np.ndarray, n: int) -> tuple[np.ndarray, str]:
+        """What a model that ignores its inputs would output for `n` rows: the most frequent class of the encoded
+        training targets (the mean for regression); and a short name of that baseline."""
+        if self.is_multilabel:  # each label by its own majority; at least the most frequent one
+            freq = train_targets.mean(axis=0)
+            out = np.repeat((freq >= THRESHOLD).astype(np.float32)[None, :], n, axis=0)
+            out[:, int(freq.argmax())] = 1.0
+            names = [self.classes[i] for i in np.flatnonzero(out[0])]
+            return out, f"majority label set {LABEL_SEPARATOR.join(map(str, names))!r}"
+        if self.is_classification:
+            counts = np.bincount(train_targets.astype(np.int64), minlength=len(self.classes))
+            top = int(counts.argmax())
+            out = np.zeros((n, len(self.classes)), dtype=np.float32)
+            out[:, top] = 1.0
+            return out, f"majority class {self.classes[top]!r}"
+        mean = float(np.mean(train_targets)) * self.y_std + self.y_mean
+        return np.full(n, mean, dtype=np.float64), "the training mean"
 
     def metrics(self, y_true: pd.Series, outputs: np.ndarray) -> dict[str, Any]:
         """Metrics from scikit-learn, keyed by name; `confusion_matrix` is a nested list (rows: true class)."""
@@ -112,6 +184,8 @@ class Task:
                 "r2": float(skm.r2_score(y, outputs)) if len(y) > 1 else float("nan"),
                 "n": len(y),
             }
+        if self.is_multilabel:
+            return self._multilabel_metrics(self.encode_targets(y_true).astype(np.int64), outputs)
         y = self.encode_targets(y_true)
         pred = outputs.argmax(axis=1)
         labels = list(range(len(self.classes)))
@@ -123,6 +197,28 @@ class Task:
         out["log_loss"] = float(skm.log_loss(y, np.clip(outputs, 1e-7, 1), labels=labels))
         out["confusion_matrix"] = skm.confusion_matrix(y, pred, labels=labels).tolist()
         p, r, f, s = skm.precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
+        out["per_class"] = {
+            str(c): {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+            for i, c in enumerate(self.classes)
+        }
+        out["n"] = len(y)
+        return out
+
+    def _multilabel_metrics(self, y: np.ndarray, outputs: np.ndarray) -> dict[str, Any]:
+        from sklearn import metrics as skm
+
+        pred = label_sets(outputs)
+        out: dict[str, Any] = {"accuracy": float(skm.accuracy_score(y, pred))}  # exact match: the whole set right
+        for avg in ("micro", "macro", "weighted"):
+            p, r, f, _ = skm.precision_recall_fscore_support(y, pred, average=avg, zero_division=0)
+            out |= {f"precision_{avg}": float(p), f"recall_{avg}": float(r), f"f1_{avg}": float(f)}
+        out["jaccard_samples"] = float(skm.jaccard_score(y, pred, average="samples", zero_division=0))
+        out["hamming_loss"] = float(skm.hamming_loss(y, pred))
+        both = [j for j in range(y.shape[1]) if 0 < y[:, j].sum() < len(y)]  # AUROC needs both outcomes
+        out["auroc"] = float(np.mean([skm.roc_auc_score(y[:, j], outputs[:, j]) for j in both])) if both else None
+        p_ = np.clip(outputs, 1e-7, 1 - 1e-7)
+        out["log_loss"] = float(-np.mean(y * np.log(p_) + (1 - y) * np.log(1 - p_)))  # mean binary cross-entropy
+        p, r, f, s = skm.precision_recall_fscore_support(y, pred, average=None, zero_division=0)
         out["per_class"] = {
             str(c): {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
             for i, c in enumerate(self.classes)

@@ -1,14 +1,20 @@
 """The Lightning module, its callbacks, and `train()`.
 
 Best weights are kept in memory and restored at the end instead of Lightning's pickled checkpoints, so
-nothing in a run is ever written or read with pickle.
+nothing in a run is ever written or read with pickle. With `TrainConfig.checkpoint_dir`, `Checkpointer` writes
+the whole training state (weights, optimizer, early stopping, best weights, history, every RNG) as safetensors +
+JSON at each epoch boundary, and the same training run again resumes from it and ends with the same weights.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import random
+import shutil
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -115,6 +121,13 @@ class BestWeights(pl.Callback):
         if self.state is not None:
             module.net.load_state_dict(self.state)
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": list(self.best) if self.best else None, "best_epoch": self.best_epoch, "state": self.state}
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        self.best = tuple(d["best"]) if d["best"] else None
+        self.best_epoch, self.state = d["best_epoch"], d["state"]
+
 
 class History(pl.Callback):
     """Per-epoch metrics, kept for metrics.json and the training curves of reports."""
@@ -127,6 +140,109 @@ class History(pl.Callback):
         row = {"epoch": trainer.current_epoch, "seconds": round(time.perf_counter() - self.start, 3)}
         row |= {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train_", "val_"))}
         self.rows.append(row)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "elapsed": time.perf_counter() - self.start}
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        self.rows, self.start = list(d["rows"]), time.perf_counter() - d["elapsed"]
+
+
+def _rng_state(generator: torch.Generator) -> dict[str, Any]:
+    """Every random number generator the training draws from: torch (CPU, CUDA), numpy, Python, the loader's."""
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "key": np_state[1],
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "gauss": float(np_state[4]),
+        },
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        "loader": generator.get_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["key"], n["pos"], n["has_gauss"], n["gauss"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    generator.set_state(state["loader"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Checkpointer(pl.Callback):
+    """Save the whole training state at each epoch boundary; restore it at the start of a resumed run.
+
+    Saved at the start of epoch k + 1 rather than at the end of epoch k: by then every callback (early stopping
+    included, which Lightning runs after the others) has finished epoch k, and nothing has drawn a random number
+    of epoch k + 1 yet (the loader's shuffle happens after this hook). A run resumed from it therefore draws the
+    same numbers as the uninterrupted run and ends with the same weights, bit for bit on CPU."""
+
+    def __init__(self, folder: Path, fingerprint: str, generator: torch.Generator, parts: dict[str, Any]):
+        self.folder, self.fingerprint, self.generator, self.parts = folder, fingerprint, generator, parts
+        self.resumed_from = 0
+
+    def _state(self, trainer: pl.Trainer, module: pl.LightningModule) -> dict[str, Any]:
+        return {
+            "net": module.net.state_dict(),
+            "optimizers": [o.state_dict() for o in trainer.optimizers],
+            "schedulers": [c.scheduler.state_dict() for c in trainer.lr_scheduler_configs],
+            "callbacks": {name: cb.state_dict() for name, cb in self.parts.items()},
+            "rng": _rng_state(self.generator),
+        }
+
+    def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        from polymodal.training.checkpoint import load_checkpoint
+
+        found = load_checkpoint(self.folder, self.fingerprint)
+        if found is None:
+            return
+        epoch, state = found
+        module.net.load_state_dict(state["net"])
+        for opt, s in zip(trainer.optimizers, state["optimizers"], strict=True):
+            opt.load_state_dict(s)
+        for config, s in zip(trainer.lr_scheduler_configs, state["schedulers"], strict=True):
+            config.scheduler.load_state_dict(s)
+        for name, cb in self.parts.items():
+            cb.load_state_dict(state["callbacks"][name])
+        progress = trainer.fit_loop.epoch_progress
+        for tracker in (progress.current, progress.total):
+            tracker.ready = tracker.started = tracker.processed = tracker.completed = epoch
+        _set_rng_state(state["rng"], self.generator)
+        self.resumed_from = epoch
+        print(f"resuming from the checkpoint after epoch {epoch} in {self.folder}")
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        from polymodal.training.checkpoint import save_checkpoint
+
+        epoch = trainer.current_epoch  # epochs completed so far
+        if epoch > self.resumed_from:
+            save_checkpoint(self.folder, epoch, self.fingerprint, self._state(trainer, module))
+
+
+def run_fingerprint(net: MultimodalNet, cfg: TrainConfig, arrays: list[Any]) -> str:
+    """What a checkpoint must match to be resumed: the initial weights, the settings that change training, and
+    the data (features and targets)."""
+    h = hashlib.sha256()
+    skip = {"checkpoint_dir", "restart", "progress"}
+    h.update(repr(sorted((k, v) for k, v in cfg.to_dict().items() if k not in skip)).encode())
+    for k, v in net.state_dict().items():
+        h.update(k.encode() + str(tuple(v.shape)).encode() + v.detach().cpu().contiguous().numpy().tobytes())
+    for a in arrays:
+        if isinstance(a, Features):
+            for name in sorted(a.inputs):
+                h.update(name.encode() + np.ascontiguousarray(a.inputs[name]).tobytes())
+            a = a.present
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
 
 
 def _quiet_lightning() -> None:
@@ -154,8 +270,22 @@ def train(
     name, mode = task.monitor
     best = BestWeights(f"val_{name}", mode)
     history = History()
+    stopping = pl.callbacks.EarlyStopping(f"val_{name}", mode=mode, patience=cfg.patience)
     extra = list(callbacks or [])
-    callbacks = [best, history, pl.callbacks.EarlyStopping(f"val_{name}", mode=mode, patience=cfg.patience), *extra]
+    callbacks = [best, history, stopping, *extra]
+    generator = torch.Generator().manual_seed(cfg.seed)
+    checkpointer = None
+    if cfg.checkpoint_dir:
+        folder = Path(cfg.checkpoint_dir)
+        if cfg.restart:
+            shutil.rmtree(folder, ignore_errors=True)
+        arrays = [train_features, train_targets, valid_features, valid_targets]
+        parts = {"best": best, "history": history, "early_stopping": stopping}
+        checkpointer = Checkpointer(folder, run_fingerprint(net, cfg, arrays), generator, parts)
+        from polymodal.training.checkpoint import load_checkpoint
+
+        load_checkpoint(folder, checkpointer.fingerprint)  # a mismatch is refused before any work
+        callbacks.append(checkpointer)
     if cfg.progress:
         callbacks.append(_progress_callback())
     trainer = pl.Trainer(
@@ -175,7 +305,6 @@ def train(
     # Only pixel inputs are augmented; a frozen image column arrives as (batch, dim) embeddings.
     image_inputs = [n for n, m in inputs.items() if m is Modality.IMAGE and train_features.inputs[n].ndim == 4]
     module = LitMultimodal(net, task, image_inputs, cfg)
-    generator = torch.Generator().manual_seed(cfg.seed)
     train_loader = DataLoader(
         range(len(train_features)),
         batch_size=cfg.batch_size,
@@ -198,6 +327,7 @@ def train(
         "best_epoch": best.best_epoch,
         "epochs": trainer.current_epoch,
         "train_seconds": round(time.perf_counter() - start, 3),
+        "resumed_from_epoch": checkpointer.resumed_from if checkpointer else 0,
     }
 
 
