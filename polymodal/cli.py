@@ -862,14 +862,22 @@ def tune(
     seed: int = typer.Option(0, help="Seed of the TPE sampler"),
     heartbeat: int = typer.Option(60, help="Seconds between a trial's heartbeats; silent 2x as long = failed"),
     max_retry: int = typer.Option(2, help="How often a trial whose worker died is run again"),
+    set_: SetOpt = None,
+    anonymize: Anonymize = None,
+    privacy_operator: PrivacyOperator = None,
+    ner_model: NerModel = None,
 ) -> None:
     """Search the config space with Optuna (TPE, pruning); resumable; several workers may share one study."""
+    from polymodal.config import build_config
     from polymodal.optimize.tune import tune as run_tune
 
     def go():
+        base = build_config(config, **_settings(**{
+            "privacy.anonymize": anonymize, "privacy.operator": privacy_operator, "privacy.ner_model": ner_model,
+        }) | _set_options(set_))  # fmt: skip
         s = run_tune(
             train, label, output, trials=trials, timeout=timeout, space=space, storage=storage, study_name=study,
-            valid=valid, keep=keep, config=config, pruner=pruner, seed=seed, heartbeat=heartbeat,
+            valid=valid, keep=keep, config=base, pruner=pruner, seed=seed, heartbeat=heartbeat,
             max_retry=max_retry, log_fn=lambda m: console.print(m, highlight=False),
         )  # fmt: skip
         best = s["best"]

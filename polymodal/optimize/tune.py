@@ -127,16 +127,7 @@ def open_storage(url: str, heartbeat: int, max_retry: int) -> Any:
 # ---- the config of a trial ---------------------------------------------------------------------------------
 def base_config(config: Any, label: str) -> Config:
     """The config every trial starts from: a Config, a dict, a YAML file or None (defaults), with the label."""
-    if config is None:
-        cfg = Config()
-    elif isinstance(config, Config):
-        cfg = config.copy()
-    elif isinstance(config, dict):
-        cfg = Config.from_dict(config)
-    else:
-        cfg = Config.from_yaml(config)
-    cfg.set("data.label", label)
-    return cfg
+    return build_config(config, label=label)
 
 
 def trial_config(base: Config, values: dict[str, Any]) -> Config:
@@ -401,6 +392,11 @@ def tune(
     base = base_config(config, label)
     user_space = read_space(space)
     build_space(user_space, base)  # bad paths and ranges fail here, before the table is even read
+    if base.privacy.anonymize:  # before the table is read; the copies stay in the output folder
+        from polymodal.privacy import anonymize_tables
+
+        tables = anonymize_tables(base, base.privacy.output_dir or output / "anonymized", say, train=train, valid=valid)
+        train, valid = tables["train"], tables["valid"]
     data = SharedData(train, valid)
     probe = make_predictor(trial_config(base, {}))
     schema = data.schema(probe)
