@@ -45,6 +45,7 @@ import numpy as np
 import pandas as pd
 
 from polymodal import __version__
+from polymodal.config import build_config
 from polymodal.data.io import read_table
 from polymodal.data.schema import Modality, Schema, infer_schema
 from polymodal.data.validate import check_columns
