@@ -185,7 +185,7 @@ def main() -> None:
         t.add_row(n, f"{s['search_seconds']:.0f}", str(s["states"].get("COMPLETE", 0)),
                   str(s["states"].get("PRUNED", 0)), f"{s['best']['value']:.4f}")  # fmt: skip
     Console(width=120).print(t)
-    print(f"pruned / unpruned wall: {ratio:.2f} (goal <= 0.5); best config re-fit x{a.seeds}: test accuracy "
+    print(f"pruned / unpruned search time: {ratio:.2f} (goal <= 0.5); best config re-fit x{a.seeds}: test accuracy "
           f"{mean:.4f} +/- {std:.4f} (goal >= 0.975); reduced: {reduced or 'nothing'}")  # fmt: skip
     print(f"wrote {a.out} and {png}")
 
