@@ -331,7 +331,8 @@ class MultimodalPredictor:
             "embed_dim": self.embed_dim,
             "hidden": self.hidden,
             "dropout": self.dropout,
-            "input_specs": engine.preprocessor.input_specs(),
+            # A structurally pruned model keeps its shrunken sizes (see polymodal/optimize/compress.py).
+            "input_specs": getattr(self, "input_specs_", None) or engine.preprocessor.input_specs(),
             "encoders": {
                 name: {"modality": m.value, "class": type(enc).__name__}
                 | self._encoder_record(engine.preprocessor.config.pretrained.get(name))
@@ -339,7 +340,7 @@ class MultimodalPredictor:
             },
             "train": self.train_config.to_dict(),
             "valid_fraction": self.valid_fraction,
-        }
+        } | ({"compression": self.compression_} if getattr(self, "compression_", None) else {})
 
     @staticmethod
     def _encoder_record(p: dict[str, Any] | None) -> dict[str, Any]:
@@ -384,16 +385,30 @@ class MultimodalPredictor:
 
     @classmethod
     def load(
-        cls, folder: str | os.PathLike[str], device: str = "cpu", cache_dir: str | os.PathLike[str] | None = None
+        cls,
+        folder: str | os.PathLike[str],
+        device: str = "cpu",
+        cache_dir: str | os.PathLike[str] | None = None,
+        runtime: str = "torch",
     ) -> MultimodalPredictor:
         """Rebuild the exact model from its folder (safetensors weights, JSON everything else). `cache_dir`: the
-        feature cache of its frozen encoders (default: ~/.cache/polymodal), e.g. the one it was fitted with."""
+        feature cache of its frozen encoders (default: ~/.cache/polymodal), e.g. the one it was fitted with.
+        `runtime="onnx"`: `folder` is an exported .onnx graph (or a folder with model.onnx), run by ONNX Runtime
+        through the same engine, without torch."""
+        if runtime == "onnx":
+            return cls._load_onnx(folder, cache_dir)
+        if runtime != "torch":
+            raise ValueError(f"unknown runtime {runtime!r}; choose torch or onnx")
         from polymodal.model.artifact import load_folder
         from polymodal.model.inference import InferenceEngine
         from polymodal.model.network import MultimodalNet
         from polymodal.tasks import Task
 
         config, state, preprocess, metrics = load_folder(Path(folder))
+        if config.get("compression", {}).get("quantize"):
+            from polymodal.optimize.compress import restore_state
+
+            state = restore_state(state)  # int8 weights stored as plain tensors -> float weights
         schema = Schema.from_dict(config["schema"])
         train = dict(config["train"])
         p = cls(
@@ -415,9 +430,42 @@ class MultimodalPredictor:
             schema.inputs, specs, task, config["fusion"], config["embed_dim"], config["hidden"], config["dropout"],
         )  # fmt: skip
         net.load_state_dict(state, strict=True)
+        if config.get("compression", {}).get("quantize"):
+            from polymodal.optimize.compress import quantize_modules
+
+            p._float_net = net  # what `export` traces (ONNX Runtime quantizes the graph itself)
+            net = quantize_modules(net.eval())  # int8 Linear/GRU computed as int8 (dynamic quantization)
         p.schema, p.metrics_ = schema, metrics
+        p.input_specs_, p.compression_ = config["input_specs"], config.get("compression")
         p.cache_dir = None if cache_dir is None else Path(cache_dir)
         p.engine = InferenceEngine(schema, preprocessor, task, net.to(device), cache_dir=p.cache_dir)
+        return p
+
+    @classmethod
+    def _load_onnx(cls, path: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None) -> MultimodalPredictor:
+        """A predictor over an exported ONNX graph. Built without `__init__`, whose fusion registry imports torch."""
+        from polymodal.model.inference import InferenceEngine
+        from polymodal.model.onnx_runtime import OnnxNet
+        from polymodal.tasks import Task
+        from polymodal.training import TrainConfig
+
+        net = OnnxNet(path)
+        config, preprocess = net.metadata["config"], net.metadata["preprocess"]
+        schema = Schema.from_dict(config["schema"])
+        p = cls.__new__(cls)
+        p.label, p.fusion, p.problem_type = config["label"], config["fusion"], schema.problem_type.value
+        p.modalities, p.ignore, p.encoders, p.modality_encoders = {}, [], {}, {}
+        p.preprocess_config = PreprocessConfig(**preprocess["config"])
+        p.embed_dim, p.hidden, p.dropout = config["embed_dim"], config["hidden"], config["dropout"]
+        p.valid_fraction, p.on_bad_rows = config.get("valid_fraction", 0.1), "error"
+        p.preset, p.freeze, p.finetune_layers, p.lora = None, True, None, False
+        p.train_config = TrainConfig(**{k: v for k, v in config["train"].items() if k in TrainConfig().to_dict()})
+        p.cache_dir = None if cache_dir is None else Path(cache_dir)
+        p.schema, p.metrics_, p.dropped_ = schema, net.metadata.get("metrics", {}), []
+        preprocessor = Preprocessor.from_dict(schema, preprocess)
+        if preprocessor.config.pretrained:  # frozen encoders are not in the graph: find them on this machine
+            cls._relink_encoders(Path(net.path).parent, preprocessor, config["input_specs"])
+        p.engine = InferenceEngine(schema, preprocessor, Task.from_dict(config["task"]), net, cache_dir=p.cache_dir)
         return p
 
     @staticmethod

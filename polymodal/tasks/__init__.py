@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
-import torch
-from torch import nn
-from torch.nn import functional as F
 
 from polymodal.data.schema import ProblemType
+
+if TYPE_CHECKING:  # torch loads on first use: the ONNX runtime decodes outputs without it
+    import torch
+    from torch import nn
 
 
 def _jsonable(v: Any) -> Any:
@@ -65,6 +68,8 @@ class Task:
         return ((values - self.y_mean) / self.y_std).astype(np.float32)
 
     def head(self, in_dim: int, hidden: int = 128, dropout: float = 0.1) -> nn.Module:
+        from torch import nn
+
         return nn.Sequential(
             nn.Linear(in_dim, hidden),
             nn.ReLU(inplace=True),
@@ -73,12 +78,16 @@ class Task:
         )
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        from torch.nn import functional as F
+
         if self.is_classification:
             return F.cross_entropy(logits.float(), target)
         return F.mse_loss(logits.float().squeeze(-1), target)
 
     def outputs(self, logits: torch.Tensor) -> np.ndarray:
         """Class probabilities (n, n_classes), or predictions in the label's units (n,)."""
+        import torch
+
         if self.is_classification:
             return torch.softmax(logits.float(), dim=-1).cpu().numpy()
         return logits.float().squeeze(-1).cpu().numpy() * self.y_std + self.y_mean
