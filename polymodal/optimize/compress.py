@@ -250,7 +250,7 @@ def finetune(net: Any, task: Any, features: Any, targets: np.ndarray, epochs: in
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(batch["present"])
+            total += loss.item() * len(batch["present"])
         losses.append(total / len(order))
     return losses
 

@@ -302,6 +302,7 @@ def quantize_onnx(
         else:
             raise ValueError(f"unknown int8 mode {mode!r}; choose dynamic or static")
         proto = onnx.load(str(out))
+        int8_weight_only(proto)
         meta = {p.key: p.value for p in onnx.load(str(source), load_external_data=False).metadata_props}
         meta["quantized"] = mode
         del proto.metadata_props[:]
@@ -311,3 +312,107 @@ def quantize_onnx(
         onnx.save(proto, str(tmp))
         os.replace(tmp, output)
     return output.resolve()
+
+
+QUANTIZE = ("dynamic", "static")
+CALIBRATION_ROWS = 256
+
+
+def export_model(
+    model_dir: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    format: str = "onnx",
+    quantize: str | None = None,
+    calibration: Any = None,
+) -> Path:
+    """`polymodal export`: checks everything first (nothing is written on a refusal), exports the fp32 graph,
+    then optionally quantizes it to int8 (`static` calibrates on the first rows of `calibration`)."""
+    from polymodal.data.io import read_table
+    from polymodal.data.schema import Schema
+    from polymodal.data.validate import check_columns
+    from polymodal.model.artifact import CONFIG, read_json
+
+    model_dir, output = Path(model_dir), Path(output)
+    if format not in FORMATS:
+        raise ValueError(f"--format must be one of {list(FORMATS)}, not {format!r}")
+    if not (model_dir / CONFIG).is_file():
+        raise FileNotFoundError(f"{model_dir} is not a polymodal model folder (no {CONFIG} in it)")
+    if output.suffix != ".onnx":
+        raise ValueError(f"the output must be a .onnx file, not {output}")
+    if quantize is not None and quantize not in QUANTIZE:
+        raise ValueError(f"--quantize must be one of {list(QUANTIZE)}, not {quantize!r}")
+    if quantize == "static" and calibration is None:
+        raise ValueError("--quantize static calibrates activation scales on training rows: give --calibration TABLE")
+    table = None
+    if calibration is not None:
+        table = read_table(calibration)
+        check_columns(table[0], Schema.from_dict(read_json(model_dir / CONFIG)["schema"]), training=False)
+    if quantize is None:
+        return export_onnx(model_dir, output)
+    with tempfile.TemporaryDirectory(dir=output.parent if output.parent.exists() else None) as tmpdir:
+        fp32 = export_onnx(model_dir, Path(tmpdir) / "fp32.onnx")
+        feeds = calibration_feeds(fp32, table) if quantize == "static" else None
+        path = quantize_onnx(fp32, Path(tmpdir) / "int8.onnx", quantize, feeds)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        text = fp32.with_suffix(".text.json")
+        if text.exists():
+            os.replace(text, output.with_suffix(".text.json"))
+        os.replace(path, output)
+    return output.resolve()
+
+
+def calibration_feeds(graph: Path, table: Any, rows: int = CALIBRATION_ROWS, batch: int = 32) -> list[dict]:
+    """Graph input feeds of the first `rows` rows of a table (decoded by the inference engine), in batches."""
+    from polymodal.predictor import MultimodalPredictor
+
+    p = MultimodalPredictor.load(graph, runtime="onnx")
+    df, base_dir = table
+    features, _ = p.engine.features(df.iloc[:rows].reset_index(drop=True), base_dir, on_bad_rows="missing")
+    net = p.engine.net
+    return [net.feed(features.take(np.arange(s, min(s + batch, len(features))))) for s in range(0, len(features), batch)]
+
+
+def int8_weight_only(proto: Any, min_size: int = 1024) -> int:
+    """Store what ONNX Runtime's quantizer leaves in float, the GRU weights (W, R) and embedding tables (Gather
+    data), as int8 with one scale per output row, restored to float by a DequantizeLinear node: the file
+    shrinks, the layer computes in float. Returns how many tensors were converted."""
+    from onnx import helper, numpy_helper
+
+    inits = {t.name: t for t in proto.graph.initializer}
+    targets: dict[str, int] = {}  # initializer -> axis of its output rows
+    for node in proto.graph.node:
+        if node.op_type == "GRU":
+            for name in node.input[1:3]:
+                targets[name] = 1  # (directions, 3 * hidden, in): a scale per gate row
+        elif node.op_type == "Gather":
+            targets[node.input[0]] = 0  # (vocab, dim): a scale per row
+    done = 0
+    new_nodes = []
+    for name, axis in targets.items():
+        t = inits.get(name)
+        if t is None or t.data_type != onnx_float() or np.prod(t.dims) < min_size:
+            continue
+        w = numpy_helper.to_array(t)
+        other = tuple(i for i in range(w.ndim) if i != axis)
+        scale = np.maximum(np.abs(w).max(axis=other) / 127.0, 1e-12).astype(np.float32)
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+        proto.graph.initializer.remove(t)
+        proto.graph.initializer.extend([
+            numpy_helper.from_array(q, f"{name}_int8"), numpy_helper.from_array(scale, f"{name}_scale"),
+            numpy_helper.from_array(np.zeros_like(scale, dtype=np.int8), f"{name}_zero"),
+        ])  # fmt: skip
+        new_nodes.append(
+            helper.make_node("DequantizeLinear", [f"{name}_int8", f"{name}_scale", f"{name}_zero"], [name], axis=axis)
+        )
+        done += 1
+    for n in reversed(new_nodes):  # before every consumer: the graph stays topologically sorted
+        proto.graph.node.insert(0, n)
+    return done
+
+
+def onnx_float() -> int:
+    from onnx import TensorProto
+
+    return TensorProto.FLOAT

@@ -189,7 +189,7 @@ class ServingMiddleware:
 def create_app(config: ServeConfig, service: ModelService | None = None) -> FastAPI:
     """Build the app for `config.model` (or for an already loaded `service`)."""
     logs.configure()
-    service = service or ModelService(config.model)
+    service = service or ModelService(config.model, runtime=config.runtime)
     schema = service.schema
     metrics = Metrics()
     checker = InstanceChecker(schema, config)

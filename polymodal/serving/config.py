@@ -27,6 +27,7 @@ class ServeConfig:
     max_text_chars: int = 10_000
     api_key_env: str | None = None
     warmup: bool = True
+    runtime: str = "torch"  # or "onnx": `model` is an exported .onnx (or a folder with model.onnx); no torch
 
     def __post_init__(self) -> None:
         positive = ("max_batch_size", "max_queue", "max_body_bytes", "max_instances", "max_image_pixels")
@@ -38,7 +39,12 @@ class ServeConfig:
         if self.max_image_pixels > MAX_IMAGE_PIXELS:
             raise ValueError(f"max_image_pixels may be at most {MAX_IMAGE_PIXELS} (the decoder's own limit)")
         folder = Path(self.model)
-        if not (folder / "config.json").is_file():
+        if self.runtime not in ("torch", "onnx"):
+            raise ValueError(f"runtime must be torch or onnx, not {self.runtime!r}")
+        if self.runtime == "onnx":
+            if not (folder.suffix == ".onnx" and folder.is_file()) and not (folder / "model.onnx").is_file():
+                raise ValueError(f"{self.model!r} is not an ONNX graph (a .onnx file or a folder with model.onnx)")
+        elif not (folder / "config.json").is_file():
             raise ValueError(f"{self.model!r} is not a model folder (no config.json in it)")
         if self.api_key_env is not None and not os.environ.get(self.api_key_env):
             raise ValueError(f"--api-key-env {self.api_key_env}: that environment variable is unset or empty")
