@@ -442,14 +442,17 @@ class MultimodalPredictor:
         return p
 
     @classmethod
-    def _load_onnx(cls, path: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None) -> MultimodalPredictor:
-        """A predictor over an exported ONNX graph. Built without `__init__`, whose fusion registry imports torch."""
+    def _load_onnx(
+        cls, path: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None, threads: int | None = None
+    ) -> MultimodalPredictor:
+        """A predictor over an exported ONNX graph (ONNX Runtime with `threads` intra-op threads, default: its
+        own choice). Built without `__init__`, whose fusion registry imports torch."""
         from polymodal.model.inference import InferenceEngine
         from polymodal.model.onnx_runtime import OnnxNet
         from polymodal.tasks import Task
         from polymodal.training import TrainConfig
 
-        net = OnnxNet(path)
+        net = OnnxNet(path, threads=threads)
         config, preprocess = net.metadata["config"], net.metadata["preprocess"]
         schema = Schema.from_dict(config["schema"])
         p = cls.__new__(cls)

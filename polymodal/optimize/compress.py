@@ -283,10 +283,6 @@ def compress(
     check_args(model_dir, output, prune, quantize, finetune_epochs, calibration)
     p = MultimodalPredictor.load(model_dir)
     engine = p.engine
-    if engine.preprocessor.config.pretrained and any(
-        v["mode"] == "finetune" for v in engine.preprocessor.config.pretrained.values()
-    ):
-        pass  # fine-tuned backbones are pruned like any Linear layer (unstructured) and left whole (structured)
     table = None
     if calibration is not None:
         table = read_table(calibration)
@@ -302,7 +298,7 @@ def compress(
         "structured": bool(structured and prune),
         "quantize": quantize,
         "finetune_epochs": finetune_epochs if prune else 0,
-        "calibration": None if calibration is None or not isinstance(calibration, str | os.PathLike) else str(calibration),
+        "calibration": str(calibration) if isinstance(calibration, str | os.PathLike) else None,
         "before": before,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -243,8 +243,11 @@ def example_inputs(engine: Any, rows: int = 2):
         if p and p["mode"] == "frozen":
             inputs[name] = np.zeros((rows, spec["in_dim"]), np.float32)
         elif p:
-            inputs[name] = engine.preprocessor._pretrained(modality, [None] * rows, s)[0] if modality in (
-                Modality.IMAGE, Modality.AUDIO) else engine.preprocessor._pretrained(modality, ["a"] * rows, s)[0]
+            inputs[name] = (
+                engine.preprocessor._pretrained(modality, [None] * rows, s)[0]
+                if modality in (Modality.IMAGE, Modality.AUDIO)
+                else engine.preprocessor._pretrained(modality, ["a"] * rows, s)[0]
+            )
         elif modality is Modality.TEXT:
             inputs[name] = np.full((rows, s["max_len"]), 2 if s["vocab"] else 1, np.int64)
         elif modality is Modality.IMAGE:
@@ -369,7 +372,8 @@ def calibration_feeds(graph: Path, table: Any, rows: int = CALIBRATION_ROWS, bat
     df, base_dir = table
     features, _ = p.engine.features(df.iloc[:rows].reset_index(drop=True), base_dir, on_bad_rows="missing")
     net = p.engine.net
-    return [net.feed(features.take(np.arange(s, min(s + batch, len(features))))) for s in range(0, len(features), batch)]
+    starts = range(0, len(features), batch)
+    return [net.feed(features.take(np.arange(s, min(s + batch, len(features))))) for s in starts]
 
 
 def int8_weight_only(proto: Any, min_size: int = 1024) -> int:
