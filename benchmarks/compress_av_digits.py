@@ -42,12 +42,16 @@ def train(data: Path, folder: Path, max_epochs: int, seed: int) -> None:
     p.save(folder)
 
 
-def make_variants(base: Path, work: Path, data: Path, finetune_epochs: int) -> dict[str, dict]:
-    """Every variant's file (a model folder or a .onnx) and runtime, built from the one trained model."""
+def make_variants(base: Path, work: Path, data: Path, finetune_epochs: int, rows: int) -> dict[str, dict]:
+    """Every variant's file (a model folder or a .onnx) and runtime, built from the one trained model. Fine-tuning
+    and int8 calibration use `rows` training rows (a fixed random sample, to bound the run's time)."""
+    import pandas as pd
+
     from polymodal.optimize.compress import compress
     from polymodal.optimize.export import export_model
 
-    train_csv = data / "train.csv"
+    train_csv = data / f"train_{rows}.csv"  # beside train.csv: the same relative media paths
+    pd.read_csv(data / "train.csv").sample(n=rows, random_state=0).to_csv(train_csv, index=False)
     v: dict[str, dict] = {"pytorch fp32": {"path": base, "runtime": "torch"}}
     for name, kw in {
         "pytorch int8": dict(quantize="int8"),
@@ -145,6 +149,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "compress_av_digits.json")
     ap.add_argument("--max-epochs", type=int, default=15)
     ap.add_argument("--finetune-epochs", type=int, default=2)
+    ap.add_argument("--calibration-rows", type=int, default=1000, help="training rows for fine-tune / calibration")
     ap.add_argument("--repeats", type=int, default=200, help="batch-1 calls per variant (batch 32: repeats / 8)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--measure", nargs=3, help=argparse.SUPPRESS)  # internal: path runtime reference
@@ -164,7 +169,7 @@ def main() -> None:
         t = time.perf_counter()
         train(data, base, a.max_epochs, a.seed)
         print(f"trained the early-fusion model in {time.perf_counter() - t:.0f} s", flush=True)
-    variants = make_variants(base, a.work, data, a.finetune_epochs)
+    variants = make_variants(base, a.work, data, a.finetune_epochs, a.calibration_rows)
     ref = a.work / "reference_probs.npy"
     ref.unlink(missing_ok=True)
     results = []
@@ -226,6 +231,7 @@ def main() -> None:
         "settings": {
             "max_epochs": a.max_epochs,
             "finetune_epochs": a.finetune_epochs,
+            "calibration_rows": a.calibration_rows,
             "seed": a.seed,
             "threads": THREADS,
             "batch1_calls": a.repeats,

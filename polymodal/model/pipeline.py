@@ -39,7 +39,7 @@ class FeaturePipeline:
             p = self.preprocessor.config.pretrained[name]
             self._extractors[name] = FrozenExtractor(
                 EncoderRef(**p["ref"]), self.schema.columns[name], self.preprocessor.state[name],
-                cache_dir=self.cache_dir, progress=self.progress,
+                cache_dir=self.cache_dir, progress=self.progress, runtime=p.get("runtime", "torch"),
             )  # fmt: skip
         return self._extractors[name]
 
