@@ -33,6 +33,9 @@ AudioEncoder = Annotated[str | None, typer.Option(help="Pretrained audio encoder
 Preset = Annotated[str | None, typer.Option(help="pretrained: the offline defaults (see `polymodal encoders`)")]
 CacheDir = Annotated[Path | None, typer.Option(help="Feature cache of frozen encoders (default: ~/.cache/polymodal)")]
 NoiseLevels = Annotated[int, typer.Option(help="Noise levels per modality for robustness (0: skip the noise)")]
+Runtime = Annotated[
+    str, typer.Option(help="torch: the model folder | onnx: an exported .onnx (or a folder with model.onnx)")
+]
 NoiseRows = Annotated[int, typer.Option(help="Measure the noise curves on a fixed sample of this many test rows")]
 Anonymize = Annotated[
     bool | None,
@@ -278,6 +281,7 @@ def evaluate(
         None, "--output", "-o", help="metrics.json to write (default: MODEL/metrics.json)"
     ),
     on_bad_rows: str = typer.Option("error", help="error | skip"),
+    runtime: Runtime = "torch",
 ) -> None:
     """Metrics of a saved model on a labelled table; writes them to metrics.json."""
     from polymodal.evaluation.table import confusion_table, metrics_table
@@ -293,15 +297,18 @@ def evaluate(
             m = r.evaluate(table) | {"table": str(table)}
             console.print(_retrieval_table(m, f"retrieval on {table}"))
         else:
-            p = MultimodalPredictor.load(model)
+            p = MultimodalPredictor.load(model, runtime=runtime)
             p.config_.data.on_bad_rows = on_bad_rows
-            m = p.evaluate(table) | {"table": str(table)}
+            m = p.evaluate(table) | {"table": str(table)} | ({"runtime": runtime} if runtime != "torch" else {})
             console.print(metrics_table({p.fusion: m}, title=f"metrics on {table}"))
             if "confusion_matrix" in m:
                 console.print(confusion_table(m["confusion_matrix"], p.engine.task.classes))
         if output is not None:
             write_json(output, m)
             console.print(f"wrote {output}")
+        elif model.is_file():  # an exported graph: its metrics go beside it
+            write_json(model.with_suffix(".metrics.json"), m)
+            console.print(f"wrote {model.with_suffix('.metrics.json')}")
         else:
             path = model / METRICS
             saved = read_json(path) if path.exists() else {}
@@ -320,6 +327,7 @@ def predict(
         ..., "--output", "-o", help="CSV to write: the input columns, prediction, probabilities"
     ),
     on_bad_rows: str = typer.Option("error", help="error | missing (treat a broken file as an absent modality)"),
+    runtime: Runtime = "torch",
 ) -> None:
     """Predict labels (and class probabilities) for every row of a table."""
     import os
@@ -329,7 +337,7 @@ def predict(
     from polymodal.predictor import MultimodalPredictor
 
     def go():
-        p = MultimodalPredictor.load(model)
+        p = MultimodalPredictor.load(model, runtime=runtime)
         df, _ = read_table(table)
         out = df.copy()
         if p.engine.task.is_classification:
@@ -458,6 +466,7 @@ def serve(
     max_text_chars: int = typer.Option(10_000, help="Longest text value"),
     max_queue: int = typer.Option(512, help="Rows waiting for the model at most; beyond it requests get 429"),
     log_level: str = typer.Option("info", help="debug | info | warning | error"),
+    runtime: Runtime = "torch",
 ) -> None:
     """Serve a model over HTTP: JSON and form prediction endpoints, metrics, and a page to try it at /."""
     from polymodal.serving import ServeConfig, resolve_host
@@ -468,7 +477,7 @@ def serve(
             model=str(model), max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, api_key_env=api_key_env,
             max_body_bytes=int(max_body_mb * 1024 * 1024), max_instances=max_instances,
             max_image_pixels=max_image_pixels, max_audio_seconds=max_audio_seconds, max_text_chars=max_text_chars,
-            max_queue=max_queue, public_docs=public_docs,
+            max_queue=max_queue, public_docs=public_docs, runtime=runtime,
         )  # fmt: skip
         bind, notice = resolve_host(host, api_key_env is not None)
         err.print(f"polymodal serve: {notice}; http://{bind}:{port}/", highlight=False)
@@ -1001,6 +1010,48 @@ def rl_evaluate(
         console.print_json(json.dumps(r))
 
     _rl_run(go)
+
+
+@app.command()
+def compress(
+    model: Path = typer.Argument(..., help="Model folder (left unchanged)"),
+    output: Path = typer.Option(..., "--output", "-o", help="The compressed model folder to write"),
+    prune: float | None = typer.Option(None, help="Fraction of weights (or with --structured: of channels) to remove"),
+    structured: bool = typer.Option(False, help="Remove whole conv channels and hidden units (the layers shrink)"),
+    quantize: str | None = typer.Option(None, help="int8: weights stored as int8; Linear/GRU run int8"),
+    calibration: Path | None = typer.Option(None, "--calibration", "--train", help="Training table (fine-tune)"),
+    finetune_epochs: int = typer.Option(3, help="Epochs of fine-tuning after pruning, on --calibration"),
+) -> None:
+    """Prune and/or quantize a model into a new, ordinary model folder that records how it was made."""
+    from polymodal.optimize.compress import compress as run
+
+    def go():
+        r = run(model, output, prune, structured, quantize, calibration, finetune_epochs)
+        b, a = r["before"], r["after"]
+        console.print(
+            f"wrote {output}: parameters {b['parameters']:,} -> {a['parameters']:,}, "
+            f"non-zero {b['nonzero']:,} -> {a['nonzero']:,}" + (f", weights {quantize}" if quantize else "")
+        )
+
+    _run(go)
+
+
+@app.command()
+def export(
+    model: Path = typer.Argument(..., help="Model folder"),
+    output: Path = typer.Option(..., "--output", "-o", help="The .onnx file to write"),
+    format: str = typer.Option("onnx", "--format", help="onnx"),
+    quantize: str | None = typer.Option(None, help="dynamic | static: int8 with ONNX Runtime"),
+    calibration: Path | None = typer.Option(None, help="Training table for --quantize static"),
+) -> None:
+    """Export a model to one ONNX graph (preprocessing inside); run it with --runtime onnx."""
+    from polymodal.optimize.export import export_model
+
+    def go():
+        path = export_model(model, output, format, quantize, calibration)
+        console.print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
+
+    _run(go)
 
 
 def main() -> None:

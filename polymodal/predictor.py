@@ -350,13 +350,14 @@ class MultimodalPredictor:
             "config": self.config_.to_dict(),
             "schema": engine.schema.to_dict(),
             "task": engine.task.to_dict(),
-            "input_specs": engine.preprocessor.input_specs(),
+            # A structurally pruned model keeps its shrunken sizes (see polymodal/optimize/compress.py).
+            "input_specs": getattr(self, "input_specs_", None) or engine.preprocessor.input_specs(),
             "encoders": {
                 name: {"modality": m.value, "class": type(enc).__name__}
                 | self._encoder_record(engine.preprocessor.config.pretrained.get(name))
                 for (name, m), enc in zip(engine.schema.inputs.items(), engine.net.encoders.values(), strict=True)
             },
-        }
+        } | ({"compression": self.compression_} if getattr(self, "compression_", None) else {})
 
     @staticmethod
     def _encoder_record(p: dict[str, Any] | None) -> dict[str, Any]:
@@ -407,19 +408,33 @@ class MultimodalPredictor:
 
     @classmethod
     def load(
-        cls, folder: str | os.PathLike[str], device: str = "cpu", cache_dir: str | os.PathLike[str] | None = None
+        cls,
+        folder: str | os.PathLike[str],
+        device: str = "cpu",
+        cache_dir: str | os.PathLike[str] | None = None,
+        runtime: str = "torch",
     ) -> MultimodalPredictor:
         """Rebuild the exact model from its folder (safetensors weights, JSON everything else). `cache_dir`: the
-        feature cache of its frozen encoders (default: ~/.cache/polymodal), e.g. the one it was fitted with."""
+        feature cache of its frozen encoders (default: ~/.cache/polymodal), e.g. the one it was fitted with.
+        `runtime="onnx"`: `folder` is an exported .onnx graph (or a folder with model.onnx), run by ONNX Runtime
+        through the same engine, without torch."""
+        if runtime == "onnx":
+            return cls._load_onnx(folder, cache_dir)
+        if runtime != "torch":
+            raise UserError(f"unknown runtime {runtime!r}; choose torch or onnx")
         from polymodal.model.artifact import load_folder
         from polymodal.model.inference import InferenceEngine
         from polymodal.tasks import Task
 
         config, state, preprocess, metrics = load_folder(Path(folder))
         if config.get("kind") == "aligned":
-            raise ValueError(
+            raise UserError(
                 f"{folder} is an aligned retrieval model: use MultimodalRetriever.load, polymodal index/search/evaluate"
             )
+        if config.get("compression", {}).get("quantize"):
+            from polymodal.optimize.compress import restore_state
+
+            state = restore_state(state)  # int8 weights stored as plain tensors -> float weights
         schema = Schema.from_dict(config["schema"])
         if "config" in config:
             tree = Config.from_dict(config["config"])
@@ -433,8 +448,39 @@ class MultimodalPredictor:
         task = Task.from_dict(config["task"])
         net = build_net(p.config_, schema, specs, task)
         net.load_state_dict(state, strict=True)
+        if config.get("compression", {}).get("quantize"):
+            from polymodal.optimize.compress import quantize_modules
+
+            p._float_net = net  # what `export` traces (ONNX Runtime quantizes the graph itself)
+            net = quantize_modules(net.eval())  # int8 Linear/GRU computed as int8 (dynamic quantization)
         p.schema, p.metrics_ = schema, metrics
+        p.input_specs_, p.compression_ = config["input_specs"], config.get("compression")
         p.engine = InferenceEngine(schema, preprocessor, task, net.to(device), cache_dir=p.cache_dir)
+        return p
+
+    @classmethod
+    def _load_onnx(
+        cls, path: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None, threads: int | None = None
+    ) -> MultimodalPredictor:
+        """A predictor over an exported ONNX graph (ONNX Runtime with `threads` intra-op threads, default: its
+        own choice). Built without `__init__`, whose fusion registry imports torch."""
+        from polymodal.model.inference import InferenceEngine
+        from polymodal.model.onnx_runtime import OnnxNet
+        from polymodal.tasks import Task
+
+        net = OnnxNet(path, threads=threads)
+        config, preprocess = net.metadata["config"], net.metadata["preprocess"]
+        schema = Schema.from_dict(config["schema"])
+        p = cls.__new__(cls)
+        tree = Config.from_dict(config["config"]) if "config" in config else from_legacy(config, preprocess["config"])
+        tree.encoders.cache_dir = None if cache_dir is None else str(cache_dir)
+        p.config_ = tree
+        p.input_specs_, p.compression_ = config["input_specs"], config.get("compression")
+        p.schema, p.metrics_, p.dropped_ = schema, net.metadata.get("metrics", {}), []
+        preprocessor = Preprocessor.from_dict(schema, preprocess)
+        if preprocessor.config.pretrained:  # frozen encoders are not in the graph: find them on this machine
+            cls._relink_encoders(Path(net.path).parent, preprocessor, config["input_specs"])
+        p.engine = InferenceEngine(schema, preprocessor, Task.from_dict(config["task"]), net, cache_dir=p.cache_dir)
         return p
 
     @staticmethod

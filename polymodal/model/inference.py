@@ -1,31 +1,44 @@
 """The one inference engine: raw rows (file paths or in-memory bytes) -> model outputs.
 
 `predict`, `evaluate`, `compare` and `serve` all go through `InferenceEngine`, so they cannot disagree.
+The network is a PyTorch `MultimodalNet`, or an `OnnxNet` (ONNX Runtime, preprocessing inside the graph): then
+the engine gives the graph its raw inputs and never imports torch.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
 
 from polymodal.data.schema import Schema
 from polymodal.data.validate import BadRowsError, Problem, check_columns
-from polymodal.model.batch import iterate_batches, to_device
-from polymodal.model.network import MultimodalNet
 from polymodal.model.pipeline import FeaturePipeline
 from polymodal.preprocess import Features, Preprocessor
 from polymodal.tasks import Task
 
+if TYPE_CHECKING:
+    import torch
+
+    from polymodal.model.network import MultimodalNet
+    from polymodal.model.onnx_runtime import OnnxNet
+
 
 class InferenceEngine:
     def __init__(
-        self, schema: Schema, preprocessor: Preprocessor, task: Task, net: MultimodalNet, cache_dir: Path | None = None
+        self,
+        schema: Schema,
+        preprocessor: Preprocessor,
+        task: Task,
+        net: MultimodalNet | OnnxNet,
+        cache_dir: Path | None = None,
     ):
         self.schema, self.preprocessor, self.task, self.net = schema, preprocessor, task, net.eval()
         self.pipeline = FeaturePipeline(schema, preprocessor, cache_dir=cache_dir, progress=False)
+        self.runtime = getattr(net, "runtime", "torch")
+        self.pipeline.raw = self.runtime == "onnx"
 
     @property
     def device(self) -> torch.device:
@@ -42,15 +55,15 @@ class InferenceEngine:
             raise BadRowsError(problems)
         return self.pipeline.features(df, media, frozen), problems
 
-    @torch.inference_mode()
     def outputs(self, features: Features, batch_size: int = 256, present: np.ndarray | None = None) -> np.ndarray:
         """Probabilities (classification) or predictions (regression). `present` can hide inputs on purpose."""
         if present is not None:
             features = Features(features.inputs, features.present & present, features.input_names)
-        chunks = []
-        for batch in iterate_batches(features, batch_size):
-            batch = to_device(batch, self.device)
-            chunks.append(self.task.outputs(self.net(batch["inputs"], batch["present"])))
+        if self.runtime == "onnx":  # the graph's output already is the task's output (softmax / unstandardized)
+            chunks = [self.net.run(features.take(np.arange(s, min(s + batch_size, len(features)))))
+                      for s in range(0, len(features), batch_size)]  # fmt: skip
+        else:
+            chunks = self._torch_outputs(features, batch_size)
         n_out = self.task.n_outputs if self.task.is_classification else None
         if not chunks:
             return np.zeros((0, n_out) if n_out else (0,), dtype=np.float32)
@@ -59,3 +72,15 @@ class InferenceEngine:
     def predict_table(self, df: pd.DataFrame, base_dir: Path, batch_size: int = 256) -> np.ndarray:
         features, _ = self.features(df, base_dir)
         return self.outputs(features, batch_size)
+
+    def _torch_outputs(self, features: Features, batch_size: int) -> list[np.ndarray]:
+        import torch
+
+        from polymodal.model.batch import iterate_batches, to_device
+
+        chunks = []
+        with torch.inference_mode():
+            for batch in iterate_batches(features, batch_size):
+                batch = to_device(batch, self.device)
+                chunks.append(self.task.outputs(self.net(batch["inputs"], batch["present"])))
+        return chunks

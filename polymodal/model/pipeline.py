@@ -12,8 +12,6 @@ import pandas as pd
 
 from polymodal.data.schema import Modality, Schema
 from polymodal.data.validate import Problem, load_media
-from polymodal.encoders.cache import FrozenExtractor
-from polymodal.encoders.pretrained import EncoderRef
 from polymodal.preprocess import Features, Preprocessor
 
 Frozen = dict[str, tuple[np.ndarray, np.ndarray]]
@@ -25,18 +23,23 @@ class FeaturePipeline:
     ):
         self.schema, self.preprocessor = schema, preprocessor
         self.cache_dir, self.progress = cache_dir, progress
-        self._extractors: dict[str, FrozenExtractor] = {}
+        self._extractors: dict = {}  # input -> FrozenExtractor
+        self.raw = False  # True: `features` gives the ONNX graph's inputs (preprocessing runs inside the graph)
 
     @property
     def frozen_inputs(self) -> list[str]:
         return [k for k, p in self.preprocessor.config.pretrained.items() if p["mode"] == "frozen"]
 
-    def extractor(self, name: str) -> FrozenExtractor:
+    def extractor(self, name: str):
+        # Imported here: the encoders load torch, which a model without frozen inputs never needs (ONNX runtime).
+        from polymodal.encoders.cache import FrozenExtractor
+        from polymodal.encoders.pretrained import EncoderRef
+
         if name not in self._extractors:
             p = self.preprocessor.config.pretrained[name]
             self._extractors[name] = FrozenExtractor(
                 EncoderRef(**p["ref"]), self.schema.columns[name], self.preprocessor.state[name],
-                cache_dir=self.cache_dir, progress=self.progress,
+                cache_dir=self.cache_dir, progress=self.progress, runtime=p.get("runtime", "torch"),
             )  # fmt: skip
         return self._extractors[name]
 
@@ -59,6 +62,8 @@ class FeaturePipeline:
         return media, frozen, problems
 
     def features(self, df: pd.DataFrame, media: dict[str, list], frozen: Frozen) -> Features:
+        if self.raw:
+            return self.preprocessor.graph_inputs(df, media, frozen)
         return self.preprocessor.transform(df, media, frozen)
 
 

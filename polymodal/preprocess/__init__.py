@@ -181,8 +181,11 @@ class Preprocessor:
         df: pd.DataFrame,
         media: dict[str, list[np.ndarray | None]],
         frozen: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+        raw: bool = False,
     ) -> Features:
-        """Arrays for every input. `frozen` holds the (embeddings, present) of frozen pretrained inputs."""
+        """Arrays for every input. `frozen` holds the (embeddings, present) of frozen pretrained inputs.
+        `raw`: the inputs of the exported ONNX graph instead, which holds the rest of the preprocessing (see
+        `graph_inputs`)."""
         n = len(df)
         names = list(self.schema.inputs)
         present = np.zeros((n, len(names)), dtype=bool)
@@ -198,14 +201,47 @@ class Preprocessor:
             elif modality is Modality.TEXT:
                 inputs[name], present[:, j] = self._text(df[name], self.state[name])
             elif modality is Modality.IMAGE:
-                inputs[name], present[:, j] = self._image(media[name], self.state[name])
+                image = self._raw_image if raw else self._image
+                inputs[name], present[:, j] = image(media[name], self.state[name])
             elif modality is Modality.AUDIO:
-                inputs[name], present[:, j] = self._audio(media[name], self.state[name])
+                audio = self._raw_audio if raw else self._audio
+                inputs[name], present[:, j] = audio(media[name], self.state[name])
             elif modality is Modality.NUMERIC:
-                inputs[name], present[:, j] = self._numeric(df, self.state[name])
+                numeric = self._raw_numeric if raw else self._numeric
+                inputs[name], present[:, j] = numeric(df, self.state[name])
             else:
                 inputs[name], present[:, j] = self._categorical(df, self.state[name])
         return Features(inputs, present, names)
+
+    def graph_inputs(
+        self,
+        df: pd.DataFrame,
+        media: dict[str, list[np.ndarray | None]],
+        frozen: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    ) -> Features:
+        """The inputs of the exported ONNX graph (polymodal/optimize/export.py): decoded uint8 pixels, waveforms
+        padded to the fitted length, raw numbers (NaN where missing) as float64; token ids and category ids as
+        in `transform` (the lookups stay in Python); the same presence mask."""
+        return self.transform(df, media, frozen, raw=True)
+
+    def _raw_image(self, imgs: list[np.ndarray | None], st: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        s = self.config.image_size
+        out = np.zeros((len(imgs), 3, s, s), dtype=np.uint8)
+        present = np.array([m is not None for m in imgs], dtype=bool)
+        for i, m in enumerate(imgs):
+            if m is not None:
+                out[i] = m
+        return out, present
+
+    def _raw_audio(self, waves: list[np.ndarray | None], st: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        present = np.array([w is not None for w in waves], dtype=bool)
+        blank = np.zeros(0, np.float32)
+        return self._pad_waves([w if w is not None else blank for w in waves], st["n_samples"]), present
+
+    def _raw_numeric(self, df: pd.DataFrame, st: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        x = self._numeric_frame(df, st["columns"])
+        missing = ~np.isfinite(x)
+        return np.where(missing, np.nan, x), ~missing.all(axis=1)
 
     def _pretrained(self, modality: Modality, values: list, st: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         """Inputs of a fine-tuned pretrained encoder; an absent row gets a blank input that the mask hides."""

@@ -215,7 +215,7 @@ def create_app(config: ServeConfig, service: ModelService | None = None) -> Fast
 
         return create_search_app(config)
     logs.configure()
-    service = service or ModelService(config.model)
+    service = service or ModelService(config.model, runtime=config.runtime)
     schema = service.schema
     metrics = Metrics()
     checker = InstanceChecker(schema, config)

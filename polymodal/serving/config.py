@@ -30,6 +30,7 @@ class ServeConfig:
     # With a key: also leave the page, /docs, /openapi.json and /metrics open (they show the columns and traffic).
     public_docs: bool = False
     warmup: bool = True
+    runtime: str = "torch"  # or "onnx": `model` is an exported .onnx (or a folder with model.onnx); no torch
 
     def __post_init__(self) -> None:
         positive = ("max_batch_size", "max_queue", "max_body_bytes", "max_instances", "max_image_pixels")
@@ -41,7 +42,12 @@ class ServeConfig:
         if self.max_image_pixels > MAX_IMAGE_PIXELS:
             raise UserError(f"max_image_pixels may be at most {MAX_IMAGE_PIXELS} (the decoder's own limit)")
         folder = Path(self.model)
-        if not (folder / "config.json").is_file():
+        if self.runtime not in ("torch", "onnx"):
+            raise UserError(f"runtime must be torch or onnx, not {self.runtime!r}")
+        if self.runtime == "onnx":
+            if not (folder.suffix == ".onnx" and folder.is_file()) and not (folder / "model.onnx").is_file():
+                raise UserError(f"{self.model!r} is not an ONNX graph (a .onnx file or a folder with model.onnx)")
+        elif not (folder / "config.json").is_file():
             raise UserError(f"{self.model!r} is not a model folder (no config.json in it)")
         if self.api_key_env is not None and not os.environ.get(self.api_key_env):
             raise UserError(f"--api-key-env {self.api_key_env}: that environment variable is unset or empty")

@@ -24,11 +24,11 @@ NO_FILES = Path("/dev/null/no-files")
 class ModelService:
     """Load a model folder once; answer batches of requests with `engine.features` + `engine.outputs`."""
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, runtime: str = "torch"):
         from polymodal.predictor import MultimodalPredictor
 
         self.folder = Path(folder)
-        self.predictor = MultimodalPredictor.load(self.folder)
+        self.predictor = MultimodalPredictor.load(self.folder, runtime=runtime)
         self.engine = self.predictor.engine
         self.schema = self.engine.schema
         self.task = self.engine.task

@@ -7,17 +7,18 @@ monitored metric is micro-F1; `accuracy` is the exact-match ratio (the whole set
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import torch
-from torch import nn
-from torch.nn import functional as F
 
 from polymodal.data.redact import quote_value
 from polymodal.data.schema import LABEL_SEPARATOR, ProblemType
 from polymodal.errors import UserError
+
+if TYPE_CHECKING:  # torch loads on first use: the ONNX runtime decodes outputs without it
+    import torch
+    from torch import nn
 
 
 def _jsonable(v: Any) -> Any:
@@ -111,6 +112,8 @@ class Task:
         return ((values - self.y_mean) / self.y_std).astype(np.float32)
 
     def head(self, in_dim: int, hidden: int = 128, dropout: float = 0.1) -> nn.Module:
+        from torch import nn
+
         return nn.Sequential(
             nn.Linear(in_dim, hidden),
             nn.ReLU(inplace=True),
@@ -119,6 +122,8 @@ class Task:
         )
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        from torch.nn import functional as F
+
         if self.is_multilabel:
             return F.binary_cross_entropy_with_logits(logits.float(), target.float())
         if self.is_classification:
@@ -127,6 +132,8 @@ class Task:
 
     def outputs(self, logits: torch.Tensor) -> np.ndarray:
         """Class probabilities (n, n_classes), or predictions in the label's units (n,)."""
+        import torch
+
         if self.is_multilabel:
             return torch.sigmoid(logits.float()).cpu().numpy()
         if self.is_classification:

@@ -1,0 +1,422 @@
+"""Export a model folder to one ONNX graph with the preprocessing inside, checked against PyTorch by the tests.
+
+The graph's inputs (see `Preprocessor.graph_inputs`), one per fusion input, plus `present` (bool, batch x inputs):
+- image (scratch): uint8 pixels (batch, 3, S, S) as decoded and resized by `decode_image` (the size S is fixed:
+  resizing stays in the decoder, PIL's bilinear filter, so the graph sees exactly the pixels PyTorch sees);
+  the graph scales to [0, 1] and normalizes with the fitted mean/std;
+- audio (scratch): the waveform (batch, n_samples) float32 at the model's sample rate, zero-padded or cut to
+  the fitted length; the graph computes the STFT (framing + DFT as matrix products with constant tables), the
+  mel filterbank, dB below each clip's peak, the MFCC (DCT-II) and the standardization, as librosa does;
+- numeric: the raw numbers (batch, columns) float64, NaN where missing; the graph standardizes, imputes 0 and
+  appends the missing flags;
+- categorical: category ids (batch, columns) int64 from the vocabularies in the metadata (looked up in Python);
+- text (scratch): token ids (batch, max_len) int64; the rule (lower-case, regex `\\w+|[^\\w\\s]`, id = 2 + rank
+  in the vocabulary, 1 = unknown, 0 = padding) and the vocabulary are written beside the graph as JSON;
+- frozen pretrained: the embedding from the feature cache (the encoder itself is not in the graph);
+- fine-tuned pretrained: the tokenizer's / image processor's output, the backbone inside the graph.
+The output is the task's output: class probabilities, or the prediction in the label's units.
+Everything a runtime needs (schema, preprocessing state, task, metrics) is in the graph's metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from polymodal import __version__
+from polymodal.data.schema import Modality
+
+FORMATS = ("onnx",)
+OPSET = 17
+META_KEYS = ("polymodal_version", "config", "preprocess", "metrics", "inputs", "classes", "columns", "source")
+
+
+def _torch():
+    import torch
+    from torch import nn
+
+    return torch, nn
+
+
+def audio_tables(sample_rate: int, n_mels: int, n_mfcc: int, n_samples: int) -> dict[str, np.ndarray]:
+    """Constant tables of the audio features, as `log_mel_mfcc` computes them with librosa."""
+    import librosa
+    import scipy.fftpack
+
+    hop = sample_rate // 100
+    n_fft = 1 << int(np.ceil(np.log2(sample_rate * 0.025)))
+    n_frames = 1 + n_samples // hop
+    window = librosa.filters.get_window("hann", n_fft, fftbins=True).astype(np.float64)
+    k = np.arange(n_fft // 2 + 1)
+    t = np.arange(n_fft)
+    angle = 2 * np.pi * np.outer(t, k) / n_fft
+    return {
+        "frames": (np.arange(n_frames)[:, None] * hop + t[None, :]).astype(np.int64),  # into the centred signal
+        "cos": (window[:, None] * np.cos(angle)).astype(np.float32),
+        "sin": (-window[:, None] * np.sin(angle)).astype(np.float32),
+        "mel": librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels).T.astype(np.float32),
+        "dct": scipy.fftpack.dct(np.eye(n_mels), type=2, norm="ortho", axis=0)[:n_mfcc].astype(np.float32),
+        "pad": np.array(n_fft // 2),
+    }
+
+
+def _modules():
+    """The graph's preprocessing modules (built on first use: torch is imported lazily)."""
+    torch, nn = _torch()
+
+    class ImagePixels(nn.Module):
+        def __init__(self, mean: list[float], std: list[float]):
+            super().__init__()
+            self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32)[:, None, None])
+            self.register_buffer("std", torch.tensor(std, dtype=torch.float32)[:, None, None])
+
+        def forward(self, x):
+            return (x.to(torch.float32) / 255.0 - self.mean) / self.std
+
+    class AudioFeatures(nn.Module):
+        def __init__(self, tables: dict[str, np.ndarray], mean: list[float], std: list[float]):
+            super().__init__()
+            for k in ("frames", "cos", "sin", "mel", "dct"):
+                self.register_buffer(k, torch.from_numpy(tables[k]))
+            self.pad = int(tables["pad"])
+            self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32)[:, None])
+            self.register_buffer("std", torch.tensor(std, dtype=torch.float32)[:, None])
+
+        def forward(self, wave):
+            padded = torch.nn.functional.pad(wave, (self.pad, self.pad))  # librosa: center=True, zeros
+            frames = padded[:, self.frames]  # (b, n_frames, n_fft)
+            power = (frames @ self.cos) ** 2 + (frames @ self.sin) ** 2
+            mel = (power @ self.mel).transpose(1, 2)  # (b, n_mels, n_frames)
+            peak = torch.clamp(mel.amax(dim=(1, 2), keepdim=True), min=1e-10)
+            log_mel = torch.clamp(10.0 * torch.log10(torch.clamp(mel, min=1e-10) / peak), min=-80.0)
+            feats = torch.cat([log_mel, self.dct @ log_mel], dim=1)
+            return (feats - self.mean) / self.std
+
+    class NumericRaw(nn.Module):
+        def __init__(self, mean: list[float], std: list[float], clip: float):
+            super().__init__()
+            self.register_buffer("mean", torch.tensor(mean, dtype=torch.float64))
+            self.register_buffer("std", torch.tensor(std, dtype=torch.float64))
+            self.clip = clip
+
+        def forward(self, x):
+            missing = torch.isnan(x)
+            z = torch.where(missing, torch.zeros_like(x), (x - self.mean) / self.std)
+            z = torch.clamp(z, -self.clip, self.clip)
+            return torch.cat([z, missing.to(torch.float64)], dim=1).to(torch.float32)
+
+    class GraphNet(nn.Module):
+        """Preprocessing modules -> the network -> the task's output."""
+
+        def __init__(self, net, pre: dict[str, Any], names: list[str], task):
+            super().__init__()
+            self.net, self.names = net, names
+            self.pre = nn.ModuleDict({net.keys[n]: pre[n] for n in names})
+            self.classification = task.is_classification
+            self.y_mean, self.y_std = float(task.y_mean), float(task.y_std)
+
+        def forward(self, *args):
+            *xs, present = args
+            inputs = {n: self.pre[self.net.keys[n]](x) for n, x in zip(self.names, xs, strict=True)}
+            logits = self.net(inputs, present)
+            if self.classification:
+                return torch.softmax(logits.float(), dim=-1)
+            return logits.float().squeeze(-1) * self.y_std + self.y_mean
+
+    return ImagePixels, AudioFeatures, NumericRaw, GraphNet
+
+
+def graph_module(predictor: Any):
+    """The PyTorch module that is exported: raw inputs in, task outputs out."""
+    from polymodal.preprocess import CLIP_SIGMAS
+
+    _, nn = _torch()
+    ImagePixels, AudioFeatures, NumericRaw, GraphNet = _modules()
+    engine = predictor.engine
+    pre_cfg, state = engine.preprocessor.config, engine.preprocessor.state
+    pre: dict[str, Any] = {}
+    for name, modality in engine.schema.inputs.items():
+        st = state[name]
+        if name in pre_cfg.pretrained:
+            pre[name] = nn.Identity()
+        elif modality is Modality.IMAGE:
+            pre[name] = ImagePixels(st["mean"], st["std"])
+        elif modality is Modality.AUDIO:
+            tables = audio_tables(pre_cfg.sample_rate, pre_cfg.n_mels, pre_cfg.n_mfcc, st["n_samples"])
+            pre[name] = AudioFeatures(tables, st["mean"], st["std"])
+        elif modality is Modality.NUMERIC:
+            pre[name] = NumericRaw(st["mean"], st["std"], CLIP_SIGMAS)
+        else:
+            pre[name] = nn.Identity()
+    net = getattr(predictor, "_float_net", None) or engine.net  # an int8 folder: its weights before PyTorch int8
+    return GraphNet(net, pre, list(engine.schema.inputs), engine.task).eval()
+
+
+def text_rule(preprocess: dict[str, Any], schema: Any) -> dict[str, Any]:
+    """The tokenization the runtime applies before the graph, written beside it for other runtimes."""
+    from polymodal.preprocess import _TOKEN, PAD, UNK
+
+    cols = [c for c in schema.columns_of(Modality.TEXT) if c not in preprocess["config"]["pretrained"]]
+    return {
+        "rule": "lower-case the text; tokens = re.findall(pattern, text); id = 2 + index in vocab, or unknown_id; "
+        "keep the first max_len ids, pad with pad_id on the right; a row with no token is absent",
+        "pattern": _TOKEN.pattern,
+        "pad_id": PAD,
+        "unknown_id": UNK,
+        "columns": {c: preprocess["state"][c] for c in cols},
+    }
+
+
+def export_onnx(model_dir: str | os.PathLike[str], output: str | os.PathLike[str]) -> Path:
+    """Export the model folder to `output` (.onnx), atomically; returns its path. A JSON file with the text
+    tokenization (vocabularies and the rule) is written beside it as <output>.text.json when the model has text."""
+    import onnx
+
+    from polymodal.model.artifact import CONFIG, PREPROCESS, read_json, write_json
+    from polymodal.predictor import MultimodalPredictor
+
+    model_dir, output = Path(model_dir), Path(output)
+    if not (model_dir / CONFIG).is_file():
+        raise FileNotFoundError(f"{model_dir} is not a polymodal model folder (no {CONFIG} in it)")
+    if output.suffix != ".onnx":
+        raise ValueError(f"the output must be a .onnx file, not {output}")
+    torch, _ = _torch()
+    predictor = MultimodalPredictor.load(model_dir)
+    engine = predictor.engine
+    graph = graph_module(predictor)
+    example = example_inputs(engine, rows=2)
+    keys = engine.net.keys
+    names = [keys[n] for n in engine.schema.inputs]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.onnx.export(
+            graph, tuple(torch.from_numpy(example.inputs[n]) for n in engine.schema.inputs)
+            + (torch.from_numpy(example.present),), tmp, dynamo=False, opset_version=OPSET,
+            input_names=[*names, "present"], output_names=["output"],
+            dynamic_axes={k: {0: "batch"} for k in [*names, "present", "output"]},
+        )  # fmt: skip
+        proto = onnx.load(tmp)
+        config = read_json(model_dir / CONFIG)
+        preprocess = read_json(model_dir / PREPROCESS)
+        meta = {
+            "polymodal_version": __version__,
+            "config": json.dumps(config),
+            "preprocess": json.dumps(preprocess),
+            "metrics": json.dumps(predictor.metrics_, default=str),
+            "inputs": json.dumps({n: keys[n] for n in engine.schema.inputs}),
+            "classes": json.dumps(engine.task.classes),
+            "columns": json.dumps({c: m.value for c, m in engine.schema.columns.items()}),
+            "source": str(model_dir.resolve()),
+        }
+        del proto.metadata_props[:]
+        for k, v in meta.items():
+            proto.metadata_props.add(key=k, value=v)
+        proto.doc_string = "polymodal model: raw inputs (see polymodal/optimize/export.py) -> task outputs"
+        onnx.save(proto, tmp)
+        rule = text_rule(preprocess, engine.schema)
+        if rule["columns"]:
+            write_json(output.with_suffix(".text.json"), rule)
+        os.replace(tmp, output)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return output.resolve()
+
+
+def example_inputs(engine: Any, rows: int = 2):
+    """Graph inputs of `rows` rows with every input present (zeros / first ids), for tracing the export."""
+    from polymodal.preprocess import Features
+
+    cfg, st = engine.preprocessor.config, engine.preprocessor.state
+    specs = engine.preprocessor.input_specs()
+    inputs: dict[str, np.ndarray] = {}
+    for name, modality in engine.schema.inputs.items():
+        spec, s = specs[name], st[name]
+        p = cfg.pretrained.get(name)
+        if p and p["mode"] == "frozen":
+            inputs[name] = np.zeros((rows, spec["in_dim"]), np.float32)
+        elif p:
+            inputs[name] = (
+                engine.preprocessor._pretrained(modality, [None] * rows, s)[0]
+                if modality in (Modality.IMAGE, Modality.AUDIO)
+                else engine.preprocessor._pretrained(modality, ["a"] * rows, s)[0]
+            )
+        elif modality is Modality.TEXT:
+            inputs[name] = np.full((rows, s["max_len"]), 2 if s["vocab"] else 1, np.int64)
+        elif modality is Modality.IMAGE:
+            inputs[name] = np.full((rows, 3, cfg.image_size, cfg.image_size), 128, np.uint8)
+        elif modality is Modality.AUDIO:
+            inputs[name] = np.zeros((rows, s["n_samples"]), np.float32)
+        elif modality is Modality.NUMERIC:
+            inputs[name] = np.zeros((rows, len(s["columns"])), np.float64)
+        else:
+            inputs[name] = np.full((rows, len(s["columns"])), 2, np.int64)
+    names = list(engine.schema.inputs)
+    return Features(inputs, np.ones((rows, len(names)), bool), names)
+
+
+def quantize_onnx(
+    source: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    mode: str = "dynamic",
+    calibration: list[dict[str, np.ndarray]] | None = None,
+) -> Path:
+    """int8 with ONNX Runtime: `dynamic` (weights int8, activations quantized on the fly: MatMul/Gemm/GRU/
+    attention) or `static` (convolutions and matmuls with activation scales calibrated on `calibration`, a list
+    of input feeds from training rows; the rest dynamic). The metadata travels with the graph."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    source, output = Path(source), Path(output)
+    with tempfile.TemporaryDirectory(dir=output.parent) as tmpdir:
+        pre = Path(tmpdir) / "pre.onnx"
+        quant_pre_process(str(source), str(pre), skip_symbolic_shape=True)
+        out = Path(tmpdir) / "q.onnx"
+        if mode == "dynamic":
+            quantize_dynamic(str(pre), str(out), weight_type=QuantType.QInt8, per_channel=True)
+        elif mode == "static":
+            if not calibration:
+                raise ValueError("static int8 needs calibration rows (a training table)")
+
+            class Reader(CalibrationDataReader):
+                def __init__(self):
+                    self.it = iter(calibration)
+
+                def get_next(self):
+                    return next(self.it, None)
+
+            mid = Path(tmpdir) / "s.onnx"
+            # Convolutions get calibrated activation scales (static); the recurrent and matmul layers, whose
+            # activations vary more per row, are then quantized dynamically.
+            quantize_static(
+                str(pre), str(mid), Reader(), op_types_to_quantize=["Conv"], per_channel=True,
+                weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+            )  # fmt: skip
+            quantize_dynamic(str(mid), str(out), weight_type=QuantType.QInt8, per_channel=True,
+                             op_types_to_quantize=["MatMul", "Gemm", "GRU", "Attention", "LSTM"])  # fmt: skip
+        else:
+            raise ValueError(f"unknown int8 mode {mode!r}; choose dynamic or static")
+        proto = onnx.load(str(out))
+        int8_weight_only(proto)
+        meta = {p.key: p.value for p in onnx.load(str(source), load_external_data=False).metadata_props}
+        meta["quantized"] = mode
+        del proto.metadata_props[:]
+        for k, v in meta.items():
+            proto.metadata_props.add(key=k, value=v)
+        tmp = Path(tmpdir) / "final.onnx"
+        onnx.save(proto, str(tmp))
+        os.replace(tmp, output)
+    return output.resolve()
+
+
+QUANTIZE = ("dynamic", "static")
+CALIBRATION_ROWS = 256
+
+
+def export_model(
+    model_dir: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    format: str = "onnx",
+    quantize: str | None = None,
+    calibration: Any = None,
+) -> Path:
+    """`polymodal export`: checks everything first (nothing is written on a refusal), exports the fp32 graph,
+    then optionally quantizes it to int8 (`static` calibrates on the first rows of `calibration`)."""
+    from polymodal.data.io import read_table
+    from polymodal.data.schema import Schema
+    from polymodal.data.validate import check_columns
+    from polymodal.model.artifact import CONFIG, read_json
+
+    model_dir, output = Path(model_dir), Path(output)
+    if format not in FORMATS:
+        raise ValueError(f"--format must be one of {list(FORMATS)}, not {format!r}")
+    if not (model_dir / CONFIG).is_file():
+        raise FileNotFoundError(f"{model_dir} is not a polymodal model folder (no {CONFIG} in it)")
+    if output.suffix != ".onnx":
+        raise ValueError(f"the output must be a .onnx file, not {output}")
+    if quantize is not None and quantize not in QUANTIZE:
+        raise ValueError(f"--quantize must be one of {list(QUANTIZE)}, not {quantize!r}")
+    if quantize == "static" and calibration is None:
+        raise ValueError("--quantize static calibrates activation scales on training rows: give --calibration TABLE")
+    table = None
+    if calibration is not None:
+        table = read_table(calibration)
+        check_columns(table[0], Schema.from_dict(read_json(model_dir / CONFIG)["schema"]), training=False)
+    if quantize is None:
+        return export_onnx(model_dir, output)
+    with tempfile.TemporaryDirectory(dir=output.parent if output.parent.exists() else None) as tmpdir:
+        fp32 = export_onnx(model_dir, Path(tmpdir) / "fp32.onnx")
+        feeds = calibration_feeds(fp32, table) if quantize == "static" else None
+        path = quantize_onnx(fp32, Path(tmpdir) / "int8.onnx", quantize, feeds)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        text = fp32.with_suffix(".text.json")
+        if text.exists():
+            os.replace(text, output.with_suffix(".text.json"))
+        os.replace(path, output)
+    return output.resolve()
+
+
+def calibration_feeds(graph: Path, table: Any, rows: int = CALIBRATION_ROWS, batch: int = 32) -> list[dict]:
+    """Graph input feeds of the first `rows` rows of a table (decoded by the inference engine), in batches."""
+    from polymodal.predictor import MultimodalPredictor
+
+    p = MultimodalPredictor.load(graph, runtime="onnx")
+    df, base_dir = table
+    features, _ = p.engine.features(df.iloc[:rows].reset_index(drop=True), base_dir, on_bad_rows="missing")
+    net = p.engine.net
+    starts = range(0, len(features), batch)
+    return [net.feed(features.take(np.arange(s, min(s + batch, len(features))))) for s in starts]
+
+
+def int8_weight_only(proto: Any, min_size: int = 1024) -> int:
+    """Store what ONNX Runtime's quantizer leaves in float, the GRU weights (W, R) and embedding tables (Gather
+    data), as int8 with one scale per output row, restored to float by a DequantizeLinear node: the file
+    shrinks, the layer computes in float. Returns how many tensors were converted."""
+    from onnx import helper, numpy_helper
+
+    inits = {t.name: t for t in proto.graph.initializer}
+    targets: dict[str, int] = {}  # initializer -> axis of its output rows
+    for node in proto.graph.node:
+        if node.op_type == "GRU":
+            for name in node.input[1:3]:
+                targets[name] = 1  # (directions, 3 * hidden, in): a scale per gate row
+        elif node.op_type == "Gather":
+            targets[node.input[0]] = 0  # (vocab, dim): a scale per row
+    done = 0
+    new_nodes = []
+    for name, axis in targets.items():
+        t = inits.get(name)
+        if t is None or t.data_type != onnx_float() or np.prod(t.dims) < min_size:
+            continue
+        w = numpy_helper.to_array(t)
+        other = tuple(i for i in range(w.ndim) if i != axis)
+        scale = np.maximum(np.abs(w).max(axis=other) / 127.0, 1e-12).astype(np.float32)
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+        proto.graph.initializer.remove(t)
+        proto.graph.initializer.extend([
+            numpy_helper.from_array(q, f"{name}_int8"), numpy_helper.from_array(scale, f"{name}_scale"),
+            numpy_helper.from_array(np.zeros_like(scale, dtype=np.int8), f"{name}_zero"),
+        ])  # fmt: skip
+        new_nodes.append(
+            helper.make_node("DequantizeLinear", [f"{name}_int8", f"{name}_scale", f"{name}_zero"], [name], axis=axis)
+        )
+        done += 1
+    for n in reversed(new_nodes):  # before every consumer: the graph stays topologically sorted
+        proto.graph.node.insert(0, n)
+    return done
+
+
+def onnx_float() -> int:
+    from onnx import TensorProto
+
+    return TensorProto.FLOAT
