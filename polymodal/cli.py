@@ -34,6 +34,10 @@ Preset = Annotated[str | None, typer.Option(help="pretrained: the offline defaul
 CacheDir = Annotated[Path | None, typer.Option(help="Feature cache of frozen encoders (default: ~/.cache/polymodal)")]
 NoiseLevels = Annotated[int, typer.Option(help="Noise levels per modality for robustness (0: skip the noise)")]
 NoiseRows = Annotated[int, typer.Option(help="Measure the noise curves on a fixed sample of this many test rows")]
+GroupBy = Annotated[
+    str | None,
+    typer.Option(help="A column naming groups of rows (e.g. question type): metrics per value too (data.group_by)"),
+]
 
 
 LabelOpt = Annotated[str | None, typer.Option("--label", "-y", help="The column to predict (data.label)")]
@@ -45,7 +49,11 @@ SetOpt = Annotated[
     typer.Option("--set", help="Any setting by dotted path: --set train.lr=3e-4 (repeatable; `polymodal config`)"),
 ]
 FusionOpt = Annotated[
-    str | None, typer.Option(help="early | late | attention | gmu | tensor | low_rank | cross_attention [attention]")
+    str | None,
+    typer.Option(
+        help="early | late | attention | gmu | tensor | low_rank | cross_attention; token-level: relation | film | "
+        "token_transformer [attention]"
+    ),
 ]
 ImageSize = Annotated[int | None, typer.Option(help="Images are resized to this square size [64]")]
 SampleRate = Annotated[int | None, typer.Option(help="Audio is resampled to this rate [16000]")]
@@ -203,6 +211,7 @@ def evaluate(
         None, "--output", "-o", help="metrics.json to write (default: MODEL/metrics.json)"
     ),
     on_bad_rows: str = typer.Option("error", help="error | skip"),
+    group_by: GroupBy = None,
 ) -> None:
     """Metrics of a saved model on a labelled table; writes them to metrics.json."""
     from polymodal.evaluation.table import confusion_table, metrics_table
@@ -212,8 +221,9 @@ def evaluate(
     def go():
         p = MultimodalPredictor.load(model)
         p.config_.data.on_bad_rows = on_bad_rows
-        m = p.evaluate(table) | {"table": str(table)}
-        console.print(metrics_table({p.fusion: m}, title=f"metrics on {table}"))
+        m = p.evaluate(table, group_by=group_by) | {"table": str(table)}
+        groups = {f"{m['group_by']}={g}": v for g, v in m.get("groups", {}).items()}
+        console.print(metrics_table({p.fusion: m} | groups, title=f"metrics on {table}"))
         if "confusion_matrix" in m:
             console.print(confusion_table(m["confusion_matrix"], p.engine.task.classes))
         if output is not None:
@@ -414,6 +424,7 @@ def compare(
     preset: Preset = None,
     finetune: Finetune = None,
     cache_dir: CacheDir = None,
+    group_by: GroupBy = None,
 ) -> None:
     """Leaderboard of unimodal baselines, fusions and ensembles over seeds, with robustness and an HTML report.
 
@@ -430,7 +441,7 @@ def compare(
             text_encoder=text_encoder, image_encoder=image_encoder, audio_encoder=audio_encoder, preset=preset,
             cache_dir=cache_dir, freeze=None if finetune is None else not finetune,
             **{"preprocess.image_size": image_size, "preprocess.image_fit": image_fit,
-               "preprocess.sample_rate": sample_rate},
+               "preprocess.sample_rate": sample_rate, "data.group_by": group_by},
         ) | _set_options(set_)  # fmt: skip
         board = run_compare(
             train, label, output, test=test, valid=valid, fusions=fusions, seeds=seeds, noise_levels=noise_levels,
@@ -453,6 +464,7 @@ def report(
     output: Path = typer.Option(..., "--output", "-o", help="HTML file to write"),
     noise_levels: NoiseLevels = 5,
     noise_rows: NoiseRows = 1000,
+    group_by: GroupBy = None,
 ) -> None:
     """A self-contained HTML report: metrics, robustness, modality contribution, confusion matrix, ROC, curves."""
     from polymodal.evaluation.report import compare_report, model_report, write_html
@@ -476,7 +488,8 @@ def report(
             if history is None and (model / METRICS).exists():
                 history = read_json(model / METRICS).get("history")
             html = model_report(
-                engine, table, name=str(model), history=history, noise_levels=noise_levels, noise_rows=noise_rows
+                engine, table, name=str(model), history=history, noise_levels=noise_levels, noise_rows=noise_rows,
+                group_by=group_by or (p.config_.data.group_by if not is_ensemble_folder(model) else None),
             )
         write_html(output, html)
         console.print(f"wrote {output}")
