@@ -487,10 +487,11 @@ def report(
                 engine, history = p.engine, p.metrics_.get("history")
             if history is None and (model / METRICS).exists():
                 history = read_json(model / METRICS).get("history")
+            groups = group_by or (None if is_ensemble_folder(model) else p.config_.data.group_by)
             html = model_report(
                 engine, table, name=str(model), history=history, noise_levels=noise_levels, noise_rows=noise_rows,
-                group_by=group_by or (p.config_.data.group_by if not is_ensemble_folder(model) else None),
-            )
+                group_by=groups,
+            )  # fmt: skip
         write_html(output, html)
         console.print(f"wrote {output}")
 

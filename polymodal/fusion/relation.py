@@ -1,6 +1,6 @@
 """Relation network (Santoro et al., 2017): an MLP g reads every pair of objects (region tokens with their
-(x, y)) together with the question, the pair outputs are summed (here: averaged over the real pairs, which
-keeps the scale stable), and an MLP f reads the result.
+(x, y)) together with the question, the pair outputs are summed, and an MLP f reads the result. (A sum, not
+a mean: when two objects of many matter, a mean over all pairs dilutes them and training stalls.)
 
 Objects are the tokens of the spatial inputs (image region grids); the question is the mean of the other
 inputs' pooled embeddings. With no spatial input at all, every input's tokens are objects. A pair with a
@@ -27,7 +27,11 @@ class RelationFusion(TokenFusion):
         g_layers: int = 3,
     ):
         super().__init__(dims, n_outputs, hidden, dropout)
-        self.obj = nn.ModuleDict({k: nn.Linear(d, hidden) for k, d in dims.items()})
+        # Normalized objects and question: g starts with well-scaled inputs whatever the encoders output.
+        self.obj = nn.ModuleDict(
+            {k: nn.Sequential(nn.Linear(d, hidden), nn.LayerNorm(hidden)) for k, d in dims.items()}
+        )
+        self.q_norm = nn.LayerNorm(hidden)
         self.g_left, self.g_right = nn.Linear(hidden + 2, hidden), nn.Linear(hidden + 2, hidden, bias=False)
         self.g_question = nn.Linear(hidden, hidden, bias=False)
         rest: list[nn.Module] = [nn.ReLU(inplace=True)]
@@ -54,8 +58,7 @@ class RelationFusion(TokenFusion):
             part_masks.append(masks[k])
         o, mask = torch.cat(parts, dim=1), torch.cat(part_masks, dim=1)  # (b, n, hidden + 2), (b, n)
         q = self.condition(tokens, present, others if spatial else [])
-        pre = self.g_left(o)[:, :, None] + self.g_right(o)[:, None, :] + self.g_question(q)[:, None, None]
+        pre = self.g_left(o)[:, :, None] + self.g_right(o)[:, None, :] + self.g_question(self.q_norm(q))[:, None, None]
         pair = (mask[:, :, None] & mask[:, None, :]).to(pre.dtype)  # (b, n, n)
         g = self.g(pre) * pair[..., None]
-        relations = g.sum(dim=(1, 2)) / pair.sum(dim=(1, 2)).clamp(min=1)[:, None]
-        return self.f(relations)
+        return self.f(g.sum(dim=(1, 2)))
