@@ -172,8 +172,7 @@ class MultimodalPredictor:
         from polymodal.evaluation.groups import check_group_column
 
         check_group_column(table[0], data.group_by, _table_name(train))
-        ignore = list(data.ignore) + ([data.group_by] if data.group_by and data.group_by not in data.ignore else [])
-        schema = infer_schema(table[0], data.label, modalities, ignore, data.problem_type)
+        schema = infer_schema(table[0], data.label, modalities, data.left_out(), data.problem_type)
         check_columns(table[0], schema, training=True)
         config = PreprocessConfig(
             **(self.config_.preprocess.to_dict() | {"pretrained": self._pretrained_config(schema)})

@@ -186,8 +186,9 @@ def test_serve_a_token_fusion(fitted, blobs):
             if client.get("/ready").status_code == 200:
                 break
             __import__("time").sleep(0.05)
+        b64 = lambda path: __import__("base64").b64encode((test.parent / path).read_bytes()).decode()  # noqa: E731
         r = client.post("/v1/predict", json={"instances": [
-            {"image": str(test.parent / row.image), "question": row.question} for row in df.itertuples()
+            {"image": b64(row.image), "question": row.question} for row in df.itertuples()
         ]})  # fmt: skip
         assert r.status_code == 200, r.text
         got = [p["prediction"] for p in r.json()["predictions"]]

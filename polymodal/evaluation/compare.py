@@ -564,7 +564,7 @@ def compare(
     fingerprints = {k: fingerprint(df) for k, df in frames.items()}
     data = template.config_.data
     modalities = {c: Modality(m) for c, m in data.modalities.items()}
-    schema = infer_schema(frames["train"], label, modalities, data.ignore, data.problem_type)
+    schema = infer_schema(frames["train"], label, modalities, data.left_out(), data.problem_type)
     entries = plan_entries(list(schema.inputs), selected)
     base = {
         "version": __version__, "data": fingerprints, "schema": schema.to_dict(), "options": options,
