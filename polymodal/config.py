@@ -39,13 +39,13 @@ class DataConfig:
     # A column naming groups of rows (e.g. a question type): evaluate/compare/report score each of its values
     # beside the overall metrics. Never a model input.
     group_by: str | None = None
+    valid_fraction: float = 0.1  # validation split of the training rows when no validation table is given
+    on_bad_rows: str = field(default="error", metadata=_choices(*BAD_ROW_POLICIES))
 
     def left_out(self) -> list[str]:
         """The columns that are not inputs: `ignore`, plus the group column."""
         extra = [self.group_by] if self.group_by and self.group_by not in self.ignore else []
         return list(self.ignore) + extra
-    valid_fraction: float = 0.1  # validation split of the training rows when no validation table is given
-    on_bad_rows: str = field(default="error", metadata=_choices(*BAD_ROW_POLICIES))
 
 
 @dataclass
