@@ -51,6 +51,10 @@ PrivacyOperator = Annotated[
 NerModel = Annotated[
     str | None, typer.Option(help="Token-classification model (HF id or folder) for names, places, organizations")
 ]
+GroupBy = Annotated[
+    str | None,
+    typer.Option(help="A column naming groups of rows (e.g. question type): metrics per value too (data.group_by)"),
+]
 
 
 LabelOpt = Annotated[str | None, typer.Option("--label", "-y", help="The column to predict (data.label)")]
@@ -62,7 +66,11 @@ SetOpt = Annotated[
     typer.Option("--set", help="Any setting by dotted path: --set train.lr=3e-4 (repeatable; `polymodal config`)"),
 ]
 FusionOpt = Annotated[
-    str | None, typer.Option(help="early | late | attention | gmu | tensor | low_rank | cross_attention [attention]")
+    str | None,
+    typer.Option(
+        help="early | late | attention | gmu | tensor | low_rank | cross_attention; token-level: relation | film | "
+        "token_transformer [attention]"
+    ),
 ]
 ImageSize = Annotated[int | None, typer.Option(help="Images are resized to this square size [64]")]
 SampleRate = Annotated[int | None, typer.Option(help="Audio is resampled to this rate [16000]")]
@@ -282,6 +290,7 @@ def evaluate(
     ),
     on_bad_rows: str = typer.Option("error", help="error | skip"),
     runtime: Runtime = "torch",
+    group_by: GroupBy = None,
 ) -> None:
     """Metrics of a saved model on a labelled table; writes them to metrics.json."""
     from polymodal.evaluation.table import confusion_table, metrics_table
@@ -299,8 +308,10 @@ def evaluate(
         else:
             p = MultimodalPredictor.load(model, runtime=runtime)
             p.config_.data.on_bad_rows = on_bad_rows
-            m = p.evaluate(table) | {"table": str(table)} | ({"runtime": runtime} if runtime != "torch" else {})
-            console.print(metrics_table({p.fusion: m}, title=f"metrics on {table}"))
+            m = p.evaluate(table, group_by=group_by) | {"table": str(table)}
+            m |= {"runtime": runtime} if runtime != "torch" else {}
+            groups = {f"{m['group_by']}={g}": v for g, v in m.get("groups", {}).items()}
+            console.print(metrics_table({p.fusion: m} | groups, title=f"metrics on {table}"))
             if "confusion_matrix" in m:
                 console.print(confusion_table(m["confusion_matrix"], p.engine.task.classes))
         if output is not None:
@@ -526,6 +537,7 @@ def compare(
     anonymize: Anonymize = None,
     privacy_operator: PrivacyOperator = None,
     ner_model: NerModel = None,
+    group_by: GroupBy = None,
 ) -> None:
     """Leaderboard of unimodal baselines, fusions and ensembles over seeds, with robustness and an HTML report.
 
@@ -544,7 +556,7 @@ def compare(
             cache_dir=cache_dir, freeze=None if finetune is None else not finetune,
             **{"preprocess.image_size": image_size, "preprocess.image_fit": image_fit,
                "preprocess.sample_rate": sample_rate, "privacy.anonymize": anonymize,
-               "privacy.operator": privacy_operator, "privacy.ner_model": ner_model},
+               "privacy.operator": privacy_operator, "privacy.ner_model": ner_model, "data.group_by": group_by},
         ) | _set_options(set_)  # fmt: skip
         board = run_compare(
             train, label, output, test=test, valid=valid, fusions=fusions, seeds=seeds, noise_levels=noise_levels,
@@ -567,6 +579,7 @@ def report(
     output: Path = typer.Option(..., "--output", "-o", help="HTML file to write"),
     noise_levels: NoiseLevels = 5,
     noise_rows: NoiseRows = 1000,
+    group_by: GroupBy = None,
 ) -> None:
     """A self-contained HTML report: metrics, robustness, modality contribution, confusion matrix, ROC, curves."""
     from polymodal.evaluation.report import compare_report, model_report, write_html
@@ -596,9 +609,11 @@ def report(
                 engine, history = p.engine, p.metrics_.get("history")
             if history is None and (model / METRICS).exists():
                 history = read_json(model / METRICS).get("history")
+            groups = group_by or (None if is_ensemble_folder(model) else p.config_.data.group_by)
             html = model_report(
-                engine, table, name=str(model), history=history, noise_levels=noise_levels, noise_rows=noise_rows
-            )
+                engine, table, name=str(model), history=history, noise_levels=noise_levels, noise_rows=noise_rows,
+                group_by=groups,
+            )  # fmt: skip
         write_html(output, html)
         console.print(f"wrote {output}")
 

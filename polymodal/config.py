@@ -38,8 +38,16 @@ class DataConfig:
     problem_type: str | None = None  # binary | multiclass | regression; None: inferred from the label
     modalities: dict[str, str] = field(default_factory=dict)  # column -> text | image | audio | numeric | categorical
     ignore: list[str] = field(default_factory=list)  # columns left out
+    # A column naming groups of rows (e.g. a question type): evaluate/compare/report score each of its values
+    # beside the overall metrics. Never a model input.
+    group_by: str | None = None
     valid_fraction: float = 0.1  # validation split of the training rows when no validation table is given
     on_bad_rows: str = field(default="error", metadata=_choices(*BAD_ROW_POLICIES))
+
+    def left_out(self) -> list[str]:
+        """The columns that are not inputs: `ignore`, plus the group column."""
+        extra = [self.group_by] if self.group_by and self.group_by not in self.ignore else []
+        return list(self.ignore) + extra
 
 
 @dataclass
@@ -98,7 +106,9 @@ class EncodersConfig:
 
 @dataclass
 class FusionConfig:
-    name: str = "attention"  # early | late | attention | gmu | tensor | low_rank | cross_attention
+    # early | late | attention | gmu | tensor | low_rank | cross_attention; token-level: relation | film |
+    # token_transformer
+    name: str = "attention"
     hidden: int = 128  # width of the fusion and the task head
     dropout: float = 0.1
     options: dict[str, Any] = field(default_factory=dict)  # the fusion's own settings, e.g. {heads: 8, layers: 3}

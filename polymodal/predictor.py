@@ -170,7 +170,10 @@ class MultimodalPredictor:
         table = read_table(train)
         data = self.config_.data
         modalities = {c: Modality(m) for c, m in data.modalities.items()}
-        schema = infer_schema(table[0], data.label, modalities, data.ignore, data.problem_type)
+        from polymodal.evaluation.groups import check_group_column
+
+        check_group_column(table[0], data.group_by, _table_name(train))
+        schema = infer_schema(table[0], data.label, modalities, data.left_out(), data.problem_type)
         check_columns(table[0], schema, training=True)
         config = PreprocessConfig(
             **(self.config_.preprocess.to_dict() | {"pretrained": self._pretrained_config(schema)})
@@ -330,12 +333,23 @@ class MultimodalPredictor:
         df, out, _ = self._outputs(data, on_bad_rows)
         return pd.Series(engine.task.decode(out), index=df.index, name=self.label)
 
-    def evaluate(self, data: Any) -> dict[str, Any]:
-        """Metrics on a labelled table (accuracy, precision, recall, F1, AUROC, confusion matrix; RMSE, MAE, R2)."""
+    def evaluate(self, data: Any, group_by: str | None = None) -> dict[str, Any]:
+        """Metrics on a labelled table (accuracy, precision, recall, F1, AUROC, confusion matrix; RMSE, MAE, R2).
+        `group_by` (default: the config's `data.group_by`): a column whose values get their own metrics too,
+        under `groups`."""
+        from polymodal.evaluation.groups import check_group_column, group_metrics
+
         engine = self._require_fitted()
-        df, media, frozen, problems = self._load_rows(data, engine.pipeline, training=False)
+        group_by = group_by or self.config_.data.group_by
+        table = read_table(data)
+        check_group_column(table[0], group_by, _table_name(data))
+        df, media, frozen, problems = self._load_rows(data, engine.pipeline, training=False, table=table)
         features = engine.pipeline.features(df, media, frozen)
-        metrics = engine.task.metrics(df[engine.schema.label], engine.outputs(features))
+        outputs = engine.outputs(features)
+        metrics = engine.task.metrics(df[engine.schema.label], outputs)
+        if group_by:
+            metrics["groups"] = group_metrics(engine.task, df[engine.schema.label], outputs, df[group_by])
+            metrics["group_by"] = group_by
         return metrics | {"data": fingerprint(df), "dropped_rows": len({p.row for p in problems})}
 
     # ---- persistence -------------------------------------------------------------------------------

@@ -3,16 +3,22 @@
 import pytest
 import torch
 
+from polymodal.encoders.tokens import single_token
 from polymodal.fusion import FUSIONS, build_fusion
 
 DIMS = {"a": 8, "b": 6, "c": 4}
+
+
+def call(f, emb, present):
+    """A token-level fusion gets each embedding as one token (its own tests are in test_token_fusion.py)."""
+    return f({k: single_token(v) for k, v in emb.items()}, present) if f.consumes_tokens else f(emb, present)
 
 
 @pytest.mark.parametrize("name", sorted(FUSIONS))
 def test_output_shape(name):
     f = build_fusion(name, DIMS, n_outputs=3, hidden=16).eval()
     emb = {k: torch.randn(5, d) for k, d in DIMS.items()}
-    out = f(emb, torch.ones(5, 3, dtype=torch.bool))
+    out = call(f, emb, torch.ones(5, 3, dtype=torch.bool))
     assert out.shape == (5, f.out_dim)
     assert f.out_dim == (3 if f.produces_logits else out.shape[1])
 
@@ -23,11 +29,11 @@ def test_absent_input_does_not_leak(name):
     f = build_fusion(name, DIMS, n_outputs=3, hidden=16).eval()
     emb = {k: torch.randn(5, d) for k, d in DIMS.items()}
     present = torch.tensor([[1, 0, 1], [1, 1, 0], [0, 1, 1], [1, 0, 0], [0, 0, 0]], dtype=torch.bool)
-    out = f(emb, present)
+    out = call(f, emb, present)
     # Whatever sits in an absent slot (zeros, noise, huge values) must not change the output.
     for fill in (torch.zeros, lambda *s: 1e3 * torch.randn(*s)):
         other = {k: torch.where(present[:, i, None], v, fill(*v.shape)) for i, (k, v) in enumerate(emb.items())}
-        torch.testing.assert_close(f(other, present), out)
+        torch.testing.assert_close(call(f, other, present), out)
     assert torch.isfinite(out).all()
 
 
@@ -46,6 +52,9 @@ def test_late_weights_renormalize_over_present_inputs():
 
 
 def test_unknown_fusion_lists_choices():
-    choices = r"\['attention', 'cross_attention', 'early', 'gmu', 'late', 'low_rank', 'tensor'\]"
+    choices = (
+        r"\['attention', 'cross_attention', 'early', 'film', 'gmu', 'late', 'low_rank', 'relation', 'tensor', "
+        r"'token_transformer'\]"
+    )
     with pytest.raises(ValueError, match=rf"unknown fusion 'concat'; choose one of {choices}"):
         build_fusion("concat", DIMS, 2)

@@ -1,4 +1,5 @@
-"""Encoders: one `nn.Module` per fusion input, each with `.dim` and `forward(x) -> (batch, dim)`.
+"""Encoders: one `nn.Module` per fusion input, each with `.dim` and `forward(x) -> (batch, dim)`; built with
+`tokens=True` (for a token-level fusion) also `forward_tokens(x) -> Tokens` (see encoders/tokens.py).
 
 Three kinds, chosen by the input spec the preprocessor writes:
 - scratch (default): the modality's small network, trained end to end;
@@ -17,6 +18,7 @@ from torch import nn
 
 from polymodal.data.schema import Modality
 from polymodal.encoders.scratch import AudioCNN, CategoricalMLP, ImageCNN, NumericMLP, TextRNN
+from polymodal.encoders.tokens import Tokens, grid_coords, single_token
 
 SCRATCH_ENCODERS: dict[Modality, type[nn.Module]] = {
     Modality.TEXT: TextRNN,
@@ -28,15 +30,19 @@ SCRATCH_ENCODERS: dict[Modality, type[nn.Module]] = {
 
 
 class FrozenProjection(nn.Module):
-    """Precomputed pretrained embeddings -> LayerNorm -> Linear -> ReLU."""
+    """Precomputed pretrained embeddings -> LayerNorm -> Linear -> ReLU. The feature cache holds pooled
+    embeddings, so as tokens a frozen input is one token."""
 
-    def __init__(self, in_dim: int, dim: int):
+    def __init__(self, in_dim: int, dim: int, tokens: bool = False):
         super().__init__()
         self.net = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, dim), nn.ReLU(inplace=True))
         self.dim = dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def forward_tokens(self, x: torch.Tensor) -> Tokens:
+        return single_token(self(x))
 
 
 class FineTuned(nn.Module):
@@ -51,8 +57,10 @@ class FineTuned(nn.Module):
         layers: int | None = None,
         lora: bool = False,
         from_config: str | None = None,
+        tokens: bool = False,
     ):
         super().__init__()
+        self.modality, self.pad_id = modality, pad_id
         from polymodal.encoders.pretrained import EncoderRef, build, unfreeze_top_layers
 
         ref = EncoderRef(**pretrained)
@@ -72,14 +80,37 @@ class FineTuned(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(self.backbone(x))
 
+    def forward_tokens(self, x: torch.Tensor) -> Tokens:
+        """The backbone's last hidden states (a transformer's tokens, ViT patches, a CNN's last feature map)."""
+        hidden = self.proj(self.backbone(x, tokens=True))  # (b, n, dim)
+        b, n, _ = hidden.shape
+        if self.modality == Modality.TEXT:
+            mask = x != self.pad_id
+            mask[:, 0] = True  # the CLS token of an empty text
+        else:
+            mask = torch.ones(b, n, dtype=torch.bool, device=hidden.device)
+        pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+        if self.modality != Modality.IMAGE:
+            return Tokens(hidden, mask, pooled)
+        # Patches or feature-map cells form a square grid, maybe after a CLS token (dropped: the grid says it all).
+        import math
 
-def build_encoder(modality: Modality, input_spec: dict[str, Any], dim: int) -> nn.Module:
-    """Build an input's encoder from the preprocessor's description of that input."""
+        for skip in (0, 1):
+            side = math.isqrt(n - skip)
+            if side * side == n - skip and side > 0:
+                grid = hidden[:, skip:]
+                return Tokens(grid, mask[:, skip:], pooled, grid_coords(side, side, hidden.device), (side, side))
+        return Tokens(hidden, mask, pooled)
+
+
+def build_encoder(modality: Modality, input_spec: dict[str, Any], dim: int, tokens: bool = False) -> nn.Module:
+    """Build an input's encoder from the preprocessor's description of that input; `tokens`: it will also be
+    asked for `forward_tokens` (a token-level fusion)."""
     if "in_dim" in input_spec:
-        return FrozenProjection(input_spec["in_dim"], dim)
+        return FrozenProjection(input_spec["in_dim"], dim, tokens=tokens)
     if "pretrained" in input_spec:
-        return FineTuned(modality, dim=dim, **input_spec)
-    return SCRATCH_ENCODERS[modality](**input_spec, dim=dim)
+        return FineTuned(modality, dim=dim, tokens=tokens, **input_spec)
+    return SCRATCH_ENCODERS[modality](**input_spec, dim=dim, tokens=tokens)
 
 
 __all__ = [
@@ -91,5 +122,6 @@ __all__ = [
     "ImageCNN",
     "NumericMLP",
     "TextRNN",
+    "Tokens",
     "build_encoder",
 ]

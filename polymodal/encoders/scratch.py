@@ -1,9 +1,17 @@
-"""Encoders trained from scratch. Each maps one preprocessed input to a fixed-size embedding `(batch, dim)`."""
+"""Encoders trained from scratch. Each maps one preprocessed input to a fixed-size embedding `(batch, dim)`.
+
+Built with `tokens=True`, each also gives `forward_tokens(x) -> Tokens` (see encoders/tokens.py): the CNN's
+feature-map grid as region tokens with their (x, y), the GRU's per-word outputs with the padding mask, audio
+frames, or one token for numbers and categories. The token projection exists only then, so pooled models keep
+exactly their weights.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from polymodal.encoders.tokens import Tokens, grid_coords, single_token
 
 
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
@@ -16,7 +24,13 @@ class ImageCNN(nn.Module):
     where things are, which matters for digits and layouts) and a projection."""
 
     def __init__(
-        self, channels: int, size: int, dim: int = 128, widths: tuple[int, ...] = (32, 64, 128), grid: int = 2
+        self,
+        channels: int,
+        size: int,
+        dim: int = 128,
+        widths: tuple[int, ...] = (32, 64, 128),
+        grid: int = 2,
+        tokens: bool = False,
     ):
         super().__init__()
         layers: list[nn.Module] = []
@@ -26,27 +40,59 @@ class ImageCNN(nn.Module):
             if size >> (i + 1) >= 2:  # stop pooling when the map is already tiny
                 layers.append(nn.MaxPool2d(2))
             c = w
-        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(grid))
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(grid)
         self.proj = nn.Sequential(nn.Flatten(), nn.Linear(c * grid * grid, dim), nn.ReLU(inplace=True))
         self.dim = dim
+        if tokens:  # one region token per cell of the last feature map
+            self.token_proj = nn.Sequential(nn.Linear(c, dim), nn.ReLU(inplace=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.features(x))
+        return self.proj(self.pool(self.features(x)))
+
+    def forward_tokens(self, x: torch.Tensor) -> Tokens:
+        fmap = self.features(x)  # (b, c, h, w)
+        b, _, h, w = fmap.shape
+        tokens = self.token_proj(fmap.flatten(2).transpose(1, 2))
+        mask = torch.ones(b, h * w, dtype=torch.bool, device=x.device)
+        return Tokens(tokens, mask, self.proj(self.pool(fmap)), grid_coords(h, w, x.device), (h, w))
 
 
 class TextRNN(nn.Module):
     """Word embeddings, a bidirectional GRU, masked mean + max pooling over the words, a projection."""
 
-    def __init__(self, vocab_size: int, max_len: int, dim: int = 128, embed_dim: int = 128, hidden: int = 128):
+    def __init__(
+        self,
+        vocab_size: int,
+        max_len: int,
+        dim: int = 128,
+        embed_dim: int = 128,
+        hidden: int = 128,
+        tokens: bool = False,
+    ):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
         self.rnn = nn.GRU(embed_dim, hidden, batch_first=True, bidirectional=True)
         self.proj = nn.Sequential(nn.Linear(4 * hidden, dim), nn.ReLU(inplace=True))
         self.dim = dim
+        if tokens:
+            self.token_proj = nn.Sequential(nn.Linear(2 * hidden, dim), nn.ReLU(inplace=True))
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        mask = (ids != 0).unsqueeze(-1)
         h, _ = self.rnn(self.embed(ids))
+        return self._pool(h, ids != 0)
+
+    def forward_tokens(self, ids: torch.Tensor) -> Tokens:
+        # Packed, so the backward direction starts at each text's last word: padding never changes an output.
+        mask = ids != 0
+        lengths = mask.sum(1).clamp(min=1).cpu()
+        packed = nn.utils.rnn.pack_padded_sequence(self.embed(ids), lengths, batch_first=True, enforce_sorted=False)
+        h, _ = self.rnn(packed)
+        h, _ = nn.utils.rnn.pad_packed_sequence(h, batch_first=True, total_length=ids.shape[1])
+        return Tokens(self.token_proj(h), mask, self._pool(h, mask))
+
+    def _pool(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        mask = mask.unsqueeze(-1)
         denom = mask.sum(1).clamp(min=1)
         mean = (h * mask).sum(1) / denom
         maxed = h.masked_fill(~mask, float("-inf")).max(1).values
@@ -57,7 +103,14 @@ class TextRNN(nn.Module):
 class AudioCNN(nn.Module):
     """Log-mel + MFCC frames -> 2-D conv blocks over (feature, time) -> GRU over time -> mean/max pooling."""
 
-    def __init__(self, n_features: int, dim: int = 128, widths: tuple[int, ...] = (16, 32, 64), hidden: int = 128):
+    def __init__(
+        self,
+        n_features: int,
+        dim: int = 128,
+        widths: tuple[int, ...] = (16, 32, 64),
+        hidden: int = 128,
+        tokens: bool = False,
+    ):
         super().__init__()
         layers: list[nn.Module] = []
         c = 1
@@ -69,18 +122,29 @@ class AudioCNN(nn.Module):
         self.rnn = nn.GRU(c * f_out, hidden, batch_first=True, bidirectional=True)
         self.proj = nn.Sequential(nn.Linear(4 * hidden, dim), nn.ReLU(inplace=True))
         self.dim = dim
+        if tokens:  # one token per (pooled) frame
+            self.token_proj = nn.Sequential(nn.Linear(2 * hidden, dim), nn.ReLU(inplace=True))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _frames(self, x: torch.Tensor) -> torch.Tensor:
         h = self.features(x.unsqueeze(1))  # (b, c, f, t)
         h = h.flatten(1, 2).transpose(1, 2)  # (b, t, c*f)
-        h, _ = self.rnn(h)
+        return self.rnn(h)[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self._frames(x)
         return self.proj(torch.cat([h.mean(1), h.max(1).values], dim=-1))
+
+    def forward_tokens(self, x: torch.Tensor) -> Tokens:
+        h = self._frames(x)
+        pooled = self.proj(torch.cat([h.mean(1), h.max(1).values], dim=-1))
+        mask = torch.ones(h.shape[:2], dtype=torch.bool, device=x.device)  # clips are fixed-length frames
+        return Tokens(self.token_proj(h), mask, pooled)
 
 
 class NumericMLP(nn.Module):
     """Standardized numbers with their missing flags -> MLP."""
 
-    def __init__(self, n_features: int, dim: int = 128, hidden: int = 128, dropout: float = 0.1):
+    def __init__(self, n_features: int, dim: int = 128, hidden: int = 128, dropout: float = 0.1, tokens: bool = False):
         super().__init__()
         self.net = nn.Sequential(
             nn.Linear(n_features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
@@ -91,11 +155,16 @@ class NumericMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def forward_tokens(self, x: torch.Tensor) -> Tokens:
+        return single_token(self(x))
+
 
 class CategoricalMLP(nn.Module):
     """One embedding per categorical column (id 0 = missing, 1 = unseen), concatenated -> MLP."""
 
-    def __init__(self, cardinalities: list[int], dim: int = 128, hidden: int = 128, dropout: float = 0.1):
+    def __init__(
+        self, cardinalities: list[int], dim: int = 128, hidden: int = 128, dropout: float = 0.1, tokens: bool = False
+    ):
         super().__init__()
         sizes = [min(32, max(4, round(1.6 * c**0.56))) for c in cardinalities]
         self.embeds = nn.ModuleList(nn.Embedding(c, s) for c, s in zip(cardinalities, sizes, strict=True))
@@ -104,3 +173,6 @@ class CategoricalMLP(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([e(ids[:, j]) for j, e in enumerate(self.embeds)], dim=-1))
+
+    def forward_tokens(self, ids: torch.Tensor) -> Tokens:
+        return single_token(self(ids))

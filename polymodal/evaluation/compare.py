@@ -297,8 +297,10 @@ def encoder_pass_seconds(sd: SeedData, template: Any) -> float:
     return time.perf_counter() - start
 
 
-def evaluate_model(model: Any, sd: SeedData, permutations: int) -> dict[str, Any]:
-    """Test metrics, inference time and robustness of one fitted model (an engine or an ensemble)."""
+def evaluate_model(model: Any, sd: SeedData, permutations: int, group_by: str | None = None) -> dict[str, Any]:
+    """Test metrics (per value of the `group_by` column too), inference time and robustness of one fitted model
+    (an engine or an ensemble)."""
+    from polymodal.evaluation.groups import group_metrics
     from polymodal.predictor import fingerprint
 
     feats = select_features(sd.test_x, list(model.schema.inputs))
@@ -306,6 +308,8 @@ def evaluate_model(model: Any, sd: SeedData, permutations: int) -> dict[str, Any
     outputs = model.outputs(feats)
     infer_ms = 1000.0 * (time.perf_counter() - start) / max(1, len(feats))
     metrics = sd.task.metrics(sd.test_df[sd.schema.label], outputs) | {"data": fingerprint(sd.test_df)}
+    if group_by:
+        metrics["groups"] = group_metrics(sd.task, sd.test_df[sd.schema.label], outputs, sd.test_df[group_by])
     robustness = evaluate_robustness(model, sd.test_x, sd.test_y, sd.noisy, permutations, seed=sd.seed)
     return {"metrics": metrics, "outputs": outputs, "infer_ms_per_sample": round(infer_ms, 4), "robustness": robustness}
 
@@ -391,6 +395,8 @@ def aggregate(results: list[dict], entries: list[Entry], metric: str, higher: bo
             "infer_ms_per_sample": round(_mean([r["infer_ms_per_sample"] for r in rs]), 4),
             "peak_mem_mb": round(_mean([r["peak_mem_mb"] for r in rs]), 1),
         }
+        for g in rs[0]["metrics"].get("groups", {}):  # the metric per group value (--group-by), mean over seeds
+            row[f"group:{g}"] = _mean([r["metrics"]["groups"].get(g, {}).get(metric) for r in rs])
         for n in all_inputs:
             row[f"missing:{n}"] = _mean([r["robustness"]["missing"].get(n) for r in rs]) if n in e.inputs else None
         for n in all_inputs:
@@ -468,7 +474,9 @@ def leaderboard_table(board: dict[str, Any]):
     metric = board["metric"]
     t = Table(title=f"leaderboard: {metric} on the test rows, mean ± std over {board['seeds']} seed(s)")
     t.caption = board.get("verdict") or verdict(board)
-    cols = ["#", "entry", metric, "macro-F1", "params", "train s", "infer ms/row", "peak MB", "rel. robustness"]
+    groups = [k for k in (board["leaderboard"] or [{}])[0] if k.startswith("group:")]
+    cols = ["#", "entry", metric, "macro-F1", *[f"{metric} {g[6:]}" for g in groups], "params", "train s"]
+    cols += ["infer ms/row", "peak MB", "rel. robustness"]
     for c in cols:
         t.add_column(c, justify="left" if c == "entry" else "right")
 
@@ -480,6 +488,7 @@ def leaderboard_table(board: dict[str, Any]):
         t.add_row(
             str(r["rank"]), r["entry"], pm(r[f"{metric}_mean"], r[f"{metric}_std"]),
             pm(r["f1_macro_mean"], r["f1_macro_std"]) if "f1_macro_mean" in r else "-",
+            *[f"{r.get(g, float('nan')):.4f}" for g in groups],
             f"{r['parameters']:,}", f"{r['train_seconds']:.1f}", f"{r['infer_ms_per_sample']:.3f}",
             f"{r['peak_mem_mb']:.0f}", f"{np.mean(rel):.3f}" if rel else "-",
         )  # fmt: skip
@@ -537,7 +546,7 @@ class _Run:
                         sd.trained[m.name] = MultimodalPredictor.load(self.folder(m, seed)).engine
                     engines[m.inputs[0]] = sd.trained[m.name]
                 model = EnsembleModel(engines, entry.fusion).fit_stacking(sd.valid_x, sd.valid_y)
-                ev = evaluate_model(model, sd, self.permutations)
+                ev = evaluate_model(model, sd, self.permutations, self.template.config_.data.group_by)
                 # An ensemble costs the training of all its members, plus the stacking fit.
                 members_s = sum(done[m.name]["train_seconds"] for m in members)
                 extra = {"parameters": model.parameters, "epochs": None, "history": [],
@@ -546,7 +555,7 @@ class _Run:
                 p = MultimodalPredictor(config=self.template.config_, fusion=entry.fusion, seed=seed)
                 fit_on_features(p, sd, entry.inputs)
                 model = p.engine
-                ev = evaluate_model(model, sd, self.permutations)
+                ev = evaluate_model(model, sd, self.permutations, self.template.config_.data.group_by)
                 if entry.kind == "unimodal":
                     sd.trained[entry.name] = model
                 extra = {
@@ -622,7 +631,7 @@ def compare(
     fingerprints = {k: fingerprint(df) for k, df in frames.items()}
     data = template.config_.data
     modalities = {c: Modality(m) for c, m in data.modalities.items()}
-    schema = infer_schema(frames["train"], label, modalities, data.ignore, data.problem_type)
+    schema = infer_schema(frames["train"], label, modalities, data.left_out(), data.problem_type)
     if schema.problem_type.is_multilabel and any(f in ENSEMBLES for f in selected):
         say("multilabel: the late ensembles (softmax averaging and stacking) are left out")
         selected = [f for f in selected if f not in ENSEMBLES]

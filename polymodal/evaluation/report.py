@@ -388,6 +388,7 @@ def compare_report(folder: str | os.PathLike[str]) -> str:
         d["95 % CI ±"] = r[f"{metric}_ci95"]
         if "f1_macro_mean" in r:
             d["macro-F1"] = pm(r, "f1_macro")
+        d |= {f"{metric} {k[6:]}": f"{v:.4f}" for k, v in r.items() if k.startswith("group:")}  # --group-by
         d |= {"params": r["parameters"], "train s": r["train_seconds"], "infer ms/row": r["infer_ms_per_sample"],
               "peak MB": r["peak_mem_mb"]}  # fmt: skip
         shown.append(d)
@@ -480,11 +481,14 @@ def model_report(
     noise_levels: int = 5,
     permutations: int = 3,
     noise_rows: int | None = 1000,
+    group_by: str | None = None,
 ) -> str:
     """Evaluate one model (an `InferenceEngine` or an `EnsembleModel`) on a labelled table; the report's HTML.
-    The noise curves use a fixed sample of at most `noise_rows` rows (None: all)."""
+    The noise curves use a fixed sample of at most `noise_rows` rows (None: all). `group_by`: a column whose
+    values get their own metrics (a "groups" section)."""
     from polymodal.data.io import read_table
     from polymodal.data.validate import BadRowsError, check_columns
+    from polymodal.evaluation.groups import check_group_column, group_metrics
     from polymodal.evaluation.robustness import (
         NoisyInputs,
         check_noise_rows,
@@ -498,6 +502,7 @@ def model_report(
     schema, task = model.schema, model.task
     if schema.label not in df.columns:
         raise UserError(f"the table has no label column {schema.label!r}: a report needs labelled rows")
+    check_group_column(df, group_by, str(data) if not hasattr(data, "columns") else "the DataFrame")
     check_columns(df, schema, training=False)
     # The model's own pipeline: decoded media (kept for the noise) and frozen embeddings, then preprocessing.
     media, frozen, problems = model.pipeline.decode(df, base_dir)
@@ -524,6 +529,12 @@ def model_report(
     row = {"model": name, "rows": len(df)} | {k: v for k, v in metrics.items() if isinstance(v, float)}
     row |= {"parameters": params, "infer_ms_per_sample": infer_ms}
     s["leaderboard"] = _note("one model: its test metrics") + _table([row], list(row), left=("model",))
+    if group_by:
+        per = group_metrics(task, df[schema.label], outputs, df[group_by])
+        rows = [{group_by: g} | m for g, m in per.items()]
+        s["leaderboard"] += _note(f"per group: the metrics of each value of {group_by!r}") + _table(
+            rows, list(rows[0]), left=(group_by,)
+        )
     ci = _bootstrap(targets, outputs, task)
     s["bar-chart"] = _note("error bars: 95 % bootstrap interval over the test rows (200 resamples)") + bar_chart(
         list(ci), [v for v, _ in ci.values()], [e for _, e in ci.values()], "score", f"{name}: test metrics"

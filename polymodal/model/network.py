@@ -10,7 +10,7 @@ from torch import nn
 
 from polymodal.data.schema import Modality
 from polymodal.encoders import build_encoder
-from polymodal.fusion import build_fusion
+from polymodal.fusion import FUSIONS, build_fusion
 from polymodal.tasks import Task
 
 
@@ -36,8 +36,10 @@ class MultimodalNet(nn.Module):
         self.input_names = list(inputs)
         self.keys = module_keys(self.input_names)
         dims = embed_dim if isinstance(embed_dim, dict) else dict.fromkeys(inputs, embed_dim)
+        # A token-level fusion reads each encoder's tokens (`forward_tokens`) instead of its pooled embedding.
+        self.tokens = bool(getattr(FUSIONS.get(fusion), "consumes_tokens", False))
         self.encoders = nn.ModuleDict(
-            {self.keys[n]: build_encoder(m, input_specs[n], dims[n]) for n, m in inputs.items()}
+            {self.keys[n]: build_encoder(m, input_specs[n], dims[n], tokens=self.tokens) for n, m in inputs.items()}
         )
         dims = {self.keys[n]: self.encoders[self.keys[n]].dim for n in self.input_names}
         options = fusion_options or {}
@@ -46,5 +48,11 @@ class MultimodalNet(nn.Module):
         self.head = nn.Identity() if self.fusion.produces_logits else task.head(self.fusion.out_dim, hidden, dropout)
 
     def forward(self, inputs: dict[str, torch.Tensor], present: torch.Tensor) -> torch.Tensor:
+        if self.tokens:
+            tokens = {
+                self.keys[n]: self.encoders[self.keys[n]].forward_tokens(inputs[n]).map(self.dropout)
+                for n in self.input_names
+            }
+            return self.head(self.fusion(tokens, present))
         embeddings = {self.keys[n]: self.dropout(self.encoders[self.keys[n]](inputs[n])) for n in self.input_names}
         return self.head(self.fusion(embeddings, present))

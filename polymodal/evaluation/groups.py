@@ -1,0 +1,30 @@
+"""Scores per group: when a column names a kind of row (a question type, a source, a site), the metrics of
+each of its values beside the overall ones (`data.group_by`, `--group-by`). The group column is never an input."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+def check_group_column(df: pd.DataFrame, column: str | None, table: str = "the table") -> None:
+    """A clear error, before any work, when the group column is missing."""
+    if column is not None and column not in df.columns:
+        raise ValueError(
+            f"--group-by {column!r}: {table} has no column {column!r} (columns: {list(df.columns)}); "
+            "name a column of the table or leave --group-by out"
+        )
+
+
+def group_metrics(task: Any, y_true: pd.Series, outputs: np.ndarray, groups: pd.Series) -> dict[str, dict[str, Any]]:
+    """{group value: {"n": rows, metric: value, ...}} for each value of `groups` (scalar metrics only).
+    A missing group value is its own group, "(missing)"."""
+    keys = groups.astype(object).where(groups.notna(), "(missing)").astype(str).to_numpy()
+    out: dict[str, dict[str, Any]] = {}
+    for value in sorted(set(keys)):
+        idx = np.flatnonzero(keys == value)
+        m = task.metrics(y_true.iloc[idx], outputs[idx])
+        out[value] = {k: v for k, v in m.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    return out
