@@ -27,6 +27,7 @@ from polymodal.data.redact import quote_value
 from polymodal.data.schema import Modality
 from polymodal.data.validate import Problem, is_missing
 from polymodal.encoders.pretrained import EncoderRef, build, cache_root
+from polymodal.errors import UserError
 from polymodal.preprocess.pretrained import PretrainedInputs
 
 log = logging.getLogger("polymodal")
@@ -106,7 +107,7 @@ class FrozenExtractor:
         from polymodal.encoders.onnx_int8 import RUNTIMES
 
         if runtime not in RUNTIMES:
-            raise ValueError(f"frozen encoder runtime must be one of {list(RUNTIMES)}, not {runtime!r}")
+            raise UserError(f"frozen encoder runtime must be one of {list(RUNTIMES)}, not {runtime!r}")
         self.ref, self.modality, self.st, self.runtime = ref, modality, st, runtime
         self.inputs = PretrainedInputs(modality, st)
         # "dim" is the encoder's output size, recorded in the state once known: not a setting of the input.

@@ -8,11 +8,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from polymodal.errors import UserError
+
 
 def check_group_column(df: pd.DataFrame, column: str | None, table: str = "the table") -> None:
     """A clear error, before any work, when the group column is missing."""
     if column is not None and column not in df.columns:
-        raise ValueError(
+        raise UserError(
             f"--group-by {column!r}: {table} has no column {column!r} (columns: {list(df.columns)}); "
             "name a column of the table or leave --group-by out"
         )

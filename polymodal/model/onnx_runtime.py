@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from polymodal.errors import UserError
 from polymodal.preprocess import Features
 
 GRAPH_FILE = "model.onnx"
@@ -44,7 +45,7 @@ class OnnxNet:
         self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         meta = self.session.get_modelmeta().custom_metadata_map
         if "config" not in meta or "inputs" not in meta:
-            raise ValueError(f"{self.path} was not exported by polymodal (its metadata has no config)")
+            raise UserError(f"{self.path} was not exported by polymodal (its metadata has no config)")
         self.metadata: dict[str, Any] = {
             k: json.loads(meta[k]) for k in ("config", "preprocess", "metrics", "inputs") if k in meta
         }

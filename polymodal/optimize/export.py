@@ -30,6 +30,7 @@ import numpy as np
 
 from polymodal import __version__
 from polymodal.data.schema import Modality
+from polymodal.errors import UserError
 
 FORMATS = ("onnx",)
 OPSET = 17
@@ -183,8 +184,13 @@ def export_onnx(model_dir: str | os.PathLike[str], output: str | os.PathLike[str
     model_dir, output = Path(model_dir), Path(output)
     if not (model_dir / CONFIG).is_file():
         raise FileNotFoundError(f"{model_dir} is not a polymodal model folder (no {CONFIG} in it)")
+    saved = read_json(model_dir / CONFIG)
+    fusion = saved["config"]["fusion"]["name"] if "config" in saved else saved.get("fusion")
+    if fusion in NOT_EXPORTABLE:
+        raise UserError(f"the {fusion} fusion cannot be exported to ONNX yet ({NOT_EXPORTABLE[fusion]}); serve it with "
+                        "the torch runtime, or export a model with another fusion")  # fmt: skip
     if output.suffix != ".onnx":
-        raise ValueError(f"the output must be a .onnx file, not {output}")
+        raise UserError(f"the output must be a .onnx file, not {output}")
     torch, _ = _torch()
     predictor = MultimodalPredictor.load(model_dir)
     engine = predictor.engine
@@ -284,7 +290,7 @@ def quantize_onnx(
             quantize_dynamic(str(pre), str(out), weight_type=QuantType.QInt8, per_channel=True)
         elif mode == "static":
             if not calibration:
-                raise ValueError("static int8 needs calibration rows (a training table)")
+                raise UserError("static int8 needs calibration rows (a training table)")
 
             class Reader(CalibrationDataReader):
                 def __init__(self):
@@ -303,7 +309,7 @@ def quantize_onnx(
             quantize_dynamic(str(mid), str(out), weight_type=QuantType.QInt8, per_channel=True,
                              op_types_to_quantize=["MatMul", "Gemm", "GRU", "Attention", "LSTM"])  # fmt: skip
         else:
-            raise ValueError(f"unknown int8 mode {mode!r}; choose dynamic or static")
+            raise UserError(f"unknown int8 mode {mode!r}; choose dynamic or static")
         proto = onnx.load(str(out))
         int8_weight_only(proto)
         meta = {p.key: p.value for p in onnx.load(str(source), load_external_data=False).metadata_props}
@@ -319,6 +325,10 @@ def quantize_onnx(
 
 QUANTIZE = ("dynamic", "static")
 CALIBRATION_ROWS = 256
+
+
+# Fusions the TorchScript-based ONNX exporter cannot trace, and why.
+NOT_EXPORTABLE = {"film": "its batch norms over the FiLM-ed grid lose their channel count in the trace"}
 
 
 def export_model(
@@ -337,15 +347,20 @@ def export_model(
 
     model_dir, output = Path(model_dir), Path(output)
     if format not in FORMATS:
-        raise ValueError(f"--format must be one of {list(FORMATS)}, not {format!r}")
+        raise UserError(f"--format must be one of {list(FORMATS)}, not {format!r}")
     if not (model_dir / CONFIG).is_file():
         raise FileNotFoundError(f"{model_dir} is not a polymodal model folder (no {CONFIG} in it)")
+    saved = read_json(model_dir / CONFIG)
+    fusion = saved["config"]["fusion"]["name"] if "config" in saved else saved.get("fusion")
+    if fusion in NOT_EXPORTABLE:
+        raise UserError(f"the {fusion} fusion cannot be exported to ONNX yet ({NOT_EXPORTABLE[fusion]}); serve it with "
+                        "the torch runtime, or export a model with another fusion")  # fmt: skip
     if output.suffix != ".onnx":
-        raise ValueError(f"the output must be a .onnx file, not {output}")
+        raise UserError(f"the output must be a .onnx file, not {output}")
     if quantize is not None and quantize not in QUANTIZE:
-        raise ValueError(f"--quantize must be one of {list(QUANTIZE)}, not {quantize!r}")
+        raise UserError(f"--quantize must be one of {list(QUANTIZE)}, not {quantize!r}")
     if quantize == "static" and calibration is None:
-        raise ValueError("--quantize static calibrates activation scales on training rows: give --calibration TABLE")
+        raise UserError("--quantize static calibrates activation scales on training rows: give --calibration TABLE")
     table = None
     if calibration is not None:
         table = read_table(calibration)
