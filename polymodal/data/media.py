@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 
 from polymodal.config import IMAGE_FITS
-from polymodal.data.redact import quote_value
 from polymodal.errors import UserError
 
 # Refuse images above this many pixels before decoding them (decompression bombs).
@@ -30,9 +29,9 @@ def _open_source(source: str | os.PathLike[str] | bytes):
         return io.BytesIO(source)
     path = Path(source)
     if not path.exists():
-        raise MediaError(f"file not found: {quote_value(path.name, 40)}")
+        raise MediaError(f"file not found: {path}")  # the path is what the user needs to fix it
     if path.stat().st_size == 0:
-        raise MediaError(f"file is empty: {quote_value(path.name, 40)}")
+        raise MediaError(f"file is empty: {path}")
     return path
 
 

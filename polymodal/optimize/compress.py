@@ -22,11 +22,13 @@ from typing import Any
 
 import numpy as np
 
+from polymodal.errors import UserError
+
 INT8, SCALE = ":int8", ":scale"
 QUANTIZE = ("int8",)
 
 
-class CompressError(ValueError):
+class CompressError(UserError):
     pass
 
 

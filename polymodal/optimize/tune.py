@@ -62,7 +62,7 @@ TRIAL_INFO = "trial.json"  # written into each trial's model folder (a model fol
 PRUNERS = ("median", "hyperband", "none")
 
 
-class TuneError(ValueError):
+class TuneError(UserError):
     """A problem with the study itself (its storage, or a resume with different settings)."""
 
 

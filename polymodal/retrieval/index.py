@@ -32,7 +32,7 @@ HNSW_BELOW = 2_000_000  # above it, IVF's smaller memory wins
 HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 80, 64
 
 
-class IndexMismatch(ValueError):
+class IndexMismatch(UserError):
     """The index was built by a different model (other weights) than the one used to query or change it."""
 
 

@@ -25,6 +25,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from polymodal.errors import UserError
 from polymodal.model.artifact import atomic_folder, read_json, write_json
 from polymodal.rl.extractor import MultimodalExtractor, ObservationError, plan_inputs, vocabulary_from_model
 from polymodal.rl.wrappers import AsDict, BagOfWords, DropKeys, TextTokens, Vocabulary, sample_texts, text_keys
@@ -50,7 +51,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 DEFAULT_ENVS = {"dqn": 1, "ppo": 8}
 
 
-class RLSetupError(ValueError):
+class RLSetupError(UserError):
     """A setting that cannot train (unknown env id, an action space the algorithm cannot take); raised up front."""
 
 

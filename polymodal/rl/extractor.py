@@ -29,13 +29,14 @@ from torch import nn
 
 from polymodal.data.schema import Modality
 from polymodal.encoders import build_encoder
+from polymodal.errors import UserError
 from polymodal.fusion import FUSIONS, build_fusion
 from polymodal.model.network import module_keys
 from polymodal.preprocess import category_key
 from polymodal.rl.wrappers import Vocabulary, is_text_space
 
 
-class ObservationError(ValueError):
+class ObservationError(UserError):
     """An observation (key or space) that the extractor cannot encode; raised before any training."""
 
 
@@ -128,14 +129,14 @@ def plan_inputs(space: spaces.Space, modalities: dict[str, str] | None = None) -
     return {k: plan_input(k, s, modalities.get(k)) for k, s in space.spaces.items()}
 
 
-def _load_encoders(
-    folder: str | Path, transfer: dict[str, str], plans: dict[str, InputPlan]
-) -> tuple[dict[str, nn.Module], int]:
+def _load_encoders(folder: str | Path, transfer: dict[str, str], plans: dict[str, InputPlan]) -> dict[str, nn.Module]:
     """Build the transferred keys' encoders from a polymodal model folder and load their weights."""
+    from polymodal.config import Config, from_legacy
     from polymodal.data.schema import Schema
     from polymodal.model.artifact import load_folder
 
     config, state, preprocess, _ = load_folder(Path(folder))
+    tree = Config.from_dict(config["config"]) if "config" in config else from_legacy(config, preprocess["config"])
     inputs = Schema.from_dict(config["schema"]).inputs
     keys = module_keys(list(inputs))
     out: dict[str, nn.Module] = {}
@@ -174,11 +175,11 @@ def _load_encoders(
             index = {v: i + 2 for i, v in enumerate(st["vocabs"][0])}
             plan.lookup = [index.get(category_key(v), 1) for v in range(len(plan.lookup))]
         plan.spec = spec
-        encoder = build_encoder(modality, spec, config["embed_dim"])
+        encoder = build_encoder(modality, spec, tree.encoders.dim(modality.value))
         prefix = f"encoders.{keys[name]}."
         encoder.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
         out[obs_key] = encoder
-    return out, int(config["embed_dim"])
+    return out
 
 
 # RL nets are trained for many small steps on CPU: by default the scratch encoders are narrower than for tables.
@@ -214,12 +215,12 @@ class MultimodalExtractor(BaseFeaturesExtractor):
         if fusion not in FUSIONS:
             raise ObservationError(f"unknown fusion {fusion!r}; choose one of {sorted(FUSIONS)}")
         plans = plan_inputs(observation_space, modalities)
-        loaded, model_dim = _load_encoders(model, transfer or {}, plans) if model else ({}, embed_dim)
+        loaded = _load_encoders(model, transfer or {}, plans) if model else {}
         names = list(plans)
         keys = module_keys(names)
         encoders = {}
         for k, plan in plans.items():
-            dim = model_dim if k in loaded else embed_dim
+            dim = loaded[k].dim if k in loaded else embed_dim
             spec = {**plan.spec, **RL_ENCODER_DEFAULTS[plan.modality], **(encoder_kwargs or {}).get(k, {})}
             encoders[keys[k]] = loaded.get(k) or build_encoder(plan.modality, spec, dim)
         dims = {keys[k]: encoders[keys[k]].dim for k in names}
