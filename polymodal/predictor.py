@@ -458,7 +458,9 @@ class MultimodalPredictor:
         tree.encoders.cache_dir = None if cache_dir is None else str(cache_dir)
         p = cls(config=tree)
         preprocessor = Preprocessor.from_dict(schema, preprocess)
-        specs = cls._relink_encoders(Path(folder), preprocessor, config["input_specs"])
+        from polymodal.model.pipeline import relink_encoders
+
+        specs = relink_encoders(Path(folder), preprocessor, config["input_specs"])
         task = Task.from_dict(config["task"])
         net = build_net(p.config_, schema, specs, task)
         net.load_state_dict(state, strict=True)
@@ -493,45 +495,11 @@ class MultimodalPredictor:
         p.schema, p.metrics_, p.dropped_ = schema, net.metadata.get("metrics", {}), []
         preprocessor = Preprocessor.from_dict(schema, preprocess)
         if preprocessor.config.pretrained:  # frozen encoders are not in the graph: find them on this machine
-            cls._relink_encoders(Path(net.path).parent, preprocessor, config["input_specs"])
+            from polymodal.model.pipeline import relink_encoders
+
+            relink_encoders(Path(net.path).parent, preprocessor, config["input_specs"])
         p.engine = InferenceEngine(schema, preprocessor, Task.from_dict(config["task"]), net, cache_dir=p.cache_dir)
         return p
-
-    @staticmethod
-    def _relink_encoders(folder: Path, preprocessor: Preprocessor, specs: dict[str, dict]) -> dict[str, dict]:
-        """Point pretrained inputs at files on this machine: a fine-tuned encoder at its copy in the model folder,
-        a frozen one at its registry package, local folder or hub cache, checked against the saved fingerprint."""
-        from polymodal.encoders.pretrained import EncoderNotFound, resolve
-        from polymodal.model.network import module_keys
-
-        specs = {k: dict(v) for k, v in specs.items()}
-        keys = module_keys(list(preprocessor.schema.inputs))
-        for name, p in preprocessor.config.pretrained.items():
-            saved = p["ref"]
-            if p["mode"] == "finetune":
-                local = folder / "encoders" / keys[name]
-                specs[name]["from_config"] = str(local if local.exists() else saved["path"])
-                for tool in ("tokenizer", "extractor"):
-                    if tool in preprocessor.state[name] and local.exists():
-                        preprocessor.state[name][tool] = str(local)
-                continue
-            try:
-                ref = resolve(saved["name"])
-            except EncoderNotFound as e:
-                raise EncoderNotFound(
-                    f"this model's column {name!r} needs the frozen encoder {saved['name']!r}: {e}"
-                ) from e
-            if ref.fingerprint != saved["fingerprint"]:
-                raise EncoderNotFound(
-                    f"column {name!r} was trained on encoder {saved['name']!r} (fingerprint {saved['fingerprint']}), "
-                    f"but the files found at {ref.path} have fingerprint {ref.fingerprint}: a different model. "
-                    "Install or point at the exact encoder the model was trained with."
-                )
-            p["ref"] = ref.to_dict()
-            for tool in ("tokenizer", "extractor"):
-                if tool in preprocessor.state[name]:
-                    preprocessor.state[name][tool] = ref.path
-        return specs
 
     def info(self) -> dict[str, Any]:
         engine = self._require_fitted()

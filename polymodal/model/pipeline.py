@@ -74,3 +74,40 @@ def take_rows(df: pd.DataFrame, media: dict[str, list], frozen: Frozen, idx: np.
         {k: [v[i] for i in idx] for k, v in media.items()},
         {k: (e[idx], p[idx]) for k, (e, p) in frozen.items()},
     )
+
+
+def relink_encoders(folder: Path, preprocessor: Preprocessor, specs: dict[str, dict]) -> dict[str, dict]:
+    """Point a loaded model's pretrained inputs at files on this machine: a fine-tuned
+    encoder at its copy in the folder, a frozen one at its registry package, local folder or hub cache, checked
+    against the saved fingerprint."""
+    from polymodal.encoders.pretrained import EncoderNotFound, resolve
+    from polymodal.model.network import module_keys
+
+    specs = {k: dict(v) for k, v in specs.items()}
+    keys = module_keys(list(preprocessor.schema.inputs))
+    for name, p in preprocessor.config.pretrained.items():
+        saved = p["ref"]
+        if p["mode"] == "finetune":
+            local = folder / "encoders" / keys[name]
+            specs[name]["from_config"] = str(local if local.exists() else saved["path"])
+            for tool in ("tokenizer", "extractor"):
+                if tool in preprocessor.state[name] and local.exists():
+                    preprocessor.state[name][tool] = str(local)
+            continue
+        try:
+            ref = resolve(saved["name"])
+        except EncoderNotFound as e:
+            raise EncoderNotFound(
+                f"this model's column {name!r} needs the frozen encoder {saved['name']!r}: {e}"
+            ) from e
+        if ref.fingerprint != saved["fingerprint"]:
+            raise EncoderNotFound(
+                f"column {name!r} was trained on encoder {saved['name']!r} (fingerprint {saved['fingerprint']}), but "
+                f"the files at {ref.path} have fingerprint {ref.fingerprint}: install the exact encoder it was trained "
+                "with"
+            )
+        p["ref"] = ref.to_dict()
+        for tool in ("tokenizer", "extractor"):
+            if tool in preprocessor.state[name]:
+                preprocessor.state[name][tool] = ref.path
+    return specs

@@ -443,6 +443,8 @@ class MultimodalRetriever:
         known = {f.name for f in fields(TrainConfig)}
         r.train_config = TrainConfig(**{k: v for k, v in config["train"].items() if k in known})
         preprocessor = Preprocessor.from_dict(schema, preprocess)
+        from polymodal.model.pipeline import relink_encoders
+
         specs = relink_encoders(folder, preprocessor, config["input_specs"])
         r.net = AlignNet(schema.inputs, specs, r.embed_dim, r.dim, r.hidden, r.dropout, r.temperature)
         r.net.load_state_dict(state, strict=True)
@@ -465,40 +467,3 @@ def _encoder_record(p: dict[str, Any] | None) -> dict[str, Any]:
     ref = p["ref"]
     return {"kind": p["mode"], "encoder": ref["name"], "fingerprint": ref["fingerprint"], "revision": ref["revision"],
             "path": ref["path"], "lora": p.get("lora", False)}  # fmt: skip
-
-
-def relink_encoders(folder: Path, preprocessor: Preprocessor, specs: dict[str, dict]) -> dict[str, dict]:
-    """Point pretrained inputs at files on this machine (as `MultimodalPredictor.load` does): a fine-tuned
-    encoder at its copy in the folder, a frozen one at its registry package, local folder or hub cache, checked
-    against the saved fingerprint."""
-    from polymodal.encoders.pretrained import EncoderNotFound, resolve
-    from polymodal.model.network import module_keys
-
-    specs = {k: dict(v) for k, v in specs.items()}
-    keys = module_keys(list(preprocessor.schema.inputs))
-    for name, p in preprocessor.config.pretrained.items():
-        saved = p["ref"]
-        if p["mode"] == "finetune":
-            local = folder / "encoders" / keys[name]
-            specs[name]["from_config"] = str(local if local.exists() else saved["path"])
-            for tool in ("tokenizer", "extractor"):
-                if tool in preprocessor.state[name] and local.exists():
-                    preprocessor.state[name][tool] = str(local)
-            continue
-        try:
-            ref = resolve(saved["name"])
-        except EncoderNotFound as e:
-            raise EncoderNotFound(
-                f"this model's column {name!r} needs the frozen encoder {saved['name']!r}: {e}"
-            ) from e
-        if ref.fingerprint != saved["fingerprint"]:
-            raise EncoderNotFound(
-                f"column {name!r} was trained on encoder {saved['name']!r} (fingerprint {saved['fingerprint']}), but "
-                f"the files at {ref.path} have fingerprint {ref.fingerprint}: install the exact encoder it was trained "
-                "with"
-            )
-        p["ref"] = ref.to_dict()
-        for tool in ("tokenizer", "extractor"):
-            if tool in preprocessor.state[name]:
-                preprocessor.state[name][tool] = ref.path
-    return specs
