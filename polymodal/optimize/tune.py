@@ -106,15 +106,24 @@ def open_storage(url: str, heartbeat: int, max_retry: int) -> Any:
     elif url.startswith("sqlite"):
         engine["connect_args"] = {"timeout": 60}  # several local workers wait for the file lock
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(
-                url,
-                engine_kwargs=engine,
-                heartbeat_interval=heartbeat,
-                grace_period=2 * heartbeat,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
-            )
+        # Workers that start together on a new database race to create its tables; the loser sees "already
+        # exists" and only has to open the storage again.
+        for attempt in range(5):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return RDBStorage(
+                        url,
+                        engine_kwargs=engine,
+                        heartbeat_interval=heartbeat,
+                        grace_period=2 * heartbeat,
+                        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
+                    )
+            except Exception as e:  # noqa: BLE001 - sqlalchemy's OperationalError; anything else is re-raised below
+                if "already exists" not in str(e) or attempt == 4:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
+        raise AssertionError("unreachable")
     except ImportError as e:
         raise TuneError(f"cannot open the study storage {masked(url)}: {e}. Install polymodal[tune].") from e
     except Exception as e:  # sqlalchemy's OperationalError, ArgumentError, ...: the message says what went wrong
