@@ -43,6 +43,10 @@ class DataConfig:
     group_by: str | None = None
     valid_fraction: float = 0.1  # validation split of the training rows when no validation table is given
     on_bad_rows: str = field(default="error", metadata=_choices(*BAD_ROW_POLICIES))
+    # Tables larger than memory: read in chunks, media decoded on the fly in loader worker processes. auto:
+    # stream a file whose decoded rows would take more than a quarter of the available memory.
+    streaming: str = field(default="auto", metadata=_choices("auto", "on", "off"))
+    chunk_rows: int = 4096  # rows per chunk when streaming
 
     def left_out(self) -> list[str]:
         """The columns that are not inputs: `ignore`, plus the group column."""
@@ -123,8 +127,10 @@ class TrainConfig:
     patience: int = 6
     seed: int = 0
     accelerator: str = "auto"
-    devices: int | str = 1
-    strategy: str = "auto"
+    devices: int | str = 1  # processes (GPUs) per machine
+    strategy: str = "auto"  # ddp: one process per device, gradients all-reduced (Lightning DDP)
+    num_nodes: int = 1  # machines (torchrun and SLURM runs fill this in from their environment)
+    num_workers: int | None = None  # loader worker processes; None: 0 in memory, up to 4 when streaming
     precision: str = "32-true"
     modality_dropout: float = 0.0
     augment: bool = True

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import platform
@@ -17,6 +16,7 @@ from polymodal import __version__
 from polymodal.config import Config, ConfigError, TrainConfig, build_config, from_legacy
 from polymodal.data.io import read_table
 from polymodal.data.schema import Modality, Schema, infer_schema
+from polymodal.data.stream import fingerprint
 from polymodal.data.validate import (
     BadRowsError,
     Problem,
@@ -35,12 +35,6 @@ CONFIG_FORMAT = 2  # config.json with the config tree under "config"; 0.1.0 fold
 
 def _table_name(source: Any) -> str:
     return "the DataFrame" if isinstance(source, pd.DataFrame) else str(source)
-
-
-def fingerprint(df: pd.DataFrame) -> str:
-    """A short content hash of a table, recorded beside the metrics measured on it."""
-    h = hashlib.sha256(pd.util.hash_pandas_object(df.astype(str), index=False).to_numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def check_config(cfg: Config) -> None:
@@ -239,23 +233,13 @@ class MultimodalPredictor:
     ) -> MultimodalPredictor:
         """The training half of `fit`, on data already decoded and preprocessed (`compare` shares that work
         across its entries). Leaves the predictor exactly as `fit` does: usable, saveable, loadable."""
-        import torch
 
-        from polymodal.model.inference import InferenceEngine
-        from polymodal.training import train as run_training
+        from polymodal.training.data import MemoryRows
 
         start = time.perf_counter() if start is None else start
-        torch.manual_seed(self.train_config.seed)  # the initial weights are part of what the seed fixes
-        net = build_net(self.config_, schema, preprocessor.input_specs(), task)
-        if any(p["mode"] == "finetune" for p in preprocessor.config.pretrained.values()):
-            self._prefer_bf16()
         valid_y = task.encode_targets(valid_df[schema.label])
-        result = run_training(
-            net, task, schema.inputs, train_x, train_y, valid_x, valid_y, self.train_config, callbacks=callbacks
-        )
-        self._checkpoint_done = self.train_config.checkpoint_dir  # removed once the model folder is written
-        self.schema = schema
-        self.engine = InferenceEngine(schema, preprocessor, task, net, cache_dir=self.cache_dir)
+        result = self._train(schema, preprocessor, task, MemoryRows(train_x, train_y), MemoryRows(valid_x, valid_y),
+                             callbacks)  # fmt: skip
         self.metrics_ = {
             "valid": task.metrics(valid_df[schema.label], self.engine.outputs(valid_x))
             | {"data": fingerprint(valid_df)},
@@ -265,6 +249,25 @@ class MultimodalPredictor:
             "fit_seconds": round(time.perf_counter() - start, 3),
         } | result
         return self
+
+    def _train(self, schema: Schema, preprocessor: Preprocessor, task: Any, train_rows: Any, valid_rows: Any,
+               callbacks: list | None) -> dict[str, Any]:  # fmt: skip
+        """Build the network, train it (in one process or as one of many), and make the engine over it."""
+        import torch
+
+        from polymodal.model.inference import InferenceEngine
+        from polymodal.training import train as run_training
+
+        torch.manual_seed(self.train_config.seed)  # the initial weights are part of what the seed fixes
+        net = build_net(self.config_, schema, preprocessor.input_specs(), task)
+        if any(p["mode"] == "finetune" for p in preprocessor.config.pretrained.values()):
+            self._prefer_bf16()
+        result = run_training(net, task, schema.inputs, train_rows, valid_rows, self.train_config, callbacks=callbacks)
+        self.rank_ = result["global_rank"]  # in a distributed run, only rank 0 writes the model folder
+        self._checkpoint_done = self.train_config.checkpoint_dir  # removed once the model folder is written
+        self.schema = schema
+        self.engine = InferenceEngine(schema, preprocessor, task, net, cache_dir=self.cache_dir)
+        return result
 
     def _prefer_bf16(self) -> None:
         """Fine-tuning on a GPU that supports it trains in bf16 mixed precision unless asked otherwise."""

@@ -37,25 +37,44 @@ class FeatureCache:
     def __init__(self, root: Path | None, namespace: dict[str, Any]):
         ns = hashlib.sha256(json.dumps(namespace, sort_keys=True).encode()).hexdigest()[:20]
         self.dir = Path(root or cache_root() / "features") / ns
-        self._index: dict[str, np.ndarray] | None = None
+        self._index: dict[str, Path] | None = None  # key -> the shard that holds it
         self.namespace = namespace
 
-    def _load(self) -> dict[str, np.ndarray]:
+    def _load(self) -> dict[str, Path]:
+        """Which shard holds each key, from the shards' headers only: embeddings stay on disk until asked for,
+        so a cache larger than memory is fine."""
         if self._index is None:
-            from safetensors.numpy import load_file
+            from safetensors import safe_open
 
             self._index = {}
             for shard in sorted(self.dir.glob("shard-*.safetensors")):
                 try:
-                    self._index.update(load_file(str(shard)))
+                    with safe_open(str(shard), framework="numpy") as f:
+                        self._index.update(dict.fromkeys(f.keys(), shard))
                 except Exception as e:  # truncated or garbled: drop it, its rows are recomputed
                     log.warning("feature cache shard %s is unreadable (%s); deleting it", shard, e)
                     shard.unlink(missing_ok=True)
         return self._index
 
     def get(self, keys: list[str]) -> dict[str, np.ndarray]:
+        from safetensors import safe_open
+
         index = self._load()
-        return {k: index[k] for k in keys if k in index}
+        by_shard: dict[Path, list[str]] = {}
+        for k in dict.fromkeys(keys):
+            if k in index:
+                by_shard.setdefault(index[k], []).append(k)
+        out: dict[str, np.ndarray] = {}
+        for shard, wanted in by_shard.items():
+            try:
+                with safe_open(str(shard), framework="numpy") as f:
+                    out.update({k: f.get_tensor(k) for k in wanted})
+            except Exception as e:  # damaged after it was indexed: forget it, its rows are recomputed
+                log.warning("feature cache shard %s is unreadable (%s); deleting it", shard, e)
+                shard.unlink(missing_ok=True)
+                self._index = {k: s for k, s in index.items() if s != shard}
+                out = {k: v for k, v in out.items() if k not in wanted}
+        return out
 
     def put(self, items: dict[str, np.ndarray]) -> None:
         if not items:
@@ -68,7 +87,7 @@ class FeatureCache:
         tmp = self.dir / f".{name}.tmp"
         save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in items.items()}, str(tmp))
         os.replace(tmp, self.dir / name)
-        self._load().update(items)
+        self._load().update(dict.fromkeys(items, self.dir / name))
 
 
 def _decoded_key(item: Any) -> str:

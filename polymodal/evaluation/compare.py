@@ -300,8 +300,8 @@ def encoder_pass_seconds(sd: SeedData, template: Any) -> float:
 def evaluate_model(model: Any, sd: SeedData, permutations: int, group_by: str | None = None) -> dict[str, Any]:
     """Test metrics (per value of the `group_by` column too), inference time and robustness of one fitted model
     (an engine or an ensemble)."""
+    from polymodal.data.stream import fingerprint
     from polymodal.evaluation.groups import group_metrics
-    from polymodal.predictor import fingerprint
 
     feats = select_features(sd.test_x, list(model.schema.inputs))
     start = time.perf_counter()
@@ -600,7 +600,8 @@ def compare(
     `options` go to every `MultimodalPredictor` (modalities, ignore, problem_type, preprocess, embed_dim,
     max_epochs, modality_dropout, ...). Entries finished before with the same data and settings are reused, so
     separate processes may run different seeds into one folder and a last call gathers them."""
-    from polymodal.predictor import MultimodalPredictor, fingerprint
+    from polymodal.data.stream import fingerprint
+    from polymodal.predictor import MultimodalPredictor
 
     say = log_fn or log.info
     wall_start = time.perf_counter()

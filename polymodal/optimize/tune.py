@@ -414,7 +414,7 @@ def tune(
     pretrained = bool(probe._pretrained_config(schema))
     search: Space = build_space(default_space(images, pretrained) | user_space, base)
     metric, direction = ("accuracy", "maximize") if schema.problem_type.is_classification else ("rmse", "minimize")
-    from polymodal.predictor import fingerprint
+    from polymodal.data.stream import fingerprint
 
     settings = {"label": label, "metric": metric, "space": search.to_dict(), "config": base.to_dict(),
                 "data": fingerprint(data.table[0]), "version": __version__}  # fmt: skip

@@ -23,6 +23,7 @@ from polymodal.data.validate import is_missing
 PAD, UNK = 0, 1
 CLIP_SIGMAS = 100.0
 CAT_MISSING, CAT_UNKNOWN = 0, 1
+MEDIA_SAMPLE = 2000  # image/audio statistics: the first this many present files of each column
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 
 
@@ -118,62 +119,13 @@ class Preprocessor:
 
     def fit(self, df: pd.DataFrame, media: dict[str, list[np.ndarray | None]]) -> Preprocessor:
         """Fit everything but the pretrained inputs (see fit_pretrained) on the training rows."""
-        cfg = self.config
-        st = {k: v for k, v in self.state.items() if k in cfg.pretrained}
-        for col in self.schema.columns_of(Modality.TEXT):
-            if col in cfg.pretrained:
-                continue
-            counts = Counter(tok for v in df[col] if not is_missing(v) for tok in tokenize(str(v)))
-            vocab = [t for t, n in counts.most_common(cfg.max_vocab) if n >= cfg.min_token_count]
-            lengths = [len(tokenize(str(v))) for v in df[col] if not is_missing(v)]
-            max_len = int(np.clip(np.percentile(lengths, 95) if lengths else 1, 1, cfg.max_text_tokens))
-            st[col] = {"vocab": vocab, "max_len": max_len}
-        for col in self.schema.columns_of(Modality.IMAGE):
-            if col in cfg.pretrained:
-                continue
-            imgs = [m for m in media[col] if m is not None][:2000]
-            stack = np.stack(imgs).astype(np.float32) / 255.0
-            st[col] = {
-                "mean": stack.mean(axis=(0, 2, 3)).tolist(),
-                "std": np.maximum(stack.std(axis=(0, 2, 3)), 1e-3).tolist(),
-            }
-        for col in self.schema.columns_of(Modality.AUDIO):
-            if col in cfg.pretrained:
-                continue
-            waves = [m for m in media[col] if m is not None]
-            seconds = np.percentile([len(w) for w in waves], 95) / cfg.sample_rate
-            n_samples = int(cfg.sample_rate * float(np.clip(seconds, 0.1, cfg.max_audio_seconds)))
-            feats = log_mel_mfcc(self._pad_waves(waves[:2000], n_samples), cfg)
-            st[col] = {
-                "n_samples": n_samples,
-                "mean": feats.mean(axis=(0, 2)).tolist(),
-                "std": np.maximum(feats.std(axis=(0, 2)), 1e-3).tolist(),
-            }
-        num_cols = self.schema.columns_of(Modality.NUMERIC)
-        if num_cols:
-            x = self._numeric_frame(df, num_cols)
-            st[NUMERIC_INPUT] = {
-                "columns": num_cols,
-                "mean": np.nan_to_num(np.nanmean(x, axis=0)).tolist(),
-                "std": np.nan_to_num(np.nanstd(x, axis=0), nan=1.0).clip(1e-6).tolist(),
-            }
-        cat_cols = self.schema.columns_of(Modality.CATEGORICAL)
-        if cat_cols:
-            st[CATEGORICAL_INPUT] = {
-                "columns": cat_cols,
-                "vocabs": [
-                    [
-                        v
-                        for v, _ in Counter(category_key(v) for v in df[c] if not is_missing(v)).most_common(
-                            cfg.max_categories
-                        )
-                    ]
-                    for c in cat_cols
-                ],
-            }
-        self.state = st
-        self._token_index = {}
-        return self
+        fitting = self.start_fit()
+        fitting.update(df, media)
+        return fitting.finish()
+
+    def start_fit(self) -> Fitting:
+        """Fit in one pass over chunks of the training rows: `update(rows, media)` per chunk, then `finish()`."""
+        return Fitting(self)
 
     # ---- transforming --------------------------------------------------------------------------
     def transform(
@@ -358,4 +310,97 @@ class Preprocessor:
     def from_dict(cls, schema: Schema, d: dict[str, Any]) -> Preprocessor:
         p = cls(schema, PreprocessConfig(**d["config"]))
         p.state = d["state"]
+        return p
+
+
+class Fitting:
+    """The statistics of `Preprocessor.fit`, gathered chunk by chunk, so a table larger than memory is fitted in
+    one streaming pass. Vocabularies, text lengths, numeric moments and categories see every row; image and audio
+    statistics are taken on the first MEDIA_SAMPLE present files of each column (in memory too, so both paths
+    fit the same numbers)."""
+
+    def __init__(self, preprocessor: Preprocessor):
+        self.p = preprocessor
+        schema, cfg = preprocessor.schema, preprocessor.config
+        own = [c for c in schema.columns if c not in cfg.pretrained]
+        self.text = {c: (Counter(), []) for c in schema.columns_of(Modality.TEXT) if c in own}
+        self.media = {c: [] for c in own if schema.columns[c] in (Modality.IMAGE, Modality.AUDIO)}
+        self.num_cols = schema.columns_of(Modality.NUMERIC)
+        # Per numeric column: count, mean, M2 (Chan et al.'s parallel update, stable over many chunks)
+        self.moments = np.zeros((3, len(self.num_cols)))
+        self.cat_cols = schema.columns_of(Modality.CATEGORICAL)
+        self.categories = [Counter() for _ in self.cat_cols]
+
+    def needs_media(self) -> bool:
+        """Whether the next chunk's decoded media is still wanted."""
+        return any(len(v) < MEDIA_SAMPLE for v in self.media.values())
+
+    def update(self, df: pd.DataFrame, media: dict[str, list[np.ndarray | None]]) -> None:
+        for col, (counts, lengths) in self.text.items():
+            tokens = [tokenize(str(v)) for v in df[col] if not is_missing(v)]
+            for t in tokens:
+                counts.update(t)
+            lengths.append(np.array([len(t) for t in tokens], dtype=np.int32))
+        for col, sample in self.media.items():
+            if col in media and len(sample) < MEDIA_SAMPLE:
+                sample.extend(m for m in media[col][: 2 * MEDIA_SAMPLE] if m is not None)
+                del sample[MEDIA_SAMPLE:]
+        if self.num_cols:
+            x = Preprocessor._numeric_frame(df, self.num_cols)
+            ok = np.isfinite(x)
+            n = ok.sum(axis=0).astype(np.float64)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mean = np.where(n > 0, np.where(ok, x, 0.0).sum(axis=0) / np.maximum(n, 1), 0.0)
+                m2 = np.where(ok, (x - mean) ** 2, 0.0).sum(axis=0)
+            n0, mean0, m20 = self.moments
+            total = n0 + n
+            delta = mean - mean0
+            with np.errstate(invalid="ignore", divide="ignore"):
+                w = np.where(total > 0, n / np.maximum(total, 1), 0.0)
+            self.moments = np.stack([total, mean0 + delta * w, m20 + m2 + delta**2 * n0 * w])
+        for counts, col in zip(self.categories, self.cat_cols, strict=True):
+            counts.update(category_key(v) for v in df[col] if not is_missing(v))
+
+    def finish(self) -> Preprocessor:
+        p, cfg = self.p, self.p.config
+        st = {k: v for k, v in p.state.items() if k in cfg.pretrained}
+        for col, (counts, lengths) in self.text.items():
+            vocab = [t for t, n in counts.most_common(cfg.max_vocab) if n >= cfg.min_token_count]
+            lens = np.concatenate(lengths) if lengths else np.zeros(0)
+            max_len = int(np.clip(np.percentile(lens, 95) if len(lens) else 1, 1, cfg.max_text_tokens))
+            st[col] = {"vocab": vocab, "max_len": max_len}
+        for col, sample in self.media.items():
+            if not sample:
+                raise ValueError(f"no {col!r} file could be read in the training rows")
+            if p.schema.columns[col] is Modality.IMAGE:
+                stack = np.stack(sample).astype(np.float32) / 255.0
+                st[col] = {
+                    "mean": stack.mean(axis=(0, 2, 3)).tolist(),
+                    "std": np.maximum(stack.std(axis=(0, 2, 3)), 1e-3).tolist(),
+                }
+            else:
+                seconds = np.percentile([len(w) for w in sample], 95) / cfg.sample_rate
+                n_samples = int(cfg.sample_rate * float(np.clip(seconds, 0.1, cfg.max_audio_seconds)))
+                feats = log_mel_mfcc(p._pad_waves(sample, n_samples), cfg)
+                st[col] = {
+                    "n_samples": n_samples,
+                    "mean": feats.mean(axis=(0, 2)).tolist(),
+                    "std": np.maximum(feats.std(axis=(0, 2)), 1e-3).tolist(),
+                }
+        if self.num_cols:
+            n, mean, m2 = self.moments
+            with np.errstate(invalid="ignore", divide="ignore"):
+                std = np.where(n > 0, np.sqrt(m2 / np.maximum(n, 1)), 1.0)
+            st[NUMERIC_INPUT] = {
+                "columns": self.num_cols,
+                "mean": np.where(n > 0, mean, 0.0).tolist(),
+                "std": np.nan_to_num(std, nan=1.0).clip(1e-6).tolist(),
+            }
+        if self.cat_cols:
+            st[CATEGORICAL_INPUT] = {
+                "columns": self.cat_cols,
+                "vocabs": [[v for v, _ in c.most_common(cfg.max_categories)] for c in self.categories],
+            }
+        p.state = st
+        p._token_index = {}
         return p

@@ -20,22 +20,37 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from polymodal.data.schema import Modality
-from polymodal.model.batch import Collate
 from polymodal.model.network import MultimodalNet
-from polymodal.preprocess import Features
 from polymodal.preprocess.augment import augment_images
 from polymodal.tasks import Task
 from polymodal.training.config import TrainConfig
+from polymodal.training.data import MemoryRows, StreamRows
+
+Rows = MemoryRows | StreamRows
 
 
 class LitMultimodal(pl.LightningModule):
-    def __init__(self, net: MultimodalNet, task: Task, image_inputs: list[str], cfg: TrainConfig):
+    def __init__(self, net: MultimodalNet, task: Task, image_inputs: list[str], cfg: TrainConfig,
+                 data: tuple[Rows, Rows, torch.Generator] | None = None):  # fmt: skip
         super().__init__()
         self.net, self.task, self.image_inputs, self.cfg = net, task, image_inputs, cfg
+        self.data = data
         self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    # The loaders are made here, not before `fit`: only now do the process's rank and the world size exist.
+    def train_dataloader(self):
+        rows, _, generator = self.data
+        t = self.trainer
+        return rows.loader(self.cfg.batch_size, True, generator, t.global_rank, t.world_size, self.cfg.seed,
+                           workers=self.cfg.num_workers)  # fmt: skip
+
+    def val_dataloader(self):
+        _, rows, generator = self.data
+        t = self.trainer
+        return rows.loader(self.cfg.batch_size, False, generator, t.global_rank, t.world_size, self.cfg.seed,
+                           workers=self.cfg.num_workers)  # fmt: skip
 
     def forward(self, batch: dict) -> torch.Tensor:
         return self.net(batch["inputs"], batch["present"])
@@ -48,7 +63,8 @@ class LitMultimodal(pl.LightningModule):
         if self.cfg.modality_dropout > 0 and present.shape[1] > 1:
             present = drop_modalities(present, self.cfg.modality_dropout)
         loss = self.task.loss(self.net(inputs, present), batch["target"])
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=present.shape[0])
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=present.shape[0],
+                 sync_dist=True)  # fmt: skip
         return loss
 
     def validation_step(self, batch: dict, _: int) -> None:
@@ -56,12 +72,24 @@ class LitMultimodal(pl.LightningModule):
         self._val.append((logits.detach().float(), batch["target"]))
 
     def on_validation_epoch_end(self) -> None:
-        logits = torch.cat([v[0] for v in self._val])
-        target = torch.cat([v[1] for v in self._val])
+        logits = self._gather(torch.cat([v[0] for v in self._val]))
+        target = self._gather(torch.cat([v[1] for v in self._val]))
         self._val.clear()
         name, _ = self.task.monitor
-        self.log("val_loss", self.task.loss(logits, target), prog_bar=True, sync_dist=True)
+        # Every process scores all validation rows, so early stopping and the best epoch agree everywhere.
+        self.log("val_loss", self.task.loss(logits, target), prog_bar=True)
         self.log(f"val_{name}", self.task.score(target.cpu().numpy(), self.task.outputs(logits)), prog_bar=True)
+
+    def _gather(self, t: torch.Tensor) -> torch.Tensor:
+        """The rows of every process (each holds a different share, maybe one row fewer)."""
+        if self.trainer.world_size == 1:
+            return t
+        sizes = self.all_gather(torch.tensor([t.shape[0]], device=t.device)).view(-1)
+        pad = int(sizes.max()) - t.shape[0]
+        if pad:
+            t = torch.cat([t, t.new_zeros((pad, *t.shape[1:]))])
+        g = self.all_gather(t)
+        return torch.cat([g[i, : int(n)] for i, n in enumerate(sizes)]).to(t.device)
 
     def configure_optimizers(self):
         # Pretrained backbones learn slower than the freshly initialised rest, so they keep what they know.
@@ -224,25 +252,44 @@ class Checkpointer(pl.Callback):
         from polymodal.training.checkpoint import save_checkpoint
 
         epoch = trainer.current_epoch  # epochs completed so far
-        if epoch > self.resumed_from:
+        if epoch > self.resumed_from and trainer.is_global_zero:  # one writer in a distributed run
             save_checkpoint(self.folder, epoch, self.fingerprint, self._state(trainer, module))
 
 
-def run_fingerprint(net: MultimodalNet, cfg: TrainConfig, arrays: list[Any]) -> str:
+def run_fingerprint(net: MultimodalNet, cfg: TrainConfig, rows: list[Rows]) -> str:
     """What a checkpoint must match to be resumed: the initial weights, the settings that change training, and
-    the data (features and targets)."""
+    the data (features and targets, or the streamed table)."""
     h = hashlib.sha256()
     skip = {"checkpoint_dir", "restart", "progress"}
     h.update(repr(sorted((k, v) for k, v in cfg.to_dict().items() if k not in skip)).encode())
     for k, v in net.state_dict().items():
         h.update(k.encode() + str(tuple(v.shape)).encode() + v.detach().cpu().contiguous().numpy().tobytes())
-    for a in arrays:
-        if isinstance(a, Features):
-            for name in sorted(a.inputs):
-                h.update(name.encode() + np.ascontiguousarray(a.inputs[name]).tobytes())
-            a = a.present
-        h.update(np.ascontiguousarray(a).tobytes())
+    for r in rows:
+        r.fingerprint(h)
     return h.hexdigest()
+
+
+def distributed_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """Trainer settings for one process or many. Under torchrun (or SLURM), devices and nodes left at their
+    defaults are read from the launcher's environment, and the strategy becomes DDP."""
+    import os
+
+    devices, nodes, strategy = cfg.devices, cfg.num_nodes, cfg.strategy
+    if "LOCAL_WORLD_SIZE" in os.environ and "TORCHELASTIC_RUN_ID" in os.environ:  # torchrun
+        local, world = int(os.environ["LOCAL_WORLD_SIZE"]), int(os.environ["WORLD_SIZE"])
+        devices = local if devices in (1, "auto") else devices
+        nodes = world // local if nodes == 1 else nodes
+        strategy = "ddp" if strategy == "auto" and world > 1 else strategy
+    if isinstance(strategy, str) and strategy.startswith("ddp"):
+        from lightning.pytorch.strategies import DDPStrategy
+
+        # Buffers (BatchNorm statistics) are not broadcast at each forward: that is a collective call, and
+        # validation runs a different number of batches on each process.
+        start = {"ddp": "popen", "ddp_spawn": "spawn", "ddp_fork": "fork", "ddp_notebook": "fork"}.get(strategy)
+        if start is None:
+            raise ValueError(f"unknown DDP strategy {strategy!r}; use ddp, ddp_spawn or ddp_fork")
+        strategy = DDPStrategy(start_method=start, broadcast_buffers=False)
+    return {"devices": devices, "num_nodes": nodes, "strategy": strategy}
 
 
 def _quiet_lightning() -> None:
@@ -257,14 +304,14 @@ def train(
     net: MultimodalNet,
     task: Task,
     inputs: dict[str, Modality],
-    train_features: Features,
-    train_targets: np.ndarray,
-    valid_features: Features,
-    valid_targets: np.ndarray,
+    train_rows: Rows,
+    valid_rows: Rows,
     cfg: TrainConfig,
     callbacks: list[pl.Callback] | None = None,
 ) -> dict[str, Any]:
-    """Fit `net` in place; returns the history, best epoch and train seconds. `callbacks`: extra ones."""
+    """Fit `net` in place on `train_rows` (`MemoryRows` or `StreamRows`), validating on `valid_rows`; returns the
+    history, best epoch and train seconds. `callbacks`: extra ones. In a distributed run every process calls
+    this and ends with the same weights."""
     _quiet_lightning()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     name, mode = task.monitor
@@ -277,11 +324,10 @@ def train(
     checkpointer = None
     if cfg.checkpoint_dir:
         folder = Path(cfg.checkpoint_dir)
-        if cfg.restart:
+        if cfg.restart and _rank() == 0:
             shutil.rmtree(folder, ignore_errors=True)
-        arrays = [train_features, train_targets, valid_features, valid_targets]
         parts = {"best": best, "history": history, "early_stopping": stopping}
-        checkpointer = Checkpointer(folder, run_fingerprint(net, cfg, arrays), generator, parts)
+        checkpointer = Checkpointer(folder, run_fingerprint(net, cfg, [train_rows, valid_rows]), generator, parts)
         from polymodal.training.checkpoint import load_checkpoint
 
         load_checkpoint(folder, checkpointer.fingerprint)  # a mismatch is refused before any work
@@ -291,8 +337,6 @@ def train(
     trainer = pl.Trainer(
         max_epochs=cfg.max_epochs,
         accelerator=cfg.accelerator,
-        devices=cfg.devices,
-        strategy=cfg.strategy,
         precision=cfg.precision,
         logger=False,
         enable_checkpointing=False,
@@ -301,26 +345,13 @@ def train(
         num_sanity_val_steps=0,
         gradient_clip_val=1.0,
         callbacks=callbacks,
+        use_distributed_sampler=False,  # the rows know how to split themselves (polymodal/training/data.py)
+        **distributed_settings(cfg),
     )
-    # Only pixel inputs are augmented; a frozen image column arrives as (batch, dim) embeddings.
-    image_inputs = [n for n, m in inputs.items() if m is Modality.IMAGE and train_features.inputs[n].ndim == 4]
-    module = LitMultimodal(net, task, image_inputs, cfg)
-    train_loader = DataLoader(
-        range(len(train_features)),
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        collate_fn=Collate(train_features, train_targets),
-        generator=generator,
-        drop_last=len(train_features) > cfg.batch_size,  # no batch of 1 for BatchNorm
-    )
-    valid_loader = DataLoader(
-        range(len(valid_features)),
-        batch_size=2 * cfg.batch_size,
-        collate_fn=Collate(valid_features, valid_targets),
-    )
+    module = LitMultimodal(net, task, train_rows.pixel_inputs(inputs), cfg, (train_rows, valid_rows, generator))
     start = time.perf_counter()
     net.train()  # pretrained backbones load in eval mode; dropout must be live while training
-    trainer.fit(module, train_loader, valid_loader)
+    trainer.fit(module)
     net.cpu().eval()
     return {
         "history": history.rows,
@@ -328,7 +359,17 @@ def train(
         "epochs": trainer.current_epoch,
         "train_seconds": round(time.perf_counter() - start, 3),
         "resumed_from_epoch": checkpointer.resumed_from if checkpointer else 0,
+        "processes": trainer.world_size,
+        "global_rank": trainer.global_rank,
     }
+
+
+def _rank() -> int:
+    """This process's rank in a distributed run, from the launcher's environment (0 when there is none)."""
+    import os
+
+    ranks = [int(os.environ.get(k, "0")) for k in ("RANK", "NODE_RANK", "LOCAL_RANK")]
+    return max(ranks)  # any non-zero one means this is not the first process
 
 
 class EpochLog(pl.Callback):
