@@ -56,6 +56,11 @@ GroupBy = Annotated[
     typer.Option(help="A column naming groups of rows (e.g. question type): metrics per value too (data.group_by)"),
 ]
 
+Streaming = Annotated[
+    str | None,
+    typer.Option(help="on: read the table in chunks (larger than memory) | off: all in memory | auto (data.streaming)"),
+]
+
 
 LabelOpt = Annotated[str | None, typer.Option("--label", "-y", help="The column to predict (data.label)")]
 ConfigOpt = Annotated[
@@ -195,7 +200,10 @@ def fit(
     modality_dropout: ModalityDropout = None,
     on_bad_rows: str | None = typer.Option(None, help="error: stop, list bad rows | skip: drop them, write a report"),
     accelerator: str | None = typer.Option(None, help="auto | cpu | gpu [auto]"),
-    devices: str | None = typer.Option(None, help="Number of devices, or 'auto' [1]"),
+    devices: str | None = typer.Option(None, help="Processes (devices) per machine, or 'auto' [1]"),
+    strategy: str | None = typer.Option(None, help="ddp: one process per device, gradients all-reduced [auto]"),
+    num_nodes: int | None = typer.Option(None, help="Machines of a multi-node run (torchrun/SLURM set it) [1]"),
+    streaming: Streaming = None,
     precision: str | None = typer.Option(None, help="32-true | bf16-mixed | 16-mixed (fine-tuning on a GPU: bf16)"),
     text_encoder: TextEncoder = None,
     image_encoder: ImageEncoder = None,
@@ -233,8 +241,9 @@ def fit(
             audio_encoder=audio_encoder, preset=preset, finetune_layers=finetune_layers, lora=lora,
             encoder_lr=encoder_lr, cache_dir=cache_dir,
             devices=None if devices is None else int(devices) if devices.isdigit() else devices,
+            strategy=strategy, num_nodes=num_nodes,
             freeze=None if finetune is None else not finetune,
-            **{"preprocess.image_size": image_size, "preprocess.image_fit": image_fit,
+            **{"data.streaming": streaming, "preprocess.image_size": image_size, "preprocess.image_fit": image_fit,
                "preprocess.sample_rate": sample_rate, "privacy.anonymize": anonymize,
                "privacy.operator": privacy_operator, "privacy.ner_model": ner_model},
         ) | _set_options(set_)  # fmt: skip
@@ -245,6 +254,8 @@ def fit(
         p.train_config.restart = restart
         p.fit(train, valid)
         folder = p.save(output)
+        if getattr(p, "rank_", 0) != 0:  # another process of a distributed run: rank 0 reports and writes
+            return
         console.print(metrics_table({f"{p.fusion} (validation)": p.metrics_["valid"]}, title="validation metrics"))
         if p.dropped_:
             console.print(f"[yellow]dropped {len(p.dropped_)} bad row(s); report: {folder / 'dropped_rows.csv'}[/]")
@@ -291,6 +302,7 @@ def evaluate(
     on_bad_rows: str = typer.Option("error", help="error | skip"),
     runtime: Runtime = "torch",
     group_by: GroupBy = None,
+    streaming: Streaming = None,
 ) -> None:
     """Metrics of a saved model on a labelled table; writes them to metrics.json."""
     from polymodal.evaluation.table import confusion_table, metrics_table
@@ -308,6 +320,8 @@ def evaluate(
         else:
             p = MultimodalPredictor.load(model, runtime=runtime)
             p.config_.data.on_bad_rows = on_bad_rows
+            if streaming is not None:
+                p.config_.data.streaming = streaming
             m = p.evaluate(table, group_by=group_by) | {"table": str(table)}
             m |= {"runtime": runtime} if runtime != "torch" else {}
             groups = {f"{m['group_by']}={g}": v for g, v in m.get("groups", {}).items()}
@@ -339,31 +353,18 @@ def predict(
     ),
     on_bad_rows: str = typer.Option("error", help="error | missing (treat a broken file as an absent modality)"),
     runtime: Runtime = "torch",
+    streaming: Streaming = None,
 ) -> None:
-    """Predict labels (and class probabilities) for every row of a table."""
-    import os
-    import tempfile
-
-    from polymodal.data.io import read_table
+    """Predict labels (and class probabilities) for every row of a table. A streamed table is read, predicted
+    and written chunk by chunk."""
     from polymodal.predictor import MultimodalPredictor
 
     def go():
         p = MultimodalPredictor.load(model, runtime=runtime)
-        df, _ = read_table(table)
-        out = df.copy()
-        if p.engine.task.is_classification:
-            proba = p.predict_proba(table, on_bad_rows=on_bad_rows)
-            out["prediction"] = p.engine.task.decode(proba.to_numpy())
-            for c in proba.columns:
-                out[f"proba_{c}"] = proba[c].to_numpy()
-        else:
-            out["prediction"] = p.predict(table, on_bad_rows=on_bad_rows).to_numpy()
-        output.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=output.parent, suffix=".tmp")
-        os.close(fd)
-        out.to_csv(tmp, index=False)
-        os.replace(tmp, output)
-        console.print(f"wrote {len(out)} predictions to {output}")
+        if streaming is not None:
+            p.config_.data.streaming = streaming
+        n = p.predict_file(table, output, on_bad_rows=on_bad_rows)
+        console.print(f"wrote {n} predictions to {output}")
 
     _run(go)
 

@@ -178,6 +178,8 @@ FLAT_KEYWORDS: dict[str, str] = {
     "ignore": "data.ignore",
     "valid_fraction": "data.valid_fraction",
     "on_bad_rows": "data.on_bad_rows",
+    "streaming": "data.streaming",
+    "chunk_rows": "data.chunk_rows",
     "embed_dim": "encoders.embed_dim",
     "preset": "encoders.preset",
     "freeze": "encoders.freeze",

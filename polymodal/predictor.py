@@ -30,6 +30,7 @@ from polymodal.preprocess import Features, PreprocessConfig, Preprocessor
 log = logging.getLogger("polymodal")
 
 DROPPED_REPORT = "dropped_rows.csv"
+HEAD_ROWS = 10_000  # streaming: the rows the schema and the pretrained inputs' settings are inferred from
 CONFIG_FORMAT = 2  # config.json with the config tree under "config"; 0.1.0 folders (flat keys) still load
 
 
@@ -68,6 +69,27 @@ def build_net(cfg: Config, schema: Schema, input_specs: dict[str, dict], task: A
         schema.inputs, input_specs, task, cfg.fusion.name, dims, cfg.fusion.hidden, cfg.fusion.dropout,
         fusion_options=cfg.fusion.options,
     )  # fmt: skip
+
+
+class LabelValues:
+    """What `Task.fit` needs of the training labels, gathered chunk by chunk: the distinct classes, or the values
+    of a regression target (8 bytes a row)."""
+
+    def __init__(self, problem_type: Any):
+        self.classification = problem_type.is_classification
+        self.classes: dict[Any, None] = {}
+        self.values: list[np.ndarray] = []
+
+    def update(self, y: pd.Series) -> None:
+        if self.classification:
+            self.classes.update(dict.fromkeys(y.dropna().unique().tolist()))
+        else:
+            self.values.append(pd.to_numeric(y, errors="coerce").to_numpy(dtype=np.float64))
+
+    def series(self) -> pd.Series:
+        if self.classification:
+            return pd.Series(list(self.classes), dtype=object)
+        return pd.Series(np.concatenate(self.values) if self.values else np.zeros(0))
 
 
 class MultimodalPredictor:
@@ -156,12 +178,14 @@ class MultimodalPredictor:
             out[col] = {"ref": resolve(name).to_dict(), "mode": mode, "layers": enc.finetune_layers, "lora": enc.lora}
         return out
 
-    def _start(self, train: Any, progress: bool) -> tuple[tuple[pd.DataFrame, Path], Schema, Any]:
-        """What training begins with (here and in `compare`): read the table, infer and check the schema, resolve
-        the pretrained encoders and fit their settings. Returns (table, schema, FeaturePipeline)."""
+    def _start(self, train: Any, progress: bool, table: tuple[pd.DataFrame, Path] | None = None
+               ) -> tuple[tuple[pd.DataFrame, Path], Schema, Any]:  # fmt: skip
+        """What training begins with (here and in `compare`): read the table (or take `table`: the first rows of a
+        streamed one), infer and check the schema, resolve the pretrained encoders and fit their settings.
+        Returns (table, schema, FeaturePipeline)."""
         from polymodal.model.pipeline import FeaturePipeline
 
-        table = read_table(train)
+        table = table or read_table(train)
         data = self.config_.data
         modalities = {c: Modality(m) for c, m in data.modalities.items()}
         from polymodal.evaluation.groups import check_group_column
@@ -192,9 +216,28 @@ class MultimodalPredictor:
                 return self._fit(tables["train"], tables["valid"], callbacks)
         return self._fit(train, valid, callbacks)
 
+    def streams(self, source: Any) -> bool:
+        """Whether `source` is read in chunks (data.streaming: on, off, or auto: a file whose decoded rows would
+        take more than a quarter of the available memory)."""
+        from polymodal.data.stream import head, wants_streaming
+        from polymodal.preprocess import estimate_row_bytes
+
+        mode = self.config_.data.streaming
+        if mode != "auto" or isinstance(source, pd.DataFrame):
+            return wants_streaming(mode, source, 0)
+        if self.schema is not None:
+            schema = self.schema
+        else:
+            d = self.config_.data
+            modalities = {c: Modality(m) for c, m in d.modalities.items()}
+            schema = infer_schema(head(source, 1000), d.label, modalities, d.left_out(), d.problem_type)
+        return wants_streaming(mode, source, estimate_row_bytes(schema, self.config_.preprocess))
+
     def _fit(self, train: Any, valid: Any | None, callbacks: list | None) -> MultimodalPredictor:
         from polymodal.tasks import Task
 
+        if self.streams(train):
+            return self._fit_streaming(train, valid, callbacks)
         start = time.perf_counter()
         table, schema, pipeline = self._start(train, self.train_config.progress)
         preprocessor = pipeline.preprocessor
@@ -218,6 +261,106 @@ class MultimodalPredictor:
         self.metrics_["dropped_rows"] = len({(p.row, p.reason.startswith("[valid]")) for p in self.dropped_})
         self.metrics_["feature_cache"] = {k: e.stats for k, e in pipeline._extractors.items()}
         return self
+
+    def _fit_streaming(self, train: Any, valid: Any | None, callbacks: list | None) -> MultimodalPredictor:
+        """`fit` for a table larger than memory: one pass fits the preprocessing (and runs frozen encoders into
+        the feature cache), then training reads the table chunk by chunk in loader workers."""
+        from polymodal.data.stream import Fingerprint, head, iter_chunks, split_mask, table_dir
+        from polymodal.tasks import Task
+        from polymodal.training.data import StreamRows
+
+        start = time.perf_counter()
+        cfg = self.config_
+        base = table_dir(train)
+        _, schema, pipeline = self._start(train, self.train_config.progress, (head(train, HEAD_ROWS), base))
+        preprocessor, label = pipeline.preprocessor, schema.label
+        fitting = preprocessor.start_fit()
+        labels = LabelValues(schema.problem_type)
+        seen = {"train": 0, "valid": 0}
+        problems: list[Problem] = []
+        unreadable: set[int] = set()  # training rows whose files fail to decode
+        valid_print = Fingerprint()
+
+        def scan(source: Any, part: str) -> None:
+            for chunk in iter_chunks(source, cfg.data.chunk_rows):
+                bad = check_labels(chunk.reset_index(drop=True), schema)
+                problems.extend(Problem(int(chunk.index[p.row]), p.column, f"[valid] {p.reason}" if part == "valid"
+                                        else p.reason) for p in bad)  # fmt: skip
+                chunk = chunk.drop(index=[chunk.index[p.row] for p in bad])
+                is_valid = (split_mask(chunk.index.to_numpy(), cfg.data.valid_fraction, self.train_config.seed)
+                            if valid is None else np.full(len(chunk), part == "valid"))  # fmt: skip
+                v = chunk[is_valid]
+                valid_print.update(v)
+                seen["valid"] += len(v)
+                if part == "valid":
+                    continue
+                rows = chunk[~is_valid]
+                seen["train"] += len(rows)
+                labels.update(rows[label])
+                media: dict[str, list] = {}
+                if fitting.needs_media() or pipeline.frozen_inputs:  # the feature pass fills the cache once
+                    media, frozen, more = pipeline.decode(rows.reset_index(drop=True), base,
+                                                          media=fitting.needs_media())  # fmt: skip
+                    problems.extend(Problem(int(rows.index[p.row]), p.column, p.reason) for p in more)
+                    unreadable.update(int(rows.index[p.row]) for p in more)
+                    for name, (emb, _) in frozen.items():
+                        preprocessor.state[name]["dim"] = int(emb.shape[1])
+                fitting.update(rows, media)
+
+        scan(train, "train")
+        if valid is not None:
+            scan(valid, "valid")
+        problems.sort(key=lambda p: (p.row, p.column))
+        if problems and cfg.data.on_bad_rows == "error":
+            raise BadRowsError(problems, _table_name(train))
+        self.dropped_ = problems
+        skip = frozenset(p.row for p in problems if not p.reason.startswith("[valid]"))
+        vskip = frozenset(p.row for p in problems if p.reason.startswith("[valid]") or valid is None)
+        if seen["train"] == 0 or seen["valid"] == 0:
+            raise UserError(f"streaming {_table_name(train)} left {seen['train']} training and {seen['valid']} "
+                            "validation rows; both need rows (a larger table, or data.valid_fraction)")  # fmt: skip
+        if problems:
+            log.warning("dropping %d bad row(s); see %s", len({p.row for p in problems}), DROPPED_REPORT)
+        fitting.finish()
+        task = Task.fit(schema.problem_type, labels.series())
+        common = dict(base_dir=base, pipeline=pipeline, task=task, label=label, chunk_rows=cfg.data.chunk_rows,
+                      valid_fraction=cfg.data.valid_fraction, seed=self.train_config.seed,
+                      on_bad_rows=cfg.data.on_bad_rows)  # fmt: skip
+        train_rows = StreamRows(train, part="train" if valid is None else "all", n_rows=seen["train"] - len(unreadable),
+                                skip_rows=skip, **common)  # fmt: skip
+        valid_rows = StreamRows(train if valid is None else valid, part="valid" if valid is None else "all",
+                                n_rows=seen["valid"], skip_rows=vskip, **common)  # fmt: skip
+        result = self._train(schema, preprocessor, task, train_rows, valid_rows, callbacks)
+        metrics: dict[str, Any] = {}
+        if result["global_rank"] == 0:  # the other processes of a distributed run write nothing
+            y, out, _ = self._stream_outputs(valid_rows)
+            metrics = task.metrics(y, out) | {"data": valid_print.hexdigest()}
+        self.metrics_ = {
+            "valid": metrics,
+            "train_rows": train_rows.n_rows,
+            "valid_rows": valid_rows.n_rows,
+            "dropped_rows": len({(p.row, p.reason.startswith("[valid]")) for p in problems}),
+            "fit_seconds": round(time.perf_counter() - start, 3),
+            "streaming": True,
+        } | result
+        return self
+
+    def _stream_outputs(self, rows: Any, group_by: str | None = None) -> tuple[pd.Series, np.ndarray, pd.Series]:
+        """Labels, outputs (and the group column) of every row of a `StreamRows`, chunk by chunk: only these
+        small arrays are kept, never the decoded rows."""
+        engine = self._require_fitted()
+        ys, outs, groups = [], [], []
+        for chunk in rows.chunks():
+            chunk, features, _ = rows.features(chunk)
+            ys.append(chunk[rows.label])
+            outs.append(engine.outputs(features))
+            if group_by:
+                groups.append(chunk[group_by])
+        if not ys:
+            raise UserError("no row of the table could be evaluated")
+        concat = pd.concat
+        return (concat(ys, ignore_index=True), np.concatenate(outs),
+                concat(groups, ignore_index=True) if groups else pd.Series(dtype=object))  # fmt: skip
 
     def fit_features(
         self,
@@ -344,6 +487,8 @@ class MultimodalPredictor:
 
         engine = self._require_fitted()
         group_by = group_by or self.config_.data.group_by
+        if self.streams(data):
+            return self._evaluate_streaming(data, group_by)
         table = read_table(data)
         check_group_column(table[0], group_by, _table_name(data))
         df, media, frozen, problems = self._load_rows(data, engine.pipeline, training=False, table=table)
@@ -354,6 +499,79 @@ class MultimodalPredictor:
             metrics["groups"] = group_metrics(engine.task, df[engine.schema.label], outputs, df[group_by])
             metrics["group_by"] = group_by
         return metrics | {"data": fingerprint(df), "dropped_rows": len({p.row for p in problems})}
+
+    def _evaluate_streaming(self, data: Any, group_by: str | None) -> dict[str, Any]:
+        from polymodal.data.stream import Fingerprint, head, table_dir
+        from polymodal.evaluation.groups import check_group_column, group_metrics
+        from polymodal.training.data import StreamRows
+
+        engine = self._require_fitted()
+        first = head(data, 1000)
+        check_group_column(first, group_by, _table_name(data))
+        check_columns(first, engine.schema, training=False)
+        rows = StreamRows(data, table_dir(data), engine.pipeline, engine.task, engine.schema.label,
+                          self.config_.data.chunk_rows, on_bad_rows=self.config_.data.on_bad_rows)  # fmt: skip
+        printed, dropped = Fingerprint(), 0
+
+        def counted():
+            nonlocal dropped
+            for chunk in rows.chunks():
+                dropped += int(chunk[engine.schema.label].isna().sum())
+                yield chunk
+
+        ys, outs, groups = [], [], []
+        for chunk in iter(counted()):
+            kept, features, problems = rows.features(chunk)
+            dropped += len({p.row for p in problems})
+            printed.update(kept)
+            ys.append(kept[engine.schema.label])
+            outs.append(engine.outputs(features))
+            if group_by:
+                groups.append(kept[group_by])
+        if not ys:
+            raise UserError(f"no row of {_table_name(data)} could be evaluated")
+        y, outputs = pd.concat(ys, ignore_index=True), np.concatenate(outs)
+        metrics = engine.task.metrics(y, outputs)
+        if group_by:
+            metrics["groups"] = group_metrics(engine.task, y, outputs, pd.concat(groups, ignore_index=True))
+            metrics["group_by"] = group_by
+        return metrics | {"data": printed.hexdigest(), "dropped_rows": dropped, "streaming": True}
+
+    def predict_file(self, data: Any, output: str | os.PathLike[str], on_bad_rows: str = "error") -> int:
+        """Write predictions for every row of `data` to the CSV `output`: the input columns, `prediction`, and
+        `proba_<class>` per class. A table that streams is read, predicted and written chunk by chunk, so it
+        can be larger than memory. Written atomically; returns the number of rows."""
+        import tempfile
+
+        from polymodal.data.stream import iter_chunks, table_dir
+
+        engine = self._require_fitted()
+        output = Path(output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        chunks = iter_chunks(data, self.config_.data.chunk_rows) if self.streams(data) else [read_table(data)[0]]
+        base = table_dir(data)
+        fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+        os.close(fd)
+        n = 0
+        try:
+            for chunk in chunks:
+                df = chunk.reset_index(drop=True)
+                features, problems = engine.features(df, base, on_bad_rows=on_bad_rows)
+                for p in problems:
+                    log.warning("row %d, column %r: %s; predicted without it", n + p.row, p.column, p.reason)
+                out = df.copy()
+                outputs = engine.outputs(features)
+                out["prediction"] = engine.task.decode(outputs)
+                if engine.task.is_classification:
+                    for j, c in enumerate(engine.task.classes):
+                        out[f"proba_{c}"] = outputs[:, j]
+                out.to_csv(tmp, index=False, mode="a" if n else "w", header=n == 0)
+                n += len(df)
+            os.replace(tmp, output)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return n
 
     # ---- persistence -------------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
@@ -393,6 +611,8 @@ class MultimodalPredictor:
         from polymodal.model.artifact import save_folder
 
         engine = self._require_fitted()
+        if getattr(self, "rank_", 0) != 0:  # a distributed run: rank 0 writes the folder, the others nothing
+            return Path(folder)
         extra: dict[str, Path] = {}
         for name, p in engine.preprocessor.config.pretrained.items():
             if p["mode"] == "finetune" and p["ref"]["kind"] == "hf":

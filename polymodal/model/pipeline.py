@@ -43,23 +43,27 @@ class FeaturePipeline:
             )  # fmt: skip
         return self._extractors[name]
 
-    def decode(self, df: pd.DataFrame, base_dir: Path) -> tuple[dict[str, list], Frozen, list[Problem]]:
-        """Read every file once: decoded media for the trained encoders, embeddings for the frozen ones."""
+    def decode(
+        self, df: pd.DataFrame, base_dir: Path, media: bool = True
+    ) -> tuple[dict[str, list], Frozen, list[Problem]]:
+        """Read every file once: decoded media for the trained encoders, embeddings for the frozen ones.
+        `media=False`: only the frozen encoders' embeddings (the feature pass of a streamed fit)."""
         cfg, st = self.preprocessor.config, self.preprocessor.state
         pretrained = cfg.pretrained
         sizes = {c: st[c]["size"] for c in pretrained if self.schema.columns[c] is Modality.IMAGE}
         rates = {c: st[c]["sample_rate"] for c in pretrained if self.schema.columns[c] is Modality.AUDIO}
         fits = {c: st[c].get("fit", "squash") for c in sizes}
-        media, problems = load_media(
+        skip = tuple(self.frozen_inputs) if media else tuple(self.schema.columns)
+        decoded, problems = load_media(
             df, self.schema, base_dir, cfg.image_size, cfg.sample_rate, sizes=sizes, rates=rates,
-            skip=tuple(self.frozen_inputs), image_fit=cfg.image_fit, fits=fits,
+            skip=skip, image_fit=cfg.image_fit, fits=fits,
         )  # fmt: skip
         frozen: Frozen = {}
         for name in self.frozen_inputs:
             emb, present, more = self.extractor(name)(name, df[name].tolist(), base_dir)
             frozen[name] = (emb, present)
             problems += more
-        return media, frozen, problems
+        return decoded, frozen, problems
 
     def features(self, df: pd.DataFrame, media: dict[str, list], frozen: Frozen) -> Features:
         if self.raw:

@@ -127,7 +127,7 @@ class StreamRows:
     def chunks(self, columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
         """This part's rows, chunk by chunk (index: position in the table)."""
         for chunk in iter_chunks(self.source, self.chunk_rows, columns):
-            keep = chunk[self.label].notna().to_numpy() if self.label else np.ones(len(chunk), bool)
+            keep = chunk[self.label].notna().to_numpy().copy() if self.label else np.ones(len(chunk), bool)
             if self.part != "all":
                 valid = split_mask(chunk.index.to_numpy(), self.valid_fraction, self.seed)
                 keep &= valid if self.part == "valid" else ~valid
