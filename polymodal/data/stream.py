@@ -136,8 +136,8 @@ def wants_streaming(mode: str, source: Any, row_bytes: int, memory: int | None =
 def split_mask(rows: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """True for the rows of the validation split: a hash of (seed, row position), so every chunking and every
     process picks the same rows without seeing the others."""
-    x = rows.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
     with np.errstate(over="ignore"):  # splitmix64: wrapping arithmetic is the point
+        x = rows.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
         x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         x = x ^ (x >> np.uint64(31))

@@ -296,7 +296,13 @@ def _quiet_lightning() -> None:
     """Lightning's start-up banners and tips are noise in a CLI; real warnings still show."""
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    for pattern in (".*treespec.*", ".*does not have many workers.*", ".*litlogger.*", ".*has `__len__` defined.*"):
+    for pattern in (
+        ".*treespec.*",
+        ".*does not have many workers.*",
+        ".*litlogger.*",
+        ".*has `__len__` defined.*",
+        ".*all_gather is deprecated.*",
+    ):
         warnings.filterwarnings("ignore", message=pattern)
 
 

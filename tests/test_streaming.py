@@ -1,0 +1,162 @@
+"""Tables read in chunks (issue 16): the same preprocessing, predictions and metrics as in memory, with flat
+memory; bad rows named by their row in the whole table."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import synth
+
+from polymodal import MultimodalPredictor
+from polymodal.data.schema import infer_schema
+from polymodal.data.stream import Fingerprint, fingerprint, iter_chunks, split_mask, wants_streaming
+from polymodal.data.validate import BadRowsError
+from polymodal.errors import UserError
+from polymodal.preprocess import Preprocessor
+
+SETTINGS = synth.FAST | {"max_epochs": 4, "patience": 4}
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory) -> tuple[Path, Path]:
+    """Train and test CSVs holding every kind of input, with empty cells in each input column."""
+    folder = tmp_path_factory.mktemp("stream")
+    train, test = synth.make_table(folder, 260, seed=5), synth.make_table(folder, 90, seed=6)
+    for df in (train, test):
+        for i, col in enumerate(["caption", "image", "clip", "price", "shade"]):
+            df.loc[[3 + i, 40 + i], col] = None
+    train.to_csv(folder / "train.csv", index=False)
+    test.to_csv(folder / "test.csv", index=False)
+    return folder / "train.csv", folder / "test.csv"
+
+
+def test_chunks_keep_table_positions_in_every_format(table, tmp_path):
+    df = pd.read_csv(table[0])
+    df.to_parquet(tmp_path / "t.parquet", row_group_size=70)
+    df.to_json(tmp_path / "t.jsonl", orient="records", lines=True)
+    for source in (table[0], tmp_path / "t.parquet", tmp_path / "t.jsonl", df):
+        chunks = list(iter_chunks(source, 64))
+        assert [len(c) for c in chunks[:4]] == [64, 64, 64, 64]
+        whole = pd.concat(chunks)
+        assert whole.index.tolist() == list(range(len(df)))
+        assert whole["caption"].fillna("").tolist() == df["caption"].fillna("").tolist()
+    # The validation split and the fingerprint do not depend on how the table is chunked.
+    rows = np.arange(len(df))
+    assert np.array_equal(split_mask(rows, 0.2, 3), np.concatenate([split_mask(rows[i : i + 7], 0.2, 3)
+                                                                    for i in range(0, len(df), 7)]))  # fmt: skip
+    assert 0.1 < split_mask(np.arange(10_000), 0.2, 3).mean() < 0.3
+    f = Fingerprint()
+    for c in iter_chunks(df, 50):
+        f.update(c)
+    assert f.hexdigest() == fingerprint(df)
+
+
+def test_preprocessing_fitted_in_chunks_equals_fitted_whole(table):
+    from polymodal.data.validate import load_media
+    from polymodal.preprocess import PreprocessConfig
+
+    df = pd.read_csv(table[0])
+    schema = infer_schema(df, "y", ignore=["score"])
+    cfg = PreprocessConfig(image_size=16, sample_rate=8000, n_mels=32, n_mfcc=13)
+    media, _ = load_media(df, schema, table[0].parent, cfg.image_size, cfg.sample_rate)
+    whole = Preprocessor(schema, cfg).fit(df, media).state
+    fitting = Preprocessor(schema, cfg).start_fit()
+    for lo in range(0, len(df), 37):
+        part = df.iloc[lo : lo + 37]
+        fitting.update(part, {k: v[lo : lo + 37] for k, v in media.items()})
+    chunked = fitting.finish().state
+    assert chunked.keys() == whole.keys()
+    for key in whole:
+        for field, value in whole[key].items():
+            if isinstance(value, list) and value and isinstance(value[0], float):
+                assert np.allclose(chunked[key][field], value, rtol=1e-9), (key, field)
+            else:
+                assert chunked[key][field] == value, (key, field)
+
+
+def test_auto_switch_streams_only_what_would_not_fit(table):
+    assert wants_streaming("auto", table[0], row_bytes=10**6, memory=10**8)  # 260 rows x 1 MB > 25 MB
+    assert not wants_streaming("auto", table[0], row_bytes=10**3, memory=10**8)
+    assert not wants_streaming("auto", pd.read_csv(table[0]), row_bytes=10**9, memory=1)  # already in memory
+    assert wants_streaming("on", table[0], 0) and not wants_streaming("off", table[0], 0)
+    with pytest.raises(UserError, match="data.streaming"):
+        wants_streaming("sometimes", table[0], 0)
+
+
+def test_streamed_fit_and_every_verb_agree_with_memory(table, tmp_path):
+    train, test = table
+    p = MultimodalPredictor(label="y", ignore=["score"], streaming="on", chunk_rows=50, **SETTINGS).fit(train)
+    m = p.metrics_
+    assert m["streaming"] is True and m["train_rows"] + m["valid_rows"] == 260
+    assert 0.05 < m["valid_rows"] / 260 < 0.2  # the hashed 10 % split
+    assert m["valid"]["accuracy"] >= 0.5  # it learned (chance: 0.25)
+    folder = p.save(tmp_path / "m")
+    assert json.loads((folder / "config.json").read_text())["config"]["data"]["streaming"] == "on"
+
+    q = MultimodalPredictor.load(folder)
+    streamed = q.evaluate(test)
+    q.config_.data.streaming = "off"
+    in_memory = q.evaluate(test)
+    assert streamed["streaming"] and "streaming" not in in_memory
+    assert streamed["data"] == in_memory["data"]
+    for key in ("accuracy", "f1_macro", "log_loss"):
+        assert streamed[key] == pytest.approx(in_memory[key], abs=1e-6)
+
+    q.predict_file(test, tmp_path / "mem.csv")
+    q.config_.data.streaming = "on"
+    assert q.predict_file(test, tmp_path / "stream.csv") == 90
+    a, b = pd.read_csv(tmp_path / "stream.csv"), pd.read_csv(tmp_path / "mem.csv")
+    assert a["prediction"].tolist() == b["prediction"].tolist()
+    probas = [c for c in a.columns if c.startswith("proba_")]
+    assert len(probas) == 4 and np.allclose(a[probas], b[probas], atol=1e-6)
+    assert not [f for f in tmp_path.iterdir() if f.name.endswith(".tmp")]
+
+    # The CLI: predict and evaluate with --streaming on.
+    cli = [sys.executable, "-m", "polymodal"]
+    out = subprocess.run([*cli, "predict", str(folder), str(test), "-o", str(tmp_path / "cli.csv"), "--streaming",
+                          "on"], capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert pd.read_csv(tmp_path / "cli.csv")["prediction"].tolist() == b["prediction"].tolist()
+    out = subprocess.run([*cli, "evaluate", str(folder), str(test), "--streaming", "on", "-o",
+                          str(tmp_path / "e.json")], capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert json.loads((tmp_path / "e.json").read_text())["accuracy"] == pytest.approx(streamed["accuracy"])
+
+
+def test_streamed_bad_rows_are_named_by_table_row(table, tmp_path):
+    df = pd.read_csv(table[0])
+    df["image"] = [str(table[0].parent / v) if isinstance(v, str) else v for v in df["image"]]
+    df["clip"] = [str(table[0].parent / v) if isinstance(v, str) else v for v in df["clip"]]
+    df.loc[137, "image"] = str(tmp_path / "gone.png")
+    df.to_csv(tmp_path / "bad.csv", index=False)
+    settings = SETTINGS | {"max_epochs": 1}
+    with pytest.raises(BadRowsError, match=r"row 137, column 'image'.*gone\.png"):
+        MultimodalPredictor(label="y", ignore=["score"], streaming="on", chunk_rows=50, **settings).fit(
+            tmp_path / "bad.csv"
+        )
+    p = MultimodalPredictor(label="y", ignore=["score"], streaming="on", chunk_rows=50, on_bad_rows="skip",
+                            **settings).fit(tmp_path / "bad.csv")  # fmt: skip
+    assert p.metrics_["dropped_rows"] == 1
+    assert p.metrics_["train_rows"] + p.metrics_["valid_rows"] == 259 + (1 if split_mask(np.array([137]), 0.1, 0)[0]
+                                                                        else 0)  # fmt: skip
+    folder = p.save(tmp_path / "m")
+    assert "137" in (folder / "dropped_rows.csv").read_text()
+
+
+def test_feature_cache_reads_shards_on_demand(tmp_path):
+    from polymodal.encoders.cache import FeatureCache
+
+    cache = FeatureCache(tmp_path, {"encoder": "x"})
+    cache.put({"a": np.ones(4), "b": np.zeros(4)})
+    cache.put({"c": np.full(4, 2.0)})
+    fresh = FeatureCache(tmp_path, {"encoder": "x"})
+    got = fresh.get(["c", "a", "missing"])
+    assert sorted(got) == ["a", "c"] and got["c"][0] == 2.0
+    # What it keeps in memory is where each key lives, not the embeddings.
+    assert all(isinstance(v, Path) for v in fresh._index.values())
