@@ -615,6 +615,14 @@ def compare(
     options = {"progress": False} | options
     template = MultimodalPredictor(label=label, **options)
     label = template.label
+    if template.streams(train):
+        # compare decodes each table once and shares the arrays across all its entries and the noise tests: that
+        # is what makes it fast, and it needs the decoded table in memory.
+        raise UserError(
+            f"{train} is streamed (data.streaming={template.config_.data.streaming}), but compare holds the decoded "
+            "tables in memory. Compare on a sample of the rows (data.streaming=off), or fit and evaluate each "
+            "fusion on the whole table with --streaming on."
+        )
     if template.config_.privacy.anonymize:  # before anything is read; the copies stay beside the output
         from polymodal.privacy import anonymize_tables
 
