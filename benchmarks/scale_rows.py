@@ -206,6 +206,11 @@ def log_tail(log: Path, n: int = 15) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-n:])
 
 
+def failure(r: dict, log: Path) -> str:
+    """Why a run failed: the timeout, or the end of its log."""
+    return f"timed out after {r['wall_s']:.0f} s (--timeout)" if r["timed_out"] else log_tail(log)
+
+
 def brief(run: dict) -> str:
     return json.dumps({k: run.get(k) for k in ("wall_s", "peak_rss_mb", "rows_per_s")})
 
@@ -367,7 +372,7 @@ def main() -> None:
                     "valid_accuracy": valid_accuracy(m),
                 }
             else:
-                fit["error"] = log_tail(log)
+                fit["error"] = failure(r, log)
                 print(f"fit {n} {mode} failed (rc {r['rc']}):\n{fit['error']}")
             runs.append(fit)
             print(f"fit     {n:>8} {mode:>3}: {brief(fit)}")
@@ -385,8 +390,9 @@ def main() -> None:
                 pred["rows_per_s"] = round(n / r["wall_s"], 1)
                 with open(preds) as f:
                     pred["rows_written"] = sum(1 for _ in f) - 1  # minus the header; quoted newlines: none here
+                pred["all_rows_written"] = pred["rows_written"] == n
             else:
-                pred["error"] = log_tail(log)
+                pred["error"] = failure(r, log)
                 print(f"predict {n} {mode} failed (rc {r['rc']}):\n{pred['error']}")
             runs.append(pred)
             print(f"predict {n:>8} {mode:>3}: {brief(pred)}")
@@ -435,7 +441,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for r in runs:
         if not r["ok"]:
-            print(f"| {r['rows']} | {r['mode']} | {r['verb']} | {r.get('skipped') or 'failed'} | | | | |")
+            why = r.get("skipped") or ("timed out" if r.get("timed_out") else f"failed (rc {r.get('rc')})")
+            print(f"| {r['rows']} | {r['mode']} | {r['verb']} | {why} | | | | |")
             continue
         acc = "" if r.get("valid_accuracy") is None else f"{r['valid_accuracy']:.3f}"
         print(f"| {r['rows']} | {r['mode']} | {r['verb']} | {r['wall_s']:.1f} | {r['peak_rss_mb']:.0f} | "
