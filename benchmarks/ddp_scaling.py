@@ -149,6 +149,7 @@ def main() -> None:
                     m.get("train_rows", args.rows) * (m.get("epochs") or args.epochs) / m["train_seconds"], 1
                 ),
                 "rows_per_s_wall": round(args.rows * args.epochs / r["wall_s"], 1),
+                "fit_seconds": m.get("fit_seconds"),  # the whole fit in rank 0: reading, preprocessing, training
                 "epochs": m.get("epochs"),
                 "valid_accuracy": valid_accuracy(m),
             }

@@ -11,7 +11,9 @@ Validation is a separate fixed table of --valid-rows rows (the same for every si
 Each fit and predict is a subprocess (`python -m polymodal`); the peak memory is the largest sum of RSS over the
 process and all its children (DataLoader workers included), polled every 0.1 s. The sum counts pages that forked
 workers share with their parent more than once: an upper bound. Throughput: fit = train_rows / train_seconds
-(from metrics.json; the epoch itself, without startup and preprocessing) and rows / wall; predict = rows / wall.
+(from metrics.json; the epoch itself), train_rows / fit_seconds (the whole fit in its process: reading,
+preprocessing and training; in memory the media are decoded before the epoch, streaming decodes them in it, so the
+streaming-vs-in-memory goal compares this one) and rows / wall; predict = rows / wall.
 
 Settings the build does not have yet (`polymodal config --paths`, `polymodal predict --help`) are not passed; a
 streaming run on such a build is recorded as skipped.
@@ -274,10 +276,15 @@ def goal_checks(runs: list[dict], big: int, small: int, compare_at: int) -> list
         ratio = round(a["peak_rss_mb"] / b["peak_rss_mb"], 3) if a and b else None
         memory[verb] = {"peak_rss_mb_big": a and a["peak_rss_mb"], "peak_rss_mb_small": b and b["peak_rss_mb"],
                         "ratio": ratio, "met": None if ratio is None else ratio <= 1.3}  # fmt: skip
+        # fit: the whole fit in its process (reading, preprocessing, training: fit_seconds), because in memory the
+        # media are decoded before the training loop and streaming decodes them inside it; the loop alone as info.
+        key = "rows_per_s_fit" if verb == "fit" else "rows_per_s"
         s, m = get(compare_at, "on", verb), get(compare_at, "off", verb)
-        ratio = round(s["rows_per_s"] / m["rows_per_s"], 3) if s and m else None
-        speed[verb] = {"rows_per_s_streaming": s and s["rows_per_s"], "rows_per_s_in_memory": m and m["rows_per_s"],
+        ratio = round(s[key] / m[key], 3) if s and m and s.get(key) and m.get(key) else None
+        speed[verb] = {"measure": key, "streaming": s and s.get(key), "in_memory": m and m.get(key),
                        "ratio": ratio, "met": None if ratio is None else ratio >= 0.8}  # fmt: skip
+        if verb == "fit" and s and m:
+            speed[verb]["ratio_training_loop_only"] = round(s["rows_per_s"] / m["rows_per_s"], 3)
 
     def overall(parts: dict) -> bool | None:
         mets = [p["met"] for p in parts.values()]
@@ -291,7 +298,7 @@ def goal_checks(runs: list[dict], big: int, small: int, compare_at: int) -> list
             "met": overall(memory),
         },
         {
-            "goal": f"streaming throughput >= 0.8x in-memory at {compare_at} rows (fit: train rows / train_seconds)",
+            "goal": f"streaming throughput >= 0.8x in-memory at {compare_at} rows (fit: train_rows / fit_seconds)",
             "is_issue_goal": compare_at == 10**5,
             "measured": speed,
             "met": overall(speed),
@@ -368,6 +375,10 @@ def main() -> None:
                     "train_rows": m.get("train_rows"),
                     "train_seconds": m["train_seconds"],
                     "rows_per_s": round(m.get("train_rows", n) / m["train_seconds"], 1),
+                    "fit_seconds": m.get("fit_seconds"),
+                    "rows_per_s_fit": round(m.get("train_rows", n) / m["fit_seconds"], 1)
+                    if m.get("fit_seconds")
+                    else None,
                     "rows_per_s_wall": round(n / r["wall_s"], 1),
                     "valid_accuracy": valid_accuracy(m),
                 }
@@ -403,16 +414,20 @@ def main() -> None:
     result = {
         "benchmark": "scale_rows",
         "command": " ".join(["python", "benchmarks/scale_rows.py", *sys.argv[1:]]),
-        "note": (
-            f"Generated table: text sentence, 2 numeric (size, price: noise), 1 categorical (shade: noise), 1 image "
-            f"path; label y = 4 * image colour + 2 * animal in the text + (size > 0) (8 classes). "
-            f"{args.images} distinct 16x16 PNGs written once, rows reference them at random. Parquet with row groups "
-            f"of {ROW_GROUP} rows. Validation: a separate fixed table of {args.valid_rows} rows. peak_rss_mb: the "
-            f"largest sum of RSS over the process tree (DataLoader workers included; shared pages counted once per "
-            f"process, so an upper bound), polled every 0.1 s. fit rows_per_s = train_rows / train_seconds (the "
-            f"training loop only); rows_per_s_wall = rows / wall (startup, reading and preprocessing included); "
-            f"predict rows_per_s = rows / wall."
-            + (" QUICK run: smoke test sizes, not the issue's." if args.quick else "")
+        "note": " ".join(
+            [
+                "Generated table: a text sentence, 2 numeric (size: its sign is in the label; price: noise),",
+                "1 categorical (shade: noise), 1 image path; label y = 4 * image colour + 2 * animal in the text",
+                f"+ (size > 0) (8 classes). {args.images} distinct 16x16 PNGs written once, rows reference them at",
+                f"random. Parquet with row groups of {ROW_GROUP} rows. Validation: a separate fixed table of",
+                f"{args.valid_rows} rows. peak_rss_mb: the largest sum of RSS over the process tree (DataLoader",
+                "workers included; shared pages counted once per process, so an upper bound), polled every 0.1 s.",
+                "fit rows_per_s = train_rows / train_seconds (the training loop only); rows_per_s_fit = train_rows /",
+                "fit_seconds (the whole fit in its process: reading, preprocessing, training; the streaming vs",
+                "in-memory goal uses this); rows_per_s_wall = rows / wall (interpreter startup included); predict",
+                "rows_per_s = rows / wall.",
+                *(["QUICK run: smoke-test sizes, not the issue's."] if args.quick else []),
+            ]
         ),
         "settings": {
             "rows": rows,
@@ -437,16 +452,18 @@ def main() -> None:
     json_path.write_text(json.dumps(result, indent=2) + "\n")
 
     print()
-    print("| rows | mode | verb | wall s | peak RSS MB (tree) | peak RSS MB (main) | rows/s | valid acc |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| rows | mode | verb | wall s | peak RSS MB (tree) | peak RSS MB (main) | rows/s | rows/s (whole fit) "
+          "| valid acc |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in runs:
         if not r["ok"]:
             why = r.get("skipped") or ("timed out" if r.get("timed_out") else f"failed (rc {r.get('rc')})")
-            print(f"| {r['rows']} | {r['mode']} | {r['verb']} | {why} | | | | |")
+            print(f"| {r['rows']} | {r['mode']} | {r['verb']} | {why} | | | | | |")
             continue
         acc = "" if r.get("valid_accuracy") is None else f"{r['valid_accuracy']:.3f}"
         print(f"| {r['rows']} | {r['mode']} | {r['verb']} | {r['wall_s']:.1f} | {r['peak_rss_mb']:.0f} | "
-              f"{r['peak_rss_main_mb']:.0f} | {r['rows_per_s']:.0f} | {acc} |")  # fmt: skip
+              f"{r['peak_rss_main_mb']:.0f} | {r['rows_per_s']:.0f} | {r.get('rows_per_s_fit') or ''} | "
+              f"{acc} |")  # fmt: skip
     for c in checks:
         print(f"goal: {c['goal']}: met={c['met']} {json.dumps({k: v['ratio'] for k, v in c['measured'].items()})}")
     print(f"wrote {json_path}")
