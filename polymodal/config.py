@@ -95,6 +95,9 @@ class EncodersConfig:
     finetune_layers: int | None = None  # fine-tuning: only the top N layers
     lora: bool = False  # fine-tuning: LoRA adapters instead of the encoder's weights
     cache_dir: str | None = None  # feature cache of frozen encoders (default ~/.cache/polymodal)
+    # What runs frozen encoders in the feature pass: torch (fp32), or onnx-int8 (the encoder exported once to an
+    # int8 ONNX graph and run by ONNX Runtime: faster on a CPU; its embeddings have their own cache namespace).
+    frozen_runtime: str = field(default="torch", metadata=_choices("torch", "onnx-int8"))
     columns: dict[str, str] = field(default_factory=dict)  # column -> pretrained encoder, over the modality's
     text: ModalityEncoderConfig = field(default_factory=ModalityEncoderConfig)
     image: ModalityEncoderConfig = field(default_factory=ModalityEncoderConfig)

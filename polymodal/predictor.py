@@ -176,6 +176,8 @@ class MultimodalPredictor:
                 continue
             mode = "frozen" if enc.freeze else "finetune"
             out[col] = {"ref": resolve(name).to_dict(), "mode": mode, "layers": enc.finetune_layers, "lora": enc.lora}
+            if mode == "frozen" and enc.frozen_runtime != "torch":
+                out[col]["runtime"] = enc.frozen_runtime
         return out
 
     def _start(self, train: Any, progress: bool, table: tuple[pd.DataFrame, Path] | None = None
@@ -265,7 +267,7 @@ class MultimodalPredictor:
     def _fit_streaming(self, train: Any, valid: Any | None, callbacks: list | None) -> MultimodalPredictor:
         """`fit` for a table larger than memory: one pass fits the preprocessing (and runs frozen encoders into
         the feature cache), then training reads the table chunk by chunk in loader workers."""
-        from polymodal.data.stream import Fingerprint, head, iter_chunks, split_mask, table_dir
+        from polymodal.data.stream import head, iter_chunks, split_mask, table_dir
         from polymodal.tasks import Task
         from polymodal.training.data import StreamRows
 
@@ -279,7 +281,6 @@ class MultimodalPredictor:
         seen = {"train": 0, "valid": 0}
         problems: list[Problem] = []
         unreadable: set[int] = set()  # training rows whose files fail to decode
-        valid_print = Fingerprint()
 
         def scan(source: Any, part: str) -> None:
             for chunk in iter_chunks(source, cfg.data.chunk_rows):
@@ -289,9 +290,7 @@ class MultimodalPredictor:
                 chunk = chunk.drop(index=[chunk.index[p.row] for p in bad])
                 is_valid = (split_mask(chunk.index.to_numpy(), cfg.data.valid_fraction, self.train_config.seed)
                             if valid is None else np.full(len(chunk), part == "valid"))  # fmt: skip
-                v = chunk[is_valid]
-                valid_print.update(v)
-                seen["valid"] += len(v)
+                seen["valid"] += int(is_valid.sum())
                 if part == "valid":
                     continue
                 rows = chunk[~is_valid]
@@ -333,8 +332,8 @@ class MultimodalPredictor:
         result = self._train(schema, preprocessor, task, train_rows, valid_rows, callbacks)
         metrics: dict[str, Any] = {}
         if result["global_rank"] == 0:  # the other processes of a distributed run write nothing
-            y, out, _ = self._stream_outputs(valid_rows)
-            metrics = task.metrics(y, out) | {"data": valid_print.hexdigest()}
+            done = self._stream_outputs(valid_rows)
+            metrics = task.metrics(done["y"], done["outputs"]) | {"data": done["data"]}
         self.metrics_ = {
             "valid": metrics,
             "train_rows": train_rows.n_rows,
@@ -342,25 +341,31 @@ class MultimodalPredictor:
             "dropped_rows": len({(p.row, p.reason.startswith("[valid]")) for p in problems}),
             "fit_seconds": round(time.perf_counter() - start, 3),
             "streaming": True,
+            "feature_cache": {k: e.stats for k, e in pipeline._extractors.items()},  # the fitting pass's
         } | result
         return self
 
-    def _stream_outputs(self, rows: Any, group_by: str | None = None) -> tuple[pd.Series, np.ndarray, pd.Series]:
-        """Labels, outputs (and the group column) of every row of a `StreamRows`, chunk by chunk: only these
-        small arrays are kept, never the decoded rows."""
+    def _stream_outputs(self, rows: Any, group_by: str | None = None) -> dict[str, Any]:
+        """Labels, outputs, the group column, the dropped rows and the fingerprint of every row of a `StreamRows`,
+        chunk by chunk: only these small arrays are kept, never the decoded rows."""
+        from polymodal.data.stream import Fingerprint
+
         engine = self._require_fitted()
+        printed, dropped = Fingerprint(), 0
         ys, outs, groups = [], [], []
         for chunk in rows.chunks():
-            chunk, features, _ = rows.features(chunk)
-            ys.append(chunk[rows.label])
+            kept, features, problems = rows.features(chunk)
+            dropped += len({p.row for p in problems})
+            printed.update(kept)
+            ys.append(kept[rows.label])
             outs.append(engine.outputs(features))
             if group_by:
-                groups.append(chunk[group_by])
+                groups.append(kept[group_by])
         if not ys:
-            raise UserError("no row of the table could be evaluated")
-        concat = pd.concat
-        return (concat(ys, ignore_index=True), np.concatenate(outs),
-                concat(groups, ignore_index=True) if groups else pd.Series(dtype=object))  # fmt: skip
+            raise UserError(f"no row of {_table_name(rows.source)} could be evaluated")
+        return {"y": pd.concat(ys, ignore_index=True), "outputs": np.concatenate(outs), "dropped": dropped,
+                "groups": pd.concat(groups, ignore_index=True) if groups else None,
+                "data": printed.hexdigest()}  # fmt: skip
 
     def fit_features(
         self,
@@ -501,7 +506,7 @@ class MultimodalPredictor:
         return metrics | {"data": fingerprint(df), "dropped_rows": len({p.row for p in problems})}
 
     def _evaluate_streaming(self, data: Any, group_by: str | None) -> dict[str, Any]:
-        from polymodal.data.stream import Fingerprint, head, table_dir
+        from polymodal.data.stream import head, table_dir
         from polymodal.evaluation.groups import check_group_column, group_metrics
         from polymodal.training.data import StreamRows
 
@@ -511,31 +516,12 @@ class MultimodalPredictor:
         check_columns(first, engine.schema, training=False)
         rows = StreamRows(data, table_dir(data), engine.pipeline, engine.task, engine.schema.label,
                           self.config_.data.chunk_rows, on_bad_rows=self.config_.data.on_bad_rows)  # fmt: skip
-        printed, dropped = Fingerprint(), 0
-
-        def counted():
-            nonlocal dropped
-            for chunk in rows.chunks():
-                dropped += int(chunk[engine.schema.label].isna().sum())
-                yield chunk
-
-        ys, outs, groups = [], [], []
-        for chunk in iter(counted()):
-            kept, features, problems = rows.features(chunk)
-            dropped += len({p.row for p in problems})
-            printed.update(kept)
-            ys.append(kept[engine.schema.label])
-            outs.append(engine.outputs(features))
-            if group_by:
-                groups.append(kept[group_by])
-        if not ys:
-            raise UserError(f"no row of {_table_name(data)} could be evaluated")
-        y, outputs = pd.concat(ys, ignore_index=True), np.concatenate(outs)
-        metrics = engine.task.metrics(y, outputs)
+        done = self._stream_outputs(rows, group_by)
+        metrics = engine.task.metrics(done["y"], done["outputs"])
         if group_by:
-            metrics["groups"] = group_metrics(engine.task, y, outputs, pd.concat(groups, ignore_index=True))
+            metrics["groups"] = group_metrics(engine.task, done["y"], done["outputs"], done["groups"])
             metrics["group_by"] = group_by
-        return metrics | {"data": printed.hexdigest(), "dropped_rows": dropped, "streaming": True}
+        return metrics | {"data": done["data"], "dropped_rows": done["dropped"], "streaming": True}
 
     def predict_file(self, data: Any, output: str | os.PathLike[str], on_bad_rows: str = "error") -> int:
         """Write predictions for every row of `data` to the CSV `output`: the input columns, `prediction`, and
@@ -577,6 +563,8 @@ class MultimodalPredictor:
     def config(self) -> dict[str, Any]:
         """config.json: the config tree (`config`) plus what fitting decided (schema, task, inputs, encoders)."""
         engine = self._require_fitted()
+        if engine.runtime == "onnx":  # an exported graph carries the config.json of the model it was made from
+            return self._graph_config
         return {
             "format": CONFIG_FORMAT,
             "polymodal_version": __version__,
@@ -713,7 +701,7 @@ class MultimodalPredictor:
         p = cls.__new__(cls)
         tree = Config.from_dict(config["config"]) if "config" in config else from_legacy(config, preprocess["config"])
         tree.encoders.cache_dir = None if cache_dir is None else str(cache_dir)
-        p.config_ = tree
+        p.config_, p._graph_config = tree, config
         p.input_specs_, p.compression_ = config["input_specs"], config.get("compression")
         p.schema, p.metrics_, p.dropped_ = schema, net.metadata.get("metrics", {}), []
         preprocessor = Preprocessor.from_dict(schema, preprocess)
@@ -726,6 +714,10 @@ class MultimodalPredictor:
 
     def info(self) -> dict[str, Any]:
         engine = self._require_fitted()
+        if engine.runtime == "onnx":
+            return {**self.config(), "label": self.label, "fusion": self.fusion, "runtime": "onnx",
+                    "graph": str(engine.net.path), "graph_bytes": engine.net.path.stat().st_size,
+                    "quantized": engine.net.quantized, "metrics": self.metrics_}  # fmt: skip
         n_params = sum(t.numel() for t in engine.net.parameters())
         per_part = {
             name: sum(t.numel() for t in enc.parameters())

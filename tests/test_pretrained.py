@@ -10,6 +10,7 @@ import synth
 import torch
 
 from polymodal import MultimodalPredictor
+from polymodal.config import ConfigError
 from polymodal.data.schema import Modality
 from polymodal.encoders.pretrained import EncoderNotFound, build, resolve
 
@@ -272,3 +273,27 @@ def test_image_fit_pad_reaches_scratch_and_frozen_image_inputs(tiny_vit, synth_s
     assert frozen_p.engine.preprocessor.state["image"]["fit"] == "pad"
     namespaces = [json.loads(p.read_text()) for p in (tmp_path / "c").rglob("namespace.json")]
     assert [n["settings"].get("fit") for n in namespaces] == ["pad"]
+
+
+def test_frozen_runtime_onnx_int8_from_the_config_tree(tiny_bert, synth_split, tmp_path):
+    train, test = synth_split
+    p = frozen(tiny_bert, tmp_path, max_epochs=2, **{"encoders.frozen_runtime": "onnx-int8"}).fit(train)
+    assert p.engine.preprocessor.config.pretrained["caption"]["runtime"] == "onnx-int8"
+    assert (tmp_path / "cache" / "onnx").is_dir()  # the int8 graph, made once
+    q = MultimodalPredictor.load(p.save(tmp_path / "m"), cache_dir=tmp_path / "cache")
+    assert q.engine.pipeline.extractor("caption").runtime == "onnx-int8"
+    np.testing.assert_allclose(q.predict_proba(test).to_numpy(), p.predict_proba(test).to_numpy(), atol=1e-6)
+    with pytest.raises(ConfigError, match="frozen_runtime"):
+        frozen(tiny_bert, tmp_path, **{"encoders.frozen_runtime": "tensorrt"})
+
+
+def test_streamed_fit_runs_the_frozen_feature_pass_once(tiny_bert, synth_split, tmp_path):
+    train, test = synth_split
+    p = frozen(tiny_bert, tmp_path, max_epochs=2, streaming="on", chunk_rows=64).fit(train)
+    n_texts = pd.read_csv(train)["caption"].nunique()
+    stats = p.metrics_["feature_cache"]["caption"]
+    assert stats["misses"] == n_texts  # the fitting pass embedded every text once; training read the cache
+    assert p.engine.preprocessor.state["caption"]["dim"] == 32
+    streamed = p.evaluate(test)
+    p.config_.data.streaming = "off"
+    assert p.evaluate(test)["accuracy"] == pytest.approx(streamed["accuracy"])

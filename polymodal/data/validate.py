@@ -30,7 +30,11 @@ class Problem:
 class BadRowsError(UserError):
     """Raised when rows fail validation and the caller asked to stop (the default)."""
 
-    def __init__(self, problems: list[Problem], table: str = "the table"):
+    def __init__(self, problems: list[Problem] | str, table: str = "the table"):
+        if isinstance(problems, str):  # re-raised from a loader worker process, with the message made there
+            self.problems = []
+            super().__init__(problems)
+            return
         self.problems = problems
         rows = sorted({p.row for p in problems})
         lines = [f"  row {p.row}, column {p.column!r}: {p.reason}" for p in problems[:MAX_LISTED]]

@@ -83,8 +83,8 @@ class MemoryRows:
 @dataclass
 class StreamRows:
     """A split of a table, read in chunks: `part` "train" or "valid" takes the rows of a hashed validation split
-    (`split_mask`), "all" every row. Rows whose label is empty are left out, as in memory (where they are bad
-    rows); `skip_rows` are left out too (bad rows found before training)."""
+    (`split_mask`), "all" every row, less `skip_rows` (bad rows found before training). Labels are checked
+    chunk by chunk as in memory: a bad one raises, or drops its row with on_bad_rows="skip"."""
 
     source: Any
     base_dir: Path
@@ -127,7 +127,7 @@ class StreamRows:
     def chunks(self, columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
         """This part's rows, chunk by chunk (index: position in the table)."""
         for chunk in iter_chunks(self.source, self.chunk_rows, columns):
-            keep = chunk[self.label].notna().to_numpy().copy() if self.label else np.ones(len(chunk), bool)
+            keep = np.ones(len(chunk), dtype=bool)
             if self.part != "all":
                 valid = split_mask(chunk.index.to_numpy(), self.valid_fraction, self.seed)
                 keep &= valid if self.part == "valid" else ~valid
