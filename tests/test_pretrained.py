@@ -3,6 +3,8 @@ MiniLM and EfficientNet-Lite0 defaults; the feature cache; frozen vs fine-tuned.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -279,7 +281,8 @@ def test_frozen_runtime_onnx_int8_from_the_config_tree(tiny_bert, synth_split, t
     train, test = synth_split
     p = frozen(tiny_bert, tmp_path, max_epochs=2, **{"encoders.frozen_runtime": "onnx-int8"}).fit(train)
     assert p.engine.preprocessor.config.pretrained["caption"]["runtime"] == "onnx-int8"
-    assert (tmp_path / "cache" / "onnx").is_dir()  # the int8 graph, made once
+    namespaces = [json.loads(f.read_text()) for f in (tmp_path / "cache").glob("*/namespace.json")]
+    assert [n.get("runtime") for n in namespaces] == ["onnx-int8"]  # int8 embeddings: a cache of their own
     q = MultimodalPredictor.load(p.save(tmp_path / "m"), cache_dir=tmp_path / "cache")
     assert q.engine.pipeline.extractor("caption").runtime == "onnx-int8"
     np.testing.assert_allclose(q.predict_proba(test).to_numpy(), p.predict_proba(test).to_numpy(), atol=1e-6)
