@@ -308,6 +308,7 @@ class MultimodalPredictor:
 
         scan(train, "train")
         if valid is not None:
+            check_columns(head(valid, 1000), schema, training=False)
             scan(valid, "valid")
         problems.sort(key=lambda p: (p.row, p.column))
         if problems and cfg.data.on_bad_rows == "error":

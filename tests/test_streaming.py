@@ -160,3 +160,15 @@ def test_feature_cache_reads_shards_on_demand(tmp_path):
     assert sorted(got) == ["a", "c"] and got["c"][0] == 2.0
     # What it keeps in memory is where each key lives, not the embeddings.
     assert all(isinstance(v, Path) for v in fresh._index.values())
+
+
+def test_streamed_fit_with_a_validation_table(table, tmp_path):
+    from polymodal.data.schema import SchemaError
+
+    train, test = table
+    settings = SETTINGS | {"max_epochs": 1}
+    p = MultimodalPredictor(label="y", ignore=["score"], streaming="on", chunk_rows=64, **settings).fit(train, test)
+    assert p.metrics_["train_rows"] == 260 and p.metrics_["valid_rows"] == 90
+    pd.read_csv(test).drop(columns=["shade"]).to_csv(tmp_path / "v.csv", index=False)
+    with pytest.raises(SchemaError, match="shade"):
+        MultimodalPredictor(label="y", ignore=["score"], streaming="on", **settings).fit(train, tmp_path / "v.csv")

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from polymodal.data.schema import Modality
+from polymodal.errors import UserError
 from polymodal.model.network import MultimodalNet
 from polymodal.preprocess.augment import augment_images
 from polymodal.tasks import Task
@@ -359,6 +360,11 @@ def train(
         use_distributed_sampler=False,  # the rows know how to split themselves (polymodal/training/data.py)
         **distributed_settings(cfg),
     )
+    if len(valid_rows) < trainer.world_size:  # a process without validation rows has nothing to gather
+        raise UserError(
+            f"{len(valid_rows)} validation row(s) for {trainer.world_size} processes: each process needs at least one "
+            "(a larger validation table or data.valid_fraction, or fewer devices)"
+        )
     module = LitMultimodal(net, task, train_rows.pixel_inputs(inputs), cfg, (train_rows, valid_rows, generator))
     start = time.perf_counter()
     net.train()  # pretrained backbones load in eval mode; dropout must be live while training
