@@ -88,3 +88,18 @@ def test_two_simulated_nodes_with_torchrun(table, tmp_path):
     proba = model.predict_proba(table.parent / "test9.csv")
     assert proba.shape == (40, 4) and proba.sum(axis=1).round(4).eq(1).all()
     assert (model.predict(table.parent / "test9.csv") == test["y"]).mean() > 0.4  # it learned across nodes
+
+
+def test_ddp_settings_that_cannot_work_are_refused_before_training(table, tmp_path):
+    from polymodal.config import ConfigError
+    from polymodal.errors import UserError
+
+    df = synth.make_table(table.parent, 1, seed=11)
+    df.to_csv(table.parent / "one.csv", index=False)
+    ddp = dict(label="y", ignore=["score"], preprocess={"image_size": 16, "sample_rate": 8000}, embed_dim=32,
+               max_epochs=1, progress=False, accelerator="cpu", devices=2)  # fmt: skip
+    with pytest.raises(UserError, match="1 validation row.*for 2 processes: each process needs at least one"):
+        MultimodalPredictor(strategy="ddp", **ddp).fit(table, table.parent / "one.csv")
+    with pytest.raises(ConfigError, match="unknown DDP strategy 'ddp_teleport' \\(train.strategy\\)"):
+        MultimodalPredictor(strategy="ddp_teleport", **ddp).fit(table, table.parent / "one.csv")
+    assert not list(tmp_path.iterdir())

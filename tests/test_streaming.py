@@ -51,6 +51,7 @@ def test_chunks_keep_table_positions_in_every_format(table, tmp_path):
     assert np.array_equal(split_mask(rows, 0.2, 3), np.concatenate([split_mask(rows[i : i + 7], 0.2, 3)
                                                                     for i in range(0, len(df), 7)]))  # fmt: skip
     assert 0.1 < split_mask(np.arange(10_000), 0.2, 3).mean() < 0.3
+    assert not split_mask(np.zeros(1, dtype=np.int64), 0.01, 0)[0]  # row 0 is not a validation row by construction
     f = Fingerprint()
     for c in iter_chunks(df, 50):
         f.update(c)
@@ -172,3 +173,35 @@ def test_streamed_fit_with_a_validation_table(table, tmp_path):
     pd.read_csv(test).drop(columns=["shade"]).to_csv(tmp_path / "v.csv", index=False)
     with pytest.raises(SchemaError, match="shade"):
         MultimodalPredictor(label="y", ignore=["score"], streaming="on", **settings).fit(train, tmp_path / "v.csv")
+
+
+def _tabular(path: Path, n: int) -> Path:
+    """A table without files: text, a number and a category (fast to stream)."""
+    rng = np.random.default_rng(0)
+    pd.DataFrame({"note": [f"item {i} {'cat' if i % 2 else 'dog'}" for i in range(n)],
+                  "price": rng.normal(size=n), "shade": rng.choice(["a", "b"], n),
+                  "y": [i % 2 for i in range(n)]}).to_csv(path, index=False)  # fmt: skip
+    return path
+
+
+def test_streaming_bad_settings_and_tables_say_what_to_do(tmp_path):
+    from polymodal.evaluation.compare import compare
+
+    table = _tabular(tmp_path / "t.csv", 40)
+    with pytest.raises(UserError, match="data.chunk_rows must be at least 1, not 0"):
+        list(iter_chunks(table, 0))
+    with pytest.raises(UserError, match=r"compare holds the decoded tables in memory.*--streaming on"):
+        compare(table, "y", tmp_path / "cmp", streaming="on")
+    assert not (tmp_path / "cmp").exists()  # refused before anything was written
+    tiny = _tabular(tmp_path / "tiny.csv", 3)
+    with pytest.raises(UserError, match=r"left \d training and 0 validation rows.*data.valid_fraction"):
+        MultimodalPredictor(label="y", streaming="on", valid_fraction=0.01, **SETTINGS).fit(tiny)
+    pd.DataFrame(columns=["note", "price", "shade", "y"]).to_csv(tmp_path / "empty.csv", index=False)
+    with pytest.raises(UserError, match=r"empty\.csv has no rows"):
+        MultimodalPredictor(label="y", streaming="on", **SETTINGS).fit(tmp_path / "empty.csv")
+
+
+def test_bad_rows_error_raised_again_from_a_loader_worker_keeps_its_message():
+    # A DataLoader re-raises a worker's exception as its type built from the message text alone.
+    err = BadRowsError("1 bad row(s) in t.csv: row 7, column 'image': file not found: a.png")
+    assert isinstance(err, UserError) and "row 7, column 'image'" in str(err) and err.problems == []

@@ -81,7 +81,7 @@ def head(source: Any, n: int) -> pd.DataFrame:
         if got >= n:
             break
     if not parts:
-        raise UserError(f"the table {source if not isinstance(source, pd.DataFrame) else ''} has no rows")
+        raise UserError(f"{'the DataFrame' if isinstance(source, pd.DataFrame) else str(source)} has no rows")
     return pd.concat(parts).iloc[:n]
 
 
@@ -137,7 +137,8 @@ def split_mask(rows: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """True for the rows of the validation split: a hash of (seed, row position), so every chunking and every
     process picks the same rows without seeing the others."""
     with np.errstate(over="ignore"):  # splitmix64: wrapping arithmetic is the point
-        x = rows.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+        # splitmix64 of a state that is never 0 (a 0 state hashes to 0: row 0 would always be a validation row)
+        x = (rows.astype(np.uint64) + (np.uint64(seed) << np.uint64(32)) + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)
         x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         x = x ^ (x >> np.uint64(31))

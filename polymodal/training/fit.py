@@ -21,6 +21,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
+from polymodal.config import ConfigError
 from polymodal.data.schema import Modality
 from polymodal.errors import UserError
 from polymodal.model.network import MultimodalNet
@@ -293,7 +294,7 @@ def distributed_settings(cfg: TrainConfig) -> dict[str, Any]:
         # validation runs a different number of batches on each process.
         start = {"ddp": "popen", "ddp_spawn": "spawn", "ddp_fork": "fork", "ddp_notebook": "fork"}.get(strategy)
         if start is None:
-            raise ValueError(f"unknown DDP strategy {strategy!r}; use ddp, ddp_spawn or ddp_fork")
+            raise ConfigError(f"unknown DDP strategy {strategy!r} (train.strategy); use ddp, ddp_spawn or ddp_fork")
         strategy = DDPStrategy(start_method=start, broadcast_buffers=False)
     return {"devices": devices, "num_nodes": nodes, "strategy": strategy}
 
