@@ -14,7 +14,7 @@ import pandas as pd
 
 from polymodal import __version__
 from polymodal.config import Config, ConfigError, TrainConfig, build_config, from_legacy
-from polymodal.data.io import read_table
+from polymodal.data.io import read_table, table_name
 from polymodal.data.schema import Modality, Schema, infer_schema
 from polymodal.data.stream import fingerprint
 from polymodal.data.validate import (
@@ -32,10 +32,6 @@ log = logging.getLogger("polymodal")
 DROPPED_REPORT = "dropped_rows.csv"
 HEAD_ROWS = 10_000  # streaming: the rows the schema and the pretrained inputs' settings are inferred from
 CONFIG_FORMAT = 2  # config.json with the config tree under "config"; 0.1.0 folders (flat keys) still load
-
-
-def _table_name(source: Any) -> str:
-    return "the DataFrame" if isinstance(source, pd.DataFrame) else str(source)
 
 
 def check_config(cfg: Config) -> None:
@@ -143,11 +139,11 @@ class MultimodalPredictor:
         problems = sorted(problems + media_problems, key=lambda p: (p.row, p.column))
         if problems:
             if self.config_.data.on_bad_rows == "error":
-                raise BadRowsError(problems, _table_name(source))
+                raise BadRowsError(problems, table_name(source))
             bad = sorted({p.row for p in problems})
-            log.warning("dropping %d bad row(s) of %s; see %s", len(bad), _table_name(source), DROPPED_REPORT)
+            log.warning("dropping %d bad row(s) of %s; see %s", len(bad), table_name(source), DROPPED_REPORT)
             if len(bad) == len(df):
-                raise BadRowsError(problems, _table_name(source))
+                raise BadRowsError(problems, table_name(source))
             df, media, frozen = take_rows(df, media, frozen, np.setdiff1d(np.arange(len(df)), bad))
         return df, media, frozen, problems
 
@@ -192,7 +188,7 @@ class MultimodalPredictor:
         modalities = {c: Modality(m) for c, m in data.modalities.items()}
         from polymodal.evaluation.groups import check_group_column
 
-        check_group_column(table[0], data.group_by, _table_name(train))
+        check_group_column(table[0], data.group_by, table_name(train))
         schema = infer_schema(table[0], data.label, modalities, data.left_out(), data.problem_type)
         check_columns(table[0], schema, training=True)
         config = PreprocessConfig(
@@ -312,12 +308,12 @@ class MultimodalPredictor:
             scan(valid, "valid")
         problems.sort(key=lambda p: (p.row, p.column))
         if problems and cfg.data.on_bad_rows == "error":
-            raise BadRowsError(problems, _table_name(train))
+            raise BadRowsError(problems, table_name(train))
         self.dropped_ = problems
         skip = frozenset(p.row for p in problems if not p.reason.startswith("[valid]"))
         vskip = frozenset(p.row for p in problems if p.reason.startswith("[valid]") or valid is None)
         if seen["train"] == 0 or seen["valid"] == 0:
-            raise UserError(f"streaming {_table_name(train)} left {seen['train']} training and {seen['valid']} "
+            raise UserError(f"streaming {table_name(train)} left {seen['train']} training and {seen['valid']} "
                             "validation rows; both need rows (a larger table, or data.valid_fraction)")  # fmt: skip
         if problems:
             log.warning("dropping %d bad row(s); see %s", len({p.row for p in problems}), DROPPED_REPORT)
@@ -363,7 +359,7 @@ class MultimodalPredictor:
             if group_by:
                 groups.append(kept[group_by])
         if not ys:
-            raise UserError(f"no row of {_table_name(rows.source)} could be evaluated")
+            raise UserError(f"no row of {table_name(rows.source)} could be evaluated")
         return {"y": pd.concat(ys, ignore_index=True), "outputs": np.concatenate(outs), "dropped": dropped,
                 "groups": pd.concat(groups, ignore_index=True) if groups else None,
                 "data": printed.hexdigest()}  # fmt: skip
@@ -496,7 +492,7 @@ class MultimodalPredictor:
         if self.streams(data):
             return self._evaluate_streaming(data, group_by)
         table = read_table(data)
-        check_group_column(table[0], group_by, _table_name(data))
+        check_group_column(table[0], group_by, table_name(data))
         df, media, frozen, problems = self._load_rows(data, engine.pipeline, training=False, table=table)
         features = engine.pipeline.features(df, media, frozen)
         outputs = engine.outputs(features)
@@ -513,7 +509,7 @@ class MultimodalPredictor:
 
         engine = self._require_fitted()
         first = head(data, 1000)
-        check_group_column(first, group_by, _table_name(data))
+        check_group_column(first, group_by, table_name(data))
         check_columns(first, engine.schema, training=False)
         rows = StreamRows(data, table_dir(data), engine.pipeline, engine.task, engine.schema.label,
                           self.config_.data.chunk_rows, on_bad_rows=self.config_.data.on_bad_rows)  # fmt: skip

@@ -36,6 +36,11 @@ def read_table(source: str | os.PathLike[str] | pd.DataFrame) -> tuple[pd.DataFr
     return df.reset_index(drop=True), path.resolve().parent
 
 
+def table_name(source: str | os.PathLike[str] | pd.DataFrame) -> str:
+    """How messages name a table: its path, or "the DataFrame"."""
+    return "the DataFrame" if isinstance(source, pd.DataFrame) else str(source)
+
+
 def resolve_path(value: str, base_dir: Path) -> Path:
     p = Path(os.path.expanduser(str(value).strip()))
     return p if p.is_absolute() else base_dir / p

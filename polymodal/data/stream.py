@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from polymodal.data.io import read_table
+from polymodal.data.io import read_table, table_name
 from polymodal.errors import UserError
 
 STREAMING_MODES = ("auto", "on", "off")
@@ -81,7 +81,7 @@ def head(source: Any, n: int) -> pd.DataFrame:
         if got >= n:
             break
     if not parts:
-        raise UserError(f"{'the DataFrame' if isinstance(source, pd.DataFrame) else str(source)} has no rows")
+        raise UserError(f"{table_name(source)} has no rows")
     return pd.concat(parts).iloc[:n]
 
 

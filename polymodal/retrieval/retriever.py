@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from polymodal import __version__
-from polymodal.data.io import read_table
+from polymodal.data.io import read_table, table_name
 from polymodal.data.schema import Modality, ProblemType, Schema, SchemaError, infer_modality
 from polymodal.data.validate import BadRowsError, Problem, check_columns, is_missing
 from polymodal.errors import UserError
@@ -178,7 +178,7 @@ class MultimodalRetriever:
             problems += [Problem(int(i), self.label, "label is empty") for i in np.flatnonzero(df[self.label].isna())]
         media, frozen, more = self.pipeline.decode(df, base_dir)
         problems = sorted(problems + more, key=lambda p: (p.row, p.column))
-        name = "the DataFrame" if isinstance(source, pd.DataFrame) else str(source)
+        name = table_name(source)
         if problems:
             if self.on_bad_rows == "error":
                 raise BadRowsError(problems, name)

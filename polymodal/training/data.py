@@ -25,11 +25,12 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from polymodal.data.io import table_name
 from polymodal.data.schema import Modality
 from polymodal.data.stream import iter_chunks, split_mask
 from polymodal.data.validate import BadRowsError, Problem, check_labels
 from polymodal.model.batch import Collate
-from polymodal.model.pipeline import FeaturePipeline
+from polymodal.model.pipeline import FeaturePipeline, take_rows
 from polymodal.preprocess import Features
 from polymodal.tasks import Task
 
@@ -138,8 +139,6 @@ class StreamRows:
 
     def features(self, chunk: pd.DataFrame) -> tuple[pd.DataFrame, Features, list[Problem]]:
         """Decode and preprocess one chunk; bad rows raise (on_bad_rows="error") or are dropped."""
-        from polymodal.model.pipeline import take_rows
-
         media, frozen, problems = self.pipeline.decode(chunk, self.base_dir)
         problems = [Problem(int(chunk.index[p.row]), p.column, p.reason) for p in problems]
         if self.label:
@@ -147,7 +146,7 @@ class StreamRows:
                          for p in check_labels(chunk, self.pipeline.schema)]  # fmt: skip
         if problems:
             if self.on_bad_rows == "error":
-                raise BadRowsError(sorted(problems, key=lambda p: (p.row, p.column)), _name(self.source))
+                raise BadRowsError(sorted(problems, key=lambda p: (p.row, p.column)), table_name(self.source))
             bad = np.isin(chunk.index.to_numpy(), [p.row for p in problems])
             for p in problems:
                 log.warning("row %d, column %r: %s; row dropped", p.row, p.column, p.reason)
@@ -265,7 +264,3 @@ class StreamLoader:
                 f"this process ran out of rows after {produced} of its {self.n_batches} batches; lower "
                 "train.num_workers or train.batch_size"
             )
-
-
-def _name(source: Any) -> str:
-    return "the DataFrame" if isinstance(source, pd.DataFrame) else str(source)
