@@ -539,10 +539,13 @@ def compare(
     privacy_operator: PrivacyOperator = None,
     ner_model: NerModel = None,
     group_by: GroupBy = None,
+    streaming: Streaming = None,
 ) -> None:
     """Leaderboard of unimodal baselines, fusions and ensembles over seeds, with robustness and an HTML report.
 
-    Re-running the same command skips the entries that finished. Model settings: --config/--set as in `fit`."""
+    Re-running the same command skips the entries that finished. Model settings: --config/--set as in `fit`.
+    A streamed table (larger than memory) trains each entry as a streamed fit and scores every test row chunk by
+    chunk; its robustness columns are measured on --noise-rows test rows."""
     from polymodal.evaluation.compare import compare as run_compare
     from polymodal.evaluation.compare import leaderboard_table
 
@@ -557,7 +560,8 @@ def compare(
             cache_dir=cache_dir, freeze=None if finetune is None else not finetune,
             **{"preprocess.image_size": image_size, "preprocess.image_fit": image_fit,
                "preprocess.sample_rate": sample_rate, "privacy.anonymize": anonymize,
-               "privacy.operator": privacy_operator, "privacy.ner_model": ner_model, "data.group_by": group_by},
+               "privacy.operator": privacy_operator, "privacy.ner_model": ner_model, "data.group_by": group_by,
+               "data.streaming": streaming},
         ) | _set_options(set_)  # fmt: skip
         board = run_compare(
             train, label, output, test=test, valid=valid, fusions=fusions, seeds=seeds, noise_levels=noise_levels,

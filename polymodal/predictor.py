@@ -21,6 +21,7 @@ from polymodal.data.validate import (
     BadRowsError,
     Problem,
     check_columns,
+    check_files,
     check_labels,
     write_report,
 )
@@ -279,11 +280,14 @@ class MultimodalPredictor:
         unreadable: set[int] = set()  # training rows whose files fail to decode
 
         def scan(source: Any, part: str) -> None:
+            src_dir = table_dir(source)
             for chunk in iter_chunks(source, cfg.data.chunk_rows):
-                bad = check_labels(chunk.reset_index(drop=True), schema)
+                flat = chunk.reset_index(drop=True)
+                # Labels, and every trained encoder's file (a stat: only a sample is decoded before training).
+                bad = check_labels(flat, schema) + check_files(flat, schema, src_dir, skip=pipeline.frozen_inputs)
                 problems.extend(Problem(int(chunk.index[p.row]), p.column, f"[valid] {p.reason}" if part == "valid"
                                         else p.reason) for p in bad)  # fmt: skip
-                chunk = chunk.drop(index=[chunk.index[p.row] for p in bad])
+                chunk = chunk.drop(index=list({chunk.index[p.row] for p in bad}))
                 is_valid = (split_mask(chunk.index.to_numpy(), cfg.data.valid_fraction, self.train_config.seed)
                             if valid is None else np.full(len(chunk), part == "valid"))  # fmt: skip
                 seen["valid"] += int(is_valid.sum())
@@ -294,7 +298,7 @@ class MultimodalPredictor:
                 labels.update(rows[label])
                 media: dict[str, list] = {}
                 if fitting.needs_media() or pipeline.frozen_inputs:  # the feature pass fills the cache once
-                    media, frozen, more = pipeline.decode(rows.reset_index(drop=True), base,
+                    media, frozen, more = pipeline.decode(rows.reset_index(drop=True), src_dir,
                                                           media=fitting.needs_media())  # fmt: skip
                     problems.extend(Problem(int(rows.index[p.row]), p.column, p.reason) for p in more)
                     unreadable.update(int(rows.index[p.row]) for p in more)
@@ -343,26 +347,9 @@ class MultimodalPredictor:
         return self
 
     def _stream_outputs(self, rows: Any, group_by: str | None = None) -> dict[str, Any]:
-        """Labels, outputs, the group column, the dropped rows and the fingerprint of every row of a `StreamRows`,
-        chunk by chunk: only these small arrays are kept, never the decoded rows."""
-        from polymodal.data.stream import Fingerprint
+        from polymodal.training.data import stream_outputs
 
-        engine = self._require_fitted()
-        printed, dropped = Fingerprint(), 0
-        ys, outs, groups = [], [], []
-        for chunk in rows.chunks():
-            kept, features, problems = rows.features(chunk)
-            dropped += len({p.row for p in problems})
-            printed.update(kept)
-            ys.append(kept[rows.label])
-            outs.append(engine.outputs(features))
-            if group_by:
-                groups.append(kept[group_by])
-        if not ys:
-            raise UserError(f"no row of {table_name(rows.source)} could be evaluated")
-        return {"y": pd.concat(ys, ignore_index=True), "outputs": np.concatenate(outs), "dropped": dropped,
-                "groups": pd.concat(groups, ignore_index=True) if groups else None,
-                "data": printed.hexdigest()}  # fmt: skip
+        return stream_outputs(rows, self._require_fitted(), group_by)
 
     def fit_features(
         self,

@@ -130,11 +130,17 @@ def test_streamed_fit_and_every_verb_agree_with_memory(table, tmp_path):
     assert json.loads((tmp_path / "e.json").read_text())["accuracy"] == pytest.approx(streamed["accuracy"])
 
 
-def test_streamed_bad_rows_are_named_by_table_row(table, tmp_path):
+def test_streamed_bad_rows_are_named_by_table_row(table, tmp_path, monkeypatch):
+    import polymodal.preprocess
+
+    # Files past the decoded sample are checked (exist, not empty) before training too.
+    monkeypatch.setattr(polymodal.preprocess, "MEDIA_SAMPLE", 100)
     df = pd.read_csv(table[0])
     df["image"] = [str(table[0].parent / v) if isinstance(v, str) else v for v in df["image"]]
     df["clip"] = [str(table[0].parent / v) if isinstance(v, str) else v for v in df["clip"]]
     df.loc[137, "image"] = str(tmp_path / "gone.png")
+    (tmp_path / "empty.wav").write_bytes(b"")
+    df.loc[233, "clip"] = str(tmp_path / "empty.wav")
     df.to_csv(tmp_path / "bad.csv", index=False)
     settings = SETTINGS | {"max_epochs": 1}
     with pytest.raises(BadRowsError, match=r"row 137, column 'image'.*gone\.png"):
@@ -143,11 +149,12 @@ def test_streamed_bad_rows_are_named_by_table_row(table, tmp_path):
         )
     p = MultimodalPredictor(label="y", ignore=["score"], streaming="on", chunk_rows=50, on_bad_rows="skip",
                             **settings).fit(tmp_path / "bad.csv")  # fmt: skip
-    assert p.metrics_["dropped_rows"] == 1
-    assert p.metrics_["train_rows"] + p.metrics_["valid_rows"] == 259 + (1 if split_mask(np.array([137]), 0.1, 0)[0]
-                                                                        else 0)  # fmt: skip
+    assert p.metrics_["dropped_rows"] == 2
+    assert p.metrics_["train_rows"] + p.metrics_["valid_rows"] == 258  # both left out of either split
     folder = p.save(tmp_path / "m")
-    assert "137" in (folder / "dropped_rows.csv").read_text()
+    dropped = pd.read_csv(folder / "dropped_rows.csv")
+    assert dropped["row"].tolist() == [137, 233] and dropped["column"].tolist() == ["image", "clip"]
+    assert "file is empty" in dropped["reason"][1]
 
 
 def test_feature_cache_reads_shards_on_demand(tmp_path):
@@ -190,15 +197,75 @@ def test_streaming_bad_settings_and_tables_say_what_to_do(tmp_path):
     table = _tabular(tmp_path / "t.csv", 40)
     with pytest.raises(UserError, match="data.chunk_rows must be at least 1, not 0"):
         list(iter_chunks(table, 0))
-    with pytest.raises(UserError, match=r"compare holds the decoded tables in memory.*--streaming on"):
-        compare(table, "y", tmp_path / "cmp", streaming="on")
-    assert not (tmp_path / "cmp").exists()  # refused before anything was written
+    with pytest.raises(UserError, match=r"streamed compare measures robustness on a sample.*--noise-rows N"):
+        compare(table, "y", tmp_path / "cmp", streaming="on", noise_rows=None)
     tiny = _tabular(tmp_path / "tiny.csv", 3)
     with pytest.raises(UserError, match=r"left \d training and 0 validation rows.*data.valid_fraction"):
         MultimodalPredictor(label="y", streaming="on", valid_fraction=0.01, **SETTINGS).fit(tiny)
     pd.DataFrame(columns=["note", "price", "shade", "y"]).to_csv(tmp_path / "empty.csv", index=False)
     with pytest.raises(UserError, match=r"empty\.csv has no rows"):
         MultimodalPredictor(label="y", streaming="on", **SETTINGS).fit(tmp_path / "empty.csv")
+
+
+def test_streamed_compare_scores_every_test_row_and_resumes(table, tmp_path):
+    """compare on a streamed table: every entry (unimodal, fusion, stacked ensemble) a streamed fit on the table
+    with every kind of input and empty cells, scored on all test rows; robustness on the stated sample."""
+    from polymodal.evaluation.compare import compare
+
+    train, test = table
+    args = dict(test=test, fusions="early,ensemble-stack", seeds=1, noise_levels=2, noise_rows=40, ignore=["score"],
+                streaming="on", chunk_rows=50) | SETTINGS  # fmt: skip
+    board = compare(train, "y", tmp_path / "cmp", **args)
+    assert board["streaming"] is True and board["entries_run"] == 7
+    rows = {r["entry"]: r for r in board["leaderboard"]}
+    assert set(rows) == {"image only", "caption only", "clip only", "tabular:numeric only",
+                         "tabular:categorical only", "early", "ensemble-stack"}  # fmt: skip
+    assert rows["early"]["accuracy_mean"] >= 0.6  # needs image and text together; one alone reaches 0.5 at most
+    assert rows["ensemble-stack"]["accuracy_mean"] > board["majority_class"]["score"]
+    test_print = fingerprint(pd.read_csv(test))
+    for r in board["results"]:
+        assert r["streaming"] and r["metrics"]["data"] == test_print  # every test row, in every entry
+        assert r["robustness"]["sample_rows"] == 40 and r["robustness"]["noise_rows"] == 40
+        assert np.load(tmp_path / "cmp" / "models" / r["entry"].replace(":", "_").replace(" ", "_") / "seed0" /
+                       "test_outputs.npy").shape == (90, 4)  # fmt: skip
+    assert (tmp_path / "cmp" / "report.html").exists()
+    assert MultimodalPredictor.load(tmp_path / "cmp" / "models" / "early" / "seed0").evaluate(test)["accuracy"] == (
+        pytest.approx(rows["early"]["accuracy_mean"]))  # fmt: skip
+    # The same compare from the CLI (its --streaming flag and a config file): every entry is found finished.
+    settings = {k: v for k, v in args.items() if k not in ("test", "fusions", "seeds", "noise_levels", "noise_rows")}
+    MultimodalPredictor(label="y", **settings).config_.to_yaml(tmp_path / "cfg.yaml")
+    out = subprocess.run([sys.executable, "-m", "polymodal", "compare", str(train), "-o", str(tmp_path / "cmp"),
+                          "--config", str(tmp_path / "cfg.yaml"), "--test", str(test), "--fusions",
+                          "early,ensemble-stack", "--seeds", "1", "--noise-levels", "2", "--noise-rows", "40",
+                          "--streaming", "on"], capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    again = json.loads((tmp_path / "cmp" / "leaderboard.json").read_text())
+    assert again["entries_run"] == 0 and again["entries_skipped"] == 7
+
+    # A broken file among the test rows is named (row and column) before any entry trains.
+    bad = pd.read_csv(test)
+    bad.loc[7, "image"] = "img/missing.png"
+    bad.to_csv(test.parent / "bad_test.csv", index=False)
+    with pytest.raises(BadRowsError, match=r"row 7, column 'image'.*missing\.png"):
+        compare(train, "y", tmp_path / "cmp_bad", **(args | {"test": test.parent / "bad_test.csv"}))
+    assert not (tmp_path / "cmp_bad" / "models").exists()
+
+
+def test_streamed_compare_holds_out_the_same_test_rows_without_a_test_table(tmp_path):
+    from polymodal.data.stream import TableSplit, head
+    from polymodal.evaluation.compare import TEST_SPLIT_SEED, compare
+
+    table = _tabular(tmp_path / "t.csv", 400)
+    board = compare(table, "y", tmp_path / "cmp", fusions="early", seeds=[0, 1], noise_levels=1, noise_rows=30,
+                    streaming="on", chunk_rows=64, test_fraction=0.2, **SETTINGS)  # fmt: skip
+    held = head(TableSplit(table, 0.2, TEST_SPLIT_SEED, held_out=True), 400)
+    rest = head(TableSplit(table, 0.2, TEST_SPLIT_SEED, held_out=False), 400)
+    assert len(held) + len(rest) == 400 and not set(held.index) & set(rest.index)
+    for r in board["results"]:  # both seeds: the same held-out rows, none of them trained on
+        assert r["metrics"]["data"] == fingerprint(held)
+        m = MultimodalPredictor.load(tmp_path / "cmp" / "models" / r["entry"].replace(" ", "_").replace(":", "_") /
+                                     f"seed{r['seed']}").metrics_  # fmt: skip
+        assert m["train_rows"] + m["valid_rows"] == len(rest)
 
 
 def test_bad_rows_error_raised_again_from_a_loader_worker_keeps_its_message():

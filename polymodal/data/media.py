@@ -24,14 +24,21 @@ class MediaError(UserError):
     """A media file that cannot be used: missing, empty, too large or unreadable. The message names the file."""
 
 
+def check_file(path: Path) -> None:
+    """Raise MediaError, naming the file, if it is missing or empty (what a stat can tell without decoding)."""
+    try:
+        size = path.stat().st_size
+    except (FileNotFoundError, NotADirectoryError):
+        raise MediaError(f"file not found: {path}") from None  # the path is what the user needs to fix it
+    if size == 0:
+        raise MediaError(f"file is empty: {path}")
+
+
 def _open_source(source: str | os.PathLike[str] | bytes):
     if isinstance(source, bytes | bytearray):
         return io.BytesIO(source)
     path = Path(source)
-    if not path.exists():
-        raise MediaError(f"file not found: {path}")  # the path is what the user needs to fix it
-    if path.stat().st_size == 0:
-        raise MediaError(f"file is empty: {path}")
+    check_file(path)
     return path
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,29 @@ def _suffix(path: Path) -> str:
     return "".join(path.suffixes[-2:]).lower() if path.suffix == ".gz" else path.suffix.lower()
 
 
+@dataclass(frozen=True)
+class TableSplit:
+    """One side of a hashed split of a table (`split_mask` of each row's position): the `held_out` fraction, or
+    the rest. It is read wherever a streamed table is (`iter_chunks`, `head`), and its rows keep their positions
+    in the whole table, so a streamed compare holds out test rows without writing a copy of the table."""
+
+    source: Any
+    fraction: float
+    seed: int
+    held_out: bool
+
+    def __str__(self) -> str:
+        return f"{table_name(self.source)} ({'held-out test' if self.held_out else 'training'} rows)"
+
+    def keep(self, rows: np.ndarray) -> np.ndarray:
+        held = split_mask(rows, self.fraction, self.seed)
+        return held if self.held_out else ~held
+
+
 def table_dir(source: Any) -> Path:
     """The folder a table's relative file paths resolve against (see `read_table`)."""
+    if isinstance(source, TableSplit):
+        return table_dir(source.source)
     return Path.cwd() if isinstance(source, pd.DataFrame) else Path(source).resolve().parent
 
 
@@ -35,6 +57,12 @@ def iter_chunks(source: Any, chunk_rows: int, columns: list[str] | None = None) 
     """The table in chunks of at most `chunk_rows` rows, indexed by their position in the whole table."""
     if chunk_rows < 1:
         raise UserError(f"data.chunk_rows must be at least 1, not {chunk_rows}")
+    if isinstance(source, TableSplit):  # the split's rows of each chunk, at their positions in the whole table
+        for chunk in iter_chunks(source.source, chunk_rows, columns):
+            keep = source.keep(chunk.index.to_numpy())
+            if keep.any():
+                yield chunk[keep]
+        return
     start = 0
     for chunk in _raw_chunks(source, chunk_rows, columns):
         for lo in range(0, len(chunk), chunk_rows):
@@ -162,4 +190,12 @@ def fingerprint(df: pd.DataFrame) -> str:
     """A short content hash of a table, recorded beside the metrics measured on it."""
     f = Fingerprint()
     f.update(df)
+    return f.hexdigest()
+
+
+def table_fingerprint(source: Any, chunk_rows: int) -> str:
+    """`fingerprint` of a table read in chunks (one pass; equal to that of the whole table in memory)."""
+    f = Fingerprint()
+    for chunk in iter_chunks(source, chunk_rows):
+        f.update(chunk)
     return f.hexdigest()

@@ -530,6 +530,10 @@ class _Run:
     def folder(self, entry: Entry, seed: int) -> Path:
         return self.output / "models" / entry.slug / f"seed{seed}"
 
+    def feature_cache(self) -> dict | None:
+        """Cache hits and misses of every frozen encoder over the whole compare, the noise test's included."""
+        return None if self.data is None else {k: dict(e.stats) for k, e in self.data.pipeline._extractors.items()}
+
     def run_entry(self, entry: Entry, seed: int, members: list[Entry], done: dict[str, dict]) -> dict[str, Any]:
         """Fit (or assemble), evaluate and save one entry; returns its result without the bookkeeping keys."""
         from polymodal.evaluation.ensemble import EnsembleModel
@@ -577,6 +581,196 @@ class _Run:
         }  # fmt: skip
 
 
+TEST_SPLIT_SEED = 0x7E57  # a streamed compare's held-out test rows: one hashed split, the same for every seed
+
+
+class _StreamRun(_Run):
+    """A compare over a streamed table (larger than memory). Nothing can be decoded once and shared, so each entry
+    is a streamed `fit` (its own one-pass preprocessing) scored chunk by chunk on every test row; the robustness
+    measures (missing inputs, noise, permutation) use a fixed sample of `noise_rows` test rows held in memory.
+    Without a test table, the test rows are a hashed `test_fraction` of the training table (`TableSplit`), the
+    same rows for every seed; the validation rows of each seed are hashed from the rest."""
+
+    def __init__(self, *args: Any, schema: Schema, **kwargs: Any):
+        from polymodal.data.stream import TableSplit, table_dir
+
+        super().__init__(*args, **kwargs)
+        if self.noise_rows is None:
+            raise UserError(
+                "a streamed compare measures robustness on a sample of the test rows held in memory: give "
+                "noise_rows (--noise-rows N) instead of every row"
+            )
+        self.schema = schema
+        if self.test is None:
+            self.test = TableSplit(self.train, self.test_fraction, TEST_SPLIT_SEED, held_out=True)
+            self.train = TableSplit(self.train, self.test_fraction, TEST_SPLIT_SEED, held_out=False)
+        self.test_dir = table_dir(self.test)
+        self.bad_test_rows: frozenset[int] | None = None  # found by the first entry's check of the test rows
+        self.sample: pd.DataFrame | None = None
+        self.pipeline: Any = None  # the full pipeline the test rows were checked with (its cache statistics)
+        self.noisy_frozen: dict = {}
+        self.trained: dict[tuple[int, str], Any] = {}  # (seed, unimodal entry name) -> its InferenceEngine
+
+    def check_test_rows(self) -> None:
+        """One pass over the test rows with every input's decoder: bad rows raise (naming each) or are left out
+        of every entry's scores alike (on_bad_rows=skip); then a fixed sample of the rest for the robustness."""
+        from polymodal.data.stream import head, iter_chunks, table_dir
+        from polymodal.data.validate import BadRowsError, Problem, check_columns, check_labels
+        from polymodal.predictor import HEAD_ROWS
+
+        cfg = self.template.config_.data
+        self.say("checking every test row's files (once per compare)")
+        first = head(self.test, 1000)
+        check_columns(first, self.schema, training=False)
+        base = table_dir(self.train)
+        _, _, self.pipeline = self.template._start(self.train, True, (head(self.train, HEAD_ROWS), base))
+        problems: list[Problem] = []
+        good: list[np.ndarray] = []
+        for chunk in iter_chunks(self.test, cfg.chunk_rows):
+            flat = chunk.reset_index(drop=True)
+            _, _, more = self.pipeline.decode(flat, self.test_dir)
+            found = check_labels(flat, self.schema) + more
+            found = [Problem(int(chunk.index[p.row]), p.column, p.reason) for p in found]
+            problems += found
+            good.append(np.setdiff1d(chunk.index.to_numpy(), [p.row for p in found]))
+        rows = np.concatenate(good) if good else np.zeros(0, dtype=np.int64)
+        if problems and (cfg.on_bad_rows == "error" or len(rows) == 0):
+            raise BadRowsError(sorted(problems, key=lambda p: (p.row, p.column)), str(self.test))
+        if problems:
+            log.warning("leaving %d bad test row(s) of %s out of every score", len({p.row for p in problems}),
+                        self.test)  # fmt: skip
+        self.bad_test_rows = frozenset(p.row for p in problems)
+        chosen = rows if len(rows) <= self.noise_rows else rows[noise_sample(len(rows), self.noise_rows)]
+        wanted = set(chosen.tolist())
+        parts = [c[c.index.isin(wanted)] for c in iter_chunks(self.test, cfg.chunk_rows)]
+        self.sample = pd.concat(parts).reset_index(drop=True)
+
+    def _rows(self, source: Any, model: Any, part: str = "all", seed: int = 0, skip: frozenset[int] = frozenset()):
+        from polymodal.data.stream import table_dir
+        from polymodal.training.data import StreamRows
+
+        d = self.template.config_.data
+        return StreamRows(source, table_dir(source), model.pipeline, model.task, self.schema.label, d.chunk_rows,
+                          part=part, valid_fraction=d.valid_fraction, seed=seed, on_bad_rows=d.on_bad_rows,
+                          skip_rows=skip)  # fmt: skip
+
+    def evaluate(self, model: Any, seed: int) -> dict[str, Any]:
+        """Test metrics on every test row (streamed) and robustness on the in-memory sample of them."""
+        from polymodal.evaluation.groups import group_metrics
+        from polymodal.training.data import stream_outputs
+
+        group_by = self.template.config_.data.group_by
+        done = stream_outputs(self._rows(self.test, model, skip=self.bad_test_rows), model, group_by)
+        task = model.task
+        metrics = task.metrics(done["y"], done["outputs"]) | {"data": done["data"]}
+        if group_by:
+            metrics["groups"] = group_metrics(task, done["y"], done["outputs"], done["groups"])
+        pipeline = model.pipeline
+        media, frozen, _ = pipeline.decode(self.sample, self.test_dir)
+        feats = pipeline.features(self.sample, media, frozen)
+        start = time.perf_counter()
+        model.outputs(feats)
+        infer_ms = 1000.0 * (time.perf_counter() - start) / max(1, len(feats))
+        noisy = NoisyInputs(
+            pipeline.preprocessor, self.sample, media, self.noise_levels, pipeline=pipeline, base_dir=self.test_dir,
+            frozen_memo=self.noisy_frozen,
+        ) if self.noise_levels > 0 else None  # fmt: skip
+        y = task.encode_targets(self.sample[self.schema.label])
+        robustness = evaluate_robustness(model, feats, y, noisy, self.permutations, seed=seed)
+        robustness["sample_rows"] = len(self.sample)  # a streamed compare's robustness is measured on this sample
+        if self.task is None:  # the report's confusion matrix and ROC curves need the test labels
+            self.task = task.to_dict()
+            _save_array(self.output / TARGETS, task.encode_targets(done["y"]))
+            self.majority = self.majority_class(model, done["y"])
+        return {"metrics": metrics, "outputs": done["outputs"], "infer_ms_per_sample": round(infer_ms, 4),
+                "robustness": robustness}  # fmt: skip
+
+    def majority_class(self, model: Any, test_y: pd.Series) -> dict[str, Any]:
+        """The majority baseline from the training rows' labels (one pass over the label column)."""
+        from polymodal.data.stream import iter_chunks
+        from polymodal.data.validate import check_labels
+
+        label, labels = self.schema.label, []
+        for chunk in iter_chunks(self.train, self.template.config_.data.chunk_rows, columns=[label]):
+            flat = chunk.reset_index(drop=True)
+            bad = {p.row for p in check_labels(flat, self.schema)}
+            labels.append(flat.drop(index=list(bad))[label])
+        y = pd.concat(labels, ignore_index=True)
+        if model.task.is_classification:
+            y = y[y.astype(str).isin([str(c) for c in model.task.classes])]
+        return majority_baseline(model.task, model.task.encode_targets(y), model.task.encode_targets(test_y))
+
+    def run_entry(self, entry: Entry, seed: int, members: list[Entry], done: dict[str, dict]) -> dict[str, Any]:
+        from polymodal.evaluation.ensemble import EnsembleModel
+        from polymodal.evaluation.subset import input_columns
+        from polymodal.predictor import MultimodalPredictor
+
+        if self.bad_test_rows is None:
+            self.check_test_rows()
+        folder = self.folder(entry, seed)
+        start = time.perf_counter()
+        with PeakMemory() as mem:
+            if entry.kind == "ensemble":
+                engines = {}
+                for m in members:
+                    if (seed, m.name) not in self.trained:  # trained by an earlier, interrupted run
+                        self.trained[(seed, m.name)] = MultimodalPredictor.load(self.folder(m, seed)).engine
+                    engines[m.inputs[0]] = self.trained[(seed, m.name)]
+                model = EnsembleModel(engines, entry.fusion)
+                if model.mode == "stack":
+                    model.fit_stacking_outputs(*self.member_outputs(model, seed))
+                ev = self.evaluate(model, seed)
+                members_s = sum(done[m.name]["train_seconds"] for m in members)
+                extra = {"parameters": model.parameters, "epochs": None, "history": [],
+                         "train_seconds": round(members_s + time.perf_counter() - start, 3)}  # fmt: skip
+            else:
+                p = MultimodalPredictor(config=self.template.config_, fusion=entry.fusion, seed=seed, streaming="on")
+                d = p.config_.data
+                d.modalities = {c: m.value for c, m in self.schema.columns.items()}  # every entry: one schema
+                others = [n for n in self.schema.inputs if n not in entry.inputs]
+                d.ignore = list(dict.fromkeys(d.ignore + [c for n in others for c in input_columns(self.schema, n)]))
+                p._fit(self.train, self.valid, None)  # the tables were anonymized already, when asked
+                model = p.engine
+                ev = self.evaluate(model, seed)
+                if entry.kind == "unimodal":
+                    self.trained[(seed, entry.name)] = model
+                extra = {
+                    "parameters": sum(t.numel() for t in model.net.parameters()),
+                    "train_seconds": p.metrics_["train_seconds"],
+                    "epochs": p.metrics_["epochs"],
+                    "history": p.metrics_["history"],
+                }
+        if entry.kind == "ensemble":
+            model.save(folder, {m.inputs[0]: self.folder(m, seed) for m in members}, {"test": ev["metrics"]})
+        else:
+            p.metrics_["test"] = ev["metrics"]
+            p.save(folder)
+        _save_array(folder / OUTPUTS, ev["outputs"])
+        return extra | {
+            "metrics": ev["metrics"], "infer_ms_per_sample": ev["infer_ms_per_sample"], "peak_mem_mb": mem.peak_mb,
+            "gpu_peak_mb": mem.gpu_peak_mb, "robustness": ev["robustness"], "streaming": True,
+            "seconds": round(time.perf_counter() - start, 3),
+        }  # fmt: skip
+
+    def member_outputs(self, model: Any, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The ensemble members' outputs on this seed's validation rows, chunk by chunk (for stacking)."""
+        if self.valid is None:
+            rows = self._rows(self.train, model, part="valid", seed=seed)
+        else:
+            rows = self._rows(self.valid, model)
+        xs, masks, ys = [], [], []
+        for chunk in rows.chunks():
+            kept, features, _ = rows.features(chunk)
+            x, mask = model.member_outputs(features)
+            xs, masks, ys = xs + [x], masks + [mask], ys + [kept[self.schema.label]]
+        if not xs:
+            raise UserError(f"no validation row of {rows.source} could be read for stacking")
+        return np.concatenate(xs), np.concatenate(masks), model.task.encode_targets(pd.concat(ys, ignore_index=True))
+
+    def feature_cache(self) -> dict | None:
+        return None if self.pipeline is None else {k: dict(e.stats) for k, e in self.pipeline._extractors.items()}
+
+
 def compare(
     train: Any,
     label: str | None,
@@ -600,7 +794,7 @@ def compare(
     `options` go to every `MultimodalPredictor` (modalities, ignore, problem_type, preprocess, embed_dim,
     max_epochs, modality_dropout, ...). Entries finished before with the same data and settings are reused, so
     separate processes may run different seeds into one folder and a last call gathers them."""
-    from polymodal.data.stream import fingerprint
+    from polymodal.data.stream import fingerprint, head, table_fingerprint
     from polymodal.predictor import MultimodalPredictor
 
     say = log_fn or log.info
@@ -615,14 +809,7 @@ def compare(
     options = {"progress": False} | options
     template = MultimodalPredictor(label=label, **options)
     label = template.label
-    if template.streams(train):
-        # compare decodes each table once and shares the arrays across all its entries and the noise tests: that
-        # is what makes it fast, and it needs the decoded table in memory.
-        raise UserError(
-            f"{train} is streamed (data.streaming={template.config_.data.streaming}), but compare holds the decoded "
-            "tables in memory. Compare on a sample of the rows (data.streaming=off), or fit and evaluate each "
-            "fusion on the whole table with --streaming on."
-        )
+    streamed = template.streams(train)
     if template.config_.privacy.anonymize:  # before anything is read; the copies stay beside the output
         from polymodal.privacy import anonymize_tables
 
@@ -636,11 +823,18 @@ def compare(
 
     # What a finished entry's result must match to be reused: the data and every setting that changes it.
     tables = {k: v for k, v in (("train", train), ("valid", valid), ("test", test)) if v is not None}
-    frames = {k: read_table(v)[0] for k, v in tables.items()}
-    fingerprints = {k: fingerprint(df) for k, df in frames.items()}
+    if streamed:  # a pass over each table, chunk by chunk; the schema from the first rows, as a streamed fit does
+        from polymodal.predictor import HEAD_ROWS
+
+        fingerprints = {k: table_fingerprint(v, template.config_.data.chunk_rows) for k, v in tables.items()}
+        first = head(train, HEAD_ROWS)
+    else:
+        frames = {k: read_table(v)[0] for k, v in tables.items()}
+        fingerprints = {k: fingerprint(df) for k, df in frames.items()}
+        first = frames["train"]
     data = template.config_.data
     modalities = {c: Modality(m) for c, m in data.modalities.items()}
-    schema = infer_schema(frames["train"], label, modalities, data.left_out(), data.problem_type)
+    schema = infer_schema(first, label, modalities, data.left_out(), data.problem_type)
     if schema.problem_type.is_multilabel and any(f in ENSEMBLES for f in selected):
         say("multilabel: the late ensembles (softmax averaging and stacking) are left out")
         selected = [f for f in selected if f not in ENSEMBLES]
@@ -651,7 +845,11 @@ def compare(
         "permutations": permutations, "noise_rows": noise_rows,
     }  # fmt: skip
 
-    run = _Run(template, options, train, test, valid, output, test_fraction, noise_levels, permutations, noise_rows)
+    args = (template, options, train, test, valid, output, test_fraction, noise_levels, permutations, noise_rows)
+    run = _StreamRun(*args, schema=schema) if streamed else _Run(*args)
+    if streamed:
+        say(f"{train} is streamed: each entry is a streamed fit, scored on every test row; robustness on a sample "
+            f"of {noise_rows} test rows")  # fmt: skip
     run.say = say
     results: list[dict] = []
     ran = skipped = 0
@@ -706,10 +904,8 @@ def compare(
         "wall_seconds_total": round(wall_total, 2),
         "encoder_pass_seconds": None if encoder_s is None else round(encoder_s, 3),
         "wall_over_encoder_pass": None if not encoder_s else round(wall_total / encoder_s, 2),
-        # Cache hits and misses of every frozen encoder over the whole compare, the noise test's included.
-        "feature_cache": {k: dict(e.stats) for k, e in run.data.pipeline._extractors.items()}
-        if run.data is not None
-        else previous.get("feature_cache", {}),
+        "feature_cache": run.feature_cache() or previous.get("feature_cache", {}),
+        "streaming": streamed,
         "data": fingerprints,
         "options": options,
         "leaderboard": aggregate(results, entries, metric, higher),

@@ -106,7 +106,15 @@ class EnsembleModel:
         (its mean output in its place), so the stack knows what to do when a modality is missing."""
         if self.mode != "stack":
             return self
-        x, mask = self.member_outputs(valid_features)
+        return self.fit_stacking_outputs(*self.member_outputs(valid_features), valid_targets, c)
+
+    def fit_stacking_outputs(self, x: np.ndarray, mask: np.ndarray, targets: np.ndarray, c: float = 1.0
+                             ) -> EnsembleModel:  # fmt: skip
+        """`fit_stacking` from the members' validation outputs `x` (n, members, outputs) and presence `mask`
+        (a streamed compare gathers them chunk by chunk)."""
+        if self.mode != "stack":
+            return self
+        valid_targets = targets
         n, m, k = x.shape
         impute = np.stack(
             [x[mask[:, j], j].mean(axis=0) if mask[:, j].any() else x[:, j].mean(axis=0) for j in range(m)]

@@ -27,8 +27,9 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from polymodal.data.io import table_name
 from polymodal.data.schema import Modality
-from polymodal.data.stream import iter_chunks, split_mask
+from polymodal.data.stream import Fingerprint, TableSplit, iter_chunks, split_mask
 from polymodal.data.validate import BadRowsError, Problem, check_labels
+from polymodal.errors import UserError
 from polymodal.model.batch import Collate
 from polymodal.model.pipeline import FeaturePipeline, take_rows
 from polymodal.preprocess import Features
@@ -111,11 +112,15 @@ class StreamRows:
     def fingerprint(self, h: Any) -> None:
         # The table file itself (its size and modification time: hashing 10^6 rows of media is a pass of its own)
         # and which rows of it this part takes.
-        if isinstance(self.source, pd.DataFrame):
-            h.update(pd.util.hash_pandas_object(self.source.astype(str), index=False).to_numpy().tobytes())
+        source = self.source
+        if isinstance(source, TableSplit):
+            h.update(f"{source.fraction}:{source.seed}:{source.held_out}".encode())
+            source = source.source
+        if isinstance(source, pd.DataFrame):
+            h.update(pd.util.hash_pandas_object(source.astype(str), index=False).to_numpy().tobytes())
         else:
-            st = Path(self.source).stat()
-            h.update(f"{Path(self.source).resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
+            st = Path(source).stat()
+            h.update(f"{Path(source).resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
         h.update(f"{self.part}:{self.valid_fraction}:{self.seed}:{self.n_rows}:{sorted(self.skip_rows)}".encode())
 
     def fewest_rows(self, world: int) -> int:
@@ -167,6 +172,27 @@ class StreamRows:
             # workers beyond the first.
             n_batches = max(1, self.fewest_rows(world) // b - max(workers, 1) + 1)
         return StreamLoader(dataset, workers, n_batches)
+
+
+def stream_outputs(rows: StreamRows, model: Any, group_by: str | None = None) -> dict[str, Any]:
+    """`model`'s outputs (an InferenceEngine, or anything with `outputs(features)` that shares `rows.pipeline`'s
+    features) on every row of `rows`, with their labels, the group column, the count of dropped rows and the
+    rows' fingerprint, chunk by chunk: only these small arrays are kept, never the decoded rows."""
+    printed, dropped = Fingerprint(), 0
+    ys, outs, groups = [], [], []
+    for chunk in rows.chunks():
+        kept, features, problems = rows.features(chunk)
+        dropped += len({p.row for p in problems})
+        printed.update(kept)
+        ys.append(kept[rows.label])
+        outs.append(model.outputs(features))
+        if group_by:
+            groups.append(kept[group_by])
+    if not ys:
+        raise UserError(f"no row of {table_name(rows.source)} could be evaluated")
+    return {"y": pd.concat(ys, ignore_index=True), "outputs": np.concatenate(outs), "dropped": dropped,
+            "groups": pd.concat(groups, ignore_index=True) if groups else None,
+            "data": printed.hexdigest()}  # fmt: skip
 
 
 class StreamBatches(IterableDataset):
