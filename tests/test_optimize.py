@@ -17,7 +17,6 @@ import synth
 from typer.testing import CliRunner
 
 from polymodal import MultimodalPredictor
-from polymodal.errors import UserError
 from polymodal.fusion import FUSIONS
 
 INPUTS = ["image", "caption", "clip", "price", "shade"]
@@ -72,17 +71,7 @@ def folder_digest(folder: Path) -> str:
     return h.hexdigest()
 
 
-def test_a_fusion_onnx_cannot_trace_is_refused_clearly(model, tmp_path):
-    from polymodal.optimize.export import NOT_EXPORTABLE, export_model
-
-    for fusion in NOT_EXPORTABLE:
-        folder = with_fusion(model, fusion, tmp_path / fusion)
-        with pytest.raises(UserError, match=f"the {fusion} fusion cannot be exported to ONNX yet"):
-            export_model(folder, tmp_path / f"{fusion}.onnx")
-        assert not (tmp_path / f"{fusion}.onnx").exists()
-
-
-@pytest.mark.parametrize("fusion", sorted(set(FUSIONS) - {"film"}))
+@pytest.mark.parametrize("fusion", sorted(FUSIONS))
 def test_onnx_matches_pytorch_for_every_fusion(fusion, model, tables, tmp_path):
     from polymodal.optimize.export import export_model
 

@@ -28,8 +28,16 @@ class FiLMBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, xy: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
         h = torch.relu(self.conv1(torch.cat([x, xy], dim=1)))
-        y = self.norm(self.conv2(h)) * (1 + gamma[:, :, None, None]) + beta[:, :, None, None]
+        y = self._norm(self.conv2(h)) * (1 + gamma[:, :, None, None]) + beta[:, :, None, None]
         return h + torch.relu(y)
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training or not torch.jit.is_tracing():
+            return self.norm(x)
+        # The ONNX export traces in eval mode, where the norm is this fixed affine map. Spelled out, because the
+        # exporter's BatchNormalization needs a channel count that the FiLM-ed residual's trace no longer carries.
+        n = self.norm
+        return (x - n.running_mean[None, :, None, None]) * torch.rsqrt(n.running_var + n.eps)[None, :, None, None]
 
 
 class FiLMFusion(TokenFusion):

@@ -5,7 +5,7 @@ The graph's inputs (see `Preprocessor.graph_inputs`), one per fusion input, plus
   resizing stays in the decoder, PIL's bilinear filter, so the graph sees exactly the pixels PyTorch sees);
   the graph scales to [0, 1] and normalizes with the fitted mean/std;
 - audio (scratch): the waveform (batch, n_samples) float32 at the model's sample rate, zero-padded or cut to
-  the fitted length; the graph computes the STFT (framing + DFT as matrix products with constant tables), the
+  the fitted length; the graph computes the STFT (the ONNX STFT operator with the Hann window), the
   mel filterbank, dB below each clip's peak, the MFCC (DCT-II) and the standardization, as librosa does;
 - numeric: the raw numbers (batch, columns) float64, NaN where missing; the graph standardizes, imputes 0 and
   appends the missing flags;
@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -45,21 +46,15 @@ def _torch():
 
 
 def audio_tables(sample_rate: int, n_mels: int, n_mfcc: int, n_samples: int) -> dict[str, np.ndarray]:
-    """Constant tables of the audio features, as `log_mel_mfcc` computes them with librosa."""
+    """The STFT settings and constant tables of the audio features, as `log_mel_mfcc` computes them with librosa."""
     import librosa
     import scipy.fftpack
 
-    hop = sample_rate // 100
     n_fft = 1 << int(np.ceil(np.log2(sample_rate * 0.025)))
-    n_frames = 1 + n_samples // hop
-    window = librosa.filters.get_window("hann", n_fft, fftbins=True).astype(np.float64)
-    k = np.arange(n_fft // 2 + 1)
-    t = np.arange(n_fft)
-    angle = 2 * np.pi * np.outer(t, k) / n_fft
     return {
-        "frames": (np.arange(n_frames)[:, None] * hop + t[None, :]).astype(np.int64),  # into the centred signal
-        "cos": (window[:, None] * np.cos(angle)).astype(np.float32),
-        "sin": (-window[:, None] * np.sin(angle)).astype(np.float32),
+        "hop": np.array(sample_rate // 100),
+        "n_fft": np.array(n_fft),
+        "window": librosa.filters.get_window("hann", n_fft, fftbins=True).astype(np.float32),
         "mel": librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels).T.astype(np.float32),
         "dct": scipy.fftpack.dct(np.eye(n_mels), type=2, norm="ortho", axis=0)[:n_mfcc].astype(np.float32),
         "pad": np.array(n_fft // 2),
@@ -82,16 +77,19 @@ def _modules():
     class AudioFeatures(nn.Module):
         def __init__(self, tables: dict[str, np.ndarray], mean: list[float], std: list[float]):
             super().__init__()
-            for k in ("frames", "cos", "sin", "mel", "dct"):
+            for k in ("window", "mel", "dct"):
                 self.register_buffer(k, torch.from_numpy(tables[k]))
-            self.pad = int(tables["pad"])
+            self.pad, self.hop, self.n_fft = int(tables["pad"]), int(tables["hop"]), int(tables["n_fft"])
             self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32)[:, None])
             self.register_buffer("std", torch.tensor(std, dtype=torch.float32)[:, None])
 
         def forward(self, wave):
             padded = torch.nn.functional.pad(wave, (self.pad, self.pad))  # librosa: center=True, zeros
-            frames = padded[:, self.frames]  # (b, n_frames, n_fft)
-            power = (frames @ self.cos) ** 2 + (frames @ self.sin) ** 2
+            # The ONNX STFT operator (real and imaginary parts last: ONNX has no complex tensors), so the graph
+            # holds the window, not a DFT table.
+            spec = torch.stft(padded, self.n_fft, hop_length=self.hop, win_length=self.n_fft, window=self.window,
+                              center=False, onesided=True, return_complex=False)  # fmt: skip
+            power = (spec**2).sum(-1).transpose(1, 2)  # (b, n_frames, n_freq)
             mel = (power @ self.mel).transpose(1, 2)  # (b, n_mels, n_frames)
             peak = torch.clamp(mel.amax(dim=(1, 2), keepdim=True), min=1e-10)
             log_mel = torch.clamp(10.0 * torch.log10(torch.clamp(mel, min=1e-10) / peak), min=-80.0)
@@ -130,6 +128,9 @@ def _modules():
             return logits.float().squeeze(-1) * self.y_std + self.y_mean
 
     return ImagePixels, AudioFeatures, NumericRaw, GraphNet
+
+
+NET_SCOPE = "net"  # GraphNet's attribute holding the network: its nodes are named /net/...; the rest is preprocessing
 
 
 def graph_module(predictor: Any):
@@ -184,11 +185,6 @@ def export_onnx(model_dir: str | os.PathLike[str], output: str | os.PathLike[str
     model_dir, output = Path(model_dir), Path(output)
     if not (model_dir / CONFIG).is_file():
         raise FileNotFoundError(f"{model_dir} is not a polymodal model folder (no {CONFIG} in it)")
-    saved = read_json(model_dir / CONFIG)
-    fusion = saved["config"]["fusion"]["name"] if "config" in saved else saved.get("fusion")
-    if fusion in NOT_EXPORTABLE:
-        raise UserError(f"the {fusion} fusion cannot be exported to ONNX yet ({NOT_EXPORTABLE[fusion]}); serve it with "
-                        "the torch runtime, or export a model with another fusion")  # fmt: skip
     if output.suffix != ".onnx":
         raise UserError(f"the output must be a .onnx file, not {output}")
     torch, _ = _torch()
@@ -202,12 +198,16 @@ def export_onnx(model_dir: str | os.PathLike[str], output: str | os.PathLike[str
     fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        torch.onnx.export(
-            graph, tuple(torch.from_numpy(example.inputs[n]) for n in engine.schema.inputs)
-            + (torch.from_numpy(example.present),), tmp, dynamo=False, opset_version=OPSET,
-            input_names=[*names, "present"], output_names=["output"],
-            dynamic_axes={k: {0: "batch"} for k in [*names, "present", "output"]},
-        )  # fmt: skip
+        with warnings.catch_warnings():
+            # torch.stft(return_complex=False) is deprecated, but it is the form the exporter turns into the ONNX
+            # STFT operator (which has no complex tensors); the parity tests catch a torch where it stops working.
+            warnings.filterwarnings("ignore", message="stft with return_complex=False is deprecated")
+            torch.onnx.export(
+                graph, tuple(torch.from_numpy(example.inputs[n]) for n in engine.schema.inputs)
+                + (torch.from_numpy(example.present),), tmp, dynamo=False, opset_version=OPSET,
+                input_names=[*names, "present"], output_names=["output"],
+                dynamic_axes={k: {0: "batch"} for k in [*names, "present", "output"]},
+            )  # fmt: skip
         proto = onnx.load(tmp)
         config = read_json(model_dir / CONFIG)
         preprocess = read_json(model_dir / PREPROCESS)
@@ -285,9 +285,13 @@ def quantize_onnx(
     with tempfile.TemporaryDirectory(dir=output.parent) as tmpdir:
         pre = Path(tmpdir) / "pre.onnx"
         quant_pre_process(str(source), str(pre), skip_symbolic_shape=True)
+        # Only the network goes int8. The in-graph preprocessing stays float: its DFT and mel products feed a
+        # log, where int8 rounding of small powers turns into large errors in the features.
+        keep_float = [n.name for n in onnx.load(str(pre)).graph.node if not n.name.startswith(f"/{NET_SCOPE}/")]
         out = Path(tmpdir) / "q.onnx"
         if mode == "dynamic":
-            quantize_dynamic(str(pre), str(out), weight_type=QuantType.QInt8, per_channel=True)
+            quantize_dynamic(str(pre), str(out), weight_type=QuantType.QInt8, per_channel=True,
+                             nodes_to_exclude=keep_float)  # fmt: skip
         elif mode == "static":
             if not calibration:
                 raise UserError("static int8 needs calibration rows (a training table)")
@@ -304,10 +308,11 @@ def quantize_onnx(
             # activations vary more per row, are then quantized dynamically.
             quantize_static(
                 str(pre), str(mid), Reader(), op_types_to_quantize=["Conv"], per_channel=True,
-                weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8, nodes_to_exclude=keep_float,
             )  # fmt: skip
             quantize_dynamic(str(mid), str(out), weight_type=QuantType.QInt8, per_channel=True,
-                             op_types_to_quantize=["MatMul", "Gemm", "GRU", "Attention", "LSTM"])  # fmt: skip
+                             op_types_to_quantize=["MatMul", "Gemm", "GRU", "Attention", "LSTM"],
+                             nodes_to_exclude=keep_float)  # fmt: skip
         else:
             raise UserError(f"unknown int8 mode {mode!r}; choose dynamic or static")
         proto = onnx.load(str(out))
@@ -325,10 +330,6 @@ def quantize_onnx(
 
 QUANTIZE = ("dynamic", "static")
 CALIBRATION_ROWS = 256
-
-
-# Fusions the TorchScript-based ONNX exporter cannot trace, and why.
-NOT_EXPORTABLE = {"film": "its batch norms over the FiLM-ed grid lose their channel count in the trace"}
 
 
 def export_model(
@@ -350,11 +351,6 @@ def export_model(
         raise UserError(f"--format must be one of {list(FORMATS)}, not {format!r}")
     if not (model_dir / CONFIG).is_file():
         raise FileNotFoundError(f"{model_dir} is not a polymodal model folder (no {CONFIG} in it)")
-    saved = read_json(model_dir / CONFIG)
-    fusion = saved["config"]["fusion"]["name"] if "config" in saved else saved.get("fusion")
-    if fusion in NOT_EXPORTABLE:
-        raise UserError(f"the {fusion} fusion cannot be exported to ONNX yet ({NOT_EXPORTABLE[fusion]}); serve it with "
-                        "the torch runtime, or export a model with another fusion")  # fmt: skip
     if output.suffix != ".onnx":
         raise UserError(f"the output must be a .onnx file, not {output}")
     if quantize is not None and quantize not in QUANTIZE:
