@@ -676,7 +676,7 @@ class MultimodalPredictor:
         """A predictor over an exported ONNX graph (ONNX Runtime with `threads` intra-op threads, default: its
         own choice). Built without `__init__`, whose fusion registry imports torch."""
         from polymodal.model.inference import InferenceEngine
-        from polymodal.model.onnx_runtime import OnnxNet
+        from polymodal.model.onnx_runtime import TOOLS_SUFFIX, OnnxNet
         from polymodal.tasks import Task
 
         net = OnnxNet(path, threads=threads)
@@ -689,7 +689,15 @@ class MultimodalPredictor:
         p.input_specs_, p.compression_ = config["input_specs"], config.get("compression")
         p.schema, p.metrics_, p.dropped_ = schema, net.metadata.get("metrics", {}), []
         preprocessor = Preprocessor.from_dict(schema, preprocess)
-        if preprocessor.config.pretrained:  # frozen encoders are not in the graph: find them on this machine
+        tools = net.path.with_suffix(TOOLS_SUFFIX)
+        # Frozen encoders inside the graph (older graphs took their embeddings, from the feature cache, instead).
+        for name in net.metadata.get("frozen_in_graph", []):
+            preprocessor.config.pretrained[name]["in_graph"] = True
+            folder = tools / net.graph_names[name]
+            for tool in ("tokenizer", "extractor"):
+                if tool in preprocessor.state[name] and folder.is_dir():
+                    preprocessor.state[name][tool] = str(folder)
+        if preprocessor.config.pretrained:  # encoders outside the graph: find them on this machine
             from polymodal.model.pipeline import relink_encoders
 
             relink_encoders(Path(net.path).parent, preprocessor, config["input_specs"])

@@ -300,3 +300,33 @@ def test_streamed_fit_runs_the_frozen_feature_pass_once(tiny_bert, synth_split, 
     streamed = p.evaluate(test)
     p.config_.data.streaming = "off"
     assert p.evaluate(test)["accuracy"] == pytest.approx(streamed["accuracy"])
+
+
+def test_frozen_encoders_export_inside_the_onnx_graph(tiny_bert, tiny_vit, synth_split, tmp_path):
+    """Frozen pretrained text and image encoders are part of the exported graph: it matches PyTorch, and runs with
+    the encoders' own folders and the feature cache gone (the tokenizer is saved beside the graph)."""
+    import shutil
+
+    from polymodal.optimize.export import export_model
+
+    train, test = synth_split
+    bert, vit = shutil.copytree(tiny_bert, tmp_path / "bert"), shutil.copytree(tiny_vit, tmp_path / "vit")
+    settings = QUICK | {"max_epochs": 2}
+    p = MultimodalPredictor(label="y", fusion="gmu", ignore=["price", "score"], text_encoder=str(bert),
+                            image_encoder=str(vit), cache_dir=tmp_path / "cache", **settings)  # fmt: skip
+    p.fit(train).save(tmp_path / "m")
+    graph = export_model(tmp_path / "m", tmp_path / "m.onnx")
+    hidden = test.parent / "no_captions.csv"  # beside the test table: its relative file paths still resolve
+    pd.read_csv(test).assign(caption=None).to_csv(hidden, index=False)
+    torch_p = MultimodalPredictor.load(tmp_path / "m").predict_proba(test).to_numpy()
+    torch_no_text = MultimodalPredictor.load(tmp_path / "m").predict_proba(hidden).to_numpy()
+    for folder in (bert, vit, tmp_path / "cache"):
+        shutil.rmtree(folder)
+    q = MultimodalPredictor.load(graph, runtime="onnx")
+    assert q.engine.pipeline.frozen_inputs == []  # nothing embedded outside the graph
+    onnx_p = q.predict_proba(test).to_numpy()
+    assert onnx_p.shape == torch_p.shape and np.abs(onnx_p - torch_p).max() <= 1e-4
+    # A missing text is hidden by the mask, as in PyTorch, and changes the answer.
+    no_text = q.predict_proba(hidden).to_numpy()
+    assert np.abs(no_text - torch_no_text).max() <= 1e-4 and np.abs(no_text - torch_p).max() > 1e-3
+    assert (tmp_path / "m.tools").is_dir() and not (tmp_path / "cache").exists()

@@ -15,6 +15,7 @@ from polymodal.errors import UserError
 from polymodal.preprocess import Features
 
 GRAPH_FILE = "model.onnx"
+TOOLS_SUFFIX = ".tools"  # beside a graph: the tokenizers / feature extractors of its frozen pretrained inputs
 
 
 def find_graph(path: str | os.PathLike[str]) -> Path:
@@ -47,7 +48,9 @@ class OnnxNet:
         if "config" not in meta or "inputs" not in meta:
             raise UserError(f"{self.path} was not exported by polymodal (its metadata has no config)")
         self.metadata: dict[str, Any] = {
-            k: json.loads(meta[k]) for k in ("config", "preprocess", "metrics", "inputs") if k in meta
+            k: json.loads(meta[k])
+            for k in ("config", "preprocess", "metrics", "inputs", "frozen_in_graph")
+            if k in meta
         }
         self.quantized = meta.get("quantized")
         self.graph_names: dict[str, str] = self.metadata["inputs"]

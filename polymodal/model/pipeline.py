@@ -28,7 +28,10 @@ class FeaturePipeline:
 
     @property
     def frozen_inputs(self) -> list[str]:
-        return [k for k, p in self.preprocessor.config.pretrained.items() if p["mode"] == "frozen"]
+        """Inputs embedded by a frozen encoder through the feature cache (not those inside an exported graph,
+        which are decoded like a fine-tuned encoder's)."""
+        return [k for k, p in self.preprocessor.config.pretrained.items() if p["mode"] == "frozen"
+                and not p.get("in_graph")]  # fmt: skip
 
     def extractor(self, name: str):
         # Imported here: the encoders load torch, which a model without frozen inputs never needs (ONNX runtime).
@@ -91,6 +94,8 @@ def relink_encoders(folder: Path, preprocessor: Preprocessor, specs: dict[str, d
     keys = module_keys(list(preprocessor.schema.inputs))
     for name, p in preprocessor.config.pretrained.items():
         saved = p["ref"]
+        if p.get("in_graph"):  # a frozen encoder exported inside the ONNX graph: nothing to find
+            continue
         if p["mode"] == "finetune":
             local = folder / "encoders" / keys[name]
             specs[name]["from_config"] = str(local if local.exists() else saved["path"])

@@ -12,8 +12,9 @@ The graph's inputs (see `Preprocessor.graph_inputs`), one per fusion input, plus
 - categorical: category ids (batch, columns) int64 from the vocabularies in the metadata (looked up in Python);
 - text (scratch): token ids (batch, max_len) int64; the rule (lower-case, regex `\\w+|[^\\w\\s]`, id = 2 + rank
   in the vocabulary, 1 = unknown, 0 = padding) and the vocabulary are written beside the graph as JSON;
-- frozen pretrained: the embedding from the feature cache (the encoder itself is not in the graph);
-- fine-tuned pretrained: the tokenizer's / image processor's output, the backbone inside the graph.
+- pretrained, frozen or fine-tuned: the tokenizer's / image processor's / feature extractor's output, the
+  encoder inside the graph (a frozen one with its pooling); the tokenizers and feature extractors of the frozen
+  inputs are saved beside the graph (<output>.tools/<graph input>/): no feature cache, no encoder files needed;
 The output is the task's output: class probabilities, or the prediction in the label's units.
 Everything a runtime needs (schema, preprocessing state, task, metrics) is in the graph's metadata.
 """
@@ -145,7 +146,10 @@ def graph_module(predictor: Any):
     for name, modality in engine.schema.inputs.items():
         st = state[name]
         if name in pre_cfg.pretrained:
-            pre[name] = nn.Identity()
+            p = pre_cfg.pretrained[name]
+            # A frozen encoder goes into the graph (its inputs in, the pooled embedding out); a fine-tuned one
+            # is part of the network already.
+            pre[name] = frozen_backbone(p, modality, st) if p["mode"] == "frozen" else nn.Identity()
         elif modality is Modality.IMAGE:
             pre[name] = ImagePixels(st["mean"], st["std"])
         elif modality is Modality.AUDIO:
@@ -157,6 +161,33 @@ def graph_module(predictor: Any):
             pre[name] = nn.Identity()
     net = getattr(predictor, "_float_net", None) or engine.net  # an int8 folder: its weights before PyTorch int8
     return GraphNet(net, pre, list(engine.schema.inputs), engine.task).eval()
+
+
+def frozen_backbone(p: dict[str, Any], modality: Modality, st: dict[str, Any]):
+    """The frozen pretrained encoder of one input, as the feature pass runs it (`FrozenExtractor.module`)."""
+    from polymodal.encoders.pretrained import EncoderRef, build
+
+    return build(EncoderRef(**p["ref"]), modality, pad_id=st.get("pad_id", 0)).eval()
+
+
+def frozen_in_graph(engine: Any) -> list[str]:
+    return [n for n, p in engine.preprocessor.config.pretrained.items() if p["mode"] == "frozen"]
+
+
+def save_tools(engine: Any, names: list[str], folder: Path) -> None:
+    """The tokenizer / audio feature extractor of each frozen input in the graph, saved under `folder` (one
+    subfolder per input, named like its graph input), so the runtime prepares the graph's inputs without the
+    encoder's own files."""
+    from transformers import AutoFeatureExtractor, AutoTokenizer
+
+    keys = engine.net.keys
+    for name in names:
+        st = engine.preprocessor.state[name]
+        if "tokenizer" in st:
+            AutoTokenizer.from_pretrained(st["tokenizer"], local_files_only=True).save_pretrained(folder / keys[name])
+        elif "extractor" in st:
+            extractor = AutoFeatureExtractor.from_pretrained(st["extractor"], local_files_only=True)
+            extractor.save_pretrained(folder / keys[name])
 
 
 def text_rule(preprocess: dict[str, Any], schema: Any) -> dict[str, Any]:
@@ -179,7 +210,8 @@ def export_onnx(model_dir: str | os.PathLike[str], output: str | os.PathLike[str
     tokenization (vocabularies and the rule) is written beside it as <output>.text.json when the model has text."""
     import onnx
 
-    from polymodal.model.artifact import CONFIG, PREPROCESS, read_json, write_json
+    from polymodal.model.artifact import CONFIG, PREPROCESS, atomic_folder, read_json, write_json
+    from polymodal.model.onnx_runtime import TOOLS_SUFFIX
     from polymodal.predictor import MultimodalPredictor
 
     model_dir, output = Path(model_dir), Path(output)
@@ -220,6 +252,7 @@ def export_onnx(model_dir: str | os.PathLike[str], output: str | os.PathLike[str
             "classes": json.dumps(engine.task.classes),
             "columns": json.dumps({c: m.value for c, m in engine.schema.columns.items()}),
             "source": str(model_dir.resolve()),
+            "frozen_in_graph": json.dumps(frozen_in_graph(engine)),
         }
         del proto.metadata_props[:]
         for k, v in meta.items():
@@ -229,6 +262,10 @@ def export_onnx(model_dir: str | os.PathLike[str], output: str | os.PathLike[str
         rule = text_rule(preprocess, engine.schema)
         if rule["columns"]:
             write_json(output.with_suffix(".text.json"), rule)
+        tools = frozen_in_graph(engine)
+        if any({"tokenizer", "extractor"} & set(engine.preprocessor.state[n]) for n in tools):
+            with atomic_folder(output.with_suffix(TOOLS_SUFFIX)) as folder:
+                save_tools(engine, tools, folder)
         os.replace(tmp, output)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -241,14 +278,11 @@ def example_inputs(engine: Any, rows: int = 2):
     from polymodal.preprocess import Features
 
     cfg, st = engine.preprocessor.config, engine.preprocessor.state
-    specs = engine.preprocessor.input_specs()
     inputs: dict[str, np.ndarray] = {}
     for name, modality in engine.schema.inputs.items():
-        spec, s = specs[name], st[name]
+        s = st[name]
         p = cfg.pretrained.get(name)
-        if p and p["mode"] == "frozen":
-            inputs[name] = np.zeros((rows, spec["in_dim"]), np.float32)
-        elif p:
+        if p:  # the pretrained encoder's own inputs (a frozen one is inside the graph too)
             inputs[name] = (
                 engine.preprocessor._pretrained(modality, [None] * rows, s)[0]
                 if modality in (Modality.IMAGE, Modality.AUDIO)

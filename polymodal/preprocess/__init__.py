@@ -155,11 +155,12 @@ class Preprocessor:
         present = np.zeros((n, len(names)), dtype=bool)
         inputs: dict[str, np.ndarray] = {}
         for j, (name, modality) in enumerate(self.schema.inputs.items()):
-            mode = self.config.pretrained.get(name, {}).get("mode")
-            if mode == "frozen":
+            p = self.config.pretrained.get(name, {})
+            mode = p.get("mode")
+            if mode == "frozen" and not (raw and p.get("in_graph")):
                 inputs[name], present[:, j] = frozen[name]
                 self.state[name]["dim"] = int(frozen[name][0].shape[1])
-            elif mode == "finetune":
+            elif mode is not None:  # fine-tuned, or frozen inside an exported graph: the encoder's own inputs
                 values = media[name] if modality in (Modality.IMAGE, Modality.AUDIO) else df[name].tolist()
                 inputs[name], present[:, j] = self._pretrained(modality, values, self.state[name])
             elif modality is Modality.TEXT:
