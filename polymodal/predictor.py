@@ -600,10 +600,15 @@ class MultimodalPredictor:
             tmp = Path(tempfile.mkdtemp()) / DROPPED_REPORT
             write_report(self.dropped_, tmp)
             extra[DROPPED_REPORT] = tmp
+        state = engine.net.state_dict()
+        if getattr(self, "_float_net", None) is not None:  # loaded from an int8 folder: written back as int8
+            from polymodal.optimize.compress import int8_keys, int8_state
+
+            state = int8_state(self._float_net.state_dict(), int8_keys(self._float_net))
         saved = save_folder(
             Path(folder),
             self.config(),
-            engine.net.state_dict(),
+            state,
             engine.preprocessor.to_dict(),
             self.metrics_,
             extra,

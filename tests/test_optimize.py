@@ -197,6 +197,14 @@ def test_compress_int8_folder(model, tables, tmp_path):
     print(f"pytorch int8: max |p - p_fp32| = {np.abs(out - ref).max():.4f}")
     assert np.abs(out - ref).max() < 0.1
     assert "accuracy" in q.evaluate(tables[1])
+    # An int8 folder loaded and saved again stays int8, bit for bit, with its compression record.
+    q.save(tmp_path / "again")
+    assert (tmp_path / "again" / "model.safetensors").read_bytes() == (
+        tmp_path / "q" / "model.safetensors"
+    ).read_bytes()
+    again = MultimodalPredictor.load(tmp_path / "again")
+    assert again.compression_["quantize"] == "int8"
+    assert np.array_equal(again.predict_proba(tables[1]).to_numpy(), out)
 
 
 def _nothing_written(parent: Path, name: str) -> bool:

@@ -100,7 +100,7 @@ def quantize_modules(net: Any) -> Any:
     return quantize_dynamic(net, {nn.Linear, nn.GRU}, dtype=torch.qint8)
 
 
-def _int8_keys(net: Any) -> set[str]:
+def int8_keys(net: Any) -> set[str]:
     from torch import nn
 
     keys = set()
@@ -325,7 +325,7 @@ def compress(
     record["after"] = count(net)
     state = net.state_dict()
     if quantize == "int8":
-        state = int8_state(state, _int8_keys(net))
+        state = int8_state(state, int8_keys(net))
     record["seconds"] = round(time.perf_counter() - start, 3)
     config["input_specs"] = specs
     config["compression"] = record
