@@ -56,9 +56,13 @@ def main() -> None:
     ap.add_argument("--preset", choices=["scratch", "pretrained"], default="scratch",
                     help="pretrained: frozen MiniLM + EfficientNet-Lite0 through the feature cache")  # fmt: skip
     ap.add_argument("--cache-dir", type=Path, help="feature cache (use an empty one to time the encoder pass)")
+    ap.add_argument("--frozen-runtime", choices=["torch", "onnx-int8"], default="torch",
+                    help="pretrained: run the frozen encoders in PyTorch fp32 or ONNX Runtime int8")  # fmt: skip
     a = ap.parse_args()
     train, valid, test = nlvr_tables(a.nlvr or a.shared / "data" / "nlvr", a.tables)
-    extra = {"preset": a.preset, "cache_dir": str(a.cache_dir)} if a.preset == "pretrained" else {}
+    extra = {}
+    if a.preset == "pretrained":
+        extra = {"preset": a.preset, "cache_dir": str(a.cache_dir), "encoders.frozen_runtime": a.frozen_runtime}
     notes = {"majority_class_accuracy": majority_class_accuracy(test), "image_size": a.image_size}
     run_benchmark(
         "compare_nlvr" if a.preset == "scratch" else "compare_nlvr_pretrained", a, train, test, "label",

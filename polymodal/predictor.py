@@ -695,6 +695,7 @@ class MultimodalPredictor:
         p.schema, p.metrics_, p.dropped_ = schema, net.metadata.get("metrics", {}), []
         preprocessor = Preprocessor.from_dict(schema, preprocess)
         tools = net.path.with_suffix(TOOLS_SUFFIX)
+        preprocessor.text_in_graph = frozenset(net.metadata.get("text_in_graph", []))  # older graphs took token ids
         # Frozen encoders inside the graph (older graphs took their embeddings, from the feature cache, instead).
         for name in net.metadata.get("frozen_in_graph", []):
             preprocessor.config.pretrained[name]["in_graph"] = True

@@ -100,15 +100,34 @@ def test_onnx_metadata_and_text_rule(model, tmp_path):
     rule = json.loads((tmp_path / "m.text.json").read_text())
     vocab = rule["columns"]["caption"]["vocab"]
     assert "cat" in vocab and rule["unknown_id"] == 1 and rule["pad_id"] == 0
-    # the rule reproduces the ids the runtime feeds the graph
+    # the rule written beside the graph gives the ids PyTorch's preprocessing gives
     import re
 
     ids = [2 + vocab.index(t) if t in vocab else 1 for t in re.findall(rule["pattern"], "A Cat, zzz".lower())]
-    p = MultimodalPredictor.load(graph, runtime="onnx")
-    feats = p.engine.preprocessor.graph_inputs(pd.DataFrame({"caption": ["A Cat, zzz"], "price": [1.0],
-                                                            "shade": ["mid"], "image": [None], "clip": [None]}),
-                                               {"image": [None], "clip": [None]})  # fmt: skip
+    torch_p = MultimodalPredictor.load(model)
+    feats = torch_p.engine.preprocessor.transform(pd.DataFrame({"caption": ["A Cat, zzz"]}).assign(
+        price=1.0, shade="mid", image=None, clip=None), {"image": [None], "clip": [None]})  # fmt: skip
     assert feats.inputs["caption"][0, : len(ids)].tolist() == ids
+
+
+def test_onnx_graph_tokenizes_text_like_python(model, tables, tmp_path):
+    """The graph takes the text itself: lower-casing, the \\w / punctuation split (Unicode included), the vocabulary
+    lookup, truncation, and a text with no token counted as absent, all as in PyTorch's preprocessing."""
+    from polymodal.optimize.export import export_model
+
+    graph = export_model(model, tmp_path / "m.onnx")
+    q = MultimodalPredictor.load(graph, runtime="onnx")
+    assert q.engine.preprocessor.text_in_graph == {"caption"}
+    captions = ["A Cat, zzz!", "ÇA VA? Élan CAT...", "   ", "", None, "!!!", "dog\u00a0cat\u2003puppy_x",
+                " ".join(["kitten"] * 200), "Σοφία hound"]  # fmt: skip
+    df = pd.read_csv(tables[1]).iloc[[0] * len(captions)].assign(caption=captions, image=None, clip=None)
+    path = tables[1].parent / "captions.csv"  # beside the table: relative file paths resolve as in it
+    df.to_csv(path, index=False)
+    a = q.predict_proba(path).to_numpy()
+    b = MultimodalPredictor.load(model).predict_proba(path).to_numpy()
+    assert np.abs(a - b).max() <= TOL, np.abs(a - b).max(axis=1)
+    # the same row but for its text: only-whitespace, empty and missing texts are all absent
+    assert np.abs(a[2] - a[3]).max() <= TOL and np.abs(a[3] - a[4]).max() <= TOL
 
 
 def test_onnx_dynamic_batch_and_hidden_inputs(model, tables, tmp_path):

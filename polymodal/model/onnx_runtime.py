@@ -49,7 +49,7 @@ class OnnxNet:
             raise UserError(f"{self.path} was not exported by polymodal (its metadata has no config)")
         self.metadata: dict[str, Any] = {
             k: json.loads(meta[k])
-            for k in ("config", "preprocess", "metrics", "inputs", "frozen_in_graph")
+            for k in ("config", "preprocess", "metrics", "inputs", "frozen_in_graph", "text_in_graph")
             if k in meta
         }
         self.quantized = meta.get("quantized")

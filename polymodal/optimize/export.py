@@ -10,8 +10,9 @@ The graph's inputs (see `Preprocessor.graph_inputs`), one per fusion input, plus
 - numeric: the raw numbers (batch, columns) float64, NaN where missing; the graph standardizes, imputes 0 and
   appends the missing flags;
 - categorical: category ids (batch, columns) int64 from the vocabularies in the metadata (looked up in Python);
-- text (scratch): token ids (batch, max_len) int64; the rule (lower-case, regex `\\w+|[^\\w\\s]`, id = 2 + rank
-  in the vocabulary, 1 = unknown, 0 = padding) and the vocabulary are written beside the graph as JSON;
+- text (scratch): the strings (batch,); the graph lower-cases, tokenizes (ONNX Runtime's Tokenizer, RE2), looks the
+  tokens up and pads them (`tokenize_in_graph`); the rule (lower-case, regex `\\w+|[^\\w\\s]`, id = 2 + rank in
+  the vocabulary, 1 = unknown, 0 = padding) and the vocabulary are also written beside the graph as JSON;
 - pretrained, frozen or fine-tuned: the tokenizer's / image processor's / feature extractor's output, the
   encoder inside the graph (a frozen one with its pooling); the tokenizers and feature extractors of the frozen
   inputs are saved beside the graph (<output>.tools/<graph input>/): no feature cache, no encoder files needed;
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -190,6 +192,83 @@ def save_tools(engine: Any, names: list[str], folder: Path) -> None:
             extractor.save_pretrained(folder / keys[name])
 
 
+# The tokenization of `polymodal.preprocess.tokenize` in RE2 (ONNX Runtime's Tokenizer): Python's Unicode \w is
+# [\pL\pN_], its Unicode \s adds the separators and a few control characters to RE2's ASCII \s.
+RE2_TOKEN = r"[\pL\pN_]+|[^\pL\pN_\s\pZ\x{1c}-\x{1f}\x{85}]"
+PAD_STRING = "\x01"  # what the Tokenizer pads its rows with (no tokenized text holds it): mapped to the pad id
+
+
+def tokenize_in_graph(proto: Any, engine: Any) -> list[str]:
+    """Move the scratch text inputs' tokenization into the graph: each such input becomes a string per row,
+    lower-cased (StringNormalizer), split by ONNX Runtime's Tokenizer (RE2), looked up in the vocabulary
+    (LabelEncoder: unknown -> 1, padding -> 0) and padded / cut to the fitted length; a row with no token is
+    absent (the `present` input is and-ed with it). Returns the inputs moved."""
+    from onnx import TensorProto, helper
+
+    from polymodal.preprocess import PAD, UNK
+
+    pretrained = engine.preprocessor.config.pretrained
+    names = [n for n, m in engine.schema.inputs.items() if m is Modality.TEXT and n not in pretrained]
+    if not names:
+        return []
+    graph, keys = proto.graph, engine.net.keys
+    order = list(engine.schema.inputs)
+    renamed = {keys[n]: f"{keys[n]}/ids" for n in names} | {"present": "present/graph"}
+    for node in graph.node:
+        node.input[:] = [renamed.get(i, i) for i in node.input]
+    nodes = []
+
+    def const(name: str, values: list[int]) -> str:
+        tensor = helper.make_tensor(name, TensorProto.INT64, [len(values)], values)
+        nodes.append(helper.make_node("Constant", [], [name], value=tensor))
+        return name
+
+    columns = []  # the presence mask, column by column
+    for j, name in enumerate(order):
+        k = keys[name]
+        col = f"present/{k}"
+        nodes.append(helper.make_node("Slice", ["present", const(f"{col}/lo", [j]), const(f"{col}/hi", [j + 1]),
+                                               const(f"{col}/axis", [1])], [col]))  # fmt: skip
+        if name in names:
+            st = engine.preprocessor.state[name]
+            vocab, n = list(st["vocab"]), int(st["max_len"])
+            nodes += [
+                helper.make_node("StringNormalizer", [k], [f"{k}/lower"], case_change_action="LOWER",
+                                 is_case_sensitive=1, locale="C.UTF-8"),
+                helper.make_node("Tokenizer", [f"{k}/lower"], [f"{k}/tokens"], domain="com.microsoft", mark=0,
+                                 mincharnum=1, pad_value=PAD_STRING, tokenexp=RE2_TOKEN),
+                helper.make_node("LabelEncoder", [f"{k}/tokens"], [f"{k}/found"], domain="ai.onnx.ml",
+                                 keys_strings=[*vocab, PAD_STRING], values_int64s=[*range(2, len(vocab) + 2), PAD],
+                                 default_int64=UNK),
+                helper.make_node("Pad", [f"{k}/found", const(f"{k}/pads", [0, 0, 0, n])], [f"{k}/padded"]),
+                helper.make_node("Slice", [f"{k}/padded", const(f"{k}/lo", [0]), const(f"{k}/hi", [n]),
+                                           const(f"{k}/axis", [1])], [f"{k}/ids"]),
+                # the first id is not padding: the row has a token
+                helper.make_node("Slice", [f"{k}/ids", const(f"{k}/lo1", [0]), const(f"{k}/hi1", [1]),
+                                           const(f"{k}/axis1", [1])], [f"{k}/first"]),
+                helper.make_node("Greater", [f"{k}/first", const(f"{k}/pad", [PAD])], [f"{k}/any"]),
+                helper.make_node("And", [col, f"{k}/any"], [f"{col}/and"]),
+            ]  # fmt: skip
+            col = f"{col}/and"
+        columns.append(col)
+    nodes.append(helper.make_node("Concat", columns, ["present/graph"], axis=1))
+    for i, node in enumerate(nodes):
+        graph.node.insert(i, node)
+    for inp in graph.input:
+        if inp.name in {keys[n] for n in names}:
+            inp.CopyFrom(helper.make_tensor_value_info(inp.name, TensorProto.STRING, ["batch"]))
+    domains = {o.domain for o in proto.opset_import}
+    for domain, version in (("com.microsoft", 1), ("ai.onnx.ml", 2)):
+        if domain not in domains:
+            proto.opset_import.append(helper.make_opsetid(domain, version))
+    return names
+
+
+def add_tokenization(proto: Any, engine: Any) -> None:
+    """`tokenize_in_graph`, recorded in the graph's metadata for the runtime."""
+    proto.metadata_props.add(key="text_in_graph", value=json.dumps(tokenize_in_graph(proto, engine)))
+
+
 def text_rule(preprocess: dict[str, Any], schema: Any) -> dict[str, Any]:
     """The tokenization the runtime applies before the graph, written beside it for other runtimes."""
     from polymodal.preprocess import _TOKEN, PAD, UNK
@@ -205,7 +284,7 @@ def text_rule(preprocess: dict[str, Any], schema: Any) -> dict[str, Any]:
     }
 
 
-def export_onnx(model_dir: str | os.PathLike[str], output: str | os.PathLike[str]) -> Path:
+def export_onnx(model_dir: str | os.PathLike[str], output: str | os.PathLike[str], tokenize: bool = True) -> Path:
     """Export the model folder to `output` (.onnx), atomically; returns its path. A JSON file with the text
     tokenization (vocabularies and the rule) is written beside it as <output>.text.json when the model has text."""
     import onnx
@@ -258,6 +337,8 @@ def export_onnx(model_dir: str | os.PathLike[str], output: str | os.PathLike[str
         for k, v in meta.items():
             proto.metadata_props.add(key=k, value=v)
         proto.doc_string = "polymodal model: raw inputs (see polymodal/optimize/export.py) -> task outputs"
+        if tokenize:  # (int8: after quantizing; ONNX shape inference does not take the string operators)
+            add_tokenization(proto, engine)
         onnx.save(proto, tmp)
         rule = text_rule(preprocess, engine.schema)
         if rule["columns"]:
@@ -397,14 +478,24 @@ def export_model(
         check_columns(table[0], Schema.from_dict(read_json(model_dir / CONFIG)["schema"]), training=False)
     if quantize is None:
         return export_onnx(model_dir, output)
-    with tempfile.TemporaryDirectory(dir=output.parent if output.parent.exists() else None) as tmpdir:
-        fp32 = export_onnx(model_dir, Path(tmpdir) / "fp32.onnx")
+    import onnx
+
+    from polymodal.model.onnx_runtime import TOOLS_SUFFIX
+    from polymodal.predictor import MultimodalPredictor
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=output.parent) as tmpdir:
+        fp32 = export_onnx(model_dir, Path(tmpdir) / "fp32.onnx", tokenize=False)
         feeds = calibration_feeds(fp32, table) if quantize == "static" else None
         path = quantize_onnx(fp32, Path(tmpdir) / "int8.onnx", quantize, feeds)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        text = fp32.with_suffix(".text.json")
-        if text.exists():
-            os.replace(text, output.with_suffix(".text.json"))
+        proto = onnx.load(str(path))
+        add_tokenization(proto, MultimodalPredictor.load(model_dir).engine)
+        onnx.save(proto, str(path))
+        for suffix in (".text.json", TOOLS_SUFFIX):  # what the runtime reads beside the graph
+            if fp32.with_suffix(suffix).exists():
+                if output.with_suffix(suffix).is_dir():
+                    shutil.rmtree(output.with_suffix(suffix))
+                os.replace(fp32.with_suffix(suffix), output.with_suffix(suffix))
         os.replace(path, output)
     return output.resolve()
 

@@ -91,6 +91,8 @@ class Preprocessor:
         self.state: dict[str, Any] = {}
         self._token_index: dict[str, dict[str, int]] = {}  # built once per text column, not saved
         self._tools: dict[int, Any] = {}  # pretrained tokenizers / feature extractors, loaded once
+        # Text inputs an exported ONNX graph tokenizes itself (set by its loader): `raw` gives their strings.
+        self.text_in_graph: frozenset[str] = frozenset()
 
     # ---- fitting -------------------------------------------------------------------------------
     def fit_pretrained(self, df: pd.DataFrame, base_dir: Path) -> Preprocessor:
@@ -163,6 +165,10 @@ class Preprocessor:
             elif mode is not None:  # fine-tuned, or frozen inside an exported graph: the encoder's own inputs
                 values = media[name] if modality in (Modality.IMAGE, Modality.AUDIO) else df[name].tolist()
                 inputs[name], present[:, j] = self._pretrained(modality, values, self.state[name])
+            elif modality is Modality.TEXT and raw and name in self.text_in_graph:
+                missing = df[name].map(is_missing).to_numpy(dtype=bool)
+                inputs[name] = np.array(["" if m else str(v) for v, m in zip(df[name], missing, strict=True)], object)
+                present[:, j] = ~missing  # the graph also hides a row with no token
             elif modality is Modality.TEXT:
                 inputs[name], present[:, j] = self._text(df[name], self.state[name])
             elif modality is Modality.IMAGE:
