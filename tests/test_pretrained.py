@@ -330,3 +330,17 @@ def test_frozen_encoders_export_inside_the_onnx_graph(tiny_bert, tiny_vit, synth
     no_text = q.predict_proba(hidden).to_numpy()
     assert np.abs(no_text - torch_no_text).max() <= 1e-4 and np.abs(no_text - torch_p).max() > 1e-3
     assert (tmp_path / "m.tools").is_dir() and not (tmp_path / "cache").exists()
+
+
+def test_finetuned_encoder_exports_inside_the_onnx_graph(tiny_bert, synth_split, tmp_path):
+    """A fine-tuned text encoder is traced into the graph with the network: ONNX matches PyTorch."""
+    from polymodal.optimize.export import export_model
+
+    train, test = synth_split
+    p = MultimodalPredictor(label="y", fusion="early", ignore=["image", "clip", "price", "score"], freeze=False,
+                            text_encoder=str(tiny_bert), **(QUICK | {"max_epochs": 1}))  # fmt: skip
+    p.fit(train).save(tmp_path / "m")
+    graph = export_model(tmp_path / "m", tmp_path / "m.onnx")
+    torch_p = MultimodalPredictor.load(tmp_path / "m").predict_proba(test).to_numpy()
+    onnx_p = MultimodalPredictor.load(graph, runtime="onnx").predict_proba(test).to_numpy()
+    assert onnx_p.shape == torch_p.shape and np.abs(onnx_p - torch_p).max() <= 1e-4
