@@ -98,6 +98,9 @@ class EncodersConfig:
     # What runs frozen encoders in the feature pass: torch (fp32), or onnx-int8 (the encoder exported once to an
     # int8 ONNX graph and run by ONNX Runtime: faster on a CPU; its embeddings have their own cache namespace).
     frozen_runtime: str = field(default="torch", metadata=_choices("torch", "onnx-int8"))
+    # Cache a frozen encoder's token outputs (word, patch or frame tokens, fp16) instead of its pooled embedding,
+    # for the token-level fusions; None: when the fusion reads tokens (a pooled fusion then pools them itself).
+    frozen_tokens: bool | None = None
     columns: dict[str, str] = field(default_factory=dict)  # column -> pretrained encoder, over the modality's
     text: ModalityEncoderConfig = field(default_factory=ModalityEncoderConfig)
     image: ModalityEncoderConfig = field(default_factory=ModalityEncoderConfig)

@@ -175,7 +175,22 @@ class MultimodalPredictor:
             out[col] = {"ref": resolve(name).to_dict(), "mode": mode, "layers": enc.finetune_layers, "lora": enc.lora}
             if mode == "frozen" and enc.frozen_runtime != "torch":
                 out[col]["runtime"] = enc.frozen_runtime
+            if mode == "frozen" and self._frozen_tokens():
+                if enc.frozen_runtime != "torch":
+                    raise ConfigError(
+                        f"encoders.frozen_runtime={enc.frozen_runtime} gives pooled embeddings only, but column "
+                        f"{col!r} needs its frozen encoder's tokens (a token-level fusion, or "
+                        "encoders.frozen_tokens): use frozen_runtime=torch, or encoders.frozen_tokens=false"
+                    )
+                out[col]["tokens"] = True
         return out
+
+    def _frozen_tokens(self) -> bool:
+        """Whether frozen encoders cache their token outputs: as set, or when the fusion reads tokens."""
+        from polymodal.fusion import FUSIONS
+
+        wanted = self.config_.encoders.frozen_tokens
+        return bool(getattr(FUSIONS[self.config_.fusion.name], "consumes_tokens", False)) if wanted is None else wanted
 
     def _start(self, train: Any, progress: bool, table: tuple[pd.DataFrame, Path] | None = None
                ) -> tuple[tuple[pd.DataFrame, Path], Schema, Any]:  # fmt: skip

@@ -344,3 +344,55 @@ def test_finetuned_encoder_exports_inside_the_onnx_graph(tiny_bert, synth_split,
     torch_p = MultimodalPredictor.load(tmp_path / "m").predict_proba(test).to_numpy()
     onnx_p = MultimodalPredictor.load(graph, runtime="onnx").predict_proba(test).to_numpy()
     assert onnx_p.shape == torch_p.shape and np.abs(onnx_p - torch_p).max() <= 1e-4
+
+
+def test_frozen_token_outputs_are_cached_for_token_fusions(tiny_bert, tiny_vit, synth_split, tmp_path):
+    """A token-level fusion over frozen encoders reads their cached token outputs (fp16, the real tokens of each
+    text, an image's patch grid), not one pooled token; padding never changes the answer; save/load and the ONNX
+    export keep it; the int8 runtime, which pools, is refused for it."""
+    from safetensors import safe_open
+
+    from polymodal.optimize.export import export_model
+
+    train, test = synth_split
+    settings = QUICK | {"max_epochs": 2}
+    p = MultimodalPredictor(label="y", fusion="token_transformer", ignore=["clip", "price", "shade", "score"],
+                            text_encoder=str(tiny_bert), image_encoder=str(tiny_vit), cache_dir=tmp_path / "cache",
+                            **settings).fit(train)  # fmt: skip
+    pretrained = p.engine.preprocessor.config.pretrained
+    assert pretrained["caption"]["tokens"] and pretrained["image"]["tokens"]
+    lengths, dtypes = set(), set()
+    for shard in (tmp_path / "cache").rglob("shard-*.safetensors"):
+        with safe_open(str(shard), "np") as f:
+            for k in f.keys():
+                t = f.get_tensor(k)
+                lengths.add(t.shape[0])
+                dtypes.add(str(t.dtype))
+    # fp16; a caption's real tokens (CLS, its 5 words, SEP), an image's CLS token and 2 x 2 patches
+    assert dtypes == {"float16"} and lengths == {7, 5}
+
+    df = pd.read_csv(test).head(6)
+    feats, _ = p.engine.features(df, test.parent)
+    assert feats.inputs["caption"].dtype == np.float16 and feats.inputs["caption"].ndim == 3
+    net = p.engine.net
+    text = net.encoders[net.keys["caption"]].forward_tokens(torch.from_numpy(feats.inputs["caption"]))
+    image = net.encoders[net.keys["image"]].forward_tokens(torch.from_numpy(feats.inputs["image"]))
+    assert image.grid == (2, 2) and image.tokens.shape[1] == 4  # the patch grid, CLS dropped
+    assert (text.mask.sum(1) > 2).all()  # several real word tokens per text, not one pooled token
+    # Extra zero padding (more text positions) leaves every output unchanged.
+    padded = np.concatenate([feats.inputs["caption"], np.zeros_like(feats.inputs["caption"][:, :7])], axis=1)
+    wider = type(feats)(dict(feats.inputs, caption=padded), feats.present, feats.input_names)
+    assert np.abs(p.engine.outputs(wider) - p.engine.outputs(feats)).max() <= 1e-6
+
+    p.save(tmp_path / "m")
+    q = MultimodalPredictor.load(tmp_path / "m")
+    torch_p = q.predict_proba(test).to_numpy()
+    assert np.abs(torch_p - p.predict_proba(test).to_numpy()).max() <= 1e-6
+    graph = export_model(tmp_path / "m", tmp_path / "m.onnx")
+    onnx_p = MultimodalPredictor.load(graph, runtime="onnx").predict_proba(test).to_numpy()
+    assert np.abs(onnx_p - torch_p).max() <= 1e-3  # the graph rounds its tokens through fp16 as the cache does
+
+    with pytest.raises(ConfigError, match=r"frozen_runtime=onnx-int8 gives pooled embeddings only.*frozen_tokens"):
+        MultimodalPredictor(label="y", fusion="relation", ignore=["clip", "price", "shade", "score", "image"],
+                            text_encoder=str(tiny_bert), **settings,
+                            **{"encoders.frozen_runtime": "onnx-int8"}).fit(train)  # fmt: skip

@@ -30,19 +30,42 @@ SCRATCH_ENCODERS: dict[Modality, type[nn.Module]] = {
 
 
 class FrozenProjection(nn.Module):
-    """Precomputed pretrained embeddings -> LayerNorm -> Linear -> ReLU. The feature cache holds pooled
-    embeddings, so as tokens a frozen input is one token."""
+    """Precomputed pretrained embeddings -> LayerNorm -> Linear -> ReLU. A pooled embedding per row is one token;
+    cached token outputs (`sequence`: (batch, tokens, in_dim), zero rows for padding) are projected token by
+    token and mean-pooled over the real ones, and an image's patches or feature-map cells keep their grid."""
 
-    def __init__(self, in_dim: int, dim: int, tokens: bool = False):
+    def __init__(self, in_dim: int, dim: int, tokens: bool = False, sequence: bool = False, image: bool = False):
         super().__init__()
         self.net = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, dim), nn.ReLU(inplace=True))
-        self.dim = dim
+        self.dim, self.sequence, self.image = dim, sequence, image
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        if not self.sequence:
+            return self.net(x.float())
+        return self.forward_tokens(x).pooled
 
     def forward_tokens(self, x: torch.Tensor) -> Tokens:
-        return single_token(self(x))
+        if not self.sequence:
+            return single_token(self(x))
+        x = x.float()
+        mask = (x != 0).any(dim=-1)  # a cached token is never all zeros; padding always is
+        hidden = self.net(x)
+        pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+        return image_grid(hidden, mask, pooled) if self.image else Tokens(hidden, mask, pooled)
+
+
+def image_grid(hidden: torch.Tensor, mask: torch.Tensor, pooled: torch.Tensor) -> Tokens:
+    """An image encoder's tokens as a grid of regions: patches or feature-map cells form a square, maybe after a
+    CLS token (dropped: the grid says it all); any other count stays a plain sequence."""
+    import math
+
+    n = hidden.shape[1]
+    for skip in (0, 1):
+        side = math.isqrt(n - skip)
+        if side * side == n - skip and side > 0:
+            grid = hidden[:, skip:]
+            return Tokens(grid, mask[:, skip:], pooled, grid_coords(side, side, hidden.device), (side, side))
+    return Tokens(hidden, mask, pooled)
 
 
 class FineTuned(nn.Module):
@@ -90,24 +113,14 @@ class FineTuned(nn.Module):
         else:
             mask = torch.ones(b, n, dtype=torch.bool, device=hidden.device)
         pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
-        if self.modality != Modality.IMAGE:
-            return Tokens(hidden, mask, pooled)
-        # Patches or feature-map cells form a square grid, maybe after a CLS token (dropped: the grid says it all).
-        import math
-
-        for skip in (0, 1):
-            side = math.isqrt(n - skip)
-            if side * side == n - skip and side > 0:
-                grid = hidden[:, skip:]
-                return Tokens(grid, mask[:, skip:], pooled, grid_coords(side, side, hidden.device), (side, side))
-        return Tokens(hidden, mask, pooled)
+        return image_grid(hidden, mask, pooled) if self.modality == Modality.IMAGE else Tokens(hidden, mask, pooled)
 
 
 def build_encoder(modality: Modality, input_spec: dict[str, Any], dim: int, tokens: bool = False) -> nn.Module:
     """Build an input's encoder from the preprocessor's description of that input; `tokens`: it will also be
     asked for `forward_tokens` (a token-level fusion)."""
     if "in_dim" in input_spec:
-        return FrozenProjection(input_spec["in_dim"], dim, tokens=tokens)
+        return FrozenProjection(dim=dim, tokens=tokens, **input_spec)
     if "pretrained" in input_spec:
         return FineTuned(modality, dim=dim, tokens=tokens, **input_spec)
     return SCRATCH_ENCODERS[modality](**input_spec, dim=dim, tokens=tokens)

@@ -85,7 +85,9 @@ class FeatureCache:
         (self.dir / "namespace.json").write_text(json.dumps(self.namespace, indent=1, sort_keys=True))
         name = f"shard-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}.safetensors"
         tmp = self.dir / f".{name}.tmp"
-        save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in items.items()}, str(tmp))
+        # Token outputs are stored as they come (fp16); pooled embeddings as fp32.
+        save_file({k: np.ascontiguousarray(v, dtype=np.float16 if v.dtype == np.float16 else np.float32)
+                   for k, v in items.items()}, str(tmp))  # fmt: skip
         os.replace(tmp, self.dir / name)
         self._load().update(dict.fromkeys(items, self.dir / name))
 
@@ -122,18 +124,23 @@ class FrozenExtractor:
         device: str | None = None,
         progress: bool = True,
         runtime: str = "torch",
+        tokens: bool = False,
     ):
+        """`tokens`: cache the encoder's token outputs (fp16, the real tokens of each row) rather than its pooled
+        embedding; rows come back as (n, tokens, dim), zero-padded."""
         from polymodal.encoders.onnx_int8 import RUNTIMES
 
         if runtime not in RUNTIMES:
             raise UserError(f"frozen encoder runtime must be one of {list(RUNTIMES)}, not {runtime!r}")
-        self.ref, self.modality, self.st, self.runtime = ref, modality, st, runtime
+        self.ref, self.modality, self.st, self.runtime, self.tokens = ref, modality, st, runtime, tokens
         self.inputs = PretrainedInputs(modality, st)
         # "dim" is the encoder's output size, recorded in the state once known: not a setting of the input.
         settings = {k: v for k, v in st.items() if k != "dim"}
         namespace = {"encoder": ref.fingerprint, "kind": ref.kind, "settings": settings}
         if runtime != "torch":  # int8 embeddings differ a little from fp32 ones: their own namespace
             namespace["runtime"] = runtime
+        if tokens:
+            namespace["tokens"] = True
         self.cache = FeatureCache(cache_dir, namespace)
         self._int8 = None
         self.batch_size, self.progress = batch_size, progress
@@ -210,8 +217,15 @@ class FrozenExtractor:
         self.cache.put(new)
         found |= new
         dim = next(iter(found.values())).shape[-1] if found else int(self.st.get("dim", 0))
-        out = np.zeros((n, dim), dtype=np.float32)
         present = np.zeros(n, dtype=bool)
+        if self.tokens:  # zero-padded to the longest row seen (a text: its fitted length)
+            length = max([self.st.get("max_len", 0)] + [v.shape[0] for v in found.values()])
+            out = np.zeros((n, length, dim), dtype=np.float16)
+            for i, k in enumerate(keys):
+                if k in found:
+                    out[i, : len(found[k])], present[i] = found[k], True
+            return out, present
+        out = np.zeros((n, dim), dtype=np.float32)
         for i, k in enumerate(keys):
             if k in found:
                 out[i], present[i] = found[k], True
@@ -251,7 +265,14 @@ class FrozenExtractor:
         if x.dim() == 4:  # images: convolutions run ~2x faster channels-last on CPUs
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            return self.module(x).float().cpu().numpy()
+            if not self.tokens:
+                return self.module(x).float().cpu().numpy()
+            hidden = self.module(x, tokens=True).float()
+            if self.modality is not Modality.TEXT:  # patches / feature-map cells / frames: all of them
+                return list(hidden.half().cpu().numpy())
+            real = x != self.st.get("pad_id", 0)
+            real[:, 0] = True  # an empty text still has its first (CLS) token
+            return [h[m].half().cpu().numpy() for h, m in zip(hidden, real, strict=True)]
 
     def _int8_encode(self, arr: np.ndarray) -> np.ndarray:
         if self._int8 is None:

@@ -141,7 +141,6 @@ class SeedData:
     noisy: NoisyInputs | None
     dropped_rows: int
     preprocess_seconds: float
-    trained: dict[str, Any] = field(default_factory=dict)  # unimodal entry name -> its InferenceEngine
 
 
 def load_data(template: Any, train: Any, test: Any | None, valid: Any | None, test_fraction: float) -> CompareData:
@@ -499,6 +498,8 @@ def leaderboard_table(board: dict[str, Any]):
 class _Run:
     """The state of one compare: data decoded on first need, one seed's arrays at a time."""
 
+    streaming = False
+
     def __init__(self, template: Any, options: dict, train: Any, test: Any, valid: Any, output: Path,
                  test_fraction: float, noise_levels: int, permutations: int, noise_rows: int | None):  # fmt: skip
         self.template, self.options = template, options
@@ -511,6 +512,7 @@ class _Run:
         self.encoder_seconds: float | None = None
         self.task: dict | None = None
         self.majority: dict | None = None
+        self.trained: dict[tuple[int, str], Any] = {}  # (seed, unimodal entry name) -> its InferenceEngine
 
     def seed_data(self, seed: int) -> SeedData:
         if self.sd is None or self.sd.seed != seed:
@@ -539,29 +541,28 @@ class _Run:
         from polymodal.evaluation.ensemble import EnsembleModel
         from polymodal.predictor import MultimodalPredictor
 
-        sd = self.seed_data(seed)
+        self.prepare(seed)
         folder = self.folder(entry, seed)
         start = time.perf_counter()
         with PeakMemory() as mem:
             if entry.kind == "ensemble":
                 engines = {}
                 for m in members:
-                    if m.name not in sd.trained:  # trained by an earlier, interrupted run
-                        sd.trained[m.name] = MultimodalPredictor.load(self.folder(m, seed)).engine
-                    engines[m.inputs[0]] = sd.trained[m.name]
-                model = EnsembleModel(engines, entry.fusion).fit_stacking(sd.valid_x, sd.valid_y)
-                ev = evaluate_model(model, sd, self.permutations, self.template.config_.data.group_by)
+                    if (seed, m.name) not in self.trained:  # trained by an earlier, interrupted run
+                        self.trained[(seed, m.name)] = MultimodalPredictor.load(self.folder(m, seed)).engine
+                    engines[m.inputs[0]] = self.trained[(seed, m.name)]
+                model = self.stack(EnsembleModel(engines, entry.fusion), seed)
+                ev = self.evaluate(model, seed)
                 # An ensemble costs the training of all its members, plus the stacking fit.
                 members_s = sum(done[m.name]["train_seconds"] for m in members)
                 extra = {"parameters": model.parameters, "epochs": None, "history": [],
                          "train_seconds": round(members_s + time.perf_counter() - start, 3)}  # fmt: skip
             else:
-                p = MultimodalPredictor(config=self.template.config_, fusion=entry.fusion, seed=seed)
-                fit_on_features(p, sd, entry.inputs)
+                p = self.fit_entry(entry, seed)
                 model = p.engine
-                ev = evaluate_model(model, sd, self.permutations, self.template.config_.data.group_by)
+                ev = self.evaluate(model, seed)
                 if entry.kind == "unimodal":
-                    sd.trained[entry.name] = model
+                    self.trained[(seed, entry.name)] = model
                 extra = {
                     "parameters": sum(t.numel() for t in model.net.parameters()),
                     "train_seconds": p.metrics_["train_seconds"],
@@ -576,9 +577,26 @@ class _Run:
         _save_array(folder / OUTPUTS, ev["outputs"])
         return extra | {
             "metrics": ev["metrics"], "infer_ms_per_sample": ev["infer_ms_per_sample"], "peak_mem_mb": mem.peak_mb,
-            "gpu_peak_mb": mem.gpu_peak_mb, "robustness": ev["robustness"],
+            "gpu_peak_mb": mem.gpu_peak_mb, "robustness": ev["robustness"], "streaming": self.streaming,
             "seconds": round(time.perf_counter() - start, 3),
         }  # fmt: skip
+
+    # What the in-memory compare does at each step (a streamed compare overrides them).
+    def prepare(self, seed: int) -> None:
+        self.seed_data(seed)
+
+    def fit_entry(self, entry: Entry, seed: int) -> Any:
+        from polymodal.predictor import MultimodalPredictor
+
+        p = MultimodalPredictor(config=self.template.config_, fusion=entry.fusion, seed=seed)
+        return fit_on_features(p, self.seed_data(seed), entry.inputs)
+
+    def stack(self, model: Any, seed: int) -> Any:
+        sd = self.seed_data(seed)
+        return model.fit_stacking(sd.valid_x, sd.valid_y)
+
+    def evaluate(self, model: Any, seed: int) -> dict[str, Any]:
+        return evaluate_model(model, self.seed_data(seed), self.permutations, self.template.config_.data.group_by)
 
 
 TEST_SPLIT_SEED = 0x7E57  # a streamed compare's held-out test rows: one hashed split, the same for every seed
@@ -590,6 +608,8 @@ class _StreamRun(_Run):
     measures (missing inputs, noise, permutation) use a fixed sample of `noise_rows` test rows held in memory.
     Without a test table, the test rows are a hashed `test_fraction` of the training table (`TableSplit`), the
     same rows for every seed; the validation rows of each seed are hashed from the rest."""
+
+    streaming = True
 
     def __init__(self, *args: Any, schema: Schema, **kwargs: Any):
         from polymodal.data.stream import TableSplit, table_dir
@@ -609,7 +629,6 @@ class _StreamRun(_Run):
         self.sample: pd.DataFrame | None = None
         self.pipeline: Any = None  # the full pipeline the test rows were checked with (its cache statistics)
         self.noisy_frozen: dict = {}
-        self.trained: dict[tuple[int, str], Any] = {}  # (seed, unimodal entry name) -> its InferenceEngine
 
     def check_test_rows(self) -> None:
         """One pass over the test rows with every input's decoder: bad rows raise (naming each) or are left out
@@ -700,57 +719,25 @@ class _StreamRun(_Run):
             y = y[y.astype(str).isin([str(c) for c in model.task.classes])]
         return majority_baseline(model.task, model.task.encode_targets(y), model.task.encode_targets(test_y))
 
-    def run_entry(self, entry: Entry, seed: int, members: list[Entry], done: dict[str, dict]) -> dict[str, Any]:
-        from polymodal.evaluation.ensemble import EnsembleModel
+    def prepare(self, seed: int) -> None:
+        if self.bad_test_rows is None:
+            self.check_test_rows()
+
+    def fit_entry(self, entry: Entry, seed: int) -> Any:
+        """A streamed fit on the entry's inputs: the other inputs' columns are left out, the schema is the one
+        inferred for the compare (every entry sees the same column kinds)."""
         from polymodal.evaluation.subset import input_columns
         from polymodal.predictor import MultimodalPredictor
 
-        if self.bad_test_rows is None:
-            self.check_test_rows()
-        folder = self.folder(entry, seed)
-        start = time.perf_counter()
-        with PeakMemory() as mem:
-            if entry.kind == "ensemble":
-                engines = {}
-                for m in members:
-                    if (seed, m.name) not in self.trained:  # trained by an earlier, interrupted run
-                        self.trained[(seed, m.name)] = MultimodalPredictor.load(self.folder(m, seed)).engine
-                    engines[m.inputs[0]] = self.trained[(seed, m.name)]
-                model = EnsembleModel(engines, entry.fusion)
-                if model.mode == "stack":
-                    model.fit_stacking_outputs(*self.member_outputs(model, seed))
-                ev = self.evaluate(model, seed)
-                members_s = sum(done[m.name]["train_seconds"] for m in members)
-                extra = {"parameters": model.parameters, "epochs": None, "history": [],
-                         "train_seconds": round(members_s + time.perf_counter() - start, 3)}  # fmt: skip
-            else:
-                p = MultimodalPredictor(config=self.template.config_, fusion=entry.fusion, seed=seed, streaming="on")
-                d = p.config_.data
-                d.modalities = {c: m.value for c, m in self.schema.columns.items()}  # every entry: one schema
-                others = [n for n in self.schema.inputs if n not in entry.inputs]
-                d.ignore = list(dict.fromkeys(d.ignore + [c for n in others for c in input_columns(self.schema, n)]))
-                p._fit(self.train, self.valid, None)  # the tables were anonymized already, when asked
-                model = p.engine
-                ev = self.evaluate(model, seed)
-                if entry.kind == "unimodal":
-                    self.trained[(seed, entry.name)] = model
-                extra = {
-                    "parameters": sum(t.numel() for t in model.net.parameters()),
-                    "train_seconds": p.metrics_["train_seconds"],
-                    "epochs": p.metrics_["epochs"],
-                    "history": p.metrics_["history"],
-                }
-        if entry.kind == "ensemble":
-            model.save(folder, {m.inputs[0]: self.folder(m, seed) for m in members}, {"test": ev["metrics"]})
-        else:
-            p.metrics_["test"] = ev["metrics"]
-            p.save(folder)
-        _save_array(folder / OUTPUTS, ev["outputs"])
-        return extra | {
-            "metrics": ev["metrics"], "infer_ms_per_sample": ev["infer_ms_per_sample"], "peak_mem_mb": mem.peak_mb,
-            "gpu_peak_mb": mem.gpu_peak_mb, "robustness": ev["robustness"], "streaming": True,
-            "seconds": round(time.perf_counter() - start, 3),
-        }  # fmt: skip
+        p = MultimodalPredictor(config=self.template.config_, fusion=entry.fusion, seed=seed, streaming="on")
+        d = p.config_.data
+        d.modalities = {c: m.value for c, m in self.schema.columns.items()}
+        others = [n for n in self.schema.inputs if n not in entry.inputs]
+        d.ignore = list(dict.fromkeys(d.ignore + [c for n in others for c in input_columns(self.schema, n)]))
+        return p._fit(self.train, self.valid, None)  # the tables were anonymized already, when asked
+
+    def stack(self, model: Any, seed: int) -> Any:
+        return model.fit_stacking_outputs(*self.member_outputs(model, seed)) if model.mode == "stack" else model
 
     def member_outputs(self, model: Any, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The ensemble members' outputs on this seed's validation rows, chunk by chunk (for stacking)."""

@@ -43,6 +43,7 @@ class FeaturePipeline:
             self._extractors[name] = FrozenExtractor(
                 EncoderRef(**p["ref"]), self.schema.columns[name], self.preprocessor.state[name],
                 cache_dir=self.cache_dir, progress=self.progress, runtime=p.get("runtime", "torch"),
+                tokens=bool(p.get("tokens")),
             )  # fmt: skip
         return self._extractors[name]
 

@@ -166,10 +166,29 @@ def graph_module(predictor: Any):
 
 
 def frozen_backbone(p: dict[str, Any], modality: Modality, st: dict[str, Any]):
-    """The frozen pretrained encoder of one input, as the feature pass runs it (`FrozenExtractor.module`)."""
+    """The frozen pretrained encoder of one input, giving what the feature pass caches (`FrozenExtractor`): its
+    pooled embedding, or with `tokens` its token outputs, padding zeroed and rounded through fp16 as cached."""
     from polymodal.encoders.pretrained import EncoderRef, build
 
-    return build(EncoderRef(**p["ref"]), modality, pad_id=st.get("pad_id", 0)).eval()
+    torch, nn = _torch()
+    backbone = build(EncoderRef(**p["ref"]), modality, pad_id=st.get("pad_id", 0)).eval()
+    if not p.get("tokens"):
+        return backbone
+
+    class FrozenTokens(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone, self.pad_id = backbone, st.get("pad_id", 0)
+
+        def forward(self, x):
+            hidden = self.backbone(x, tokens=True)
+            if modality is Modality.TEXT:
+                real = x != self.pad_id
+                real = torch.cat([torch.ones_like(real[:, :1]), real[:, 1:]], dim=1)  # the CLS token always
+                hidden = hidden * real[..., None].to(hidden.dtype)
+            return hidden.half().float()
+
+    return FrozenTokens().eval()
 
 
 def frozen_in_graph(engine: Any) -> list[str]:

@@ -161,7 +161,7 @@ class Preprocessor:
             mode = p.get("mode")
             if mode == "frozen" and not (raw and p.get("in_graph")):
                 inputs[name], present[:, j] = frozen[name]
-                self.state[name]["dim"] = int(frozen[name][0].shape[1])
+                self.state[name]["dim"] = int(frozen[name][0].shape[-1])
             elif mode is not None:  # fine-tuned, or frozen inside an exported graph: the encoder's own inputs
                 values = media[name] if modality in (Modality.IMAGE, Modality.AUDIO) else df[name].tolist()
                 inputs[name], present[:, j] = self._pretrained(modality, values, self.state[name])
@@ -238,7 +238,9 @@ class Preprocessor:
             st = self.state[name]
             p = cfg.pretrained.get(name)
             if p and p["mode"] == "frozen":
-                specs[name] = {"in_dim": st["dim"]}
+                # cached token outputs: a sequence per row (an image's may form a grid of regions)
+                tokens = {"sequence": True, "image": modality is Modality.IMAGE} if p.get("tokens") else {}
+                specs[name] = {"in_dim": st["dim"], **tokens}
             elif p:
                 specs[name] = {"pretrained": p["ref"], "pad_id": st.get("pad_id", 0), "layers": p.get("layers"),
                                "lora": bool(p.get("lora"))}  # fmt: skip
