@@ -141,7 +141,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "python": platform.python_version(), "platform": platform.platform(),
-                    "note": "CPU shared with other jobs during the run (load average well above the core count)"},
+                    "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
         "settings": settings,
         "reduced": reduced,
         "goal": GOAL,
