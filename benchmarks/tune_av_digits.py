@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from av_digits import build_table  # noqa: E402  (the shared AV-digits table, built one way)
 
 ROOT = Path(__file__).resolve().parents[1]
+ARM_KEYS = ("search_seconds", "wall_seconds", "epochs_trained", "states", "best", "decodes", "preparations")
 FULL = {"trials": 40, "max_epochs": 40, "train_rows": 2250, "seeds": 3}
 
 
@@ -73,6 +74,14 @@ def search_seconds(folder: Path) -> float:
     return round((end - start).total_seconds(), 1)
 
 
+def epochs_trained(folder: Path) -> int:
+    """Epochs every trial reported, read from the study's storage: the pruning saving that CPU load cannot skew."""
+    import optuna
+
+    trials = optuna.load_study(study_name="polymodal-tune", storage=f"sqlite:///{folder / 'study.db'}").get_trials()
+    return sum(len(t.intermediate_values) for t in trials)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared")
@@ -112,6 +121,7 @@ def main() -> None:
         arms[name] = s | {
             "wall_seconds": round(time.perf_counter() - start, 1),
             "search_seconds": search_seconds(a.runs / name),
+            "epochs_trained": epochs_trained(a.runs / name),
         }
         print(f"{name}: {arms[name]['wall_seconds']} s, states {s['states']}, best {s['best']}", flush=True)
 
@@ -147,6 +157,7 @@ def main() -> None:
     # The search's own span (first trial's start to last trial's end, from the storage) is what both arms share
     # even when a study was finished by an earlier run (--reuse-runs); the wall of this run is kept beside it.
     ratio = arms["pruned"]["search_seconds"] / arms["unpruned"]["search_seconds"]
+    epoch_ratio = arms["pruned"]["epochs_trained"] / arms["unpruned"]["epochs_trained"]
 
     reduced = {k: getattr(a, k) for k in FULL if getattr(a, k) is not None and getattr(a, k) != FULL[k]}
     if a.train_rows is None:
@@ -160,11 +171,9 @@ def main() -> None:
         "full_protocol": FULL,
         "reduced": reduced,
         "space": sp,
-        "arms": {
-            n: {k: s[k] for k in ("search_seconds", "wall_seconds", "states", "best", "decodes", "preparations")}
-            for n, s in arms.items()
-        },  # fmt: skip
+        "arms": {n: {k: s[k] for k in ARM_KEYS} for n, s in arms.items()},  # fmt: skip
         "pruned_over_unpruned_search_seconds": round(ratio, 3),
+        "pruned_over_unpruned_epochs": round(epoch_ratio, 3),
         "goal_pruned_ratio": 0.5,
         "best_from": best_arm,
         "refit": tests,
@@ -179,13 +188,14 @@ def main() -> None:
     from rich.table import Table
 
     t = Table(title="polymodal tune on AV-digits")
-    for c in ("study", "search s", "complete", "pruned", "best valid acc"):
+    for c in ("study", "search s", "epochs", "complete", "pruned", "best valid acc"):
         t.add_column(c)
     for n, s in arms.items():
-        t.add_row(n, f"{s['search_seconds']:.0f}", str(s["states"].get("COMPLETE", 0)),
+        t.add_row(n, f"{s['search_seconds']:.0f}", str(s["epochs_trained"]), str(s["states"].get("COMPLETE", 0)),
                   str(s["states"].get("PRUNED", 0)), f"{s['best']['value']:.4f}")  # fmt: skip
     Console(width=120).print(t)
-    print(f"pruned / unpruned search time: {ratio:.2f} (goal <= 0.5); best config re-fit x{a.seeds}: test accuracy "
+    print(f"pruned / unpruned search time: {ratio:.2f} (goal <= 0.5), epochs trained {epoch_ratio:.2f}; "
+          f"best config re-fit x{a.seeds}: test accuracy "
           f"{mean:.4f} +/- {std:.4f} (goal >= 0.975); reduced: {reduced or 'nothing'}")  # fmt: skip
     print(f"wrote {a.out} and {png}")
 
