@@ -708,45 +708,53 @@ def _retrieval_errors(fn):
 @app.command()
 def align(
     train: Path = typer.Argument(..., help="Training table: each row pairs the query and target columns"),
-    query: list[str] = typer.Option(..., "--query", "-q", help="Column to align with the target (repeatable)"),
-    target: str = typer.Option(..., "--target", "-t", help="The anchor column every query column is aligned to"),
     output: Path = typer.Option(..., "--output", "-o", help="Model folder to write"),
+    query: list[str] | None = typer.Option(
+        None, "--query", "-q", help="Column to align with the target (repeatable; align.query)"
+    ),
+    target: str | None = typer.Option(None, "--target", "-t", help="The anchor column (align.target)"),
     label: str | None = typer.Option(None, "--label", "-y", help="Rows sharing this label are positives too"),
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
     valid: Path | None = typer.Option(None, help="Validation table (default: a 10 % split of train)"),
     text: TextCols = None,
     image: ImageCols = None,
     audio: AudioCols = None,
-    max_epochs: int = typer.Option(30),
-    batch_size: int = typer.Option(64, help="Rows per batch: the in-batch negatives"),
-    lr: float = typer.Option(1e-3),
-    patience: int = typer.Option(6, help="Epochs without a better validation recall@1 before stopping"),
-    seed: int = typer.Option(0),
-    embed_dim: int = typer.Option(128, help="Output size of each encoder"),
-    dim: int = typer.Option(64, help="Size of the shared space"),
-    temperature: float = typer.Option(0.07, help="Initial temperature (learned)"),
-    image_size: int = typer.Option(64),
-    sample_rate: int = typer.Option(16000),
-    on_bad_rows: str = typer.Option("error", help="error | skip"),
-    accelerator: str = typer.Option("auto", help="auto | cpu | gpu"),
+    max_epochs: int | None = typer.Option(None, help="[30]"),
+    batch_size: int | None = typer.Option(None, help="Rows per batch: the in-batch negatives [64]"),
+    lr: float | None = typer.Option(None, help="[1e-3]"),
+    patience: int | None = typer.Option(None, help="Epochs without a better validation recall@1 before stopping [6]"),
+    seed: int | None = typer.Option(None, help="[0]"),
+    embed_dim: int | None = typer.Option(None, help="Output size of each encoder [128]"),
+    dim: int | None = typer.Option(None, help="Size of the shared space [64]"),
+    temperature: float | None = typer.Option(None, help="Initial temperature (learned) [0.07]"),
+    image_size: ImageSize = None,
+    sample_rate: SampleRate = None,
+    on_bad_rows: str | None = typer.Option(None, help="error | skip"),
+    accelerator: str | None = typer.Option(None, help="auto | cpu | gpu"),
     text_encoder: TextEncoder = None,
     image_encoder: ImageEncoder = None,
     audio_encoder: AudioEncoder = None,
     preset: Preset = None,
-    finetune: bool = typer.Option(False, "--finetune/--freeze", help="Fine-tune pretrained encoders, or freeze them"),
+    finetune: Finetune = None,
     cache_dir: CacheDir = None,
 ) -> None:
-    """Align columns of a table in one embedding space (contrastive, CLIP-style) and save the model."""
+    """Align columns of a table in one embedding space (contrastive, CLIP-style) and save the model.
+
+    The settings are the config tree's (`polymodal config`; the align section names the columns): give a YAML file
+    with --config, then flags and --set PATH=VALUE override it."""
     from polymodal.retrieval.retriever import MultimodalRetriever
 
     def go():
-        encoders = {m: e for m, e in (("text", text_encoder), ("image", image_encoder), ("audio", audio_encoder)) if e}
-        r = MultimodalRetriever(
-            query=query, target=target, label=label, modalities=_modalities(text=text, image=image, audio=audio),
-            encoders=encoders, preset=preset, freeze=not finetune,
-            preprocess={"image_size": image_size, "sample_rate": sample_rate}, embed_dim=embed_dim, dim=dim,
-            temperature=temperature, max_epochs=max_epochs, batch_size=batch_size, lr=lr, patience=patience,
-            seed=seed, on_bad_rows=on_bad_rows, accelerator=accelerator, cache_dir=cache_dir,
-        )  # fmt: skip
+        settings = _settings(
+            label=label, modalities=_modalities(text=text, image=image, audio=audio), max_epochs=max_epochs,
+            batch_size=batch_size, lr=lr, patience=patience, seed=seed, embed_dim=embed_dim, dim=dim,
+            temperature=temperature, on_bad_rows=on_bad_rows, accelerator=accelerator, text_encoder=text_encoder,
+            image_encoder=image_encoder, audio_encoder=audio_encoder, preset=preset, cache_dir=cache_dir,
+            freeze=None if finetune is None else not finetune,
+            **{"preprocess.image_size": image_size, "preprocess.sample_rate": sample_rate},
+        ) | _set_options(set_)  # fmt: skip
+        r = MultimodalRetriever(query=query or None, target=target, config=config, **settings)
         r.fit(train, valid)
         folder = r.save(output)
         console.print(_retrieval_table(r.metrics_["valid"], "validation retrieval"))

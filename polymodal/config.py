@@ -167,6 +167,20 @@ class PrivacyConfig:
     output_dir: str | None = None  # where the anonymized copies go (None: a temporary folder, removed after fit)
 
 
+@dataclass
+class AlignConfig:
+    """Cross-modal alignment (`polymodal align`, `MultimodalRetriever`): which columns share one embedding space.
+    An aligned model reads data (label, modalities, valid_fraction, on_bad_rows), preprocess, encoders and train
+    too; fusion is not used (each column is projected on its own)."""
+
+    target: str | None = None  # the anchor column every query column is aligned to
+    query: list[str] = field(default_factory=list)  # the columns aligned to the target
+    dim: int = 64  # size of the shared space
+    hidden: int = 256  # width of each column's projection head
+    dropout: float = 0.1
+    temperature: float = 0.07  # initial softmax temperature (learned)
+
+
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "privacy": PrivacyConfig,
@@ -174,6 +188,7 @@ SECTIONS: dict[str, type] = {
     "encoders": EncodersConfig,
     "fusion": FusionConfig,
     "train": TrainConfig,
+    "align": AlignConfig,
 }
 
 # The keywords `MultimodalPredictor` took before the tree (and still takes), and where each now lives.
@@ -212,6 +227,7 @@ class Config:
     encoders: EncodersConfig = field(default_factory=EncodersConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
 
     # ---- reading and writing ---------------------------------------------------------------------------
     @classmethod

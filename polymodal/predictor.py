@@ -150,40 +150,9 @@ class MultimodalPredictor:
 
     def _pretrained_config(self, schema: Schema) -> dict[str, dict[str, Any]]:
         """Resolve the pretrained encoder of each media column (nothing is loaded yet)."""
-        from polymodal.data.schema import SchemaError
-        from polymodal.encoders.pretrained import PRESET_PRETRAINED, resolve
+        from polymodal.encoders.pretrained import pretrained_settings
 
-        enc = self.config_.encoders
-        media = [c for c, m in schema.columns.items() if m in (Modality.TEXT, Modality.IMAGE, Modality.AUDIO)]
-        unknown = [c for c in enc.columns if c not in media]
-        if unknown:
-            raise SchemaError(f"encoders given for {unknown}, which are not text/image/audio input columns ({media})")
-        out = {}
-        for col, modality in schema.columns.items():
-            if modality not in (Modality.TEXT, Modality.IMAGE, Modality.AUDIO):
-                continue
-            name = enc.columns.get(col) or getattr(enc, modality.value).name
-            if name is None and enc.preset == "pretrained":
-                name = PRESET_PRETRAINED.get(modality)
-                if name is None:
-                    log.warning(
-                        "no offline pretrained %s encoder: column %r keeps the scratch encoder", modality.value, col
-                    )
-            if name in (None, "scratch"):
-                continue
-            mode = "frozen" if enc.freeze else "finetune"
-            out[col] = {"ref": resolve(name).to_dict(), "mode": mode, "layers": enc.finetune_layers, "lora": enc.lora}
-            if mode == "frozen" and enc.frozen_runtime != "torch":
-                out[col]["runtime"] = enc.frozen_runtime
-            if mode == "frozen" and self._frozen_tokens():
-                if enc.frozen_runtime != "torch":
-                    raise ConfigError(
-                        f"encoders.frozen_runtime={enc.frozen_runtime} gives pooled embeddings only, but column "
-                        f"{col!r} needs its frozen encoder's tokens (a token-level fusion, or "
-                        "encoders.frozen_tokens): use frozen_runtime=torch, or encoders.frozen_tokens=false"
-                    )
-                out[col]["tokens"] = True
-        return out
+        return pretrained_settings(self.config_.encoders, schema.columns, tokens=self._frozen_tokens())
 
     def _frozen_tokens(self) -> bool:
         """Whether frozen encoders cache their token outputs: as set, or when the fusion reads tokens."""

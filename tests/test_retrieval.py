@@ -258,6 +258,56 @@ def test_cli_align_index_search_evaluate_report(data, tmp_path):
     assert "Retrieval" in html and "recall@1" in html and "image-&gt;clip" in html
 
 
+def test_align_settings_live_in_the_config_tree(aligned, data, tmp_path):
+    import yaml
+
+    from polymodal.retrieval import MultimodalRetriever
+
+    run = CliRunner().invoke
+    cfg = tmp_path / "align.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "data": {"label": "kind"},
+        "align": {"target": "image", "query": ["clip"], "dim": 12, "hidden": 16},
+        "encoders": {"embed_dim": 16, "image": {"embed_dim": 24}},
+        "preprocess": FAST["preprocess"],
+        "train": {"max_epochs": 2, "batch_size": 32, "progress": False},
+    }))  # fmt: skip
+    model = tmp_path / "m"
+    # The file names the columns; a flag and --set override it.
+    result = run(app, ["align", str(data["train"]), "--config", str(cfg), "--set", "align.dim=8", "--lr", "0.002",
+                       "-o", str(model)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    saved = json.loads((model / "config.json").read_text())["config"]
+    assert saved["align"] == {"target": "image", "query": ["clip"], "dim": 8, "hidden": 16, "dropout": 0.1,
+                              "temperature": 0.07}  # fmt: skip
+    assert saved["train"]["lr"] == 0.002 and saved["data"]["label"] == "kind"
+    r = MultimodalRetriever.load(model)
+    assert r.config_.get("align.dim") == 8 and r.label == "kind" and r.queries == ["clip"]
+    assert r.net.encoders[r.net.keys["image"]].dim == 24 and r.net.encoders[r.net.keys["clip"]].dim == 16
+    emb, _ = r.embed(data["more"], "image")
+    assert emb.shape == (12, 8)
+
+    # An unknown key names the closest valid one, before any training; so does a missing anchor.
+    result = run(app, ["align", str(data["train"]), "--config", str(cfg), "--set", "align.dimm=8", "-o", str(model)])
+    assert result.exit_code == 2 and "align.dim" in result.output, result.output
+    with pytest.raises(ValueError, match="anchor column"):
+        MultimodalRetriever(query="clip")
+
+    # A folder written before the tree (settings as top-level keys) still loads, to the same model.
+    old = tmp_path / "old"
+    shutil.copytree(aligned, old)
+    config = json.loads((old / "config.json").read_text())
+    tree = config.pop("config")
+    config.pop("config_format")
+    config |= {"embed_dim": tree["encoders"]["embed_dim"], "train": tree["train"],
+               "valid_fraction": tree["data"]["valid_fraction"]}  # fmt: skip
+    config |= {k: tree["align"][k] for k in ("dim", "hidden", "dropout", "temperature")}
+    (old / "config.json").write_text(json.dumps(config))
+    a, b = MultimodalRetriever.load(aligned), MultimodalRetriever.load(old)
+    assert b.config_.align == a.config_.align and b.train_config.lr == a.train_config.lr
+    np.testing.assert_array_equal(a.embed(data["more"], "clip")[0], b.embed(data["more"], "clip")[0])
+
+
 def test_serve_search(aligned, data, tmp_path):
     from fastapi.testclient import TestClient
 

@@ -9,16 +9,22 @@ fixed-size embedding `(batch, dim)` and can also return its token sequence (`tok
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from polymodal.data.schema import Modality
 from polymodal.errors import UserError
+
+if TYPE_CHECKING:
+    from polymodal.config import EncodersConfig
+
+log = logging.getLogger("polymodal")
 
 
 class EncoderNotFound(UserError, RuntimeError):
@@ -61,6 +67,44 @@ def _fingerprint_folder(folder: Path) -> str:
         elif name.endswith((".safetensors", ".bin", ".pth", ".pt")):
             h.update(f"{name}:{p.stat().st_size}".encode())
     return h.hexdigest()[:16]
+
+
+def pretrained_settings(
+    enc: EncodersConfig, columns: dict[str, Modality], tokens: bool = False
+) -> dict[str, dict[str, Any]]:
+    """The pretrained encoder of each media column, from the encoders section (resolved, nothing loaded):
+    column -> {"ref", "mode": frozen | finetune, "layers", "lora"[, "runtime"][, "tokens"]}. `tokens`: frozen
+    encoders cache their token outputs (a token-level fusion reads them)."""
+    from polymodal.config import ConfigError
+    from polymodal.data.schema import SchemaError
+
+    media = [c for c, m in columns.items() if m in (Modality.TEXT, Modality.IMAGE, Modality.AUDIO)]
+    unknown = [c for c in enc.columns if c not in media]
+    if unknown:
+        raise SchemaError(f"encoders given for {unknown}, which are not text/image/audio input columns ({media})")
+    out = {}
+    for col in media:
+        modality = columns[col]
+        name = enc.columns.get(col) or getattr(enc, modality.value).name
+        if name is None and enc.preset == "pretrained":
+            name = PRESET_PRETRAINED.get(modality)
+            if name is None:
+                log.warning("no offline pretrained %s encoder: column %r stays scratch", modality.value, col)
+        if name in (None, "scratch"):
+            continue
+        mode = "frozen" if enc.freeze else "finetune"
+        out[col] = {"ref": resolve(name).to_dict(), "mode": mode, "layers": enc.finetune_layers, "lora": enc.lora}
+        if mode == "frozen" and enc.frozen_runtime != "torch":
+            out[col]["runtime"] = enc.frozen_runtime
+        if mode == "frozen" and tokens:
+            if enc.frozen_runtime != "torch":
+                raise ConfigError(
+                    f"encoders.frozen_runtime={enc.frozen_runtime} gives pooled embeddings only, but column "
+                    f"{col!r} needs its frozen encoder's tokens (a token-level fusion, or "
+                    "encoders.frozen_tokens): use frozen_runtime=torch, or encoders.frozen_tokens=false"
+                )
+            out[col]["tokens"] = True
+    return out
 
 
 def _package_dir(package: str) -> Path | None:

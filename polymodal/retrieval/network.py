@@ -22,7 +22,7 @@ class AlignNet(nn.Module):
         self,
         inputs: dict[str, Modality],
         input_specs: dict[str, dict[str, Any]],
-        embed_dim: int = 128,
+        embed_dim: int | dict[str, int] = 128,  # each encoder's output size (one for all, or per input)
         dim: int = 64,
         hidden: int = 256,
         dropout: float = 0.1,
@@ -32,8 +32,9 @@ class AlignNet(nn.Module):
         self.input_names = list(inputs)
         self.keys = module_keys(self.input_names)
         self.dim = dim
+        dims = embed_dim if isinstance(embed_dim, dict) else dict.fromkeys(inputs, embed_dim)
         self.encoders = nn.ModuleDict(
-            {self.keys[n]: build_encoder(m, input_specs[n], embed_dim) for n, m in inputs.items()}
+            {self.keys[n]: build_encoder(m, input_specs[n], dims[n]) for n, m in inputs.items()}
         )
         self.projections = nn.ModuleDict(
             {

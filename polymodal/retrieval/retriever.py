@@ -12,6 +12,7 @@ import logging
 import os
 import platform
 import time
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from polymodal import __version__
+from polymodal.config import Config, EncodersConfig, TrainConfig, build_config
 from polymodal.data.io import read_table, table_name
 from polymodal.data.schema import Modality, ProblemType, Schema, SchemaError, infer_modality
 from polymodal.data.validate import BadRowsError, Problem, check_columns, is_missing
@@ -28,6 +30,7 @@ from polymodal.preprocess import Features, PreprocessConfig, Preprocessor
 log = logging.getLogger("polymodal")
 
 KIND = "aligned"
+CONFIG_FORMAT = 2  # the config tree under "config"; format-1 folders (settings as top-level keys) still load
 MEDIA = (Modality.TEXT, Modality.IMAGE, Modality.AUDIO)
 
 
@@ -61,71 +64,86 @@ class MultimodalRetriever:
 
     def __init__(
         self,
-        query: str | list[str],
-        target: str,
+        query: str | list[str] | None = None,
+        target: str | None = None,
         label: str | None = None,
-        modalities: dict[str, str | Modality] | None = None,
-        encoders: dict[str, str] | None = None,
-        preset: str | None = None,
-        freeze: bool = True,
-        finetune_layers: int | None = None,
-        lora: bool = False,
-        preprocess: PreprocessConfig | dict | None = None,
-        embed_dim: int = 128,
-        dim: int = 64,
-        hidden: int = 256,
-        dropout: float = 0.1,
-        temperature: float = 0.07,
-        max_epochs: int = 30,
-        batch_size: int = 64,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-2,
-        patience: int = 6,
-        seed: int = 0,
-        valid_fraction: float = 0.1,
-        augment: bool = True,
-        on_bad_rows: str = "error",
-        accelerator: str = "auto",
-        encoder_lr: float | None = None,
-        progress: bool = True,
-        cache_dir: str | os.PathLike[str] | None = None,
+        config: Config | dict | str | os.PathLike[str] | None = None,
+        **settings: Any,
     ):
-        from polymodal.training.config import TrainConfig
-
-        self.queries = [query] if isinstance(query, str) else list(query)
-        self.target, self.label = target, label
-        if not self.queries:
-            raise UserError("give at least one query column")
-        dup = [c for c in self.queries if c == target or self.queries.count(c) > 1]
+        """`config`: a `Config` (its `align` section names the columns), a mapping or a YAML/JSON file; `settings`
+        on top: the keywords below by their old names (`dim`, `hidden`, `dropout`, `temperature` are the align
+        section's; `encoders` maps a column or a modality to a pretrained encoder; `max_epochs`, `lr`, ... the
+        train section's), whole sections or dotted paths, as for `MultimodalPredictor`."""
+        if query is not None:
+            settings["align.query"] = [query] if isinstance(query, str) else list(query)
+        if target is not None:
+            settings["align.target"] = target
+        for key in ("dim", "hidden", "dropout", "temperature"):  # flat keywords of the align section
+            if key in settings:
+                settings[f"align.{key}"] = settings.pop(key)
+        encoders = settings.pop("encoders", None)
+        by_name = isinstance(encoders, dict) and not set(encoders) & {f.name for f in fields(EncodersConfig)}
+        if encoders is not None and not by_name:
+            settings["encoders"] = encoders  # a section mapping
+        cfg = build_config(config, label=label, **settings)
+        if by_name:  # {column or modality: pretrained encoder}
+            for key, name in encoders.items():
+                if key in {m.value for m in MEDIA}:
+                    cfg.set(f"encoders.{key}.name", name)
+                else:
+                    cfg.set("encoders.columns", cfg.encoders.columns | {key: name})
+        self.config_ = cfg
+        a = cfg.align
+        if a.target is None:
+            raise UserError("name the anchor column: target= (or align.target in the config)")
+        if not a.query:
+            raise UserError("give at least one query column: query= (or align.query in the config)")
+        dup = [c for c in a.query if c == a.target or a.query.count(c) > 1]
         if dup:
             raise UserError(f"column(s) {sorted(set(dup))} given twice: each aligned column appears once")
-        if label is not None and label in [target, *self.queries]:
-            raise UserError(f"column {label!r} is the label and cannot also be an aligned column")
-        if on_bad_rows not in ("error", "skip"):
-            raise UserError(f"on_bad_rows must be 'error' or 'skip', not {on_bad_rows!r}")
-        if preset not in (None, "scratch", "pretrained"):
-            raise UserError(f"unknown preset {preset!r}; choose 'scratch' or 'pretrained'")
-        if not 0.0 < valid_fraction < 1.0:
-            raise UserError("valid_fraction must be between 0 and 1")
-        self.modalities = {c: Modality(m) for c, m in (modalities or {}).items()}
-        self.encoders = dict(encoders or {})  # column or modality name -> encoder name
-        self.preset, self.freeze, self.finetune_layers, self.lora = preset, freeze, finetune_layers, lora
-        if isinstance(preprocess, dict):
-            preprocess = PreprocessConfig(**preprocess)
-        self.preprocess_config = preprocess or PreprocessConfig()
-        self.embed_dim, self.dim, self.hidden, self.dropout = embed_dim, dim, hidden, dropout
-        self.temperature, self.valid_fraction, self.on_bad_rows = temperature, valid_fraction, on_bad_rows
-        self.cache_dir = Path(cache_dir) if cache_dir else None
-        self.train_config = TrainConfig(
-            max_epochs=max_epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
-            seed=seed, accelerator=accelerator, augment=augment, progress=progress, encoder_lr=encoder_lr,
-        )  # fmt: skip
+        if self.label is not None and self.label in self.columns:
+            raise UserError(f"column {self.label!r} is the label and cannot also be an aligned column")
+        if not 0.0 < cfg.data.valid_fraction < 1.0:
+            raise UserError("data.valid_fraction must be between 0 and 1")
         self.schema: Schema | None = None
         self.pipeline = None
         self.net = None
         self.metrics_: dict[str, Any] = {}
         self.folder: Path | None = None
         self.fingerprint: str | None = None
+
+    # The settings read most, by their old names; the tree (`config_`) is where they live.
+    @property
+    def queries(self) -> list[str]:
+        return list(self.config_.align.query)
+
+    @property
+    def target(self) -> str:
+        return self.config_.align.target  # type: ignore[return-value]
+
+    @property
+    def label(self) -> str | None:
+        return self.config_.data.label
+
+    @property
+    def train_config(self) -> TrainConfig:
+        return self.config_.train
+
+    @property
+    def cache_dir(self) -> Path | None:
+        return Path(self.config_.encoders.cache_dir) if self.config_.encoders.cache_dir else None
+
+    @property
+    def modalities(self) -> dict[str, Modality]:
+        return {c: Modality(m) for c, m in self.config_.data.modalities.items()}
+
+    def _network(self, input_specs: dict[str, dict[str, Any]]):
+        from polymodal.retrieval.network import AlignNet
+
+        a = self.config_.align
+        # Each column's encoder output size: encoders.embed_dim, or its modality's own.
+        dims = {c: self.config_.encoders.dim(m.value) for c, m in self.schema.inputs.items()}
+        return AlignNet(self.schema.inputs, input_specs, dims, a.dim, a.hidden, a.dropout, a.temperature)
 
     @property
     def columns(self) -> list[str]:
@@ -148,23 +166,6 @@ class MultimodalRetriever:
             columns[c] = m
         return Schema(columns, self.label or "", ProblemType.MULTICLASS)
 
-    def _pretrained(self, schema: Schema) -> dict[str, dict[str, Any]]:
-        from polymodal.encoders.pretrained import PRESET_PRETRAINED, resolve
-
-        unknown = [k for k in self.encoders if k not in schema.columns and k not in {m.value for m in MEDIA}]
-        if unknown:
-            raise SchemaError(f"encoders given for {unknown}, which are not aligned columns {list(schema.columns)}")
-        out = {}
-        for col, modality in schema.columns.items():
-            name = self.encoders.get(col) or self.encoders.get(modality.value)
-            if name is None and self.preset == "pretrained":
-                name = PRESET_PRETRAINED.get(modality)
-            if name in (None, "scratch"):
-                continue
-            mode = "frozen" if self.freeze else "finetune"
-            out[col] = {"ref": resolve(name).to_dict(), "mode": mode, "layers": self.finetune_layers, "lora": self.lora}
-        return out
-
     def _decode(self, source: Any, *, training: bool, table=None):
         """Read, check and decode a table's aligned columns (and label). Bad rows raise, or are dropped."""
         from polymodal.model.pipeline import take_rows
@@ -180,7 +181,7 @@ class MultimodalRetriever:
         problems = sorted(problems + more, key=lambda p: (p.row, p.column))
         name = table_name(source)
         if problems:
-            if self.on_bad_rows == "error":
+            if self.config_.data.on_bad_rows == "error":
                 raise BadRowsError(problems, name)
             bad = sorted({p.row for p in problems})
             log.warning("dropping %d bad row(s) of %s", len(bad), name)
@@ -197,15 +198,16 @@ class MultimodalRetriever:
         """Train on `train` (path or DataFrame); validate on `valid`, or on a (stratified) 10 % split of train."""
         import torch
 
+        from polymodal.encoders.pretrained import pretrained_settings
         from polymodal.model.pipeline import FeaturePipeline, take_rows
-        from polymodal.retrieval.network import AlignNet
         from polymodal.retrieval.train import train_align
 
         start = time.perf_counter()
         table = read_table(train)
         self.schema = self._schema(table[0])
         check_columns(table[0], self.schema, training=True)
-        config = PreprocessConfig(**(self.preprocess_config.to_dict() | {"pretrained": self._pretrained(self.schema)}))
+        pretrained = pretrained_settings(self.config_.encoders, self.schema.columns)
+        config = PreprocessConfig(**(self.config_.preprocess.to_dict() | {"pretrained": pretrained}))
         preprocessor = Preprocessor(self.schema, config).fit_pretrained(table[0], table[1])
         self.pipeline = FeaturePipeline(self.schema, preprocessor, self.cache_dir, progress=self.train_config.progress)
         df, media, frozen, problems = self._decode(train, training=True, table=table)
@@ -219,10 +221,7 @@ class MultimodalRetriever:
         preprocessor.fit(df, media)
         train_x, valid_x = self.pipeline.features(df, media, frozen), self.pipeline.features(vdf, vmedia, vfrozen)
         torch.manual_seed(self.train_config.seed)
-        self.net = AlignNet(
-            self.schema.inputs, preprocessor.input_specs(), self.embed_dim, self.dim, self.hidden, self.dropout,
-            self.temperature,
-        )  # fmt: skip
+        self.net = self._network(preprocessor.input_specs())
         images = [c for c, m in self.schema.columns.items() if m is Modality.IMAGE and train_x.inputs[c].ndim == 4]
         result = train_align(
             self.net, self.target, images, train_x, self._labels(df), valid_x, self._labels(vdf), self.train_config
@@ -243,15 +242,13 @@ class MultimodalRetriever:
     def _split(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         from sklearn.model_selection import train_test_split
 
-        idx = np.arange(len(df))
+        idx, fraction = np.arange(len(df)), self.config_.data.valid_fraction
         stratify = None
         if self.label:
             y = df[self.label].astype(str)
-            if y.value_counts().min() >= 2 and int(np.ceil(self.valid_fraction * len(df))) >= y.nunique():
+            if y.value_counts().min() >= 2 and int(np.ceil(fraction * len(df))) >= y.nunique():
                 stratify = y
-        tr, va = train_test_split(
-            idx, test_size=self.valid_fraction, random_state=self.train_config.seed, stratify=stratify
-        )
+        tr, va = train_test_split(idx, test_size=fraction, random_state=self.train_config.seed, stratify=stratify)
         return np.sort(tr), np.sort(va)
 
     # ---- embedding ---------------------------------------------------------------------------------
@@ -270,7 +267,8 @@ class MultimodalRetriever:
             for batch in iterate_batches(features, batch_size):
                 for c in self.columns:
                     out[c].append(self.net.embed(c, batch["inputs"][c].to(device)).float().cpu().numpy())
-        return {c: np.concatenate(v) if v else np.zeros((0, self.dim), np.float32) for c, v in out.items()}
+        dim = self.config_.align.dim
+        return {c: np.concatenate(v) if v else np.zeros((0, dim), np.float32) for c, v in out.items()}
 
     def column_for(self, modality: str | Modality, column: str | None = None) -> str:
         """The aligned column a query of this modality goes through (or check the one named)."""
@@ -307,7 +305,7 @@ class MultimodalRetriever:
         features = self.pipeline.features(only.reset_index(drop=True), media, frozen)
         j = list(self.schema.inputs).index(column)
         sub = Features({column: features.inputs[column]}, features.present[:, [j]], [column])
-        emb = np.zeros((len(df), self.dim), np.float32)
+        emb = np.zeros((len(df), self.config_.align.dim), np.float32)
         present = features.present[:, j].copy()
         if present.any():
             import torch
@@ -378,18 +376,13 @@ class MultimodalRetriever:
             "queries": self.queries,
             "label": self.label,
             "classes": self.classes_,
-            "embed_dim": self.embed_dim,
-            "dim": self.dim,
-            "hidden": self.hidden,
-            "dropout": self.dropout,
-            "temperature": self.temperature,
+            "config_format": CONFIG_FORMAT,
+            "config": self.config_.to_dict(),
             "input_specs": pre.input_specs(),
             "encoders": {
                 c: {"modality": m.value} | _encoder_record(pre.config.pretrained.get(c))
                 for c, m in self.schema.columns.items()
             },
-            "train": self.train_config.to_dict(),
-            "valid_fraction": self.valid_fraction,
         }
 
     def save(self, folder: str | os.PathLike[str]) -> Path:
@@ -420,12 +413,8 @@ class MultimodalRetriever:
         cls, folder: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None
     ) -> MultimodalRetriever:
         """Rebuild the exact aligned model from its folder (safetensors weights, JSON everything else)."""
-        from dataclasses import fields
-
         from polymodal.model.artifact import load_folder
-        from polymodal.model.pipeline import FeaturePipeline
-        from polymodal.retrieval.network import AlignNet
-        from polymodal.training.config import TrainConfig
+        from polymodal.model.pipeline import FeaturePipeline, relink_encoders
 
         folder = Path(folder)
         if not is_aligned_folder(folder):
@@ -435,24 +424,31 @@ class MultimodalRetriever:
             )
         config, state, preprocess, metrics = load_folder(folder)
         schema = Schema.from_dict(config["schema"])
-        r = cls(
-            query=config["queries"], target=config["target"], label=config["label"], preprocess=preprocess["config"],
-            embed_dim=config["embed_dim"], dim=config["dim"], hidden=config["hidden"], dropout=config["dropout"],
-            temperature=config["temperature"], valid_fraction=config["valid_fraction"], cache_dir=cache_dir,
-        )  # fmt: skip
-        known = {f.name for f in fields(TrainConfig)}
-        r.train_config = TrainConfig(**{k: v for k, v in config["train"].items() if k in known})
+        tree = Config.from_dict(config["config"]) if "config" in config else _legacy_tree(config, preprocess)
+        r = cls(config=tree, cache_dir=cache_dir)
         preprocessor = Preprocessor.from_dict(schema, preprocess)
-        from polymodal.model.pipeline import relink_encoders
-
         specs = relink_encoders(folder, preprocessor, config["input_specs"])
-        r.net = AlignNet(schema.inputs, specs, r.embed_dim, r.dim, r.hidden, r.dropout, r.temperature)
+        r.schema = schema
+        r.net = r._network(specs)
         r.net.load_state_dict(state, strict=True)
         r.net.eval()
-        r.schema, r.classes_, r.metrics_ = schema, list(config.get("classes", [])), metrics
+        r.classes_, r.metrics_ = list(config.get("classes", [])), metrics
         r.pipeline = FeaturePipeline(schema, preprocessor, r.cache_dir, progress=False)
         r.folder, r.fingerprint = folder.resolve(), weights_fingerprint(folder)
         return r
+
+
+def _legacy_tree(config: dict[str, Any], preprocess: dict[str, Any]) -> Config:
+    """The tree of an aligned folder written before it held one (its settings as top-level keys)."""
+    known = {f.name for f in fields(TrainConfig)}
+    return Config.from_dict({
+        "data": {"label": config["label"], "valid_fraction": config["valid_fraction"]},
+        "align": {"target": config["target"], "query": config["queries"], "dim": config["dim"],
+                  "hidden": config["hidden"], "dropout": config["dropout"], "temperature": config["temperature"]},
+        "encoders": {"embed_dim": config["embed_dim"]},
+        "train": {k: v for k, v in config["train"].items() if k in known},
+        "preprocess": {k: v for k, v in preprocess["config"].items() if k != "pretrained"},
+    })  # fmt: skip
 
 
 def _table_fingerprint(df: pd.DataFrame) -> str:
