@@ -139,7 +139,10 @@ class TrainConfig:
     num_workers: int | None = None  # loader worker processes; None: 0 in memory, up to 4 when streaming
     precision: str = "32-true"
     modality_dropout: float = 0.0
-    augment: bool = True
+    augment: bool = True  # light augmentation of training batches (images: shifts, brightness; audio: audio_warp)
+    # Random frequency warp of scratch audio features in training (VTLP-style): each clip's spectrum f -> s f^b,
+    # log s and log b uniform in +-audio_warp; 0: off. Less dependence on the voice (another speaker, McAdams).
+    audio_warp: float = 0.0
     progress: bool = True
     encoder_lr: float | None = None  # learning rate of fine-tuned pretrained encoders (default: lr / 10)
     # Where this run keeps the checkpoint written after each epoch, so a killed run resumes (the CLI: a hidden

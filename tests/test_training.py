@@ -79,11 +79,19 @@ def test_regression(synth_split):
         p.predict_proba(test)
 
 
-def test_all_modalities_with_modality_dropout(synth_split):
-    """Text, image, audio, numeric and categorical inputs together, trained with modality dropout."""
+def test_all_modalities_with_modality_dropout(synth_split, monkeypatch):
+    """Text, image, audio, numeric and categorical inputs together, trained with modality dropout and the audio
+    features' spectral warp (which really runs on the training batches)."""
+    from polymodal.preprocess.augment import SpectralWarp
+
+    calls = []
+    original = SpectralWarp.__call__
+    monkeypatch.setattr(SpectralWarp, "__call__", lambda self, x: calls.append(len(x)) or original(self, x))
     train, test = synth_split
-    p = MultimodalPredictor(label="y", fusion="attention", ignore=["score"], modality_dropout=0.2, **synth.FAST)
+    p = MultimodalPredictor(label="y", fusion="attention", ignore=["score"], modality_dropout=0.2, audio_warp=0.2,
+                            **synth.FAST)  # fmt: skip
     p.fit(train)
+    assert calls and p.config_.train.audio_warp == 0.2
     assert list(p.engine.schema.inputs) == ["image", "caption", "clip", "tabular:numeric", "tabular:categorical"]
     assert p.evaluate(test)["accuracy"] > 0.8
     proba = p.predict_proba(test)

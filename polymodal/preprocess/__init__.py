@@ -231,6 +231,18 @@ class Preprocessor:
         filled = [v if ok else blank for v, ok in zip(values, present, strict=True)]
         return self._tools[key](filled), present
 
+    def audio_warps(self, strength: float) -> dict[str, Any]:
+        """A training-time `SpectralWarp` for each scratch audio input (pretrained audio encoders are left alone)."""
+        from polymodal.preprocess.augment import SpectralWarp
+
+        cfg = self.config
+        return {
+            name: SpectralWarp(self.state[name]["mean"], self.state[name]["std"], cfg.n_mels, cfg.n_mfcc,
+                               cfg.sample_rate, strength)
+            for name, m in self.schema.inputs.items()
+            if m is Modality.AUDIO and name not in cfg.pretrained and strength > 0
+        }  # fmt: skip
+
     def input_specs(self) -> dict[str, dict[str, Any]]:
         """What each encoder needs to know about its input (sizes, vocabularies)."""
         cfg, specs = self.config, {}

@@ -14,6 +14,7 @@ import random
 import shutil
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +36,11 @@ Rows = MemoryRows | StreamRows
 
 class LitMultimodal(pl.LightningModule):
     def __init__(self, net: MultimodalNet, task: Task, image_inputs: list[str], cfg: TrainConfig,
-                 data: tuple[Rows, Rows, torch.Generator] | None = None):  # fmt: skip
+                 data: tuple[Rows, Rows, torch.Generator] | None = None,
+                 augmenters: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None):  # fmt: skip
         super().__init__()
         self.net, self.task, self.image_inputs, self.cfg = net, task, image_inputs, cfg
+        self.augmenters = augmenters or {}  # input -> a batch transform of its own (e.g. audio's SpectralWarp)
         self.data = data
         self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
 
@@ -62,6 +65,8 @@ class LitMultimodal(pl.LightningModule):
         if self.cfg.augment:
             for name in self.image_inputs:
                 inputs[name] = augment_images(inputs[name])
+            for name, augment in self.augmenters.items():
+                inputs[name] = augment(inputs[name])
         if self.cfg.modality_dropout > 0 and present.shape[1] > 1:
             present = drop_modalities(present, self.cfg.modality_dropout)
         loss = self.task.loss(self.net(inputs, present), batch["target"])
@@ -321,10 +326,12 @@ def train(
     valid_rows: Rows,
     cfg: TrainConfig,
     callbacks: list[pl.Callback] | None = None,
+    augmenters: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
 ) -> dict[str, Any]:
     """Fit `net` in place on `train_rows` (`MemoryRows` or `StreamRows`), validating on `valid_rows`; returns the
-    history, best epoch and train seconds. `callbacks`: extra ones. In a distributed run every process calls
-    this and ends with the same weights."""
+    history, best epoch and train seconds. `callbacks`: extra ones. `augmenters`: input -> a transform of its
+    training batches (with `cfg.augment`), beside the built-in image augmentation. In a distributed run every
+    process calls this and ends with the same weights."""
     _quiet_lightning()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     name, mode = task.monitor
@@ -366,7 +373,9 @@ def train(
             f"{len(valid_rows)} validation row(s) for {trainer.world_size} processes: each process needs at least one "
             "(a larger validation table or data.valid_fraction, or fewer devices)"
         )
-    module = LitMultimodal(net, task, train_rows.pixel_inputs(inputs), cfg, (train_rows, valid_rows, generator))
+    module = LitMultimodal(
+        net, task, train_rows.pixel_inputs(inputs), cfg, (train_rows, valid_rows, generator), augmenters
+    )
     start = time.perf_counter()
     net.train()  # pretrained backbones load in eval mode; dropout must be live while training
     trainer.fit(module)
