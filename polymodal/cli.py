@@ -967,26 +967,35 @@ def _pairs(items: list[str] | None, what: str) -> dict[str, str]:
 
 @rl_app.command("train")
 def rl_train(
-    env: str = typer.Option(..., "--env", help="A gymnasium env id, e.g. BabyAI-GoToLocalS6N2-v0"),
-    algo: str = typer.Option("ppo", help="dqn | ppo"),
-    steps: int = typer.Option(50_000, help="Environment steps to train for"),
     output: Path = typer.Option(..., "--output", "-o", help="Policy folder to write"),
-    fusion: str = typer.Option("early", help="early | late | attention | gmu | tensor | low_rank | cross_attention"),
-    seed: int = typer.Option(0),
+    env: str | None = typer.Option(None, "--env", help="A gymnasium env id, e.g. BabyAI-GoToLocalS6N2-v0 (rl.env_id)"),
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    algo: str | None = typer.Option(None, help="dqn | ppo [ppo]"),
+    steps: int | None = typer.Option(None, help="Environment steps to train for [50000]"),
+    fusion: str | None = typer.Option(
+        None, help="early | late | attention | gmu | tensor | low_rank | cross_attention [early]"
+    ),
+    seed: int | None = typer.Option(None, help="[0]"),
     n_envs: int | None = typer.Option(None, help="Parallel envs (default: 1 for DQN, 8 for PPO)"),
-    embed_dim: int = typer.Option(64, help="Embedding size of every encoder"),
-    eval_every: int = typer.Option(5_000, help="Evaluate every this many steps (the learning curve)"),
-    eval_episodes: int = typer.Option(50, help="Episodes per periodic evaluation"),
+    embed_dim: int | None = typer.Option(None, help="Embedding size of every encoder [64]"),
+    eval_every: int | None = typer.Option(None, help="Evaluate every this many steps (the learning curve) [5000]"),
+    eval_episodes: int | None = typer.Option(None, help="Episodes per periodic evaluation [50]"),
     hide: list[str] | None = typer.Option(None, help="Observation key the agent does not see (repeatable)"),
     modality: list[str] | None = typer.Option(None, help="KEY=MODALITY: encode this key as text/image/... "),
     param: list[str] | None = typer.Option(None, help="NAME=VALUE: an SB3 hyper-parameter (JSON value)"),
     env_kwarg: list[str] | None = typer.Option(None, help="NAME=VALUE: a gymnasium.make keyword (JSON value)"),
     from_model: Path | None = typer.Option(None, help="Transfer encoders from this polymodal model folder"),
     transfer: list[str] | None = typer.Option(None, help="KEY=INPUT: observation key <- the model's input"),
-    freeze: bool = typer.Option(True, "--freeze/--finetune", help="Freeze transferred encoders, or train them"),
+    freeze: bool | None = typer.Option(
+        None, "--freeze/--finetune", help="Freeze transferred encoders, or train them [freeze]"
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar"),
 ) -> None:
-    """Train a DQN or PPO agent with polymodal encoders and fusion; save the policy (safetensors + JSON)."""
+    """Train a DQN or PPO agent with polymodal encoders and fusion; save the policy (safetensors + JSON).
+
+    The settings are the config tree's rl section (`polymodal config`): give a YAML file with --config, then flags
+    and --set rl.PATH=VALUE override it."""
 
     def values(items: list[str] | None, what: str) -> dict:
         def parse(v: str):
@@ -998,21 +1007,26 @@ def rl_train(
         return {k: parse(v) for k, v in _pairs(items, what).items()}
 
     def go():
+        from dataclasses import asdict
+
+        from polymodal.config import build_config
         from polymodal.rl import AgentConfig, train
 
-        cfg = AgentConfig(
+        flags = _settings(
             env_id=env, algo=algo, steps=steps, fusion=fusion, seed=seed, n_envs=n_envs, embed_dim=embed_dim,
-            eval_every=eval_every, eval_episodes=eval_episodes, hide=hide or [],
-            modalities=_pairs(modality, "--modality"), hyperparameters=values(param, "--param"),
-            env_kwargs=values(env_kwarg, "--env-kwarg"), model=str(from_model) if from_model else None,
-            transfer=_pairs(transfer, "--transfer"), freeze=freeze,
+            eval_every=eval_every, eval_episodes=eval_episodes, hide=hide, modalities=_pairs(modality, "--modality"),
+            hyperparameters=values(param, "--param"), env_kwargs=values(env_kwarg, "--env-kwarg"),
+            model=str(from_model) if from_model else None, transfer=_pairs(transfer, "--transfer"), freeze=freeze,
         )  # fmt: skip
+        flags = {k: v for k, v in flags.items() if v != {}}
+        tree = build_config(config, **{f"rl.{k}": v for k, v in flags.items()}, **_set_options(set_))
+        cfg = AgentConfig(**asdict(tree.rl))
         agent = train(cfg, progress_bar=progress)
         folder = agent.save(output)
         last = agent.history[-1]
         console.print(
-            f"{algo} on {env}: success {last['success_rate']:.2f}, return {last['mean_return']:.3f} after "
-            f"{last['steps']} steps ({agent.train_seconds:.0f} s); saved policy to {folder}"
+            f"{cfg.algo} on {cfg.env_id}: success {last['success_rate']:.2f}, return {last['mean_return']:.3f} "
+            f"after {last['steps']} steps ({agent.train_seconds:.0f} s); saved policy to {folder}"
         )
 
     _rl_run(go)

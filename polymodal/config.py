@@ -184,6 +184,37 @@ class AlignConfig:
     temperature: float = 0.07  # initial softmax temperature (learned)
 
 
+@dataclass
+class RLConfig:
+    """Reinforcement learning (`polymodal rl train`, `polymodal.rl.AgentConfig`): an SB3 agent whose policy reads
+    the env's observations through polymodal encoders and a fusion. Its own section: the policy network's fusion
+    and sizes are set here, not in fusion/encoders (those describe a table model)."""
+
+    env_id: str | None = None  # a gymnasium env id, e.g. BabyAI-GoToLocalS6N2-v0
+    algo: str = field(default="ppo", metadata=_choices("dqn", "ppo"))
+    steps: int = 50_000  # environment steps to train for
+    fusion: str = "early"  # any pooled or token-level fusion name
+    embed_dim: int = 64  # embedding size of every observation encoder
+    hidden: int = 128  # width of the fusion
+    seed: int = 0
+    n_envs: int | None = None  # parallel envs; None: 1 for DQN, 8 for PPO
+    extractor: bool = True  # False: SB3's default CombinedExtractor (the benchmark's baseline)
+    text: str = field(default="tokens", metadata=_choices("tokens", "bow"))  # Text obs -> token ids | word counts
+    hide: list[str] = field(default_factory=list)  # observation keys the agent does not see
+    modalities: dict[str, str] = field(default_factory=dict)  # observation key -> modality, over the inferred one
+    encoder_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)  # per key, e.g. {"image": {"widths": [8]}}
+    env_kwargs: dict[str, Any] = field(default_factory=dict)  # gymnasium.make keywords
+    hyperparameters: dict[str, Any] = field(default_factory=dict)  # SB3's, over polymodal's defaults per algorithm
+    net_arch: list[int] | None = None
+    model: str | None = None  # transfer: a polymodal model folder whose encoders the policy starts from
+    transfer: dict[str, str] = field(default_factory=dict)  # observation key -> the model's input name
+    freeze: bool = True  # transferred encoders frozen, or trained on
+    threads: int = 1  # torch CPU threads: RL runs many tiny batches, where more threads only add contention
+    eval_every: int = 5_000  # steps between evaluations (the learning curve)
+    eval_episodes: int = 50
+    vocab_resets: int = 200  # env resets sampled to build the vocabulary of Text observations
+
+
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "privacy": PrivacyConfig,
@@ -192,6 +223,7 @@ SECTIONS: dict[str, type] = {
     "fusion": FusionConfig,
     "train": TrainConfig,
     "align": AlignConfig,
+    "rl": RLConfig,
 }
 
 # The keywords `MultimodalPredictor` took before the tree (and still takes), and where each now lives.
@@ -231,6 +263,7 @@ class Config:
     fusion: FusionConfig = field(default_factory=FusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
 
     # ---- reading and writing ---------------------------------------------------------------------------
     @classmethod

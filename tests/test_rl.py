@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from gymnasium import spaces
 from typer.testing import CliRunner
 
@@ -193,6 +194,24 @@ def test_cli_train_and_evaluate_on_a_tiny_env(tmp_path):
     r = CliRunner().invoke(app, ["rl", "evaluate", str(out), "--episodes", "20"])
     assert r.exit_code == 0, r.output
     assert '"episodes": 20' in r.output and "success" in r.output
+
+    # The same settings from the config tree's rl section; a flag and --set override the file.
+    cfg = tmp_path / "rl.yaml"
+    cfg.write_text(yaml.safe_dump({"rl": {
+        "env_id": "PolymodalColourChoice-v0", "algo": "ppo", "steps": 128, "n_envs": 2, "fusion": "attention",
+        "embed_dim": 16, "eval_every": 128, "eval_episodes": 5,
+        "hyperparameters": {"n_steps": 64, "batch_size": 64, "n_epochs": 1},
+    }}))  # fmt: skip
+    out2 = tmp_path / "rl2"
+    r = CliRunner().invoke(app, ["rl", "train", "--config", str(cfg), "--fusion", "gmu", "--set", "rl.embed_dim=8",
+                                 "-o", str(out2), "--no-progress"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    meta = json.loads((out2 / "policy.json").read_text())["config"]
+    assert (meta["fusion"], meta["embed_dim"], meta["steps"], meta["hyperparameters"]["n_steps"]) == ("gmu", 8, 128, 64)
+    r = CliRunner().invoke(app, ["rl", "train", "--config", str(cfg), "--set", "rl.stepz=5", "-o", str(out2)])
+    assert r.exit_code == 2 and "rl.steps" in r.output, r.output
+    r = CliRunner().invoke(app, ["rl", "train", "-o", str(tmp_path / "none")])
+    assert r.exit_code == 2 and "--env" in r.output, r.output
 
 
 def test_transfer_encoders_from_a_polymodal_model(tmp_path):

@@ -25,6 +25,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from polymodal.config import RLConfig
 from polymodal.errors import UserError
 from polymodal.model.artifact import atomic_folder, read_json, write_json
 from polymodal.rl.extractor import MultimodalExtractor, ObservationError, plan_inputs, vocabulary_from_model
@@ -56,30 +57,8 @@ class RLSetupError(UserError):
 
 
 @dataclass
-class AgentConfig:
-    env_id: str
-    algo: str = "ppo"
-    steps: int = 50_000
-    fusion: str = "early"
-    embed_dim: int = 64
-    hidden: int = 128
-    seed: int = 0
-    n_envs: int | None = None
-    extractor: bool = True  # False: SB3's default CombinedExtractor (the benchmark's baseline)
-    text: str = "tokens"  # tokens: Text -> token ids (TextTokens) | bow: word counts (BagOfWords)
-    hide: list[str] = field(default_factory=list)  # observation keys the agent does not see
-    modalities: dict[str, str] = field(default_factory=dict)
-    encoder_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)  # per key: e.g. {"image": {"widths": [8]}}
-    env_kwargs: dict[str, Any] = field(default_factory=dict)
-    hyperparameters: dict[str, Any] = field(default_factory=dict)
-    net_arch: list[int] | None = None
-    model: str | None = None  # transfer: a polymodal model folder
-    transfer: dict[str, str] = field(default_factory=dict)  # observation key -> the model's input name
-    freeze: bool = True
-    threads: int = 1  # torch CPU threads: RL runs many tiny batches, where more threads only add contention
-    eval_every: int = 5_000
-    eval_episodes: int = 50
-    vocab_resets: int = 200
+class AgentConfig(RLConfig):
+    """The `rl` section of the config tree (`polymodal.config.RLConfig`: the fields and their meaning), checked."""
 
     def __post_init__(self) -> None:
         if self.algo not in ACTION_SPACES:
@@ -88,6 +67,8 @@ class AgentConfig:
             raise RLSetupError(f"text must be 'tokens' or 'bow', not {self.text!r}")
         if self.steps < 1:
             raise RLSetupError(f"steps must be at least 1, not {self.steps}")
+        if not self.env_id:
+            raise RLSetupError("name the environment: --env ENV_ID (rl.env_id), e.g. BabyAI-GoToLocalS6N2-v0")
         self.n_envs = self.n_envs or DEFAULT_ENVS[self.algo]
 
     def params(self) -> dict[str, Any]:
