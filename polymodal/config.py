@@ -383,6 +383,24 @@ class Config:
         return {p: self.get(p) for p in self.paths() if self.get(p) != default.get(p)}
 
 
+class TreeSettings:
+    """For a model object that holds its config tree as `config_`: the settings read most, by their old names."""
+
+    config_: Config
+
+    @property
+    def label(self) -> str | None:
+        return self.config_.data.label
+
+    @property
+    def train_config(self) -> TrainConfig:
+        return self.config_.train
+
+    @property
+    def cache_dir(self) -> Path | None:
+        return Path(self.config_.encoders.cache_dir) if self.config_.encoders.cache_dir else None
+
+
 # Names other toolkits use for a setting, so the error can point at ours.
 ALIASES = {
     "learning_rate": "lr", "epochs": "max_epochs", "num_epochs": "max_epochs", "wd": "weight_decay",

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from polymodal import __version__
-from polymodal.config import Config, ConfigError, TrainConfig, build_config, from_legacy
+from polymodal.config import Config, ConfigError, TreeSettings, build_config, from_legacy
 from polymodal.data.io import read_table, table_name
 from polymodal.data.schema import Modality, Schema, infer_schema
 from polymodal.data.stream import fingerprint
@@ -89,7 +89,7 @@ class LabelValues:
         return pd.Series(np.concatenate(self.values) if self.values else np.zeros(0))
 
 
-class MultimodalPredictor:
+class MultimodalPredictor(TreeSettings):
     """Fit a fused model on a table whose columns hold text, image/audio file paths, numbers and categories.
 
     >>> p = MultimodalPredictor(label="y", fusion="attention").fit(train_df, valid_df)
@@ -108,22 +108,9 @@ class MultimodalPredictor:
         self.metrics_: dict[str, Any] = {}
         self.dropped_: list[Problem] = []
 
-    # The settings most read from outside, by their old names.
-    @property
-    def label(self) -> str:
-        return self.config_.data.label  # type: ignore[return-value]
-
     @property
     def fusion(self) -> str:
         return self.config_.fusion.name
-
-    @property
-    def train_config(self) -> TrainConfig:
-        return self.config_.train
-
-    @property
-    def cache_dir(self) -> Path | None:
-        return Path(self.config_.encoders.cache_dir) if self.config_.encoders.cache_dir else None
 
     # ---- fitting -----------------------------------------------------------------------------------
     def _load_rows(self, source: Any, pipeline: Any, *, training: bool, table: tuple[pd.DataFrame, Path] | None = None):

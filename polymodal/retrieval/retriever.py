@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from polymodal import __version__
-from polymodal.config import Config, EncodersConfig, TrainConfig, build_config
+from polymodal.config import Config, EncodersConfig, TrainConfig, TreeSettings, build_config
 from polymodal.data.io import read_table, table_name
 from polymodal.data.schema import Modality, ProblemType, Schema, SchemaError, infer_modality
 from polymodal.data.validate import BadRowsError, Problem, check_columns, is_missing
@@ -56,7 +56,7 @@ def weights_fingerprint(folder: str | os.PathLike[str]) -> str:
     return h.hexdigest()[:32]
 
 
-class MultimodalRetriever:
+class MultimodalRetriever(TreeSettings):
     """Each aligned column gets its polymodal encoder (scratch, frozen pretrained through the feature cache, or
     fine-tuned) and a projection into one shared L2-normalized space. Training: symmetric InfoNCE with a learned
     temperature and in-batch negatives between each query column and the anchor (`target`); with `label`, rows
@@ -120,18 +120,6 @@ class MultimodalRetriever:
     @property
     def target(self) -> str:
         return self.config_.align.target  # type: ignore[return-value]
-
-    @property
-    def label(self) -> str | None:
-        return self.config_.data.label
-
-    @property
-    def train_config(self) -> TrainConfig:
-        return self.config_.train
-
-    @property
-    def cache_dir(self) -> Path | None:
-        return Path(self.config_.encoders.cache_dir) if self.config_.encoders.cache_dir else None
 
     @property
     def modalities(self) -> dict[str, Modality]:
@@ -425,7 +413,8 @@ class MultimodalRetriever:
         config, state, preprocess, metrics = load_folder(folder)
         schema = Schema.from_dict(config["schema"])
         tree = Config.from_dict(config["config"]) if "config" in config else _legacy_tree(config, preprocess)
-        r = cls(config=tree, cache_dir=cache_dir)
+        tree.encoders.cache_dir = None if cache_dir is None else str(cache_dir)  # the training machine's is not ours
+        r = cls(config=tree)
         preprocessor = Preprocessor.from_dict(schema, preprocess)
         specs = relink_encoders(folder, preprocessor, config["input_specs"])
         r.schema = schema
