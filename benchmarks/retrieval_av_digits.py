@@ -97,7 +97,8 @@ def classifier_entry(train_table: Path | pd.DataFrame, data: Path, labels: np.nd
     for column, other in (("audio", "image"), ("image", "audio")):
         p = MultimodalPredictor(
             label="digit", fusion="early", ignore=["speaker", other],
-            preprocess={"image_size": 32, "sample_rate": 8000}, max_epochs=args.max_epochs, patience=args.patience, lr=args.lr, seed=args.seed, progress=False,
+            preprocess={"image_size": 32, "sample_rate": 8000}, max_epochs=args.max_epochs, patience=args.patience,
+            lr=args.lr, seed=args.seed, progress=False,
         ).fit(train_table)  # fmt: skip
         proba = p.predict_proba(data / "test.csv")
         emb[column] = proba[sorted(proba.columns, key=int)].to_numpy(np.float32)
