@@ -258,10 +258,15 @@ def test_cli_align_index_search_evaluate_report(data, tmp_path):
     assert "Retrieval" in html and "recall@1" in html and "image-&gt;clip" in html
 
 
-def test_align_settings_live_in_the_config_tree(aligned, data, tmp_path):
+def test_align_settings_live_in_the_config_tree(aligned, data, tmp_path, monkeypatch):
     import yaml
 
+    from polymodal.preprocess.augment import SpectralWarp
     from polymodal.retrieval import MultimodalRetriever
+
+    warped = []
+    original = SpectralWarp.__call__
+    monkeypatch.setattr(SpectralWarp, "__call__", lambda self, x: warped.append(len(x)) or original(self, x))
 
     run = CliRunner().invoke
     cfg = tmp_path / "align.yaml"
@@ -270,7 +275,7 @@ def test_align_settings_live_in_the_config_tree(aligned, data, tmp_path):
         "align": {"target": "image", "query": ["clip"], "dim": 12, "hidden": 16},
         "encoders": {"embed_dim": 16, "image": {"embed_dim": 24}},
         "preprocess": FAST["preprocess"],
-        "train": {"max_epochs": 2, "batch_size": 32, "progress": False},
+        "train": {"max_epochs": 2, "batch_size": 32, "progress": False, "audio_warp": 0.2},
     }))  # fmt: skip
     model = tmp_path / "m"
     # The file names the columns; a flag and --set override it.
@@ -281,6 +286,7 @@ def test_align_settings_live_in_the_config_tree(aligned, data, tmp_path):
     assert saved["align"] == {"target": "image", "query": ["clip"], "dim": 8, "hidden": 16, "dropout": 0.1,
                               "temperature": 0.07}  # fmt: skip
     assert saved["train"]["lr"] == 0.002 and saved["data"]["label"] == "kind"
+    assert warped, "train.audio_warp warps the audio column's training batches"
     r = MultimodalRetriever.load(model)
     assert r.config_.get("align.dim") == 8 and r.label == "kind" and r.queries == ["clip"]
     assert r.net.encoders[r.net.keys["image"]].dim == 24 and r.net.encoders[r.net.keys["clip"]].dim == 16

@@ -211,8 +211,17 @@ class MultimodalRetriever(TreeSettings):
         torch.manual_seed(self.train_config.seed)
         self.net = self._network(preprocessor.input_specs())
         images = [c for c, m in self.schema.columns.items() if m is Modality.IMAGE and train_x.inputs[c].ndim == 4]
+        warps = preprocessor.audio_warps(self.train_config.audio_warp)
         result = train_align(
-            self.net, self.target, images, train_x, self._labels(df), valid_x, self._labels(vdf), self.train_config
+            self.net,
+            self.target,
+            images,
+            train_x,
+            self._labels(df),
+            valid_x,
+            self._labels(vdf),
+            self.train_config,
+            warps,
         )
         valid_metrics = self._metrics_of(self._embed_features(valid_x), valid_x.present, vdf)
         self.metrics_ = {

@@ -4,6 +4,7 @@ weights kept in memory (no pickled checkpoints), early stopping on validation re
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
@@ -23,9 +24,11 @@ MONITOR = "val_recall_at_1"
 
 
 class LitAlign(pl.LightningModule):
-    def __init__(self, net: AlignNet, anchor: str, image_inputs: list[str], cfg: TrainConfig, labelled: bool):
+    def __init__(self, net: AlignNet, anchor: str, image_inputs: list[str], cfg: TrainConfig, labelled: bool,
+                 augmenters: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None):  # fmt: skip
         super().__init__()
         self.net, self.anchor, self.image_inputs, self.cfg, self.labelled = net, anchor, image_inputs, cfg, labelled
+        self.augmenters = augmenters or {}  # input -> its own training-batch transform (audio's SpectralWarp)
         self.others = [n for n in net.input_names if n != anchor]
         self.col = {n: j for j, n in enumerate(net.input_names)}
         self._val: list[dict[str, Any]] = []
@@ -38,6 +41,8 @@ class LitAlign(pl.LightningModule):
             x = inputs[name]
             if augment and name in self.image_inputs:
                 x = augment_images(x)
+            if augment and name in self.augmenters:
+                x = self.augmenters[name](x)
             emb[name] = self.net.embed(name, x)
         total, terms = torch.zeros((), device=present.device), 0
         for name in self.others:  # every column is pulled towards the anchor's space
@@ -113,8 +118,10 @@ def train_align(
     valid_x: Features,
     valid_y: np.ndarray | None,
     cfg: TrainConfig,
+    augmenters: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
 ) -> dict[str, Any]:
-    """Fit `net` in place; returns the history, best epoch and train seconds."""
+    """Fit `net` in place; returns the history, best epoch and train seconds. `augmenters`: input -> a transform
+    of its training batches (with `cfg.augment`)."""
     _quiet_lightning()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     best, history = BestWeights(MONITOR, "max"), History()
@@ -131,7 +138,7 @@ def train_align(
         enable_progress_bar=cfg.progress and isinstance(callbacks[-1], pl.callbacks.ProgressBar),
         enable_model_summary=False, num_sanity_val_steps=0, gradient_clip_val=1.0, callbacks=callbacks,
     )  # fmt: skip
-    module = LitAlign(net, anchor, image_inputs, cfg, labelled=train_y is not None)
+    module = LitAlign(net, anchor, image_inputs, cfg, labelled=train_y is not None, augmenters=augmenters)
     generator = torch.Generator().manual_seed(cfg.seed)
     train_loader = DataLoader(
         range(len(train_x)), batch_size=cfg.batch_size, shuffle=True, collate_fn=Collate(train_x, train_y),
