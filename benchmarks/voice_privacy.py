@@ -60,7 +60,7 @@ def fit(train: Path, label: str, args: argparse.Namespace, audio_warp: float = 0
         label=label, fusion="early", ignore=[other], modalities={"clip": "audio", other: "categorical"},
         problem_type="multiclass", preprocess={"sample_rate": 8000, "max_audio_seconds": 1.0},
         embed_dim=args.embed_dim, max_epochs=args.max_epochs, patience=args.patience, batch_size=64,
-        seed=args.seed, progress=False, audio_warp=audio_warp,
+        seed=args.seed, progress=False, audio_warp=audio_warp, audio_encoder=args.audio_encoder,
     )  # fmt: skip
     start = time.perf_counter()
     p.fit(train)
@@ -89,11 +89,12 @@ def main() -> None:
     ap.add_argument("--embed-dim", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--train-takes", type=int, default=45, help="Training takes per digit and speaker (45: all)")
+    ap.add_argument("--audio-encoder", default=None, help="pretrained speech encoder (HF id or folder): wav2vec2, ...")
     ap.add_argument("--audio-warp", type=float, default=0.25, help="train.audio_warp of the 'warp' models")
     ap.add_argument("--jobs", default="clean,informed,warp", help="which models to train (the rest: from --out)")
     args = ap.parse_args()
     jobs_run = args.jobs.split(",")
-    same = ("alpha", "max_epochs", "patience", "embed_dim", "seed", "train_takes")
+    same = ("alpha", "max_epochs", "patience", "embed_dim", "seed", "train_takes", "audio_encoder")
     previous = json.loads(args.out.read_text()) if args.out.is_file() else None
     if set(jobs_run) != {"clean", "informed", "warp"}:
         if previous is None or any(previous["settings"].get(k) != getattr(args, k) for k in same):
