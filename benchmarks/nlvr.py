@@ -10,6 +10,7 @@ once for all pretrained entries: the pretrained early fusion runs first and fill
 (`evaluate`) and per example (the six permutations' probabilities averaged), beside the majority class.
 
     python benchmarks/nlvr.py [--nlvr ../shared/data/nlvr] [--max-epochs 15] [--scratch-max-epochs N] [--resume]
+    python benchmarks/nlvr.py --tokens --out benchmarks/results/nlvr_tokens.json   # FiLM, relation, transformer
 
 Prints a table and writes benchmarks/results/nlvr.json after every entry; `--resume` (same settings) keeps the
 finished entries of a killed run and the feature cache (--cache-dir, default $TMPDIR/polymodal_nlvr_cache).
@@ -40,11 +41,20 @@ KINDS = {
     "early fusion": {"fusion": "early", "ignore": []},
     "late fusion": {"fusion": "late", "ignore": []},
     "attention fusion": {"fusion": "attention", "ignore": []},
+    # Token-level fusions (issue 13): words against image regions, not one pooled vector per input.
+    "film": {"fusion": "film", "ignore": []},
+    "relation network": {"fusion": "relation", "ignore": []},
+    "token transformer": {"fusion": "token_transformer", "ignore": []},
 }
+TOKEN_KINDS = ("film", "relation network", "token transformer")
 PRESETS = ("scratch", "pretrained")
 # Run order: the pretrained early fusion (both columns) first, so it alone pays for the feature extraction.
-RUN_ORDER = [("early fusion", "pretrained")] + [(k, "pretrained") for k in KINDS if k != "early fusion"]
-RUN_ORDER += [(k, "scratch") for k in KINDS]
+POOLED = [k for k in KINDS if k not in TOKEN_KINDS]
+POOLED_ORDER = [("early fusion", "pretrained")] + [(k, "pretrained") for k in POOLED if k != "early fusion"]
+POOLED_ORDER += [(k, "scratch") for k in POOLED]
+# The token entries fill their own cache namespace (fp16 tokens per row): the first pretrained one pays for it.
+TOKEN_ORDER = [(k, p) for p in PRESETS[::-1] for k in TOKEN_KINDS]
+RUN_ORDER = POOLED_ORDER + TOKEN_ORDER
 FULL_EPOCHS = 15
 NOTE = (
     "max_epochs of the scratch entries reduced from {full} to {n} so the run fits about 20 minutes on the shared "
@@ -174,6 +184,9 @@ def main() -> None:
         "--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "polymodal_nlvr_cache", help=cache_help
     )
     ap.add_argument("--entries", nargs="*", help='subset, e.g. "early fusion, pretrained"')
+    ap.add_argument(
+        "--tokens", action="store_true", help="the token-level fusion entries (film, relation, token transformer)"
+    )
     ap.add_argument("--resume", action="store_true", help="keep the finished entries of --out (same settings)")
     ap.add_argument("--limit", type=int, help="smoke test: the first N examples of each split only")
     a = ap.parse_args()
@@ -188,6 +201,8 @@ def main() -> None:
         "limit": a.limit,
         "pretrained": {"text": "minilm (frozen)", "image": "efficientnet-lite0 (frozen)"},
     }
+    if a.tokens:
+        settings["tokens"] = "frozen pretrained entries cache fp16 tokens (text: words, image: 7x7 feature-map cells)"
     previous = json.loads(a.out.read_text()) if a.resume and a.out.exists() else {}
     if previous and previous.get("settings") != settings:
         raise SystemExit(f"--resume: {a.out} was written with other settings: {previous.get('settings')}")
@@ -271,7 +286,8 @@ def main() -> None:
         os.replace(tmp, a.out)
 
     done = {r["entry"] for r in results}
-    order = [e for e in RUN_ORDER if a.entries is None or f"{e[0]}, {e[1]}" in a.entries]
+    planned = TOKEN_ORDER if a.tokens else POOLED_ORDER
+    order = [e for e in planned if a.entries is None or f"{e[0]}, {e[1]}" in a.entries]
     for kind, preset in order:
         if f"{kind}, {preset}" in done:
             continue
@@ -284,7 +300,7 @@ def main() -> None:
               f"{ex['accuracy']:.4f}  fit {r['fit_seconds']:.1f} s (train {r['train_seconds']:.1f}, "
               f"encoders {enc:.1f})  epochs {r['epochs']}", flush=True)  # fmt: skip
 
-    rep = report(complete={r["entry"] for r in results} >= {f"{k}, {p}" for k, p in RUN_ORDER})
+    rep = report(complete={r["entry"] for r in results} >= {f"{k}, {p}" for k, p in planned})
     print_table(
         rep["results"], baseline, f"NLVR v1: train dev (valid dir {a.valid_dir}), test hidden ({len(test)} rows)"
     )

@@ -7,7 +7,8 @@ names one. Picking up the wrong object ends the episode with reward 0, so an age
 succeeds about half the time at best. Reward 1 - 0.9 * steps / max_steps on success.
 
 Runs, side by side, one fixed step budget per algorithm, same seed:
-  polymodal  MultimodalExtractor (image CNN + mission TextRNN + direction embedding, early fusion)
+  polymodal  MultimodalExtractor (image CNN over the view's cell codes + mission TextRNN + direction embedding,
+             early fusion by default; --fusion film|relation|token_transformer for a token-level one)
   bow        SB3's default MultiInputPolicy (CombinedExtractor: image flattened, mission as word counts)
   blind      the polymodal extractor without the mission key (DropKeys)
 for PPO and DQN. Success rate of deterministic actions over 200 evaluation episodes after the budget; learning
@@ -45,6 +46,9 @@ def one_run(name: str, args: argparse.Namespace) -> dict:
 
     kw = dict(RUNS[name])
     steps = args.ppo_steps if kw["algo"] == "ppo" else args.dqn_steps
+    if kw.get("extractor", True) and args.codes:
+        # MiniGrid's view holds object/colour/state codes per cell: embedded as codes, at full 7 x 7 resolution.
+        kw["encoder_kwargs"] = {"image": {"codes": args.codes, "grid": args.grid}}
     cfg = AgentConfig(
         env_id=args.env, steps=steps, seed=args.seed, fusion=args.fusion, eval_every=max(steps // args.points, 1),
         eval_episodes=args.curve_episodes, **kw,
@@ -65,6 +69,8 @@ def main() -> None:
     ap.add_argument("--ppo-steps", type=int, default=40_000)
     ap.add_argument("--dqn-steps", type=int, default=20_000)
     ap.add_argument("--fusion", default="early")
+    ap.add_argument("--codes", type=int, default=16, help="embed the view's cell codes (0: read them as pixels)")
+    ap.add_argument("--grid", type=int, default=7, help="pooled image grid of the polymodal encoder (7: every cell)")
     ap.add_argument("--episodes", type=int, default=200, help="final evaluation episodes")
     ap.add_argument("--curve-episodes", type=int, default=30)
     ap.add_argument("--points", type=int, default=8, help="learning-curve points per run")
@@ -126,7 +132,8 @@ def report(results: list[dict], args: argparse.Namespace, wall: float | None, sa
     write_json(RESULTS / f"{args.out}.json", {
         "complete": bool(saved.get("complete")) if saved else True, "env": args.env, "episodes": args.episodes,
         "curve_episodes": args.curve_episodes, "not_finished": [n for n in RUNS if n not in by],
-        "seed": args.seed, "fusion": args.fusion, "ppo_steps": args.ppo_steps, "dqn_steps": args.dqn_steps,
+        "seed": args.seed, "fusion": args.fusion, "codes": args.codes, "grid": args.grid,
+        "ppo_steps": args.ppo_steps, "dqn_steps": args.dqn_steps,
         "runs": results, "goals": goals, "wall_seconds": wall, "workers": args.workers, "torch_threads_per_worker": 1,
         "cpu": f"{os.cpu_count()} cores (shared with other jobs), {platform.processor() or platform.machine()}",
         "note": "Reduced budget to fit ~20-25 min wall on 2 shared CPU cores; Fetch-5x5-N2 instead of GoToLocal.",

@@ -104,6 +104,50 @@ def test_extractor_shape_and_gradient_flow(fusion):
         assert sum(float(g.abs().sum()) for g in grads) > 0, key
 
 
+@pytest.mark.parametrize("fusion", ["film", "relation", "token_transformer"])
+def test_extractor_with_token_level_fusion(fusion):
+    """The token fusions read the encoders' tokens (image regions, mission words, one token per vector/category):
+    the output has the fusion's width and every encoder learns through it."""
+    from stable_baselines3.common.preprocessing import preprocess_obs
+
+    space = _space()
+    ext = MultimodalExtractor(space, fusion=fusion, embed_dim=16, hidden=24, encoder_kwargs=TINY)
+    assert ext.tokens and hasattr(ext.encoders[ext.keys["image"]], "token_proj")
+    obs = {k: torch.as_tensor(np.stack([space[k].sample() for _ in range(6)])) for k in space.spaces}
+    feats = ext(preprocess_obs(obs, space))
+    assert feats.shape == (6, ext.features_dim) and torch.isfinite(feats).all()
+    feats.pow(2).sum().backward()
+    for key, enc in ext.encoders.items():
+        assert sum(float(p.grad.abs().sum()) for p in enc.parameters() if p.grad is not None) > 0, key
+    # The mission decides: the same views with other missions give other features.
+    other = dict(obs, mission=torch.as_tensor(np.stack([space["mission"].sample() for _ in range(6)])))
+    ext.eval()
+    with torch.no_grad():
+        assert not torch.allclose(ext(preprocess_obs(obs, space)), ext(preprocess_obs(other, space)))
+
+
+def test_symbolic_grid_codes_are_embedded_not_read_as_intensities():
+    """MiniGrid's view holds codes (object, colour, state) in a uint8 Box that SB3 divides by 255: with
+    `codes`, the extractor gets the integers back and each cell is the sum of its channels' code embeddings."""
+    from stable_baselines3.common.preprocessing import preprocess_obs
+
+    space = spaces.Dict({"image": spaces.Box(0, 255, (7, 7, 3), np.uint8), "d": spaces.Discrete(4)})
+    ext = MultimodalExtractor(space, encoder_kwargs={"image": {"widths": [8, 16], "codes": 11}})
+    enc = ext.encoders[ext.keys["image"]]
+    grid = np.random.default_rng(0).integers(0, 11, (2, 7, 7, 3)).astype(np.uint8)
+    x = ext._adapt("image", preprocess_obs({"image": torch.as_tensor(grid)}, space)["image"])
+    assert torch.equal(x, torch.as_tensor(grid).permute(0, 3, 1, 2).float())  # the codes, channels first
+    cells = enc._cells(x)
+    table = enc.cell_embed.weight
+    expected = table[grid[1, 4, 2, 0]] + table[11 + grid[1, 4, 2, 1]] + table[22 + grid[1, 4, 2, 2]]
+    assert torch.allclose(cells[1, :, 4, 2], expected)
+    # A key (5) and a ball (6) of the same colour are different embeddings, not intensities 1/255 apart.
+    a, b = x.clone(), x.clone()
+    a[0, 0, 3, 3], b[0, 0, 3, 3] = 5, 6
+    d_codes = (enc._cells(a) - enc._cells(b)).abs().max()
+    assert d_codes > 0.1
+
+
 def test_channels_last_image_and_discrete_ids():
     space = spaces.Dict({"image": spaces.Box(0.0, 1.0, (8, 8, 3), np.float32), "d": spaces.Discrete(3)})
     ext = MultimodalExtractor(space, encoder_kwargs=TINY)
@@ -138,6 +182,14 @@ def test_dqn_learns_the_instruction_a_blind_policy_cannot_and_save_load_acts_ide
         q2 = loaded.model.q_net(loaded.model.policy.obs_to_tensor(obs)[0])
         assert torch.equal(q, q2)
     assert loaded.evaluate(50) == agent.evaluate(50)
+
+
+def test_film_agent_learns_the_instruction():
+    """A token-level fusion inside the policy: FiLM (the mission scales and shifts the image's feature maps) with
+    DQN learns the instructed task as the pooled fusion does."""
+    torch.set_num_threads(1)
+    agent = train(_cfg(fusion="film", hidden=16))
+    assert agent.evaluate(200)["success_rate"] >= 0.9, agent.history
 
 
 def test_text_tokens_wrapper_and_vocabulary():
@@ -248,6 +300,17 @@ def test_transfer_encoders_from_a_polymodal_model(tmp_path):
         freeze=False, encoder_kwargs=TINY,
     )  # fmt: skip
     assert all(p.requires_grad for p in trainable.encoders[trainable.keys["mission"]].parameters())
+    # A token-level fusion over a pooled model's encoder: its weights load and stay frozen, the new token
+    # projection (the only part the model does not have) learns.
+    film = MultimodalExtractor(
+        agent.make_env().observation_space, fusion="film", model=str(tmp_path / "model"),
+        transfer={"mission": "mission"}, freeze=True, encoder_kwargs=TINY,
+    )  # fmt: skip
+    text = film.encoders[film.keys["mission"]]
+    assert {n.split(".")[0] for n, p in text.named_parameters() if p.requires_grad} == {"token_proj"}
+    for name, value in text.state_dict().items():
+        if not name.startswith("token_proj."):
+            assert torch.equal(value, next(v for k, v in weights.items() if k.endswith(name)))
     with pytest.raises(ObservationError, match="no input 'caption'"):
         MultimodalExtractor(
             agent.make_env().observation_space, model=str(tmp_path / "model"), transfer={"mission": "caption"}

@@ -21,7 +21,12 @@ def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
 
 class ImageCNN(nn.Module):
     """A small VGG-style CNN: conv blocks with max-pooling, then a coarse `grid` x `grid` average pool (keeping
-    where things are, which matters for digits and layouts) and a projection."""
+    where things are, which matters for digits and layouts) and a projection.
+
+    `codes` > 0: a symbolic image, whose channels hold integer codes in [0, codes) rather than intensities (a
+    MiniGrid/BabyAI view: object, colour, state per cell). Each (channel, code) gets a learned embedding and a
+    cell is the sum of its channels' embeddings (BabyAI 1.1's "bag of words" image input): reading codes as
+    intensities would make a ball (6) a slightly brighter key (5). Its grid keeps full resolution (no pooling)."""
 
     def __init__(
         self,
@@ -31,13 +36,20 @@ class ImageCNN(nn.Module):
         widths: tuple[int, ...] = (32, 64, 128),
         grid: int = 2,
         tokens: bool = False,
+        codes: int = 0,
     ):
         super().__init__()
         layers: list[nn.Module] = []
         c = channels
+        self.codes = codes
+        if codes:
+            self.cell_embed = nn.Embedding(channels * codes, widths[0])
+            self.register_buffer("code_offset", torch.arange(channels) * codes, persistent=False)
+            c = widths[0]
         for i, w in enumerate(widths):
             layers.append(_conv_block(c, w))
-            if size >> (i + 1) >= 2:  # stop pooling when the map is already tiny
+            # Stop pooling when the map is already tiny; a symbolic grid's cells are objects: never pooled away.
+            if size >> (i + 1) >= 2 and not codes:
                 layers.append(nn.MaxPool2d(2))
             c = w
         self.features = nn.Sequential(*layers)
@@ -47,11 +59,18 @@ class ImageCNN(nn.Module):
         if tokens:  # one region token per cell of the last feature map
             self.token_proj = nn.Sequential(nn.Linear(c, dim), nn.ReLU(inplace=True))
 
+    def _cells(self, x: torch.Tensor) -> torch.Tensor:
+        """(b, channels, h, w) codes -> (b, widths[0], h, w) summed embeddings; intensities pass unchanged."""
+        if not self.codes:
+            return x
+        ids = x.round().long().clamp(0, self.codes - 1) + self.code_offset[None, :, None, None]
+        return self.cell_embed(ids).sum(dim=1).permute(0, 3, 1, 2)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.pool(self.features(x)))
+        return self.proj(self.pool(self.features(self._cells(x))))
 
     def forward_tokens(self, x: torch.Tensor) -> Tokens:
-        fmap = self.features(x)  # (b, c, h, w)
+        fmap = self.features(self._cells(x))  # (b, c, h, w)
         b, _, h, w = fmap.shape
         tokens = self.token_proj(fmap.flatten(2).transpose(1, 2))
         mask = torch.ones(b, h * w, dtype=torch.bool, device=x.device)

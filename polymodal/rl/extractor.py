@@ -6,7 +6,12 @@ One encoder per key of a gymnasium `Dict` observation space, chosen from the key
   vector: 1-D float `Box` (or any, flattened) -> NumericMLP       (modality numeric)
   `Discrete` / `MultiDiscrete`                -> CategoricalMLP   (modality categorical: an embedding)
   spectrogram: 2-D float `Box` (features x frames) -> AudioCNN    (modality audio)
-then any fusion of `polymodal.fusion.FUSIONS` over the embeddings, with every input present.
+then any fusion of `polymodal.fusion.FUSIONS` over the embeddings, with every input present. A token-level fusion
+(relation, film, token_transformer) reads each encoder's tokens instead: the image's grid of regions, the
+mission's words, one token for a vector or a category.
+
+Symbolic grid views (MiniGrid/BabyAI's `image`: object, colour and state codes per cell, not pixels) are encoded
+best as codes: `encoder_kwargs={"image": {"codes": 16}}` embeds each cell's codes (ImageCNN's `codes`).
 
 SB3 preprocesses observations before the extractor sees them (uint8 images / 255, `Discrete` one-hot, every
 `Box` to float): `_adapt` turns each back into what the polymodal encoder takes (channels first, ids, ...).
@@ -24,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 from gymnasium import spaces
+from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
@@ -129,8 +135,11 @@ def plan_inputs(space: spaces.Space, modalities: dict[str, str] | None = None) -
     return {k: plan_input(k, s, modalities.get(k)) for k, s in space.spaces.items()}
 
 
-def _load_encoders(folder: str | Path, transfer: dict[str, str], plans: dict[str, InputPlan]) -> dict[str, nn.Module]:
-    """Build the transferred keys' encoders from a polymodal model folder and load their weights."""
+def _load_encoders(
+    folder: str | Path, transfer: dict[str, str], plans: dict[str, InputPlan], tokens: bool = False
+) -> dict[str, nn.Module]:
+    """Build the transferred keys' encoders from a polymodal model folder and load their weights. With `tokens`
+    (a token-level fusion) an encoder of a pooled model gets a new token projection, the only weights not loaded."""
     from polymodal.config import Config, from_legacy
     from polymodal.data.schema import Schema
     from polymodal.model.artifact import load_folder
@@ -175,9 +184,14 @@ def _load_encoders(folder: str | Path, transfer: dict[str, str], plans: dict[str
             index = {v: i + 2 for i, v in enumerate(st["vocabs"][0])}
             plan.lookup = [index.get(category_key(v), 1) for v in range(len(plan.lookup))]
         plan.spec = spec
-        encoder = build_encoder(modality, spec, tree.encoders.dim(modality.value))
+        encoder = build_encoder(modality, spec, tree.encoders.dim(modality.value), tokens=tokens)
         prefix = f"encoders.{keys[name]}."
-        encoder.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
+        weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        if not tokens:
+            weights = {k: v for k, v in weights.items() if not k.startswith("token_proj.")}
+        missing, unexpected = encoder.load_state_dict(weights, strict=False)
+        if unexpected or any(not k.startswith("token_proj.") for k in missing):
+            raise ObservationError(f"model {folder}: the weights of input {name!r} do not fit its encoder")
         out[obs_key] = encoder
     return out
 
@@ -215,24 +229,29 @@ class MultimodalExtractor(BaseFeaturesExtractor):
         if fusion not in FUSIONS:
             raise ObservationError(f"unknown fusion {fusion!r}; choose one of {sorted(FUSIONS)}")
         plans = plan_inputs(observation_space, modalities)
-        loaded = _load_encoders(model, transfer or {}, plans) if model else {}
+        # A token-level fusion reads each encoder's tokens (`forward_tokens`), as in the table model's network.
+        tokens = bool(FUSIONS[fusion].consumes_tokens)
+        loaded = _load_encoders(model, transfer or {}, plans, tokens) if model else {}
         names = list(plans)
         keys = module_keys(names)
         encoders = {}
         for k, plan in plans.items():
             dim = loaded[k].dim if k in loaded else embed_dim
             spec = {**plan.spec, **RL_ENCODER_DEFAULTS[plan.modality], **(encoder_kwargs or {}).get(k, {})}
-            encoders[keys[k]] = loaded.get(k) or build_encoder(plan.modality, spec, dim)
+            encoders[keys[k]] = loaded.get(k) or build_encoder(plan.modality, spec, dim, tokens=tokens)
         dims = {keys[k]: encoders[keys[k]].dim for k in names}
         # Late fusion returns "logits": here its outputs are the features, so it gets `hidden` outputs.
         fused = build_fusion(fusion, dims, hidden, hidden=hidden, dropout=0.0)
         super().__init__(observation_space, features_dim=fused.out_dim or hidden)
-        self.names, self.keys, self.plans = names, keys, plans
+        self.names, self.keys, self.plans, self.tokens = names, keys, plans, tokens
         self.encoders = nn.ModuleDict(encoders)
         self.fusion = fused
         self.frozen = {keys[k] for k in loaded} if freeze else set()
         for k in self.frozen:
             self.encoders[k].requires_grad_(False)
+            projection = getattr(self.encoders[k], "token_proj", None)
+            if projection is not None:  # a token projection is not part of what was transferred: it learns
+                projection.requires_grad_(True)
         for k, plan in plans.items():
             if plan.lookup:
                 self.register_buffer(f"lookup_{keys[k]}", torch.tensor(plan.lookup, dtype=torch.long), persistent=False)
@@ -255,6 +274,9 @@ class MultimodalExtractor(BaseFeaturesExtractor):
             x = x.float()
             if plan.channels_last:  # SB3 transposes uint8 images itself; other image Boxes arrive as they are
                 x = x.permute(0, 3, 1, 2)
+            if getattr(self.encoders[mk], "codes", 0) and is_image_space(self._observation_space.spaces[key]):
+                x = x * 255.0  # SB3 divided the uint8 codes by 255: back to integers
+                return x
             if plan.norm is not None:
                 x = (x - getattr(self, f"mean_{mk}")[:, None, None]) / getattr(self, f"std_{mk}")[:, None, None]
             return x
@@ -276,9 +298,14 @@ class MultimodalExtractor(BaseFeaturesExtractor):
         return x
 
     def forward(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
-        emb = {self.keys[k]: self.encoders[self.keys[k]](self._adapt(k, observations[k])) for k in self.names}
-        b = next(iter(emb.values())).shape[0]
-        present = torch.ones(b, len(self.names), dtype=torch.bool, device=next(iter(emb.values())).device)
+        enc = {self.keys[k]: self.encoders[self.keys[k]] for k in self.names}
+        if self.tokens:
+            emb = {self.keys[k]: enc[self.keys[k]].forward_tokens(self._adapt(k, observations[k])) for k in self.names}
+            first = next(iter(emb.values())).pooled
+        else:
+            emb = {self.keys[k]: enc[self.keys[k]](self._adapt(k, observations[k])) for k in self.names}
+            first = next(iter(emb.values()))
+        present = torch.ones(first.shape[0], len(self.names), dtype=torch.bool, device=first.device)
         return self.fusion(emb, present)
 
 
