@@ -202,7 +202,8 @@ class RLConfig:
     text: str = field(default="tokens", metadata=_choices("tokens", "bow"))  # Text obs -> token ids | word counts
     hide: list[str] = field(default_factory=list)  # observation keys the agent does not see
     modalities: dict[str, str] = field(default_factory=dict)  # observation key -> modality, over the inferred one
-    encoder_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)  # per key, e.g. {"image": {"widths": [8]}}
+    # per key, e.g. {"image": {"widths": [8]}}; MiniGrid/BabyAI views: {"image": {"codes": 16, "grid": 7}}
+    encoder_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     env_kwargs: dict[str, Any] = field(default_factory=dict)  # gymnasium.make keywords
     hyperparameters: dict[str, Any] = field(default_factory=dict)  # SB3's, over polymodal's defaults per algorithm
     net_arch: list[int] | None = None
