@@ -32,11 +32,14 @@ ENTRIES = {
 }
 
 
-def build_table(shared: Path, data: Path) -> Path:
+def build_table(shared: Path, data: Path, options: list[str] | None = None) -> Path:
+    """The shared script's table in `data` (built once); `options`: its noise flags for a variant of the table
+    (e.g. ["--snr-db", "20"]), which then needs its own `data` folder."""
     if not (data / "test.csv").exists():
         script = shared / "bench" / "make_av_digits.py"
         fsdd = shared / "data" / "fsdd" / "recordings"
-        subprocess.run([sys.executable, str(script), "--fsdd", str(fsdd), "--out", str(data)], check=True)
+        cmd = [sys.executable, str(script), "--fsdd", str(fsdd), "--out", str(data), *(options or [])]
+        subprocess.run(cmd, check=True)
     return data
 
 

@@ -124,13 +124,19 @@ def main() -> None:
     ap.add_argument("--train-rows", type=int, default=0, help="train on a stratified sample of this many rows (0: all)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--no-reference", action="store_true", help="skip the unimodal classifiers' reference entry")
+    ap.add_argument("--snr-db", type=float, help="a variant table: make_av_digits.py --snr-db (default 0)")
+    ap.add_argument("--img-noise", type=float, help="a variant table: make_av_digits.py --img-noise (default 0.35)")
     a = ap.parse_args()
+    variant = {"--snr-db": a.snr_db, "--img-noise": a.img_noise}
+    options = [f for k, v in variant.items() if v is not None for f in (k, str(v))]
+    if options and a.data == ap.get_default("data"):  # a variant table never overwrites the benchmark's own
+        a.data = a.data.with_name(a.data.name + "_" + "_".join(o.strip("-") for o in options))
     if a.threads:
         import torch
 
         torch.set_num_threads(a.threads)
     start = time.perf_counter()
-    data = build_table(a.shared, a.data)
+    data = build_table(a.shared, a.data, options)
     train, test = pd.read_csv(data / "train.csv"), pd.read_csv(data / "test.csv")
     train_table: Path | pd.DataFrame = data / "train.csv"
     if a.train_rows and a.train_rows < len(train):
@@ -190,6 +196,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_average": os.getloadavg()},
         "settings": vars(a) | {"image_size": 32, "sample_rate": 8000, "train_rows": len(train), "test_rows": len(test)},
         "goal": "class-level mAP >= 0.90 both ways",
+        "table": "make_av_digits.py " + (" ".join(options) or "(defaults: --snr-db 0 --img-noise 0.35)"),
         "wall_seconds": round(time.perf_counter() - start, 1),
         "results": results,
     }
