@@ -135,7 +135,8 @@ def report(results: list[dict], args: argparse.Namespace, wall: float | None, sa
         "seed": args.seed, "fusion": args.fusion, "codes": args.codes, "grid": args.grid,
         "ppo_steps": args.ppo_steps, "dqn_steps": args.dqn_steps,
         "runs": results, "goals": goals, "wall_seconds": wall, "workers": args.workers, "torch_threads_per_worker": 1,
-        "cpu": f"{os.cpu_count()} cores (shared with other jobs), {platform.processor() or platform.machine()}",
+        "cpu": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}",
+        "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()],
         "note": "Fetch-5x5-N2 instead of GoToLocal; step budgets sized to fit about 20-25 min wall on 2 CPU cores.",
         "command": saved.get("command", "nice -n 5 python benchmarks/rl_babyai.py") if saved
         else "nice -n 5 python " + " ".join(sys.argv),

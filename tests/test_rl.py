@@ -4,6 +4,7 @@ save/load, transfer from a polymodal model folder, the set-up errors, the CLI.""
 from __future__ import annotations
 
 import json
+import shutil
 
 import gymnasium as gym
 import numpy as np
@@ -311,6 +312,18 @@ def test_transfer_encoders_from_a_polymodal_model(tmp_path):
     for name, value in text.state_dict().items():
         if not name.startswith("token_proj."):
             assert torch.equal(value, next(v for k, v in weights.items() if k.endswith(name)))
+    # A folder whose weights no longer fit the encoder (edited or damaged): named, with the fix.
+    from safetensors.torch import load_file, save_file
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tmp_path / "model", damaged)
+    state = load_file(str(damaged / "model.safetensors"))
+    key = next(k for k in state if k.startswith("encoders.") and k.endswith("embed.weight"))
+    save_file({k: v for k, v in state.items() if k != key}, str(damaged / "model.safetensors"))
+    with pytest.raises(
+        ObservationError, match=r"weights of input 'mission' do not fit.*missing \['embed.weight'\].*save"
+    ):
+        MultimodalExtractor(agent.make_env().observation_space, model=str(damaged), transfer={"mission": "mission"})
     with pytest.raises(ObservationError, match="no input 'caption'"):
         MultimodalExtractor(
             agent.make_env().observation_space, model=str(tmp_path / "model"), transfer={"mission": "caption"}

@@ -190,8 +190,13 @@ def _load_encoders(
         if not tokens:
             weights = {k: v for k, v in weights.items() if not k.startswith("token_proj.")}
         missing, unexpected = encoder.load_state_dict(weights, strict=False)
-        if unexpected or any(not k.startswith("token_proj.") for k in missing):
-            raise ObservationError(f"model {folder}: the weights of input {name!r} do not fit its encoder")
+        missing = [k for k in missing if not k.startswith("token_proj.")]
+        if missing or unexpected:
+            raise ObservationError(
+                f"model {folder}: the saved weights of input {name!r} do not fit its encoder (missing "
+                f"{missing[:3]}, unexpected {unexpected[:3]}): the folder is damaged or was edited; save the model "
+                "again (MultimodalPredictor.save) or transfer from another folder"
+            )
         out[obs_key] = encoder
     return out
 
@@ -244,6 +249,11 @@ class MultimodalExtractor(BaseFeaturesExtractor):
         fused = build_fusion(fusion, dims, hidden, hidden=hidden, dropout=0.0)
         super().__init__(observation_space, features_dim=fused.out_dim or hidden)
         self.names, self.keys, self.plans, self.tokens = names, keys, plans, tokens
+        # Symbolic views in a uint8 Box: SB3 divides them by 255, `_adapt` multiplies back (decided once, here).
+        self.rescaled = {
+            k for k in names
+            if getattr(encoders[keys[k]], "codes", 0) and is_image_space(observation_space.spaces[k])
+        }  # fmt: skip
         self.encoders = nn.ModuleDict(encoders)
         self.fusion = fused
         self.frozen = {keys[k] for k in loaded} if freeze else set()
@@ -274,9 +284,8 @@ class MultimodalExtractor(BaseFeaturesExtractor):
             x = x.float()
             if plan.channels_last:  # SB3 transposes uint8 images itself; other image Boxes arrive as they are
                 x = x.permute(0, 3, 1, 2)
-            if getattr(self.encoders[mk], "codes", 0) and is_image_space(self._observation_space.spaces[key]):
-                x = x * 255.0  # SB3 divided the uint8 codes by 255: back to integers
-                return x
+            if key in self.rescaled:
+                return x * 255.0  # the uint8 codes, back from SB3's / 255
             if plan.norm is not None:
                 x = (x - getattr(self, f"mean_{mk}")[:, None, None]) / getattr(self, f"std_{mk}")[:, None, None]
             return x
@@ -298,13 +307,11 @@ class MultimodalExtractor(BaseFeaturesExtractor):
         return x
 
     def forward(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
-        enc = {self.keys[k]: self.encoders[self.keys[k]] for k in self.names}
-        if self.tokens:
-            emb = {self.keys[k]: enc[self.keys[k]].forward_tokens(self._adapt(k, observations[k])) for k in self.names}
-            first = next(iter(emb.values())).pooled
-        else:
-            emb = {self.keys[k]: enc[self.keys[k]](self._adapt(k, observations[k])) for k in self.names}
-            first = next(iter(emb.values()))
+        emb = {}
+        for k in self.names:
+            encoder, x = self.encoders[self.keys[k]], self._adapt(k, observations[k])
+            emb[self.keys[k]] = encoder.forward_tokens(x) if self.tokens else encoder(x)
+        first = next(iter(observations.values()))
         present = torch.ones(first.shape[0], len(self.names), dtype=torch.bool, device=first.device)
         return self.fusion(emb, present)
 
