@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from polymodal import __version__
+from polymodal.version import __version__
 from polymodal.config import Config, ConfigError, TreeSettings, build_config, from_legacy
 from polymodal.data.io import read_table, table_name
 from polymodal.data.schema import Modality, Schema, infer_schema

@@ -89,7 +89,7 @@ def test_onnx_matches_pytorch_for_every_fusion(fusion, model, tables, tmp_path):
 def test_onnx_metadata_and_text_rule(model, tmp_path):
     import onnx
 
-    from polymodal import __version__
+    from polymodal.version import __version__
     from polymodal.optimize.export import export_model
 
     graph = export_model(model, tmp_path / "m.onnx")

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from polymodal import __version__
+from polymodal.version import __version__
 from polymodal.data.io import read_table
 from polymodal.data.schema import Modality, Schema, infer_schema
 from polymodal.errors import UserError

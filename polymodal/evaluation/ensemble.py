@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from polymodal import __version__
+from polymodal.version import __version__
 from polymodal.data.schema import Schema
 from polymodal.data.validate import Problem
 from polymodal.errors import UserError

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from polymodal import __version__
+from polymodal.version import __version__
 from polymodal.data.schema import Modality
 from polymodal.errors import UserError
 

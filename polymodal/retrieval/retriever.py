@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from polymodal import __version__
+from polymodal.version import __version__
 from polymodal.config import Config, EncodersConfig, TrainConfig, TreeSettings, build_config
 from polymodal.data.io import read_table, table_name
 from polymodal.data.schema import Modality, ProblemType, Schema, SchemaError, infer_modality

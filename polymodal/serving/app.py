@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from polymodal import __version__
+from polymodal.version import __version__
 from polymodal.data.schema import Modality
 from polymodal.serving import logs
 from polymodal.serving.batcher import MicroBatcher, QueueFull

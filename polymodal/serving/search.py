@@ -22,7 +22,7 @@ from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from starlette.exceptions import HTTPException
 
-from polymodal import __version__
+from polymodal.version import __version__
 from polymodal.data.schema import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, Modality, ProblemType, Schema
 from polymodal.errors import UserError
 from polymodal.serving import logs
