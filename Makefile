@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean browser postgres lock
+.PHONY: install demo test lint docs bench clean browser postgres lock
 
 LOCK := requirements.lock
 
@@ -22,9 +22,18 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/polymodal demo --output demo_out
 
+# The layer contract (.importlinter) once it exists; then the docs site, built offline and strict (a broken link,
+# a page missing from the nav or a generator error fails) into a throw-away folder.
 lint: $(STAMP)
-	$(BIN)/ruff check polymodal tests benchmarks
-	$(BIN)/ruff format --check polymodal tests benchmarks
+	$(BIN)/ruff check polymodal tests benchmarks docs/hooks
+	$(BIN)/ruff format --check polymodal tests benchmarks docs/hooks
+	if [ -f .importlinter ]; then $(BIN)/lint-imports; fi
+	site=$$(mktemp -d) && NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir "$$site"; \
+	  rc=$$?; rm -rf "$$site"; exit $$rc
+
+# The documentation site on http://127.0.0.1:8000, rebuilt on every change (`mkdocs serve`).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 # The browser tests drive Debian's Chromium headless (Playwright/Selenium cannot download a browser here).
 browser:
@@ -54,4 +63,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/av_digits.py
 
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache
+	rm -rf $(VENV) demo_out .pytest_cache site

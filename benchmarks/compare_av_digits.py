@@ -51,9 +51,11 @@ def run_benchmark(
     """Run the compare, print its leaderboard, write the benchmark JSON (with `notes`) and the robustness PNG."""
     from rich.console import Console
 
-    from polymodal.evaluation.compare import compare, leaderboard_table
-    from polymodal.evaluation.report import _average_robustness, compare_robustness_png
+    from polymodal.evaluation.report import average_robustness
     from polymodal.model.artifact import write_json
+    from polymodal.studies.compare import compare
+    from polymodal.studies.leaderboard import leaderboard_table
+    from polymodal.studies.report import compare_robustness_png
 
     console = Console(width=150)
     start = time.perf_counter()
@@ -131,7 +133,7 @@ def run_benchmark(
                 },
             }
             for r in board["leaderboard"]
-            for a in [_average_robustness([x for x in board["results"] if x["entry"] == r["entry"]])]
+            for a in [average_robustness([x for x in board["results"] if x["entry"] == r["entry"]])]
         },  # fmt: skip
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

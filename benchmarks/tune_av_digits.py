@@ -99,8 +99,8 @@ def main() -> None:
     a = ap.parse_args()
 
     from polymodal.model.artifact import write_json
-    from polymodal.optimize.report import plot_png
-    from polymodal.optimize.tune import tune
+    from polymodal.studies.tune import tune
+    from polymodal.studies.tune_report import plot_png
 
     data = build_table(a.shared, a.data)
     train = subsample(data, a.train_rows)
@@ -108,7 +108,7 @@ def main() -> None:
         shutil.rmtree(a.runs)  # fresh studies: this measures a whole search, not a resume
     sp = space(a.max_epochs, a.patience)
     # Warm-up outside the timed studies (imports, librosa's first call), so the first study does not pay it.
-    from polymodal.optimize.tune import SharedData, base_config, make_predictor, trial_config
+    from polymodal.studies.tune import SharedData, base_config, make_predictor, trial_config
 
     warm = {k: v for k, v in sp.items() if not (isinstance(v, dict) and "type" in v)}
     SharedData(train, None).prepare(make_predictor(trial_config(base_config(None, "digit"), warm)))

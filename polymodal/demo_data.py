@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +24,8 @@ import pandas as pd
 import soundfile as sf
 from PIL import Image
 from sklearn.datasets import load_digits
+
+from polymodal.files import atomic_open
 
 SAMPLE_RATE = 8000
 IMAGE_SIZE = 32
@@ -106,14 +106,8 @@ def _write_wav(path: Path, wav: np.ndarray) -> None:
 
 
 def _write_csv_atomic(df: pd.DataFrame, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            df.to_csv(fh, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "w", newline="") as fh:
+        df.to_csv(fh, index=False)
 
 
 def _make_split(name: str, n: int, bitmaps: dict[int, np.ndarray], out: Path, rng: np.random.Generator) -> pd.DataFrame:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -12,26 +13,30 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from polymodal.version import __version__
-from polymodal.config import Config, ConfigError, TreeSettings, build_config, from_legacy
+from polymodal.config import Config, ConfigError, TreeSettings, build_config
 from polymodal.data.io import read_table, table_name
-from polymodal.data.schema import Modality, Schema, infer_schema
+from polymodal.data.schema import Schema
 from polymodal.data.stream import fingerprint
 from polymodal.data.validate import (
-    BadRowsError,
     Problem,
     check_columns,
-    check_files,
-    check_labels,
     write_report,
 )
 from polymodal.errors import UserError
-from polymodal.preprocess import Features, PreprocessConfig, Preprocessor
+from polymodal.files import make_temp_file
+from polymodal.preprocess import Features, Preprocessor
+from polymodal.training.table import (
+    DROPPED_REPORT,
+    load_rows,
+    open_train_table,
+    split_rows,
+    start_pipeline,
+    streams,
+)
+from polymodal.version import __version__
 
 log = logging.getLogger("polymodal")
 
-DROPPED_REPORT = "dropped_rows.csv"
-HEAD_ROWS = 10_000  # streaming: the rows the schema and the pretrained inputs' settings are inferred from
 CONFIG_FORMAT = 2  # config.json with the config tree under "config"; 0.1.0 folders (flat keys) still load
 
 
@@ -55,38 +60,6 @@ def check_config(cfg: Config) -> None:
             raise ConfigError(f"unknown option fusion.options.{key} of the {cfg.fusion.name} fusion; {hint}")
     if not 0.0 < cfg.data.valid_fraction < 1.0:
         raise ConfigError(f"data.valid_fraction must be between 0 and 1, not {cfg.data.valid_fraction}")
-
-
-def build_net(cfg: Config, schema: Schema, input_specs: dict[str, dict], task: Any) -> Any:
-    """The network a config describes, for a fitted schema and preprocessing."""
-    from polymodal.model.network import MultimodalNet
-
-    dims = {name: cfg.encoders.dim(m.value) for name, m in schema.inputs.items()}
-    return MultimodalNet(
-        schema.inputs, input_specs, task, cfg.fusion.name, dims, cfg.fusion.hidden, cfg.fusion.dropout,
-        fusion_options=cfg.fusion.options,
-    )  # fmt: skip
-
-
-class LabelValues:
-    """What `Task.fit` needs of the training labels, gathered chunk by chunk: the distinct classes, or the values
-    of a regression target (8 bytes a row)."""
-
-    def __init__(self, problem_type: Any):
-        self.classification = problem_type.is_classification
-        self.classes: dict[Any, None] = {}
-        self.values: list[np.ndarray] = []
-
-    def update(self, y: pd.Series) -> None:
-        if self.classification:
-            self.classes.update(dict.fromkeys(y.dropna().unique().tolist()))
-        else:
-            self.values.append(pd.to_numeric(y, errors="coerce").to_numpy(dtype=np.float64))
-
-    def series(self) -> pd.Series:
-        if self.classification:
-            return pd.Series(list(self.classes), dtype=object)
-        return pd.Series(np.concatenate(self.values) if self.values else np.zeros(0))
 
 
 class MultimodalPredictor(TreeSettings):
@@ -114,60 +87,8 @@ class MultimodalPredictor(TreeSettings):
 
     # ---- fitting -----------------------------------------------------------------------------------
     def _load_rows(self, source: Any, pipeline: Any, *, training: bool, table: tuple[pd.DataFrame, Path] | None = None):
-        """Read, check and decode a table; bad rows raise or are dropped (and remembered), per on_bad_rows.
-
-        Returns (table, decoded media, frozen embeddings, problems).
-        """
-        from polymodal.model.pipeline import take_rows
-
-        df, base_dir = table or read_table(source)
-        check_columns(df, pipeline.schema, training=training)
-        problems = check_labels(df, pipeline.schema)
-        media, frozen, media_problems = pipeline.decode(df, base_dir)
-        problems = sorted(problems + media_problems, key=lambda p: (p.row, p.column))
-        if problems:
-            if self.config_.data.on_bad_rows == "error":
-                raise BadRowsError(problems, table_name(source))
-            bad = sorted({p.row for p in problems})
-            log.warning("dropping %d bad row(s) of %s; see %s", len(bad), table_name(source), DROPPED_REPORT)
-            if len(bad) == len(df):
-                raise BadRowsError(problems, table_name(source))
-            df, media, frozen = take_rows(df, media, frozen, np.setdiff1d(np.arange(len(df)), bad))
-        return df, media, frozen, problems
-
-    def _pretrained_config(self, schema: Schema) -> dict[str, dict[str, Any]]:
-        """Resolve the pretrained encoder of each media column (nothing is loaded yet)."""
-        from polymodal.encoders.pretrained import pretrained_settings
-
-        return pretrained_settings(self.config_.encoders, schema.columns, tokens=self._frozen_tokens())
-
-    def _frozen_tokens(self) -> bool:
-        """Whether frozen encoders cache their token outputs: as set, or when the fusion reads tokens."""
-        from polymodal.fusion import FUSIONS
-
-        wanted = self.config_.encoders.frozen_tokens
-        return bool(getattr(FUSIONS[self.config_.fusion.name], "consumes_tokens", False)) if wanted is None else wanted
-
-    def _start(self, train: Any, progress: bool, table: tuple[pd.DataFrame, Path] | None = None
-               ) -> tuple[tuple[pd.DataFrame, Path], Schema, Any]:  # fmt: skip
-        """What training begins with (here and in `compare`): read the table (or take `table`: the first rows of a
-        streamed one), infer and check the schema, resolve the pretrained encoders and fit their settings.
-        Returns (table, schema, FeaturePipeline)."""
-        from polymodal.model.pipeline import FeaturePipeline
-
-        table = table or read_table(train)
-        data = self.config_.data
-        modalities = {c: Modality(m) for c, m in data.modalities.items()}
-        from polymodal.evaluation.groups import check_group_column
-
-        check_group_column(table[0], data.group_by, table_name(train))
-        schema = infer_schema(table[0], data.label, modalities, data.left_out(), data.problem_type)
-        check_columns(table[0], schema, training=True)
-        config = PreprocessConfig(
-            **(self.config_.preprocess.to_dict() | {"pretrained": self._pretrained_config(schema)})
-        )
-        preprocessor = Preprocessor(schema, config).fit_pretrained(table[0], table[1])
-        return table, schema, FeaturePipeline(schema, preprocessor, self.cache_dir, progress=progress)
+        """Read, check and decode a table with this predictor's bad-row policy (see `training.table.load_rows`)."""
+        return load_rows(self.config_, source, pipeline, training=training, table=table)
 
     def fit(self, train: Any, valid: Any | None = None, callbacks: list | None = None) -> MultimodalPredictor:
         """Train on `train` (path or DataFrame); validate on `valid`, or on a stratified 10 % split of train.
@@ -175,8 +96,6 @@ class MultimodalPredictor(TreeSettings):
         tables are anonymized first (into `privacy.output_dir`, else a temporary folder) and only the copies are
         read, so no raw personal value reaches the vocabularies, logs or the model folder."""
         if self.config_.privacy.anonymize:
-            import tempfile
-
             from polymodal.privacy import anonymize_tables
 
             with tempfile.TemporaryDirectory(prefix="polymodal-anonymized-") as tmp:
@@ -189,35 +108,26 @@ class MultimodalPredictor(TreeSettings):
     def streams(self, source: Any) -> bool:
         """Whether `source` is read in chunks (data.streaming: on, off, or auto: a file whose decoded rows would
         take more than a quarter of the available memory)."""
-        from polymodal.data.stream import head, wants_streaming
-        from polymodal.preprocess import estimate_row_bytes
-
-        mode = self.config_.data.streaming
-        if mode != "auto" or isinstance(source, pd.DataFrame):
-            return wants_streaming(mode, source, 0)
-        if self.schema is not None:
-            schema = self.schema
-        else:
-            d = self.config_.data
-            modalities = {c: Modality(m) for c, m in d.modalities.items()}
-            schema = infer_schema(head(source, 1000), d.label, modalities, d.left_out(), d.problem_type)
-        return wants_streaming(mode, source, estimate_row_bytes(schema, self.config_.preprocess))
+        return streams(self.config_, source, self.schema)
 
     def _fit(self, train: Any, valid: Any | None, callbacks: list | None) -> MultimodalPredictor:
         from polymodal.tasks import Task
 
-        if self.streams(train):
-            return self._fit_streaming(train, valid, callbacks)
         start = time.perf_counter()
-        table, schema, pipeline = self._start(train, self.train_config.progress)
-        preprocessor = pipeline.preprocessor
-        df, media, frozen, problems = self._load_rows(train, pipeline, training=True, table=table)
+        table = open_train_table(self.config_, train)  # read once, inferred once
+        pipeline = start_pipeline(self.config_, table, self.cache_dir, self.train_config.progress)  # checked once
+        if table.streaming:
+            return self._fit_streaming(table, pipeline, valid, callbacks, start)
+        schema, preprocessor = table.schema, pipeline.preprocessor
+        df, media, frozen, problems = load_rows(
+            self.config_, train, pipeline, training=True, table=(table.df, table.base_dir), checked=True
+        )
         self.dropped_ = list(problems)
         if valid is not None:
             vdf, vmedia, vfrozen, vproblems = self._load_rows(valid, pipeline, training=False)
             self.dropped_ += [Problem(p.row, p.column, f"[valid] {p.reason}") for p in vproblems]
         else:
-            (df, media, frozen), (vdf, vmedia, vfrozen) = self._split(df, media, frozen, schema)
+            (df, media, frozen), (vdf, vmedia, vfrozen) = split_rows(self.config_, df, media, frozen, schema)
         if schema.problem_type.is_classification and df[schema.label].nunique() < 2:
             raise UserError(f"the label {schema.label!r} has a single class in the training rows")
 
@@ -232,75 +142,16 @@ class MultimodalPredictor(TreeSettings):
         self.metrics_["feature_cache"] = {k: e.stats for k, e in pipeline._extractors.items()}
         return self
 
-    def _fit_streaming(self, train: Any, valid: Any | None, callbacks: list | None) -> MultimodalPredictor:
+    def _fit_streaming(self, table: Any, pipeline: Any, valid: Any | None, callbacks: list | None, start: float
+                       ) -> MultimodalPredictor:  # fmt: skip
         """`fit` for a table larger than memory: one pass fits the preprocessing (and runs frozen encoders into
-        the feature cache), then training reads the table chunk by chunk in loader workers."""
-        from polymodal.data.stream import head, iter_chunks, split_mask, table_dir
-        from polymodal.tasks import Task
-        from polymodal.training.data import StreamRows
+        the feature cache), then training reads the table chunk by chunk in loader workers. `table`: the head
+        the schema was inferred from (`open_train_table`)."""
+        from polymodal.training.stream_table import prepare_streamed
 
-        start = time.perf_counter()
-        cfg = self.config_
-        base = table_dir(train)
-        _, schema, pipeline = self._start(train, self.train_config.progress, (head(train, HEAD_ROWS), base))
-        preprocessor, label = pipeline.preprocessor, schema.label
-        fitting = preprocessor.start_fit()
-        labels = LabelValues(schema.problem_type)
-        seen = {"train": 0, "valid": 0}
-        problems: list[Problem] = []
-        unreadable: set[int] = set()  # training rows whose files fail to decode
-
-        def scan(source: Any, part: str) -> None:
-            src_dir = table_dir(source)
-            for chunk in iter_chunks(source, cfg.data.chunk_rows):
-                flat = chunk.reset_index(drop=True)
-                # Labels, and every trained encoder's file (a stat: only a sample is decoded before training).
-                bad = check_labels(flat, schema) + check_files(flat, schema, src_dir, skip=pipeline.frozen_inputs)
-                problems.extend(Problem(int(chunk.index[p.row]), p.column, f"[valid] {p.reason}" if part == "valid"
-                                        else p.reason) for p in bad)  # fmt: skip
-                chunk = chunk.drop(index=list({chunk.index[p.row] for p in bad}))
-                is_valid = (split_mask(chunk.index.to_numpy(), cfg.data.valid_fraction, self.train_config.seed)
-                            if valid is None else np.full(len(chunk), part == "valid"))  # fmt: skip
-                seen["valid"] += int(is_valid.sum())
-                if part == "valid":
-                    continue
-                rows = chunk[~is_valid]
-                seen["train"] += len(rows)
-                labels.update(rows[label])
-                media: dict[str, list] = {}
-                if fitting.needs_media() or pipeline.frozen_inputs:  # the feature pass fills the cache once
-                    media, frozen, more = pipeline.decode(rows.reset_index(drop=True), src_dir,
-                                                          media=fitting.needs_media())  # fmt: skip
-                    problems.extend(Problem(int(rows.index[p.row]), p.column, p.reason) for p in more)
-                    unreadable.update(int(rows.index[p.row]) for p in more)
-                    for name, (emb, _) in frozen.items():
-                        preprocessor.state[name]["dim"] = int(emb.shape[1])
-                fitting.update(rows, media)
-
-        scan(train, "train")
-        if valid is not None:
-            check_columns(head(valid, 1000), schema, training=False)
-            scan(valid, "valid")
-        problems.sort(key=lambda p: (p.row, p.column))
-        if problems and cfg.data.on_bad_rows == "error":
-            raise BadRowsError(problems, table_name(train))
+        schema, preprocessor = table.schema, pipeline.preprocessor
+        task, train_rows, valid_rows, problems = prepare_streamed(self.config_, table, pipeline, valid)
         self.dropped_ = problems
-        skip = frozenset(p.row for p in problems if not p.reason.startswith("[valid]"))
-        vskip = frozenset(p.row for p in problems if p.reason.startswith("[valid]") or valid is None)
-        if seen["train"] == 0 or seen["valid"] == 0:
-            raise UserError(f"streaming {table_name(train)} left {seen['train']} training and {seen['valid']} "
-                            "validation rows; both need rows (a larger table, or data.valid_fraction)")  # fmt: skip
-        if problems:
-            log.warning("dropping %d bad row(s); see %s", len({p.row for p in problems}), DROPPED_REPORT)
-        fitting.finish()
-        task = Task.fit(schema.problem_type, labels.series())
-        common = dict(base_dir=base, pipeline=pipeline, task=task, label=label, chunk_rows=cfg.data.chunk_rows,
-                      valid_fraction=cfg.data.valid_fraction, seed=self.train_config.seed,
-                      on_bad_rows=cfg.data.on_bad_rows)  # fmt: skip
-        train_rows = StreamRows(train, part="train" if valid is None else "all", n_rows=seen["train"] - len(unreadable),
-                                skip_rows=skip, **common)  # fmt: skip
-        valid_rows = StreamRows(train if valid is None else valid, part="valid" if valid is None else "all",
-                                n_rows=seen["valid"], skip_rows=vskip, **common)  # fmt: skip
         result = self._train(schema, preprocessor, task, train_rows, valid_rows, callbacks)
         metrics: dict[str, Any] = {}
         if result["global_rank"] == 0:  # the other processes of a distributed run write nothing
@@ -358,6 +209,7 @@ class MultimodalPredictor(TreeSettings):
         """Build the network, train it (in one process or as one of many), and make the engine over it."""
         import torch
 
+        from polymodal.model.folder import build_net
         from polymodal.model.inference import InferenceEngine
         from polymodal.training import train as run_training
 
@@ -382,36 +234,20 @@ class MultimodalPredictor(TreeSettings):
             if torch.cuda.is_bf16_supported():
                 cfg.precision = "bf16-mixed"
 
-    def _split(self, df: pd.DataFrame, media: dict[str, list], frozen: dict, schema: Schema) -> tuple[tuple, tuple]:
-        """A stratified (when possible) validation split of the training rows, same seed, same rows every time."""
-        from sklearn.model_selection import train_test_split
-
-        from polymodal.model.pipeline import take_rows
-
-        idx = np.arange(len(df))
-        y = df[schema.label]
-        stratify = None
-        if schema.problem_type.is_classification:
-            counts = y.value_counts()
-            n_valid = int(np.ceil(self.config_.data.valid_fraction * len(df)))
-            if counts.min() >= 2 and n_valid >= len(counts):
-                stratify = y.astype(str)
-        tr, va = train_test_split(
-            idx, test_size=self.config_.data.valid_fraction, random_state=self.train_config.seed, stratify=stratify
-        )
-        return take_rows(df, media, frozen, np.sort(tr)), take_rows(df, media, frozen, np.sort(va))
-
     def tune(self, train: Any, output: str | os.PathLike[str], **options: Any) -> MultimodalPredictor:
-        """Optuna search over this predictor's config (see `polymodal.optimize.tune.tune` for `options`: trials,
-        space, storage, timeout, ...). Returns the best trial's model, loaded; `tune_` holds the summary."""
-        from polymodal.optimize.tune import tune as run_tune
+        """Deprecated: use `polymodal.tune(train, label, output, config=...)`, which returns the study's summary
+        (`best_folder` to load). Kept for one release; the import contract names it as its only exception."""
+        import warnings
 
-        summary = run_tune(train, self.label, output, config=self.config_, **options)
-        if summary["best_folder"] is None:
-            raise RuntimeError(f"no trial of the study finished here; see {Path(output) / 'trials.csv'}")
-        best = MultimodalPredictor.load(summary["best_folder"])
-        best.tune_ = summary
-        return best
+        from polymodal.studies.tune import tune_predictor
+
+        warnings.warn(
+            "MultimodalPredictor.tune is deprecated and will be removed in the next release: use "
+            "polymodal.tune(train, label, output, config=...) and MultimodalPredictor.load(summary['best_folder'])",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return tune_predictor(self, train, output, **options)
 
     # ---- using -------------------------------------------------------------------------------------
     def _require_fitted(self):
@@ -444,7 +280,8 @@ class MultimodalPredictor(TreeSettings):
         """Metrics on a labelled table (accuracy, precision, recall, F1, AUROC, confusion matrix; RMSE, MAE, R2).
         `group_by` (default: the config's `data.group_by`): a column whose values get their own metrics too,
         under `groups`."""
-        from polymodal.evaluation.groups import check_group_column, group_metrics
+        from polymodal.data.validate import check_group_column
+        from polymodal.evaluation.groups import group_metrics
 
         engine = self._require_fitted()
         group_by = group_by or self.config_.data.group_by
@@ -463,7 +300,8 @@ class MultimodalPredictor(TreeSettings):
 
     def _evaluate_streaming(self, data: Any, group_by: str | None) -> dict[str, Any]:
         from polymodal.data.stream import head, table_dir
-        from polymodal.evaluation.groups import check_group_column, group_metrics
+        from polymodal.data.validate import check_group_column
+        from polymodal.evaluation.groups import group_metrics
         from polymodal.training.data import StreamRows
 
         engine = self._require_fitted()
@@ -483,7 +321,6 @@ class MultimodalPredictor(TreeSettings):
         """Write predictions for every row of `data` to the CSV `output`: the input columns, `prediction`, and
         `proba_<class>` per class. A table that streams is read, predicted and written chunk by chunk, so it
         can be larger than memory. Written atomically; returns the number of rows."""
-        import tempfile
 
         from polymodal.data.stream import iter_chunks, table_dir
 
@@ -492,7 +329,7 @@ class MultimodalPredictor(TreeSettings):
         output.parent.mkdir(parents=True, exist_ok=True)
         chunks = iter_chunks(data, self.config_.data.chunk_rows) if self.streams(data) else [read_table(data)[0]]
         base = table_dir(data)
-        fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+        fd, tmp = make_temp_file(output)  # the umask's mode, not mkstemp's 0600
         os.close(fd)
         n = 0
         try:
@@ -566,25 +403,16 @@ class MultimodalPredictor(TreeSettings):
                         (".safetensors", ".bin", ".pth", ".pt", ".h5", ".onnx", ".msgpack")
                     ):
                         extra[f"encoders/{engine.net.keys[name]}/{f.name}"] = f
-        if self.dropped_:
-            import tempfile
-
-            tmp = Path(tempfile.mkdtemp()) / DROPPED_REPORT
-            write_report(self.dropped_, tmp)
-            extra[DROPPED_REPORT] = tmp
         state = engine.net.state_dict()
         if getattr(self, "_float_net", None) is not None:  # loaded from an int8 folder: written back as int8
-            from polymodal.optimize.compress import int8_keys, int8_state
+            from polymodal.model.quantized import int8_keys, int8_state
 
             state = int8_state(self._float_net.state_dict(), int8_keys(self._float_net))
-        saved = save_folder(
-            Path(folder),
-            self.config(),
-            state,
-            engine.preprocessor.to_dict(),
-            self.metrics_,
-            extra,
-        )
+        with tempfile.TemporaryDirectory(prefix="polymodal-save-") as scratch:
+            if self.dropped_:  # the report of the rows fit left out, copied into the folder
+                extra[DROPPED_REPORT] = Path(scratch) / DROPPED_REPORT
+                write_report(self.dropped_, extra[DROPPED_REPORT])
+            saved = save_folder(Path(folder), self.config(), state, engine.preprocessor.to_dict(), self.metrics_, extra)
         if getattr(self, "_checkpoint_done", None):  # the training it protected is safely written now
             import shutil
 
@@ -608,78 +436,31 @@ class MultimodalPredictor(TreeSettings):
             return cls._load_onnx(folder, cache_dir)
         if runtime != "torch":
             raise UserError(f"unknown runtime {runtime!r}; choose torch or onnx")
-        from polymodal.model.artifact import load_folder
-        from polymodal.model.inference import InferenceEngine
-        from polymodal.tasks import Task
+        from polymodal.model.folder import load_model
 
-        config, state, preprocess, metrics = load_folder(Path(folder))
-        if config.get("kind") == "aligned":
-            raise UserError(
-                f"{folder} is an aligned retrieval model: use MultimodalRetriever.load, polymodal index/search/evaluate"
-            )
-        if config.get("compression", {}).get("quantize"):
-            from polymodal.optimize.compress import restore_state
-
-            state = restore_state(state)  # int8 weights stored as plain tensors -> float weights
-        schema = Schema.from_dict(config["schema"])
-        if "config" in config:
-            tree = Config.from_dict(config["config"])
-        else:  # a folder written before the config tree (polymodal 0.1.0)
-            tree = from_legacy(config, preprocess["config"])
-        # The feature cache is a place on this machine, not part of the model.
-        tree.encoders.cache_dir = None if cache_dir is None else str(cache_dir)
-        p = cls(config=tree)
-        preprocessor = Preprocessor.from_dict(schema, preprocess)
-        from polymodal.model.pipeline import relink_encoders
-
-        specs = relink_encoders(Path(folder), preprocessor, config["input_specs"])
-        task = Task.from_dict(config["task"])
-        net = build_net(p.config_, schema, specs, task)
-        net.load_state_dict(state, strict=True)
-        if config.get("compression", {}).get("quantize"):
-            from polymodal.optimize.compress import quantize_modules
-
-            p._float_net = net  # what `export` traces (ONNX Runtime quantizes the graph itself)
-            net = quantize_modules(net.eval())  # int8 Linear/GRU computed as int8 (dynamic quantization)
-        p.schema, p.metrics_ = schema, metrics
-        p.input_specs_, p.compression_ = config["input_specs"], config.get("compression")
-        p.engine = InferenceEngine(schema, preprocessor, task, net.to(device), cache_dir=p.cache_dir)
-        return p
+        return cls._from_loaded(load_model(folder, device, cache_dir), check=True)
 
     @classmethod
     def _load_onnx(
         cls, path: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None, threads: int | None = None
     ) -> MultimodalPredictor:
         """A predictor over an exported ONNX graph (ONNX Runtime with `threads` intra-op threads, default: its
-        own choice). Built without `__init__`, whose fusion registry imports torch."""
-        from polymodal.model.inference import InferenceEngine
-        from polymodal.model.onnx_runtime import TOOLS_SUFFIX, OnnxNet
-        from polymodal.tasks import Task
+        own choice). Built without `__init__`'s checks, whose fusion registry imports torch."""
+        from polymodal.model.folder import load_onnx_model
 
-        net = OnnxNet(path, threads=threads)
-        config, preprocess = net.metadata["config"], net.metadata["preprocess"]
-        schema = Schema.from_dict(config["schema"])
-        p = cls.__new__(cls)
-        tree = Config.from_dict(config["config"]) if "config" in config else from_legacy(config, preprocess["config"])
-        tree.encoders.cache_dir = None if cache_dir is None else str(cache_dir)
-        p.config_, p._graph_config = tree, config
-        p.input_specs_, p.compression_ = config["input_specs"], config.get("compression")
-        p.schema, p.metrics_, p.dropped_ = schema, net.metadata.get("metrics", {}), []
-        preprocessor = Preprocessor.from_dict(schema, preprocess)
-        tools = net.path.with_suffix(TOOLS_SUFFIX)
-        preprocessor.text_in_graph = frozenset(net.metadata.get("text_in_graph", []))  # older graphs took token ids
-        # Frozen encoders inside the graph (older graphs took their embeddings, from the feature cache, instead).
-        for name in net.metadata.get("frozen_in_graph", []):
-            preprocessor.config.pretrained[name]["in_graph"] = True
-            folder = tools / net.graph_names[name]
-            for tool in ("tokenizer", "extractor"):
-                if tool in preprocessor.state[name] and folder.is_dir():
-                    preprocessor.state[name][tool] = str(folder)
-        if preprocessor.config.pretrained:  # encoders outside the graph: find them on this machine
-            from polymodal.model.pipeline import relink_encoders
+        return cls._from_loaded(load_onnx_model(path, cache_dir, threads), check=False)
 
-            relink_encoders(Path(net.path).parent, preprocessor, config["input_specs"])
-        p.engine = InferenceEngine(schema, preprocessor, Task.from_dict(config["task"]), net, cache_dir=p.cache_dir)
+    @classmethod
+    def _from_loaded(cls, m: Any, check: bool) -> MultimodalPredictor:
+        p = cls(config=m.config) if check else cls.__new__(cls)
+        if not check:
+            p.config_ = m.config
+        p.schema, p.metrics_, p.dropped_ = m.schema, m.metrics, []
+        p.input_specs_, p.compression_, p.engine = m.input_specs, m.compression, m.engine
+        if m.float_net is not None:
+            p._float_net = m.float_net  # what `export` traces (ONNX Runtime quantizes the graph itself)
+        if m.graph_config is not None:
+            p._graph_config = m.graph_config
         return p
 
     def info(self) -> dict[str, Any]:

@@ -12,8 +12,9 @@ from typer.testing import CliRunner
 
 from polymodal import MultimodalPredictor
 from polymodal.cli import app
-from polymodal.evaluation import compare as cmp
 from polymodal.evaluation.robustness import noise_audio, noise_images, noise_text, relative_robustness
+from polymodal.studies import compare as cmp
+from polymodal.studies import entries, leaderboard, runs
 
 IGNORE = ["clip", "price", "shade", "score"]
 OPTIONS = dict(synth.FAST, max_epochs=6, ignore=IGNORE, modality_dropout=0.2)
@@ -33,7 +34,7 @@ def resumed(synth_split, tmp_path_factory):
     Returns (folder, fits of the second run, its leaderboard, fits of the third run, its leaderboard)."""
     train, test = synth_split
     out = tmp_path_factory.mktemp("cmp_resume")
-    real_fit = cmp.fit_on_features
+    real_fit = entries.fit_on_features
     calls = {"n": 0, "stop_at": 3}
 
     def fit(*args, **kwargs):
@@ -43,7 +44,7 @@ def resumed(synth_split, tmp_path_factory):
         return real_fit(*args, **kwargs)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(cmp, "fit_on_features", fit)
+    mp.setattr(runs, "fit_on_features", fit)  # where Run.fit_entry looks it up
     try:
         with pytest.raises(KeyboardInterrupt):
             _run(train, test, out)
@@ -123,26 +124,26 @@ def test_entry_models_are_ordinary_model_folders_trained_like_fit(resumed, synth
 def test_an_entry_with_other_settings_is_redone(tmp_path):
     folder = tmp_path / "e"
     folder.mkdir()
-    (folder / cmp.RESULT).write_text(json.dumps({"settings": "abc"}))
-    assert cmp._done(folder, "abc") == {"settings": "abc"}
-    assert cmp._done(folder, "xyz") is None
-    (folder / cmp.RESULT).write_text("{truncated")
-    assert cmp._done(folder, "abc") is None
+    (folder / leaderboard.RESULT).write_text(json.dumps({"settings": "abc"}))
+    assert leaderboard.finished_result(folder, "abc") == {"settings": "abc"}
+    assert leaderboard.finished_result(folder, "xyz") is None
+    (folder / leaderboard.RESULT).write_text("{truncated")
+    assert leaderboard.finished_result(folder, "abc") is None
 
 
 def test_fusion_choices():
-    assert cmp.parse_fusions("all") == cmp.fusion_choices()
+    assert entries.parse_fusions("all") == entries.fusion_choices()
     assert {"gmu", "tensor", "low_rank", "cross_attention", "ensemble-average", "ensemble-stack"} <= set(
-        cmp.fusion_choices()
+        entries.fusion_choices()
     )
-    assert cmp.parse_fusions("gmu, ensemble-stack,gmu") == ["gmu", "ensemble-stack"]
+    assert entries.parse_fusions("gmu, ensemble-stack,gmu") == ["gmu", "ensemble-stack"]
     with pytest.raises(ValueError, match="unknown fusion"):
-        cmp.parse_fusions("gmu,concat")
-    entries = cmp.plan_entries(["image", "caption"], ["gmu", "ensemble-average"])
-    assert [(e.name, e.kind) for e in entries] == [
+        entries.parse_fusions("gmu,concat")
+    planned = entries.plan_entries(["image", "caption"], ["gmu", "ensemble-average"])
+    assert [(e.name, e.kind) for e in planned] == [
         ("image only", "unimodal"), ("caption only", "unimodal"), ("gmu", "fusion"), ("ensemble-average", "ensemble"),
     ]  # fmt: skip
-    assert [e.name for e in cmp.plan_entries(["image"], ["gmu"])] == ["image only"]  # nothing to fuse
+    assert [e.name for e in entries.plan_entries(["image"], ["gmu"])] == ["image only"]  # nothing to fuse
 
 
 def test_cli_compare_reports_a_bad_fusion_name(synth_split, tmp_path):

@@ -48,6 +48,7 @@ def test_flat_keywords_sections_and_dotted_paths_name_the_same_settings():
         ({"fusion": {"name": "attention", "options": {"head": 2}}}, "fusion.options.head of the attention fusion"),
         ({"fusion": "concat"}, "unknown fusion 'concat' (fusion.name)"),
         ({"data.valid_fraction": 1.5}, "data.valid_fraction must be between 0 and 1"),
+        ({"train.time_limit": -5}, "train.time_limit must be a positive number, not -5.0"),
         ({"preprocess.pretrained": {}}, "preprocess.pretrained is set by polymodal itself"),
     ],
 )  # fmt: skip

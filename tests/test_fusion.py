@@ -58,3 +58,32 @@ def test_unknown_fusion_lists_choices():
     )
     with pytest.raises(ValueError, match=rf"unknown fusion 'concat'; choose one of {choices}"):
         build_fusion("concat", DIMS, 2)
+
+
+# Parameter names and shapes a saved model folder holds (hidden=16, DIMS): the constructors share builders
+# (polymodal/fusion/blocks.py), and a change there must not rename what folders written earlier contain.
+SAVED = {
+    "attention": {"proj.a.weight": (16, 8), "type_embed": (3, 16), "cls": (1, 1, 16), "norm.weight": (16,),
+                  "encoder.layers.1.self_attn.in_proj_weight": (48, 16), "encoder.layers.1.linear1.weight": (32, 16)},
+    "cross_attention": {"proj.c.weight": (16, 4), "type_embed": (3, 16), "layers.0.kv.weight": (32, 16),
+                        "empty": (16,), "norm.bias": (16,)},
+    "token_transformer": {"proj.b.weight": (16, 6), "type_embed": (3, 16), "position.weight": (512, 16),
+                          "coord.weight": (16, 2), "cls": (1, 1, 16), "cond_proj.a.weight": (16, 8),
+                          "encoder.layers.0.norm1.weight": (16,)},
+    "tensor": {"proj.a.weight": (15, 8), "proj.c.bias": (15,), "mlp.1.weight": (16, 4096)},
+    "low_rank": {"proj.a.0.weight": (16, 8), "factors.b": (4, 17, 16), "rank_weights": (4,), "norm.weight": (16,)},
+    "relation": {"obj.a.0.weight": (16, 8), "obj.a.1.weight": (16,), "g_left.weight": (16, 18)},
+    "film": {"inp.a.weight": (16, 8), "cond_proj.c.weight": (16, 4), "blocks.2.conv1.weight": (16, 18, 1, 1)},
+    "gmu": {"candidates.a.0.weight": (16, 8), "missing.b": (6,), "gate.weight": (48, 18)},
+}  # fmt: skip
+LAYERS = {"attention": 2, "cross_attention": 1, "token_transformer": 2}
+
+
+@pytest.mark.parametrize("name", sorted(SAVED))
+def test_saved_parameter_names_stay(name):
+    sd = build_fusion(name, DIMS, n_outputs=3, hidden=16).state_dict()
+    assert {k: tuple(sd[k].shape) for k in SAVED[name] if k in sd} == SAVED[name], sorted(sd)
+    if name in LAYERS:  # one stack of the configured depth, no extra copy of the layers under another name
+        stacks = {k.rsplit("layers.", 1)[0] for k in sd if "layers." in k}
+        depth = {k.split("layers.", 1)[1].split(".")[0] for k in sd if "layers." in k}
+        assert len(stacks) == 1 and depth == {str(i) for i in range(LAYERS[name])}, (stacks, depth)

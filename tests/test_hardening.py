@@ -29,7 +29,8 @@ def every_kind(tmp_path_factory):
 
 # ---- 1. compare on a table with every kind of input -----------------------------------------------------------
 def test_compare_runs_on_every_kind_of_input_with_empty_cells(every_kind, tmp_path):
-    from polymodal.evaluation.compare import compare, leaderboard_table
+    from polymodal.studies.compare import compare
+    from polymodal.studies.leaderboard import leaderboard_table
 
     out = tmp_path / "cmp"
     options = dict(synth.FAST, max_epochs=2, patience=1, embed_dim=16, hidden=16)
@@ -223,7 +224,7 @@ def _board(rows, majority=0.25, seeds=3, higher=True, metric="accuracy"):
 
 
 def test_verdict_when_fusion_wins_and_every_entry_learned():
-    from polymodal.evaluation.compare import verdict
+    from polymodal.studies.leaderboard import verdict
 
     board = _board([("gmu", "fusion", 0.90, 0.01), ("image only", "unimodal", 0.70, 0.02),
                     ("caption only", "unimodal", 0.60, 0.03)])  # fmt: skip
@@ -236,7 +237,7 @@ def test_verdict_when_fusion_wins_and_every_entry_learned():
 
 
 def test_verdict_when_fusion_is_within_noise_and_nothing_beats_the_majority_class():
-    from polymodal.evaluation.compare import verdict
+    from polymodal.studies.leaderboard import verdict
 
     # NLVR-like: everything at chance, the fusion a hair above the best single input but within the spread.
     board = _board(

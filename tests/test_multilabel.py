@@ -94,7 +94,7 @@ def test_multilabel_through_every_verb(tagged, tmp_path, monkeypatch):
 
 
 def test_multilabel_compare(tagged, tmp_path):
-    from polymodal.evaluation.compare import compare
+    from polymodal.studies.compare import compare
 
     options = dict(synth.FAST, max_epochs=2, patience=1, embed_dim=16, hidden=16)
     board = compare(tagged / "train.csv", "tags", tmp_path / "c", fusions="early,ensemble-average", seeds=1,

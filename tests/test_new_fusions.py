@@ -8,10 +8,11 @@ import synth
 import torch
 
 from polymodal import MultimodalPredictor
-from polymodal.evaluation.compare import ENSEMBLES, compare
-from polymodal.evaluation.ensemble import EnsembleModel, is_ensemble_folder
 from polymodal.fusion.ensemble import ProbabilityEnsemble
 from polymodal.fusion.tensor import factor_size
+from polymodal.studies.compare import compare
+from polymodal.studies.ensemble import EnsembleModel, is_ensemble_folder
+from polymodal.studies.entries import ENSEMBLES
 
 NEW = ["gmu", "tensor", "low_rank", "cross_attention"]
 IGNORE = ["clip", "price", "shade", "score"]

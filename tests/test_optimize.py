@@ -53,7 +53,7 @@ def with_fusion(model: Path, fusion: str, out: Path) -> Path:
     need trained weights; this keeps the test fast)."""
     import torch
 
-    from polymodal.predictor import build_net
+    from polymodal.model.folder import build_net
 
     p = MultimodalPredictor.load(model)
     e = p.engine
@@ -89,8 +89,8 @@ def test_onnx_matches_pytorch_for_every_fusion(fusion, model, tables, tmp_path):
 def test_onnx_metadata_and_text_rule(model, tmp_path):
     import onnx
 
-    from polymodal.version import __version__
     from polymodal.optimize.export import export_model
+    from polymodal.version import __version__
 
     graph = export_model(model, tmp_path / "m.onnx")
     meta = {p.key: p.value for p in onnx.load(str(graph)).metadata_props}

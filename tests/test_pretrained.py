@@ -218,7 +218,7 @@ def test_frozen_image_column_trains_with_default_augmentation(tiny_vit, synth_sp
 def test_compare_measures_noise_on_frozen_inputs_once_for_every_seed(tiny_vit, synth_split, tmp_path):
     """Noise on a frozen image column: the files are decoded, noised and embedded again through the cache, on a
     fixed sample of test rows; the noisy embeddings are computed once and shared by the seeds and entries."""
-    from polymodal.evaluation.compare import compare
+    from polymodal.studies.compare import compare
 
     train, test = synth_split
     board = compare(train, "y", tmp_path / "cmp", test=test, fusions=["early"], seeds=2, noise_levels=2,

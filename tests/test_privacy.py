@@ -355,7 +355,7 @@ def test_error_messages_truncate_and_mask_cell_values(tmp_path):
 def test_the_privacy_section_of_the_config_anonymizes_in_python_and_in_compare(tmp_path):
     """`privacy.anonymize` in the tree (here from Python, without the CLI): fit and compare read only the copies."""
     from polymodal import MultimodalPredictor
-    from polymodal.evaluation.compare import compare
+    from polymodal.studies.compare import compare
 
     table = personal_table(tmp_path / "data")
     tiny = {"max_epochs": 1, "embed_dim": 8, "hidden": 8, "batch_size": 16, "progress": False,

@@ -14,8 +14,9 @@ from typer.testing import CliRunner
 
 from polymodal import MultimodalPredictor
 from polymodal.cli import app
-from polymodal.evaluation.compare import compare
-from polymodal.evaluation.report import COLORS, SECTIONS, model_report
+from polymodal.evaluation.html import COLORS, SECTIONS
+from polymodal.evaluation.report import model_report
+from polymodal.studies.compare import compare
 
 IGNORE = ["clip", "price", "shade", "score"]
 # Charts each section must hold (at least): the leaderboard and per-class metrics are tables.
@@ -97,7 +98,7 @@ def test_robustness_png_of_a_compare_and_of_one_without_noise(compared, tmp_path
 
     from PIL import Image
 
-    from polymodal.evaluation.report import compare_robustness_png
+    from polymodal.studies.report import compare_robustness_png
 
     _, board = compared
     png = compare_robustness_png(board, tmp_path / "r.png")

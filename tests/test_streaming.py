@@ -192,7 +192,7 @@ def _tabular(path: Path, n: int) -> Path:
 
 
 def test_streaming_bad_settings_and_tables_say_what_to_do(tmp_path):
-    from polymodal.evaluation.compare import compare
+    from polymodal.studies.compare import compare
 
     table = _tabular(tmp_path / "t.csv", 40)
     with pytest.raises(UserError, match="data.chunk_rows must be at least 1, not 0"):
@@ -210,7 +210,7 @@ def test_streaming_bad_settings_and_tables_say_what_to_do(tmp_path):
 def test_streamed_compare_scores_every_test_row_and_resumes(table, tmp_path):
     """compare on a streamed table: every entry (unimodal, fusion, stacked ensemble) a streamed fit on the table
     with every kind of input and empty cells, scored on all test rows; robustness on the stated sample."""
-    from polymodal.evaluation.compare import compare
+    from polymodal.studies.compare import compare
 
     train, test = table
     args = dict(test=test, fusions="early,ensemble-stack", seeds=1, noise_levels=2, noise_rows=40, ignore=["score"],
@@ -253,7 +253,8 @@ def test_streamed_compare_scores_every_test_row_and_resumes(table, tmp_path):
 
 def test_streamed_compare_holds_out_the_same_test_rows_without_a_test_table(tmp_path):
     from polymodal.data.stream import TableSplit, head
-    from polymodal.evaluation.compare import TEST_SPLIT_SEED, compare
+    from polymodal.studies.compare import compare
+    from polymodal.studies.runs import TEST_SPLIT_SEED
 
     table = _tabular(tmp_path / "t.csv", 400)
     board = compare(table, "y", tmp_path / "cmp", fusions="early", seeds=[0, 1], noise_levels=1, noise_rows=30,

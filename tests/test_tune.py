@@ -71,7 +71,7 @@ def test_pruning_stops_the_learning_rates_that_cannot_learn(tmp_path):
     from optuna.trial import TrialState
 
     from polymodal import MultimodalPredictor
-    from polymodal.optimize.tune import tune
+    from polymodal.studies.tune import tune
 
     train = tabular(tmp_path / "data")
     space = FIXED | {"train.lr": {"type": "categorical", "choices": [1e-9, 3e-3]}}
@@ -106,7 +106,7 @@ def test_pruning_stops_the_learning_rates_that_cannot_learn(tmp_path):
 def test_a_crashing_trial_is_recorded_and_the_study_goes_on(tmp_path):
     from optuna.trial import TrialState
 
-    from polymodal.optimize.tune import tune
+    from polymodal.studies.tune import tune
 
     folder = tmp_path / "data"
     synth.make_table(folder, 48, seed=3).to_csv(folder / "train.csv", index=False)
@@ -133,7 +133,7 @@ def test_a_crashing_trial_is_recorded_and_the_study_goes_on(tmp_path):
 def test_bad_space_label_and_storage_fail_before_any_training(tmp_path):
     from polymodal.config import ConfigError
     from polymodal.data.schema import SchemaError
-    from polymodal.optimize.tune import TuneError, tune
+    from polymodal.studies.tune import TuneError, tune
 
     train = tabular(tmp_path / "data")
     out = tmp_path / "never"

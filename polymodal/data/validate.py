@@ -160,3 +160,12 @@ def write_report(problems: list[Problem], path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     pd.DataFrame([p.__dict__ for p in problems], columns=["row", "column", "reason"]).to_csv(tmp, index=False)
     os.replace(tmp, path)
+
+
+def check_group_column(df: pd.DataFrame, column: str | None, table: str = "the table") -> None:
+    """A clear error, before any work, when the group column is missing."""
+    if column is not None and column not in df.columns:
+        raise UserError(
+            f"--group-by {column!r}: {table} has no column {column!r} (columns: {list(df.columns)}); "
+            "name a column of the table or leave --group-by out"
+        )

@@ -8,17 +8,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from polymodal.errors import UserError
-
-
-def check_group_column(df: pd.DataFrame, column: str | None, table: str = "the table") -> None:
-    """A clear error, before any work, when the group column is missing."""
-    if column is not None and column not in df.columns:
-        raise UserError(
-            f"--group-by {column!r}: {table} has no column {column!r} (columns: {list(df.columns)}); "
-            "name a column of the table or leave --group-by out"
-        )
-
 
 def group_metrics(task: Any, y_true: pd.Series, outputs: np.ndarray, groups: pd.Series) -> dict[str, dict[str, Any]]:
     """{group value: {"n": rows, metric: value, ...}} for each value of `groups` (scalar metrics only).

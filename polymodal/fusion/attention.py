@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from polymodal.fusion.base import Fusion
+from polymodal.fusion.blocks import cls_encoder, typed_projections
 
 
 class AttentionFusion(Fusion):
@@ -20,14 +21,8 @@ class AttentionFusion(Fusion):
         heads: int = 4,
     ):
         super().__init__(dims, n_outputs, hidden, dropout)
-        self.proj = nn.ModuleDict({k: nn.Linear(d, hidden) for k, d in dims.items()})
-        self.type_embed = nn.Parameter(torch.randn(len(dims), hidden) * 0.02)
-        self.cls = nn.Parameter(torch.randn(1, 1, hidden) * 0.02)
-        layer = nn.TransformerEncoderLayer(
-            hidden, heads, dim_feedforward=2 * hidden, dropout=dropout, batch_first=True, norm_first=True
-        )
-        # No nested-tensor fast path: it changes numerics between masked and unmasked batches.
-        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.proj, self.type_embed = typed_projections(dims, hidden)
+        self.cls, self.encoder = cls_encoder(hidden, heads, layers, dropout)
         self.norm = nn.LayerNorm(hidden)
         self.out_dim = hidden
 

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from polymodal.encoders.tokens import Tokens
+from polymodal.fusion.blocks import projections
 
 
 class Fusion(nn.Module):
@@ -49,7 +50,7 @@ class TokenFusion(Fusion):
     def __init__(self, dims: dict[str, int], n_outputs: int, hidden: int = 128, dropout: float = 0.1):
         super().__init__(dims, n_outputs, hidden, dropout)
         # The pooled embedding of each input, projected, is what conditions on "the question" (the other inputs).
-        self.cond_proj = nn.ModuleDict({k: nn.Linear(d, hidden) for k, d in dims.items()})
+        self.cond_proj = projections(dims, hidden)
         self.hidden = hidden
 
     def forward(self, tokens: dict[str, Tokens], present: torch.Tensor) -> torch.Tensor:  # type: ignore[override]

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from polymodal.fusion.base import Fusion
+from polymodal.fusion.blocks import typed_projections
 
 
 class CrossModalLayer(nn.Module):
@@ -53,8 +54,7 @@ class CrossAttentionFusion(Fusion):
         heads: int = 4,
     ):
         super().__init__(dims, n_outputs, hidden, dropout)
-        self.proj = nn.ModuleDict({k: nn.Linear(d, hidden) for k, d in dims.items()})
-        self.type_embed = nn.Parameter(torch.randn(len(dims), hidden) * 0.02)
+        self.proj, self.type_embed = typed_projections(dims, hidden)
         self.layers = nn.ModuleList(CrossModalLayer(hidden, heads, dropout) for _ in range(layers))
         self.empty = nn.Parameter(torch.zeros(hidden))
         self.norm = nn.LayerNorm(hidden)

@@ -15,6 +15,7 @@ from torch import nn
 
 from polymodal.encoders.tokens import Tokens
 from polymodal.fusion.base import TokenFusion
+from polymodal.fusion.blocks import projections
 
 
 class FiLMBlock(nn.Module):
@@ -50,7 +51,7 @@ class FiLMFusion(TokenFusion):
         blocks: int = 3,
     ):
         super().__init__(dims, n_outputs, hidden, dropout)
-        self.inp = nn.ModuleDict({k: nn.Linear(d, hidden) for k, d in dims.items()})
+        self.inp = projections(dims, hidden)
         self.blocks = nn.ModuleList(FiLMBlock(hidden) for _ in range(blocks))
         self.film = nn.Linear(hidden, 2 * blocks * hidden)
         self.out = nn.Sequential(nn.Conv2d(hidden + 2, hidden, 1), nn.ReLU(inplace=True))

@@ -10,12 +10,13 @@ import torch
 from torch import nn
 
 from polymodal.fusion.base import Fusion
+from polymodal.fusion.blocks import projections
 
 
 class GMUFusion(Fusion):
     def __init__(self, dims: dict[str, int], n_outputs: int, hidden: int = 128, dropout: float = 0.1):
         super().__init__(dims, n_outputs, hidden, dropout)
-        self.candidates = nn.ModuleDict({k: nn.Sequential(nn.Linear(d, hidden), nn.Tanh()) for k, d in dims.items()})
+        self.candidates = projections(dims, hidden, lambda: [nn.Tanh()])
         self.missing = nn.ParameterDict({k: nn.Parameter(torch.zeros(d)) for k, d in dims.items()})
         self.gate = nn.Linear(sum(dims.values()), len(dims) * hidden)
         self.out_dim = hidden

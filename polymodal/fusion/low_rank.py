@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from polymodal.fusion.base import Fusion
+from polymodal.fusion.blocks import projections
 
 
 class LowRankFusion(Fusion):
@@ -23,12 +24,7 @@ class LowRankFusion(Fusion):
         rank: int = 4,
     ):
         super().__init__(dims, n_outputs, hidden, dropout)
-        self.proj = nn.ModuleDict(
-            {
-                k: nn.Sequential(nn.Linear(d, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout))
-                for k, d in dims.items()
-            }
-        )
+        self.proj = projections(dims, hidden, lambda: [nn.ReLU(inplace=True), nn.Dropout(dropout)])
         self.factors = nn.ParameterDict({k: nn.Parameter(torch.empty(rank, hidden + 1, hidden)) for k in dims})
         for f in self.factors.values():
             nn.init.xavier_normal_(f)

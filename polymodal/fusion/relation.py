@@ -15,6 +15,7 @@ from torch import nn
 
 from polymodal.encoders.tokens import Tokens
 from polymodal.fusion.base import TokenFusion
+from polymodal.fusion.blocks import projections
 
 
 class RelationFusion(TokenFusion):
@@ -28,9 +29,7 @@ class RelationFusion(TokenFusion):
     ):
         super().__init__(dims, n_outputs, hidden, dropout)
         # Normalized objects and question: g starts with well-scaled inputs whatever the encoders output.
-        self.obj = nn.ModuleDict(
-            {k: nn.Sequential(nn.Linear(d, hidden), nn.LayerNorm(hidden)) for k, d in dims.items()}
-        )
+        self.obj = projections(dims, hidden, lambda: [nn.LayerNorm(hidden)])
         self.q_norm = nn.LayerNorm(hidden)
         self.g_left, self.g_right = nn.Linear(hidden + 2, hidden), nn.Linear(hidden + 2, hidden, bias=False)
         self.g_question = nn.Linear(hidden, hidden, bias=False)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from polymodal.fusion.base import Fusion
+from polymodal.fusion.blocks import projections
 
 
 def factor_size(n_inputs: int, max_product: int, max_size: int = 32) -> int:
@@ -32,7 +33,7 @@ class TensorFusion(Fusion):
     ):
         super().__init__(dims, n_outputs, hidden, dropout)
         self.factor = factor_size(len(dims), max_product)
-        self.proj = nn.ModuleDict({k: nn.Linear(d, self.factor) for k, d in dims.items()})
+        self.proj = projections(dims, self.factor)
         self.product_dim = (self.factor + 1) ** len(dims)
         self.mlp = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.product_dim, hidden), nn.ReLU(inplace=True))
         self.out_dim = hidden

@@ -11,6 +11,7 @@ from torch import nn
 
 from polymodal.encoders.tokens import Tokens
 from polymodal.fusion.base import TokenFusion
+from polymodal.fusion.blocks import cls_encoder, typed_projections
 
 
 class TokenTransformerFusion(TokenFusion):
@@ -25,17 +26,11 @@ class TokenTransformerFusion(TokenFusion):
         max_positions: int = 512,
     ):
         super().__init__(dims, n_outputs, hidden, dropout)
-        self.proj = nn.ModuleDict({k: nn.Linear(d, hidden) for k, d in dims.items()})
-        self.type_embed = nn.Parameter(torch.randn(len(dims), hidden) * 0.02)
+        self.proj, self.type_embed = typed_projections(dims, hidden)
         self.position = nn.Embedding(max_positions, hidden)
         nn.init.normal_(self.position.weight, std=0.02)
         self.coord = nn.Linear(2, hidden)
-        self.cls = nn.Parameter(torch.randn(1, 1, hidden) * 0.02)
-        layer = nn.TransformerEncoderLayer(
-            hidden, heads, dim_feedforward=2 * hidden, dropout=dropout, batch_first=True, norm_first=True
-        )
-        # No nested-tensor fast path: it changes numerics between masked and unmasked batches.
-        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.cls, self.encoder = cls_encoder(hidden, heads, layers, dropout)
         self.norm = nn.LayerNorm(hidden)
         self.max_positions = max_positions
         self.out_dim = hidden

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from polymodal.files import atomic_folder, atomic_open, follow_umask
+
+# atomic_folder lives in polymodal.files (one writer for every layer); re-exported for the callers importing it here.
+__all__ = [
+    "CONFIG", "METRICS", "PREPROCESS", "WEIGHTS",
+    "atomic_folder", "load_folder", "read_json", "save_folder", "save_safetensors", "write_json",
+]  # fmt: skip
 
 CONFIG, WEIGHTS, PREPROCESS, METRICS = "config.json", "model.safetensors", "preprocess.json", "metrics.json"
 
@@ -31,42 +36,22 @@ def _clean(obj: Any) -> Any:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically: a temporary file in the same folder, then rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_clean(obj), f, indent=2, allow_nan=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write JSON atomically: a temporary file in the same folder, then rename (mode from the umask)."""
+    with atomic_open(path, "w") as f:
+        json.dump(_clean(obj), f, indent=2, allow_nan=False)
+
+
+def save_safetensors(tensors: dict[str, Any], path: Path) -> None:
+    """safetensors.torch.save_file with the umask's mode (save_file alone leaves the file 0600: see follow_umask)."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path))
+    follow_umask(path)
 
 
 def read_json(path: Path) -> Any:
     with open(path) as f:
         return json.load(f)
-
-
-@contextlib.contextmanager
-def atomic_folder(folder: Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder to write into; on success swap it into place, on failure remove it.
-    A crash never leaves a half-written folder where the finished one belongs."""
-    folder = Path(folder).resolve()
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
-    try:
-        yield tmp
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def save_folder(
@@ -78,11 +63,9 @@ def save_folder(
     extra_files: dict[str, Path] | None = None,
 ) -> Path:
     """Write the model folder atomically: config, weights (safetensors), preprocessing, metrics, extra files."""
-    from safetensors.torch import save_file
-
     with atomic_folder(folder) as tmp:
         write_json(tmp / CONFIG, config)
-        save_file({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, str(tmp / WEIGHTS))
+        save_safetensors({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, tmp / WEIGHTS)
         write_json(tmp / PREPROCESS, preprocess)
         write_json(tmp / METRICS, metrics)
         for name, src in (extra_files or {}).items():

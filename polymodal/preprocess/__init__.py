@@ -70,16 +70,26 @@ def log_mel_mfcc(waves: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     return np.concatenate([log_mel, mfcc], axis=-2).astype(np.float32)
 
 
-def estimate_row_bytes(schema: Schema, cfg: PreprocessConfig) -> int:
-    """About how much memory one row takes once decoded and preprocessed (what streaming saves)."""
-    per = {
+def _row_bytes(cfg: PreprocessConfig) -> dict[Modality, int]:
+    return {
         Modality.TEXT: 8 * cfg.max_text_tokens + 200,
         Modality.IMAGE: 5 * 3 * cfg.image_size**2,  # uint8 pixels, then float32
         Modality.AUDIO: int(4 * cfg.sample_rate * cfg.max_audio_seconds / 2),  # a waveform of typical length
         Modality.NUMERIC: 24,
         Modality.CATEGORICAL: 60,
     }
+
+
+def estimate_row_bytes(schema: Schema, cfg: PreprocessConfig) -> int:
+    """About how much memory one row takes once decoded and preprocessed (what streaming saves)."""
+    per = _row_bytes(cfg)
     return 100 + sum(per[m] for m in schema.columns.values())
+
+
+def max_row_bytes(n_columns: int, cfg: PreprocessConfig) -> int:
+    """`estimate_row_bytes` of a row whose every column is of the costliest kind: an upper bound that needs no
+    schema (a table below it in total never streams)."""
+    return 100 + n_columns * max(_row_bytes(cfg).values())
 
 
 class Preprocessor:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import tempfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -22,6 +20,7 @@ from polymodal.data.redact import quote_value
 from polymodal.data.schema import Modality, infer_modality
 from polymodal.data.validate import BadRowsError, Problem, is_missing
 from polymodal.errors import UserError
+from polymodal.files import atomic_folder
 from polymodal.privacy.audio import DEFAULT_ALPHA, alpha_for, mcadams, read_wave, write_wav
 from polymodal.privacy.image import FACE_MODES, cascades, cover_faces, read_rgb, write_png
 from polymodal.privacy.text import DEFAULT_THRESHOLD, OPERATORS, TextAnonymizer
@@ -230,23 +229,11 @@ def anonymize_table(
             f"the output folder {str(out_dir)!r} holds the table itself: anonymization never works in place; "
             "choose a new folder"
         )
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
-    try:
+    with atomic_folder(out_dir) as tmp:
         clean, report = anonymize_frame(df, base_dir, tmp, settings)
         _write_table(clean, tmp / name)
         with open(tmp / REPORT, "w") as f:
             json.dump(report, f, indent=2)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir / name, report
 
 

@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 
 from polymodal.errors import UserError
-from polymodal.model.artifact import atomic_folder, read_json, write_json
+from polymodal.files import atomic_folder
+from polymodal.model.artifact import read_json, write_json
 
 INDEX, METADATA, SETTINGS = "index.faiss", "metadata.jsonl", "settings.json"
 KINDS = ("flat", "hnsw", "ivf")

@@ -7,7 +7,7 @@ import os
 import time
 from typing import Any
 
-from polymodal.evaluation.report import CSS, _esc, _note, _table, training_chart
+from polymodal.evaluation.html import CSS, esc, note, table, training_chart
 
 METRIC_COLUMNS = ["direction", "level", "recall@1", "recall@5", "recall@10", "precision@1", "mAP", "MRR", "queries"]
 
@@ -22,9 +22,9 @@ def metric_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def retrieval_section(metrics: dict[str, Any], history: list[dict] | None = None) -> str:
-    parts = [_table(metric_rows(metrics), METRIC_COLUMNS, left=("direction", "level"))]
+    parts = [table(metric_rows(metrics), METRIC_COLUMNS, left=("direction", "level"))]
     parts.append(
-        _note(
+        note(
             "instance: the paired row is the one relevant item; class: every row with the query's label is relevant. "
             "recall@k: share of queries with a relevant item in the top k; mAP over the full ranking; "
             "MRR: mean 1 / rank of the first relevant item."
@@ -48,13 +48,13 @@ def retrieval_report(folder: str | os.PathLike[str], table: Any) -> str:
         [
             "<!DOCTYPE html>",
             '<html lang="en"><head><meta charset="utf-8">',
-            f"<title>{_esc(title)}</title><style>{CSS}</style></head><body>",
-            f"<h1>{_esc(title)}</h1>",
-            _note(sub),
+            f"<title>{esc(title)}</title><style>{CSS}</style></head><body>",
+            f"<h1>{esc(title)}</h1>",
+            note(sub),
             '<section id="retrieval"><h2>Retrieval</h2>',
             retrieval_section(metrics, r.metrics_.get("history")),
             "</section>",
-            _note(f"made by polymodal on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"),
+            note(f"made by polymodal on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"),
             "</body></html>",
         ]
     )

@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from polymodal.version import __version__
 from polymodal.config import Config, EncodersConfig, TrainConfig, TreeSettings, build_config
 from polymodal.data.io import read_table, table_name
 from polymodal.data.schema import Modality, ProblemType, Schema, SchemaError, infer_modality
 from polymodal.data.validate import BadRowsError, Problem, check_columns, is_missing
 from polymodal.errors import UserError
 from polymodal.preprocess import Features, PreprocessConfig, Preprocessor
+from polymodal.version import __version__
 
 log = logging.getLogger("polymodal")
 

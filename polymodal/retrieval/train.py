@@ -1,5 +1,5 @@
-"""Contrastive training of an `AlignNet` with Lightning, in the house style of `polymodal.training.fit`: best
-weights kept in memory (no pickled checkpoints), early stopping on validation recall@1."""
+"""Contrastive training of an `AlignNet` with Lightning, on the Trainer and callbacks of `polymodal.training.trainer`:
+best weights kept in memory (no pickled checkpoints), early stopping on validation recall@1, `train.time_limit`."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from polymodal.preprocess.augment import augment_images
 from polymodal.retrieval.metrics import recall_at_1
 from polymodal.retrieval.network import AlignNet, contrastive_loss
 from polymodal.training.config import TrainConfig
-from polymodal.training.fit import BestWeights, History, _progress_callback, _quiet_lightning
+from polymodal.training.trainer import begin, make_optimizer, make_trainer
 
 MONITOR = "val_recall_at_1"
 
@@ -83,15 +83,7 @@ class LitAlign(pl.LightningModule):
         self.log(MONITOR, validation_recall(emb, present, self.anchor, self.col, labels), prog_bar=True)
 
     def configure_optimizers(self):
-        from polymodal.encoders import FineTuned
-
-        backbone = {id(p) for m in self.net.modules() if isinstance(m, FineTuned) for p in m.backbone.parameters()}
-        params = [p for p in self.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in params if id(p) not in backbone], "lr": self.cfg.lr}]
-        tuned = [p for p in params if id(p) in backbone]
-        if tuned:
-            groups.append({"params": tuned, "lr": self.cfg.encoder_lr or self.cfg.lr / 10})
-        return torch.optim.AdamW(groups, weight_decay=self.cfg.weight_decay)
+        return make_optimizer(self, self.cfg)
 
 
 def validation_recall(
@@ -120,24 +112,10 @@ def train_align(
     cfg: TrainConfig,
     augmenters: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
 ) -> dict[str, Any]:
-    """Fit `net` in place; returns the history, best epoch and train seconds. `augmenters`: input -> a transform
-    of its training batches (with `cfg.augment`)."""
-    _quiet_lightning()
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    best, history = BestWeights(MONITOR, "max"), History()
-    callbacks: list[pl.Callback] = [
-        best,
-        history,
-        pl.callbacks.EarlyStopping(MONITOR, mode="max", patience=cfg.patience),
-    ]
-    if cfg.progress:
-        callbacks.append(_progress_callback())
-    trainer = pl.Trainer(
-        max_epochs=cfg.max_epochs, accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy,
-        precision=cfg.precision, logger=False, enable_checkpointing=False,
-        enable_progress_bar=cfg.progress and isinstance(callbacks[-1], pl.callbacks.ProgressBar),
-        enable_model_summary=False, num_sanity_val_steps=0, gradient_clip_val=1.0, callbacks=callbacks,
-    )  # fmt: skip
+    """Fit `net` in place; returns the history, best epoch, epochs run, train seconds and how the run stopped
+    (`Watchers.results`). `augmenters`: input -> a transform of its training batches (with `cfg.augment`)."""
+    watch = begin(cfg, MONITOR, "max")
+    trainer = make_trainer(cfg, watch.callbacks(), distributed=False)
     module = LitAlign(net, anchor, image_inputs, cfg, labelled=train_y is not None, augmenters=augmenters)
     generator = torch.Generator().manual_seed(cfg.seed)
     train_loader = DataLoader(
@@ -150,9 +128,4 @@ def train_align(
     net.train()
     trainer.fit(module, train_loader, valid_loader)
     net.cpu().eval()
-    return {
-        "history": history.rows,
-        "best_epoch": best.best_epoch,
-        "epochs": trainer.current_epoch,
-        "train_seconds": round(time.perf_counter() - start, 3),
-    }
+    return watch.results(trainer, cfg, train_seconds=round(time.perf_counter() - start, 3))

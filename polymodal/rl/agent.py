@@ -27,7 +27,8 @@ from gymnasium import spaces
 
 from polymodal.config import RLConfig
 from polymodal.errors import UserError
-from polymodal.model.artifact import atomic_folder, read_json, write_json
+from polymodal.files import atomic_folder
+from polymodal.model.artifact import read_json, save_safetensors, write_json
 from polymodal.rl.extractor import MultimodalExtractor, ObservationError, plan_inputs, vocabulary_from_model
 from polymodal.rl.wrappers import AsDict, BagOfWords, DropKeys, TextTokens, Vocabulary, sample_texts, text_keys
 
@@ -274,8 +275,6 @@ class Agent:
         return self.model.predict(obs, deterministic=deterministic)[0]
 
     def save(self, folder: str | Path) -> Path:
-        from safetensors.torch import save_file
-
         cfg = self.config
         with atomic_folder(Path(folder)) as tmp:
             # A tensor shared by several names (PPO's features_extractor = pi_/vf_features_extractor) is written
@@ -287,7 +286,7 @@ class Agent:
                     aliases[k] = seen[ident]
                 else:
                     seen[ident], unique[k] = k, v.detach().cpu().contiguous()
-            save_file(unique, str(tmp / POLICY_WEIGHTS))
+            save_safetensors(unique, tmp / POLICY_WEIGHTS)
             if cfg.model:
                 (tmp / TRANSFER).mkdir()
                 for name in ("config.json", "model.safetensors", "preprocess.json"):

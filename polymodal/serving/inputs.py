@@ -295,3 +295,21 @@ def from_validation_errors(errors: list[dict[str, Any]], schema: Schema, config:
             field, msg = ".".join(map(str, loc)), str(e.get("msg", "invalid"))
         out.setdefault((inst, field), FieldError(inst, field, msg, limit))
     return RequestError(list(out.values()) or [FieldError(None, None, "invalid request")])
+
+
+def from_search_validation_errors(errors: list[dict[str, Any]], modalities: list[str]) -> RequestError:
+    """The same for the body of /v1/search: one query field named by modality, k and where."""
+    out = []
+    for e in errors:
+        loc = [x for x in e.get("loc", ()) if x != "body"]
+        field = str(loc[0]) if loc else None
+        if e.get("type") == "json_invalid":
+            msg = "the body is not valid JSON"
+        elif e.get("type") == "extra_forbidden":
+            msg = f"unknown field; a search takes one of {modalities}, and k, where"
+        elif not loc:
+            msg = f"the body must be a JSON object, got {_json_type(e.get('input'))}"
+        else:
+            msg = f"{e.get('msg', 'invalid')}, got {_json_type(e.get('input'))}"
+        out.append(FieldError(None, field, msg))
+    return RequestError(out or [FieldError(None, None, "invalid request")])

@@ -48,27 +48,33 @@ def render_page(info: dict[str, Any], max_text_chars: int, api_key_required: boo
     )
     valid = info["metrics"].get("valid", {})
     score = f" · validation accuracy {valid['accuracy']:.3f}" if isinstance(valid.get("accuracy"), int | float) else ""
-    return f"""<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>polymodal · {escape(info["label"])}</title>
-<link rel="stylesheet" href="static/page.css">
-</head>
-<body>
-<main>
-<h1>Predict <code>{escape(info["label"])}</code></h1>
+    main = f"""<h1>Predict <code>{escape(info["label"])}</code></h1>
 <p class="sub">{escape(info["fusion"])} fusion · {escape(info["problem_type"])}{escape(score)} ·
 leave any input empty: the model handles a missing modality · <a href="docs">API docs</a></p>
 <form id="predict-form" autocomplete="off">
 {key}
 {fields}
 <button type="submit" id="predict">Predict</button>
-</form>
+</form>"""
+    return html_page(info["label"], main, "page.js")
+
+
+def html_page(title: str, main: str, script: str) -> str:
+    """The document around a page's <main>: the shared style sheet, and one script (no inline script, for the CSP)."""
+    return f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>polymodal · {escape(title)}</title>
+<link rel="stylesheet" href="static/page.css">
+</head>
+<body>
+<main>
+{main}
 <section id="result" aria-live="polite"></section>
 </main>
-<script src="static/page.js"></script>
+<script src="static/{script}"></script>
 </body>
 </html>
 """

@@ -7,35 +7,46 @@ No `from __future__ import annotations`: FastAPI reads the endpoint annotations 
 """
 
 import mimetypes
-import os
 import time
 from html import escape
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
-from fastapi.security import HTTPBearer
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
-from starlette.exceptions import HTTPException
 
-from polymodal.version import __version__
 from polymodal.data.schema import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, Modality, ProblemType, Schema
 from polymodal.errors import UserError
-from polymodal.serving import logs
+from polymodal.serving.common import (
+    UNAUTHORIZED,
+    add_page,
+    add_probes,
+    auth_dependencies,
+    error_response,
+    guard,
+    new_app,
+)
 from polymodal.serving.config import ServeConfig
-from polymodal.serving.inputs import ErrorResponse, FieldError, InstanceChecker, RequestError, _json_type
+from polymodal.serving.inputs import (
+    ErrorResponse,
+    FieldError,
+    InstanceChecker,
+    RequestError,
+    from_search_validation_errors,
+)
+from polymodal.serving.logs import configure as configure_logs
 from polymodal.serving.metrics import Metrics
-from polymodal.serving.page import CSP, PAGE_CSS
+from polymodal.serving.page import CSP, PAGE_CSS, html_page
+from polymodal.version import __version__
 
 INDEX_DIR = "index"
 MAX_MEDIA_BYTES = 32 * 1024 * 1024
 SEARCH_CSP = CSP.replace("img-src 'self'", "img-src 'self' blob:") + "; media-src 'self' blob:"
 ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorResponse, "description": "Missing or wrong API key"},
+    401: UNAUTHORIZED,
     413: {"model": ErrorResponse, "description": "A limit was exceeded (body, pixels, seconds, text)"},
     422: {"model": ErrorResponse, "description": "Invalid query: wrong modality, corrupt file, empty text, bad k"},
 }
@@ -63,15 +74,10 @@ class SearchResponse(BaseModel):
     k: int
 
 
-def _error(status: int, message: str, field: str | None = None, limit: float | None = None) -> JSONResponse:
-    return JSONResponse(RequestError([FieldError(None, field, message, limit)], status=status).body(), status)
-
-
 def create_search_app(config: ServeConfig) -> FastAPI:
     from polymodal.retrieval.search import MAX_K, Searcher
-    from polymodal.serving.app import ServingMiddleware, _swagger_asset
 
-    logs.configure()
+    configure_logs()
     index_dir = Path(config.model) / INDEX_DIR
     if not (index_dir / "settings.json").is_file():
         raise UserError(
@@ -91,41 +97,13 @@ def create_search_app(config: ServeConfig) -> FastAPI:
         if index.metadata[c].astype(str).str.lower().str.endswith(IMAGE_EXTENSIONS + AUDIO_EXTENSIONS).mean() >= 0.9
     ]  # fmt: skip
 
-    app = FastAPI(
-        title=f"polymodal: search {index.settings['column']!r}",
-        version=__version__,
-        description=f"Search {len(index)} gallery rows of `{index.settings['column']}` by {', '.join(modalities)}. "
+    app = new_app(
+        f"polymodal: search {index.settings['column']!r}",
+        f"Search {len(index)} gallery rows of `{index.settings['column']}` by {', '.join(modalities)}. "
         "Queries are values (text, or base64 image/audio), never paths.",
-        docs_url=None,
-        redoc_url=None,
+        lambda errors: from_search_validation_errors(errors, modalities),
     )
-    security = [Depends(HTTPBearer(auto_error=False))] if api_key else []
-
-    @app.exception_handler(RequestError)
-    async def on_request_error(request: Request, exc: RequestError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
-
-    @app.exception_handler(RequestValidationError)
-    async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = []
-        for e in exc.errors():
-            loc = [x for x in e.get("loc", ()) if x != "body"]
-            field = str(loc[0]) if loc else None
-            if e.get("type") == "json_invalid":
-                msg = "the body is not valid JSON"
-            elif e.get("type") == "extra_forbidden":
-                msg = f"unknown field; a search takes one of {modalities}, and k, where"
-            elif not loc:
-                msg = f"the body must be a JSON object, got {_json_type(e.get('input'))}"
-            else:
-                msg = f"{e.get('msg', 'invalid')}, got {_json_type(e.get('input'))}"
-            errors.append(FieldError(None, field, msg))
-        err = RequestError(errors or [FieldError(None, None, "invalid request")])
-        return JSONResponse(err.body(), status_code=err.status)
-
-    @app.exception_handler(HTTPException)
-    async def on_http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail), limit=getattr(exc, "limit", None))
+    security = auth_dependencies(api_key)
 
     def run_search(modality: str, value: Any, k: int, where: str | None) -> list[dict[str, Any]]:
         try:
@@ -165,13 +143,13 @@ def create_search_app(config: ServeConfig) -> FastAPI:
              summary="The file of a gallery row's image or audio column (for showing hits)")  # fmt: skip
     async def item(row_id: int, column: str) -> Response:
         if column not in media_cols:
-            return _error(404, f"column {column!r} holds no gallery files; it is one of {media_cols}", "column")
+            return error_response(404, f"column {column!r} holds no gallery files; it is one of {media_cols}", "column")
         try:
             path = index.file_of(row_id, column)
         except KeyError:
-            return _error(404, f"no gallery row {row_id} in the index", "row_id")
+            return error_response(404, f"no gallery row {row_id} in the index", "row_id")
         if not path.is_file() or path.stat().st_size > MAX_MEDIA_BYTES:
-            return _error(404, f"the file of row {row_id} is not available", "row_id")
+            return error_response(404, f"the file of row {row_id} is not available", "row_id")
         kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         return Response(path.read_bytes(), media_type=kind, headers={"Cache-Control": "private, max-age=3600"})
 
@@ -186,56 +164,14 @@ def create_search_app(config: ServeConfig) -> FastAPI:
             "limits": config.limits(), "polymodal_version": __version__,
         }  # fmt: skip
 
-    @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "pid": os.getpid(), "started": state.started, "uptime_s": time.time() - state.started}
-
-    @app.get("/ready")
-    async def ready() -> JSONResponse:
-        return JSONResponse({"ready": True})
-
-    @app.get("/metrics", response_class=Response)
-    async def prometheus() -> Response:
-        content, media_type = metrics.render()
-        return Response(content, media_type=media_type)
+    add_probes(app, state, metrics)
 
     page = render_search_page(index.settings["column"], modalities, config.max_text_chars, api_key is not None)
-    headers = {"Content-Security-Policy": SEARCH_CSP, "X-Content-Type-Options": "nosniff"}
+    add_page(app, page, ("search.js", SEARCH_JS), PAGE_CSS + SEARCH_CSS, SEARCH_CSP)
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def index_page() -> HTMLResponse:
-        return HTMLResponse(page, headers=headers)
-
-    @app.get("/static/search.js", include_in_schema=False)
-    async def page_js() -> Response:
-        return Response(SEARCH_JS, media_type="text/javascript", headers=headers)
-
-    @app.get("/static/page.css", include_in_schema=False)
-    async def page_css() -> Response:
-        return Response(PAGE_CSS + SEARCH_CSS, media_type="text/css", headers=headers)
-
-    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
-    async def docs() -> HTMLResponse:
-        from fastapi.openapi.docs import get_swagger_ui_html
-
-        return get_swagger_ui_html(
-            openapi_url=app.openapi_url, title=app.title + " - docs", swagger_js_url="static/swagger-ui-bundle.js",
-            swagger_css_url="static/swagger-ui.css", swagger_favicon_url="data:,",
-        )  # fmt: skip
-
-    @app.get("/static/swagger-ui-bundle.js", include_in_schema=False)
-    async def swagger_js() -> Response:
-        return Response(_swagger_asset("swagger-ui-bundle.js"), media_type="text/javascript")
-
-    @app.get("/static/swagger-ui.css", include_in_schema=False)
-    async def swagger_css() -> Response:
-        return Response(_swagger_asset("swagger-ui.css"), media_type="text/css")
-
-    endpoints = {rt.path for rt in app.routes if hasattr(rt, "path")}
-    app.add_middleware(
-        ServingMiddleware, metrics=metrics, max_body=config.max_body_bytes, api_key=api_key, endpoints=endpoints
-    )
-    app.state.serving, app.state.metrics, app.state.searcher = state, metrics, searcher
+    # `public_docs` is not applied here, as before: with a key, the search page and docs keep needing it.
+    guard(app, metrics, config.max_body_bytes, api_key)
+    app.state.serving, app.state.searcher = state, searcher
     return app
 
 
@@ -256,17 +192,7 @@ def render_search_page(column: str, modalities: list[str], max_text_chars: int, 
         if api_key_required
         else ""
     )
-    return f"""<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>polymodal · search {escape(column)}</title>
-<link rel="stylesheet" href="static/page.css">
-</head>
-<body>
-<main>
-<h1>Search <code>{escape(column)}</code></h1>
+    main = f"""<h1>Search <code>{escape(column)}</code></h1>
 <p class="sub">fill in one query ({escape(", ".join(modalities))}) · <a href="docs">API docs</a></p>
 <form id="search-form" autocomplete="off">
 {key}
@@ -275,13 +201,8 @@ def render_search_page(column: str, modalities: list[str], max_text_chars: int, 
 <div class="field"><label for="q-where">filter <span class="modality">e.g. speaker == 'jackson'</span></label>
 <input type="text" id="q-where" maxlength="1000"></div>
 <button type="submit" id="search">Search</button>
-</form>
-<section id="result" aria-live="polite"></section>
-</main>
-<script src="static/search.js"></script>
-</body>
-</html>
-"""
+</form>"""
+    return html_page(f"search {column}", main, "search.js")
 
 
 SEARCH_CSS = """

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 
 from polymodal.errors import UserError
+from polymodal.files import follow_umask, make_temp_file
 
 LATEST = "latest.json"
 _TENSOR, _NDARRAY, _TUPLE = "__tensor__", "__ndarray__", "__tuple__"
@@ -70,7 +70,7 @@ def _join(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 
 def _replace_atomically(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = make_temp_file(path)
     os.close(fd)
     try:
         write(tmp)
@@ -91,7 +91,7 @@ def save_checkpoint(folder: Path, epoch: int, fingerprint: str, state: dict[str,
     tensors: dict[str, torch.Tensor] = {}
     index = _split(state, tensors, "")
     stem = f"epoch-{epoch:04d}"
-    _replace_atomically(folder / f"{stem}.safetensors", lambda p: save_file(tensors, p))
+    _replace_atomically(folder / f"{stem}.safetensors", lambda p: (save_file(tensors, p), follow_umask(p)))
     _replace_atomically(folder / f"{stem}.json", lambda p: Path(p).write_text(json.dumps(index, allow_nan=True)))
     latest = {"epoch": epoch, "fingerprint": fingerprint, "stem": stem, "format": 1}
     _replace_atomically(folder / LATEST, lambda p: Path(p).write_text(json.dumps(latest)))

@@ -1,4 +1,5 @@
-"""The Lightning module, its callbacks, and `train()`.
+"""The Lightning module of a `MultimodalNet`, the resumable checkpoint callback, and `train()` (the Trainer and the
+callbacks every run has: `polymodal.training.trainer`, `polymodal.training.callbacks`).
 
 Best weights are kept in memory and restored at the end instead of Lightning's pickled checkpoints, so
 nothing in a run is ever written or read with pickle. With `TrainConfig.checkpoint_dir`, `Checkpointer` writes
@@ -9,11 +10,9 @@ JSON at each epoch boundary, and the same training run again resumes from it and
 from __future__ import annotations
 
 import hashlib
-import logging
 import random
 import shutil
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,14 +21,15 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
-from polymodal.config import ConfigError
 from polymodal.data.schema import Modality
 from polymodal.errors import UserError
 from polymodal.model.network import MultimodalNet
 from polymodal.preprocess.augment import augment_images
 from polymodal.tasks import Task
+from polymodal.training.callbacks import timer_of
 from polymodal.training.config import TrainConfig
 from polymodal.training.data import MemoryRows, StreamRows
+from polymodal.training.trainer import begin, make_optimizer, make_trainer
 
 Rows = MemoryRows | StreamRows
 
@@ -99,16 +99,7 @@ class LitMultimodal(pl.LightningModule):
         return torch.cat([g[i, : int(n)] for i, n in enumerate(sizes)]).to(t.device)
 
     def configure_optimizers(self):
-        # Pretrained backbones learn slower than the freshly initialised rest, so they keep what they know.
-        from polymodal.encoders import FineTuned
-
-        backbone = {id(p) for m in self.net.modules() if isinstance(m, FineTuned) for p in m.backbone.parameters()}
-        params = [p for p in self.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in params if id(p) not in backbone], "lr": self.cfg.lr}]
-        tuned = [p for p in params if id(p) in backbone]
-        if tuned:
-            groups.append({"params": tuned, "lr": self.cfg.encoder_lr or self.cfg.lr / 10})
-        return torch.optim.AdamW(groups, weight_decay=self.cfg.weight_decay)
+        return make_optimizer(self, self.cfg)
 
     def on_fit_start(self) -> None:
         # On a GPU, trade compute for memory in fine-tuned backbones (gradient checkpointing).
@@ -131,61 +122,6 @@ def drop_modalities(present: torch.Tensor, p: float) -> torch.Tensor:
         pick = torch.zeros_like(present).scatter_(1, scores.argmax(dim=1, keepdim=True), True)
         dropped = torch.where(empty[:, None], pick, dropped)
     return dropped
-
-
-class BestWeights(pl.Callback):
-    """Keep a copy of the best weights by the monitored metric (ties broken by validation loss); restore at the end."""
-
-    def __init__(self, monitor: str, mode: str):
-        self.monitor, self.sign = monitor, (1.0 if mode == "max" else -1.0)
-        self.best: tuple[float, float] | None = None
-        self.best_epoch = -1
-        self.state: dict[str, torch.Tensor] | None = None
-
-    # Not on_validation_epoch_end: callbacks run before the module's hook there, so they would see stale metrics.
-    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        m = trainer.callback_metrics
-        if self.monitor not in m or trainer.sanity_checking:
-            return
-        score = (self.sign * float(m[self.monitor]), -float(m["val_loss"]))
-        if self.best is None or score > self.best:
-            self.best, self.best_epoch = score, trainer.current_epoch
-            self.state = {k: v.detach().cpu().clone() for k, v in module.net.state_dict().items()}
-
-    def on_fit_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        if self.state is not None:
-            module.net.load_state_dict(self.state)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"best": list(self.best) if self.best else None, "best_epoch": self.best_epoch, "state": self.state}
-
-    def load_state_dict(self, d: dict[str, Any]) -> None:
-        self.best = tuple(d["best"]) if d["best"] else None
-        self.best_epoch, self.state = d["best_epoch"], d["state"]
-
-
-class History(pl.Callback):
-    """Per-epoch metrics, kept for metrics.json and the training curves of reports."""
-
-    def __init__(self):
-        self.rows: list[dict[str, float]] = []
-        self.start = time.perf_counter()
-        self.loop_start: float | None = None
-
-    def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        # Every process has joined by now: what follows is training, not the start-up of the others.
-        self.loop_start = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        row = {"epoch": trainer.current_epoch, "seconds": round(time.perf_counter() - self.start, 3)}
-        row |= {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train_", "val_"))}
-        self.rows.append(row)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"rows": self.rows, "elapsed": time.perf_counter() - self.start}
-
-    def load_state_dict(self, d: dict[str, Any]) -> None:
-        self.rows, self.start = list(d["rows"]), time.perf_counter() - d["elapsed"]
 
 
 def _rng_state(generator: torch.Generator) -> dict[str, Any]:
@@ -252,7 +188,8 @@ class Checkpointer(pl.Callback):
         for config, s in zip(trainer.lr_scheduler_configs, state["schedulers"], strict=True):
             config.scheduler.load_state_dict(s)
         for name, cb in self.parts.items():
-            cb.load_state_dict(state["callbacks"][name])
+            if name in state["callbacks"]:  # a checkpoint of a run without a time limit has no timer
+                cb.load_state_dict(state["callbacks"][name])
         progress = trainer.fit_loop.epoch_progress
         for tracker in (progress.current, progress.total):
             tracker.ready = tracker.started = tracker.processed = tracker.completed = epoch
@@ -272,50 +209,15 @@ def run_fingerprint(net: MultimodalNet, cfg: TrainConfig, rows: list[Rows]) -> s
     """What a checkpoint must match to be resumed: the initial weights, the settings that change training, and
     the data (features and targets, or the streamed table)."""
     h = hashlib.sha256()
-    skip = {"checkpoint_dir", "restart", "progress"}
+    # The time limit decides where training stops, not what it computes until then: a killed run may be resumed
+    # with another one.
+    skip = {"checkpoint_dir", "restart", "progress", "time_limit"}
     h.update(repr(sorted((k, v) for k, v in cfg.to_dict().items() if k not in skip)).encode())
     for k, v in net.state_dict().items():
         h.update(k.encode() + str(tuple(v.shape)).encode() + v.detach().cpu().contiguous().numpy().tobytes())
     for r in rows:
         r.fingerprint(h)
     return h.hexdigest()
-
-
-def distributed_settings(cfg: TrainConfig) -> dict[str, Any]:
-    """Trainer settings for one process or many. Under torchrun (or SLURM), devices and nodes left at their
-    defaults are read from the launcher's environment, and the strategy becomes DDP."""
-    import os
-
-    devices, nodes, strategy = cfg.devices, cfg.num_nodes, cfg.strategy
-    if "LOCAL_WORLD_SIZE" in os.environ and "TORCHELASTIC_RUN_ID" in os.environ:  # torchrun
-        local, world = int(os.environ["LOCAL_WORLD_SIZE"]), int(os.environ["WORLD_SIZE"])
-        devices = local if devices in (1, "auto") else devices
-        nodes = world // local if nodes == 1 else nodes
-        strategy = "ddp" if strategy == "auto" and world > 1 else strategy
-    if isinstance(strategy, str) and strategy.startswith("ddp"):
-        from lightning.pytorch.strategies import DDPStrategy
-
-        # Buffers (BatchNorm statistics) are not broadcast at each forward: that is a collective call, and
-        # validation runs a different number of batches on each process.
-        start = {"ddp": "popen", "ddp_spawn": "spawn", "ddp_fork": "fork", "ddp_notebook": "fork"}.get(strategy)
-        if start is None:
-            raise ConfigError(f"unknown DDP strategy {strategy!r} (train.strategy); use ddp, ddp_spawn or ddp_fork")
-        strategy = DDPStrategy(start_method=start, broadcast_buffers=False)
-    return {"devices": devices, "num_nodes": nodes, "strategy": strategy}
-
-
-def _quiet_lightning() -> None:
-    """Lightning's start-up banners and tips are noise in a CLI; real warnings still show."""
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    for pattern in (
-        ".*treespec.*",
-        ".*does not have many workers.*",
-        ".*litlogger.*",
-        ".*has `__len__` defined.*",
-        ".*all_gather is deprecated.*",
-    ):
-        warnings.filterwarnings("ignore", message=pattern)
 
 
 def train(
@@ -329,45 +231,29 @@ def train(
     augmenters: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
 ) -> dict[str, Any]:
     """Fit `net` in place on `train_rows` (`MemoryRows` or `StreamRows`), validating on `valid_rows`; returns the
-    history, best epoch and train seconds. `callbacks`: extra ones. `augmenters`: input -> a transform of its
+    history, best epoch, epochs run, train seconds and how the run stopped (`Watchers.results`: `stopped_by`,
+    `stopped_epoch`, `time_limit`, `time_limited`); the best epoch's weights are loaded however it stopped,
+    `cfg.time_limit` included. `callbacks`: extra ones. `augmenters`: input -> a transform of its
     training batches (with `cfg.augment`), beside the built-in image augmentation. In a distributed run every
     process calls this and ends with the same weights."""
-    _quiet_lightning()
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
     name, mode = task.monitor
-    best = BestWeights(f"val_{name}", mode)
-    history = History()
-    stopping = pl.callbacks.EarlyStopping(f"val_{name}", mode=mode, patience=cfg.patience)
-    extra = list(callbacks or [])
-    callbacks = [best, history, stopping, *extra]
+    watch = begin(cfg, f"val_{name}", mode)
+    callbacks = [*watch.callbacks(), *(callbacks or [])]
     generator = torch.Generator().manual_seed(cfg.seed)
     checkpointer = None
     if cfg.checkpoint_dir:
         folder = Path(cfg.checkpoint_dir)
         if cfg.restart and _rank() == 0:
             shutil.rmtree(folder, ignore_errors=True)
-        parts = {"best": best, "history": history, "early_stopping": stopping}
+        parts = {"best": watch.best, "history": watch.history, "early_stopping": watch.stopping}
         checkpointer = Checkpointer(folder, run_fingerprint(net, cfg, [train_rows, valid_rows]), generator, parts)
         from polymodal.training.checkpoint import load_checkpoint
 
         load_checkpoint(folder, checkpointer.fingerprint)  # a mismatch is refused before any work
         callbacks.append(checkpointer)
-    if cfg.progress:
-        callbacks.append(_progress_callback())
-    trainer = pl.Trainer(
-        max_epochs=cfg.max_epochs,
-        accelerator=cfg.accelerator,
-        precision=cfg.precision,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=cfg.progress and isinstance(callbacks[-1], pl.callbacks.ProgressBar),
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        gradient_clip_val=1.0,
-        callbacks=callbacks,
-        use_distributed_sampler=False,  # the rows know how to split themselves (polymodal/training/data.py)
-        **distributed_settings(cfg),
-    )
+    trainer = make_trainer(cfg, callbacks)
+    if checkpointer is not None and (timer := timer_of(trainer)) is not None:
+        checkpointer.parts["timer"] = timer  # a resumed run spends what is left of the time limit, not all of it
     if len(valid_rows) < trainer.world_size:  # a process without validation rows has nothing to gather
         raise UserError(
             f"{len(valid_rows)} validation row(s) for {trainer.world_size} processes: each process needs at least one "
@@ -380,18 +266,17 @@ def train(
     net.train()  # pretrained backbones load in eval mode; dropout must be live while training
     trainer.fit(module)
     net.cpu().eval()
-    return {
-        "history": history.rows,
-        "best_epoch": best.best_epoch,
-        "epochs": trainer.current_epoch,
+    return watch.results(
+        trainer,
+        cfg,
         # The training itself, from the moment every process has joined (Lightning's launcher starts the other
         # processes inside `fit`, and each reads and preprocesses the table before joining).
-        "train_seconds": round(time.perf_counter() - (history.loop_start or start), 3),
-        "fit_call_seconds": round(time.perf_counter() - start, 3),
-        "resumed_from_epoch": checkpointer.resumed_from if checkpointer else 0,
-        "processes": trainer.world_size,
-        "global_rank": trainer.global_rank,
-    }
+        train_seconds=round(time.perf_counter() - (watch.history.loop_start or start), 3),
+        fit_call_seconds=round(time.perf_counter() - start, 3),
+        resumed_from_epoch=checkpointer.resumed_from if checkpointer else 0,
+        processes=trainer.world_size,
+        global_rank=trainer.global_rank,
+    )
 
 
 def _rank() -> int:
@@ -400,23 +285,3 @@ def _rank() -> int:
 
     ranks = [int(os.environ.get(k, "0")) for k in ("RANK", "NODE_RANK", "LOCAL_RANK")]
     return max(ranks)  # any non-zero one means this is not the first process
-
-
-class EpochLog(pl.Callback):
-    """One line per epoch, for logs and CI where a redrawn progress bar turns into noise."""
-
-    def __init__(self):
-        self.start = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        m = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train_", "val_"))}
-        parts = " ".join(f"{k} {v:.4f}" for k, v in sorted(m.items()))
-        print(
-            f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs} {parts} ({time.perf_counter() - self.start:.1f} s)"
-        )
-
-
-def _progress_callback() -> pl.Callback:
-    import sys
-
-    return pl.callbacks.RichProgressBar(leave=True) if sys.stdout.isatty() else EpochLog()

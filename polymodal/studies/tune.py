@@ -30,8 +30,6 @@ import json
 import logging
 import math
 import os
-import re
-import shutil
 import socket
 import time
 import warnings
@@ -44,94 +42,40 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from polymodal.version import __version__
 from polymodal.config import build_config
 from polymodal.data.io import read_table
 from polymodal.data.schema import Modality, Schema, infer_schema
 from polymodal.data.validate import check_columns
 from polymodal.errors import UserError
-from polymodal.model.artifact import atomic_folder, read_json, write_json
-from polymodal.optimize.space import Config, Space, build_space, default_space, read_space
+from polymodal.model.artifact import write_json
 from polymodal.preprocess import Features, PreprocessConfig, Preprocessor
+from polymodal.studies.budget import Budget, cut_short
+from polymodal.studies.space import Config, Space, build_space, default_space, read_space
+from polymodal.studies.trials import (
+    BEST,
+    PRUNERS,
+    REPORT,
+    SUMMARY,
+    TRIAL_INFO,
+    TRIALS_CSV,
+    TuneError,
+    budget_counts,
+    make_pruner,
+    masked,
+    open_storage,
+    parse_duration,
+    pruning_callback,
+    ranked_trials,
+    storage_url,
+    tidy_folders,
+    trial_folder,
+    trial_rows,
+    update_best,
+)
+from polymodal.training.table import pretrained_config, split_rows
+from polymodal.version import __version__
 
 log = logging.getLogger("polymodal")
-
-TRIALS_DIR, BEST, TRIALS_CSV, REPORT, SUMMARY = "trials", "best", "trials.csv", "report.html", "tune.json"
-DB = "study.db"
-TRIAL_INFO = "trial.json"  # written into each trial's model folder (a model folder may hold extra files)
-PRUNERS = ("median", "hyperband", "none")
-
-
-class TuneError(UserError):
-    """A problem with the study itself (its storage, or a resume with different settings)."""
-
-
-# ---- small parsers -----------------------------------------------------------------------------------------
-def parse_duration(text: str | float | int | None) -> float | None:
-    """'2h', '90m', '1h30m', '45s' or plain seconds -> seconds."""
-    if text is None or isinstance(text, int | float):
-        return None if text is None else float(text)
-    s = str(text).strip().lower()
-    if re.fullmatch(r"\d+(\.\d+)?", s):
-        return float(s)
-    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", s)
-    if not parts or re.sub(r"(\d+(?:\.\d+)?)\s*([hms])", "", s).strip():
-        raise UserError(f"cannot read the duration {text!r}: write e.g. 2h, 90m, 1h30m, 45s or seconds")
-    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
-
-
-def storage_url(url: str | None, output: Path) -> str:
-    """The default storage is a SQLite file in the output folder; postgresql:// URLs go through psycopg 3."""
-    if url is None:
-        return f"sqlite:///{(output / DB).resolve()}"
-    if url.startswith(("postgresql://", "postgres://")):
-        return "postgresql+psycopg://" + url.split("://", 1)[1]
-    return url
-
-
-def masked(url: str) -> str:
-    """A storage URL without its password, for messages and files."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
-
-
-def open_storage(url: str, heartbeat: int, max_retry: int) -> Any:
-    """An RDB storage with a heartbeat: a trial whose worker stops beating for 2 x `heartbeat` seconds is marked
-    FAIL and queued again (at most `max_retry` times). Unreachable storage: a `TuneError` before any training."""
-    import optuna
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-
-    engine: dict[str, Any] = {"pool_pre_ping": True}
-    if url.startswith("postgresql"):
-        engine["connect_args"] = {"connect_timeout": 10}
-    elif url.startswith("sqlite"):
-        engine["connect_args"] = {"timeout": 60}  # several local workers wait for the file lock
-    try:
-        # Workers that start together on a new database race to create its tables; the loser sees "already
-        # exists" and only has to open the storage again.
-        for attempt in range(5):
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    return RDBStorage(
-                        url,
-                        engine_kwargs=engine,
-                        heartbeat_interval=heartbeat,
-                        grace_period=2 * heartbeat,
-                        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
-                    )
-            except Exception as e:  # noqa: BLE001 - sqlalchemy's OperationalError; anything else is re-raised below
-                if "already exists" not in str(e) or attempt == 4:
-                    raise
-                time.sleep(0.5 * (attempt + 1))
-        raise AssertionError("unreachable")
-    except ImportError as e:
-        raise TuneError(f"cannot open the study storage {masked(url)}: {e}. Install polymodal[tune].") from e
-    except Exception as e:  # sqlalchemy's OperationalError, ArgumentError, ...: the message says what went wrong
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TuneError(
-            f"cannot open the study storage {masked(url)}: {reason}. Check the URL, that the database server is "
-            "running and reachable, and the user's rights (or leave --storage out for a SQLite file in the output)."
-        ) from None
 
 
 # ---- the config of a trial ---------------------------------------------------------------------------------
@@ -191,7 +135,9 @@ class SharedData:
 
     def _decode_key(self, p: Any) -> tuple[str, Schema, PreprocessConfig]:
         schema = self.schema(p)
-        config = PreprocessConfig(**(p.config_.preprocess.to_dict() | {"pretrained": p._pretrained_config(schema)}))
+        config = PreprocessConfig(
+            **(p.config_.preprocess.to_dict() | {"pretrained": pretrained_config(p.config_, schema)})
+        )
         key = json.dumps([schema.to_dict(), config.to_dict(), p.config_.data.on_bad_rows], sort_keys=True, default=str)
         return key, schema, config
 
@@ -221,7 +167,7 @@ class SharedData:
         pkey = json.dumps([dkey, p.train_config.seed, p.config_.data.valid_fraction])
         if pkey not in self._prepared:
             if vrows is None:
-                (df, media, frozen), (vdf, vmedia, vfrozen) = p._split(df, media, frozen, schema)
+                (df, media, frozen), (vdf, vmedia, vfrozen) = split_rows(p.config_, df, media, frozen, schema)
             else:
                 vdf, vmedia, vfrozen, _ = vrows
             if schema.problem_type.is_classification and df[schema.label].nunique() < 2:
@@ -236,117 +182,6 @@ class SharedData:
             self.preparations += 1
         self._prepared.move_to_end(pkey)
         return self._prepared[pkey]
-
-
-# ---- pruning -----------------------------------------------------------------------------------------------
-def pruning_callback(trial: Any, monitor: str) -> Any:
-    """Optuna-integration's Lightning pruning callback, made strict: a metric it cannot find is an error (the
-    stock callback only warns, and pruning then silently never happens)."""
-    from optuna_integration import PyTorchLightningPruningCallback
-
-    class MonitoredPruning(PyTorchLightningPruningCallback):
-        def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
-            if trainer.sanity_checking:
-                return
-            if self.monitor not in trainer.callback_metrics:
-                raise RuntimeError(
-                    f"pruning monitors {self.monitor!r}, which training does not log "
-                    f"(logged: {sorted(trainer.callback_metrics)})"
-                )
-            self.reported += 1  # before the parent's report, which raises TrialPruned when the trial is cut
-            if trainer.current_epoch >= trainer.max_epochs - 1:  # the last epoch: cutting it saves nothing
-                self._trial.report(float(trainer.callback_metrics[self.monitor]), step=trainer.current_epoch)
-                return
-            super().on_validation_end(trainer, pl_module)
-
-    callback = MonitoredPruning(trial, monitor)
-    callback.reported = 0
-    return callback
-
-
-def make_pruner(name: str, max_epochs: int, startup: int, warmup: int) -> Any:
-    import optuna
-
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=startup, n_warmup_steps=warmup)
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(2, max_epochs), reduction_factor=3)
-    if name == "none":
-        return optuna.pruners.NopPruner()
-    raise UserError(f"unknown pruner {name!r}; choose one of {PRUNERS}")
-
-
-# ---- the study's bookkeeping -------------------------------------------------------------------------------
-def has_verdict(t: Any) -> bool:
-    """Counts against the budget: finished with a result, pruned, or crashed (recorded error)."""
-    from optuna.trial import TrialState
-
-    return t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
-        t.state == TrialState.FAIL and "error" in t.user_attrs
-    )
-
-
-def budget_counts(study: Any) -> dict[str, int]:
-    from optuna.trial import TrialState
-
-    trials = study.get_trials(deepcopy=False)
-    return {
-        "verdicts": sum(has_verdict(t) for t in trials),
-        "running": sum(t.state == TrialState.RUNNING for t in trials),
-        "waiting": sum(t.state == TrialState.WAITING for t in trials),
-        "all": len(trials),
-    }
-
-
-def trial_folder(output: Path, number: int) -> Path:
-    return output / TRIALS_DIR / f"{number:04d}"
-
-
-def _ranked(study: Any) -> list[Any]:
-    from optuna.study import StudyDirection
-    from optuna.trial import TrialState
-
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
-    maximize = study.direction == StudyDirection.MAXIMIZE
-    return sorted(done, key=lambda t: (-t.value if maximize else t.value, t.number))
-
-
-def tidy_folders(study: Any, output: Path, keep: int) -> list[int]:
-    """Delete the folders of finished trials outside the best `keep`; never those of trials still running."""
-    kept = {t.number for t in _ranked(study)[:keep]}
-    finished = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
-    folder = output / TRIALS_DIR
-    for d in folder.iterdir() if folder.exists() else []:
-        if d.name.isdigit() and int(d.name) in finished and int(d.name) not in kept:
-            shutil.rmtree(d, ignore_errors=True)
-    return sorted(kept)
-
-
-def update_best(study: Any, output: Path) -> int | None:
-    """Copy the best trial's model folder to OUTPUT/best (atomically), when it is on this machine."""
-    ranked = _ranked(study)
-    if not ranked:
-        return None
-    best = ranked[0]
-    src, dst = trial_folder(output, best.number), output / BEST
-    current = read_json(dst / TRIAL_INFO).get("number") if (dst / TRIAL_INFO).exists() else None
-    if current != best.number and src.exists():
-        with atomic_folder(dst) as tmp:
-            shutil.copytree(src, tmp, dirs_exist_ok=True)
-    return best.number
-
-
-def trial_rows(study: Any, metric: str) -> list[dict[str, Any]]:
-    rows = []
-    for t in study.get_trials(deepcopy=False):
-        a = t.user_attrs
-        duration = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else None
-        rows.append(
-            {"number": t.number, "state": t.state.name, metric: t.value, "epochs": a.get("epochs"),
-             "duration_s": None if duration is None else round(duration, 2), **t.params,
-             "error": a.get("error"), "worker": a.get("worker"), "retry_of": t.system_attrs.get("failed_trial")}
-        )  # fmt: skip
-    return rows
 
 
 # ---- the search --------------------------------------------------------------------------------------------
@@ -371,6 +206,7 @@ def tune(
     *,
     trials: int = 20,
     timeout: str | float | None = None,
+    time_limit: str | float | None = None,
     space: str | os.PathLike[str] | dict | None = None,
     storage: str | None = None,
     study_name: str = "polymodal-tune",
@@ -387,7 +223,10 @@ def tune(
     log_fn: Callable[[str], None] | None = None,
     _after_trial: Callable[[Any], None] | None = None,
 ) -> dict[str, Any]:
-    """Search the config space; returns what tune.json holds. Everything is checked before any training."""
+    """Search the config space; returns what tune.json holds. Everything is checked before any training.
+    `timeout`: stop starting trials after this long. `time_limit`: the study's whole budget, shared across the
+    trials still to run (each trial's `train.time_limit` is the time left over the trials left, so it stops
+    within its share with its best epoch so far); it also ends the search, like `timeout`."""
     import optuna
 
     say = log_fn or log.info
@@ -396,6 +235,9 @@ def tune(
     if pruner not in PRUNERS:
         raise UserError(f"unknown pruner {pruner!r}; choose one of {PRUNERS}")
     seconds = parse_duration(timeout)
+    limit = parse_duration(time_limit)
+    if limit is not None:
+        seconds = limit if seconds is None else min(seconds, limit)
     output = Path(output)
 
     # 1. the settings: config, space (paths, ranges, types), then the table and its label
@@ -411,7 +253,7 @@ def tune(
     probe = make_predictor(trial_config(base, {}))
     schema = data.schema(probe)
     images = any(m is Modality.IMAGE for m in schema.inputs.values())
-    pretrained = bool(probe._pretrained_config(schema))
+    pretrained = bool(pretrained_config(probe.config_, schema))
     search: Space = build_space(default_space(images, pretrained) | user_space, base)
     metric, direction = ("accuracy", "maximize") if schema.problem_type.is_classification else ("rmse", "minimize")
     from polymodal.data.stream import fingerprint
@@ -440,6 +282,9 @@ def tune(
         try:
             values = search.suggest(trial)
             p = make_predictor(trial_config(base, values))
+            if budget is not None:  # this trial's share of the study's time limit
+                budget.left = max(trials - budget_counts(study)["verdicts"], 1)
+                p.config_.train.time_limit = budget.share(base.train.time_limit)
             d = data.prepare(p)
             pruning = pruning_callback(trial, f"val_{metric}")
             try:
@@ -447,11 +292,13 @@ def tune(
                                callbacks=[pruning])  # fmt: skip
             finally:
                 trial.set_user_attr("epochs", pruning.reported)
+            for key, value in cut_short(p.metrics_).items():
+                trial.set_user_attr(key, value)
             value = float(p.metrics_["valid"][metric])
             if not math.isfinite(value):
                 raise UserError(f"validation {metric} is {value}")
             trial.set_user_attr("seconds", round(time.perf_counter() - start, 2))
-            ranked = _ranked(study)
+            ranked = ranked_trials(study)
             worse = direction == "maximize" and len(ranked) >= keep and value < ranked[keep - 1].value
             worse |= direction == "minimize" and len(ranked) >= keep and value > ranked[keep - 1].value
             if not worse:  # only a possible top-`keep` trial writes its model folder
@@ -468,6 +315,7 @@ def tune(
         finally:
             _free_memory()
 
+    budget = None if limit is None else Budget(limit, trials)
     deadline = None if seconds is None else time.monotonic() + seconds
     ran = 0
     while True:
@@ -536,12 +384,12 @@ def _free_memory() -> None:
 
 def finish(study: Any, output: Path, metric: str, keep: int, trials: int, url: str, report: bool) -> dict[str, Any]:
     """trials.csv, report.html and the summary, from whatever is in the storage now (every worker's trials)."""
-    from polymodal.evaluation.compare import _write_csv
+    from polymodal.studies.leaderboard import write_csv
 
     kept = tidy_folders(study, output, keep)
     best_number = update_best(study, output)
     rows = trial_rows(study, metric)
-    _write_csv(output / TRIALS_CSV, rows)
+    write_csv(output / TRIALS_CSV, rows)
     states: dict[str, int] = {}
     for r in rows:
         states[r["state"]] = states.get(r["state"], 0) + 1
@@ -563,8 +411,21 @@ def finish(study: Any, output: Path, metric: str, keep: int, trials: int, url: s
     if best is not None and not (output / BEST).exists():
         summary["best_note"] = f"trial {best.number} ran on worker {best.user_attrs.get('worker')}: its folder is there"
     if report:
-        from polymodal.evaluation.report import write_html
-        from polymodal.optimize.report import tune_report
+        from polymodal.evaluation.html import write_html
+        from polymodal.studies.tune_report import tune_report
 
         write_html(output / REPORT, tune_report(study, summary, rows))
     return summary
+
+
+def tune_predictor(template: Any, train: Any, output: str | os.PathLike[str], **options: Any) -> Any:
+    """Search over `template`'s config (a MultimodalPredictor) and return the best trial's model, loaded, with
+    the summary as `tune_` (what the deprecated `MultimodalPredictor.tune` returns)."""
+    from polymodal.predictor import MultimodalPredictor
+
+    summary = tune(train, template.label, output, config=template.config_, **options)
+    if summary["best_folder"] is None:
+        raise RuntimeError(f"no trial of the study finished here; see {Path(output) / 'trials.csv'}")
+    best = MultimodalPredictor.load(summary["best_folder"])
+    best.tune_ = summary
+    return best

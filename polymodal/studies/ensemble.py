@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from polymodal.version import __version__
 from polymodal.data.schema import Schema
 from polymodal.data.validate import Problem
 from polymodal.errors import UserError
@@ -26,6 +25,7 @@ from polymodal.model.artifact import METRICS, atomic_folder, read_json, write_js
 from polymodal.model.pipeline import FeaturePipeline
 from polymodal.preprocess import Features, Preprocessor
 from polymodal.tasks import Task
+from polymodal.version import __version__
 
 ENSEMBLE = "ensemble.json"
 

@@ -8,7 +8,7 @@ import time
 import warnings
 from typing import Any
 
-from polymodal.evaluation.report import CSS, _esc, _note, _table
+from polymodal.evaluation.html import CSS, esc, note, table
 
 
 def _png(ax: Any) -> bytes:
@@ -44,8 +44,8 @@ def _img(kind: str, study: Any, alt: str) -> str:
     try:
         data = base64.b64encode(plot_png(kind, study)).decode("ascii")
     except Exception as e:  # e.g. importances need two finished trials that differ
-        return _note(f"{alt}: not available ({type(e).__name__}: {e})")
-    return f'<img alt="{_esc(alt)}" src="data:image/png;base64,{data}">'
+        return note(f"{alt}: not available ({type(e).__name__}: {e})")
+    return f'<img alt="{esc(alt)}" src="data:image/png;base64,{data}">'
 
 
 def tune_report(study: Any, summary: dict[str, Any], rows: list[dict[str, Any]]) -> str:
@@ -62,21 +62,21 @@ def tune_report(study: Any, summary: dict[str, Any], rows: list[dict[str, Any]])
         head += [{"what": k, "value": v} for k, v in best["params"].items()]
     columns = list(dict.fromkeys(k for r in rows for k in r))
     sections = {
-        "Summary": _table(head, ["what", "value"], left=("what", "value")),
+        "Summary": table(head, ["what", "value"], left=("what", "value")),
         "Optimization history": _img("history", study, "optimization history"),
         f"Validation {metric} per epoch (pruned trials stop early)": _img("intermediate", study, "intermediate"),
         "Parameter importances": _img("importances", study, "parameter importances"),
         "Parallel coordinates": _img("parallel", study, "parallel coordinates"),
-        "Trials": _table(rows, columns, left=("state", "error")),
+        "Trials": table(rows, columns, left=("state", "error")),
     }
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>polymodal tune: {_esc(summary['study'])}</title><style>{CSS}</style></head><body>",
-        f"<h1>polymodal tune: {_esc(summary['study'])}</h1>",
+        f"<title>polymodal tune: {esc(summary['study'])}</title><style>{CSS}</style></head><body>",
+        f"<h1>polymodal tune: {esc(summary['study'])}</h1>",
     ]
-    parts += [f"<section><h2>{_esc(h)}</h2>{body}</section>" for h, body in sections.items()]
-    parts.append(_note(f"made by polymodal on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"))
+    parts += [f"<section><h2>{esc(h)}</h2>{body}</section>" for h, body in sections.items()]
+    parts.append(note(f"made by polymodal on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"))
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -1,0 +1,465 @@
+"""Benchmark tables generated from benchmarks/results/*.json, so no number in them is typed by hand.
+
+`render(name, folder, page_src)` reads `folder/name.json`, picks the renderer of its benchmark (the JSON's
+`benchmark` key, else the longest known prefix of the file name) and returns the table in markdown, followed by a
+link to the JSON. The words of a table (row labels that describe a run) live here; every number comes from the file.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+Row = list[Any]
+
+
+def _f(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}" if abs(value) >= 10_000 else str(value)
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _table(header: list[str], rows: list[Row]) -> str:
+    def cell(v: Any) -> str:
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _bold_max(rows: list[Row], col: int) -> list[Row]:
+    """Bold the largest value of a column (the winner), as text."""
+    values = [float(r[col]) for r in rows if re.fullmatch(r"-?\d+(\.\d+)?", str(r[col]))]
+    if not values:
+        return rows
+    best = max(values)
+    for r in rows:
+        if re.fullmatch(r"-?\d+(\.\d+)?", str(r[col])) and float(r[col]) == best:
+            r[col] = f"**{r[col]}**"
+    return rows
+
+
+def av_digits(d: dict) -> str:
+    rows = [
+        [
+            r["entry"],
+            _f(r["accuracy"]),
+            _f(r["f1_macro"]),
+            _f(r["train_seconds"], 1),
+            round(r["peak_rss_mb"]),
+            r["epochs"],
+        ]
+        for r in d["results"]
+    ]
+    rows = _bold_max(_bold_max(rows, 1), 2)
+    return _table(["entry", "accuracy", "macro-F1", "train s", "peak RSS MB", "epochs"], rows)
+
+
+def compare(d: dict) -> str:
+    metric = d.get("metric", "accuracy")
+    board = d["leaderboard"]
+    inputs = [k.split(":", 1)[1] for k in board[0] if k.startswith("missing:")]
+    header = ["#", "entry", metric, "macro-F1", "params", "train s", "infer ms/row"]
+    header += [f"without {i}" for i in inputs] + [f"rel. rob. {i}" for i in inputs]
+    rows = []
+    for r in board:
+        row = [r["rank"], r["entry"], f"{_f(r[f'{metric}_mean'])} ± {_f(r[f'{metric}_std'])}"]
+        row += [_f(r.get("f1_macro_mean")), f"{r['parameters']:,}", _f(r["train_seconds"], 1)]
+        row += [_f(r.get("infer_ms_per_sample"), 2)]
+        row += [_f(r.get(f"missing:{i}")) for i in inputs] + [_f(r.get(f"robustness:{i}")) for i in inputs]
+        rows.append(row)
+    extra = ""
+    if d.get("majority_class_accuracy") is not None:
+        extra = f"\n\nMajority class: {_f(d['majority_class_accuracy'])}."
+    return _table(header, rows) + extra
+
+
+def compress(d: dict) -> str:
+    rows = []
+    for r in d["results"]:
+        agreement = r.get("argmax_agreement_vs_pytorch_fp32")
+        rows.append(
+            [
+                r["variant"],
+                r["runtime"],
+                _f(r["accuracy"], 4),
+                _f(r["f1_macro"], 4),
+                _f(r["file_bytes"] / 1e6, 2),
+                f"{_f(r['b1_p50_ms'], 2)} / {_f(r['b1_p99_ms'], 2)}",
+                f"{_f(r['b32_p50_ms'], 2)} / {_f(r['b32_p99_ms'], 2)}",
+                _f(round(r["rss_after_load_mb"])) if r.get("rss_after_load_mb") is not None else "-",
+                "reference" if agreement is None else _f(agreement),
+            ]
+        )
+    header = ["variant", "runtime", "accuracy", "macro-F1", "file MB", "b1 p50 / p99 ms", "b32 p50 / p99 ms/row"]
+    return _table(header + ["RSS after load MB", "agreement with PyTorch fp32"], rows)
+
+
+DDP_RUNS = {
+    "1p1t": "1 process, 1 thread",
+    "1p2t": "1 process, 2 threads",
+    "2p1t": "DDP, Lightning starts rank 1",
+    "tr2p1t": "DDP under torchrun",
+}
+
+
+def ddp_scaling(d: dict) -> str:
+    rows = []
+    for r in d["runs"]:
+        m = re.fullmatch(r"(tr)?(\d+)p(\d+)t", r["run"])
+        shape = f"{m.group(2)} x {m.group(3)}" if m else "-"
+        if not r.get("ok", True):
+            rows.append([DDP_RUNS.get(r["run"], r["run"]), shape, "failed", "", "", "", ""])
+            continue
+        rows.append(
+            [
+                DDP_RUNS.get(r["run"], r["run"]),
+                shape,
+                round(r["rows_per_s"]),
+                _f(r["wall_s"], 1),
+                round(r["peak_rss_mb"]),
+                _f(r.get("valid_accuracy")),
+                _f(r.get("evaluate_accuracy")),
+            ]
+        )
+    header = ["run", "processes x threads", "train rows/s (loop)", "wall s", "peak RSS MB"]
+    return _table(header + ["valid acc (DDP, gathered)", "`polymodal evaluate` acc"], rows)
+
+
+ENCODE_INPUTS = {"text": "sentences", "text_dev_rows": "dev rows' sentences", "image": "images"}
+
+
+def encode_throughput(d: dict) -> str:
+    rows = []
+    int8 = "int8_per_s" in next(iter(d["results"].values()))
+    for key, r in d["results"].items():
+        label = f"{ENCODE_INPUTS.get(key, key)} ({r['encoder']})"
+        n = f"{r['inputs']} ({r['unique_inputs']})"
+        if int8:
+            rows.append(
+                [
+                    label,
+                    n,
+                    _f(r["int8_per_s"], 1),
+                    _f(r["plain_fp32_per_s"], 1),
+                    f"{_f(r['speedup_over_plain'], 2)}x",
+                    _f(r["min_cosine_vs_fp32"]),
+                    _f(r["mean_cosine_vs_fp32"]),
+                ]
+            )
+        else:
+            rows.append(
+                [
+                    label,
+                    n,
+                    _f(r["polymodal_first_per_s"], 1),
+                    _f(r["plain_per_s"], 1),
+                    _f(r["ratio_polymodal_over_plain"], 2),
+                    f"{_f(r['cached_second_s'])} s",
+                    f"{round(r['cached_speedup'])}x",
+                    _f(r["min_cosine_vs_plain"]),
+                ]
+            )
+    if int8:
+        header = ["input", "n (distinct)", "int8 ONNX /s", "plain fp32 HF loop /s", "speed-up"]
+        return _table(header + ["min cosine to fp32", "mean cosine to fp32"], rows)
+    header = ["input", "n (distinct)", "polymodal /s", "plain HF loop /s", "ratio", "cached second pass", "speed-up"]
+    return _table(header + ["min cosine to plain"], rows)
+
+
+def index_scale(d: dict) -> str:
+    rows = []
+    for r in d["results"]:
+        chosen = r["chosen"]
+        reached = chosen is not None
+        point = chosen if reached else r["sweep"][-1]
+        setting = "exact" if r["knob_name"] is None else f"{r['knob_name']}={point['knob']}"
+        if not reached:
+            setting += f" (largest tried; {d.get('target_recall@10', 0.95)} not reached)"
+        build = _f(r["build_seconds"], 1)
+        if r["kind"] == "ivf":
+            build += f" ({_f(r['train_seconds'], 1)} k-means)"
+        rows.append(
+            [
+                r["kind"] + (" (exact)" if r["kind"] == "flat" else ""),
+                build,
+                round(r["memory_mib"]),
+                setting,
+                _f(point["recall@10"]),
+                _f(point["p50_ms"]),
+                _f(point["p99_ms"]),
+            ]
+        )
+    caption = (
+        f"{d['n']:,} vectors, {d['dim']}-d, {d['clusters']:,} clusters, spread {d['spread']}; "
+        f"FAISS {d.get('faiss', '?')}; {d['seconds']:.0f} s in all."
+    )
+    header = ["index", "build s", "memory MiB", "setting", "recall@10", "p50 ms", "p99 ms"]
+    return _table(header, rows) + f"\n\n{caption}"
+
+
+def nlvr(d: dict) -> str:
+    base = d["majority_baseline"]
+    rows = [
+        [
+            f"majority class ({base['class']})",
+            "",
+            _f(base["test_per_row"]["accuracy"]),
+            _f(base["test_per_row"]["f1_macro"]),
+            _f(base["test_per_example"]["accuracy"]),
+            "",
+            "",
+        ]
+    ]
+    for r in d["results"]:
+        rows.append(
+            [
+                r["kind"],
+                r["preset"] + (", frozen" if r["preset"] == "pretrained" else ""),
+                _f(r["test_per_row"]["accuracy"]),
+                _f(r["test_per_row"]["f1_macro"]),
+                _f(r["test_per_example"]["accuracy"]),
+                f"{r['epochs']} ({r['best_epoch']})",
+                _f(r["train_seconds"], 0),
+            ]
+        )
+    header = ["entry", "encoders", "test accuracy (row)", "macro-F1", "accuracy (example)", "epochs (best)", "train s"]
+    return _table(header, rows)
+
+
+def pii(d: dict) -> str:
+    ours, peer = d["results"]["polymodal"], d["results"].get("scrubadub", {})
+    rows = []
+    for entity, r in ours.items():
+        p = peer.get(entity, {})
+        rows.append(
+            [
+                entity,
+                r["planted"],
+                _f(r["precision"]),
+                _f(r["recall"]),
+                _f(p.get("precision")),
+                _f(p.get("recall")),
+            ]
+        )
+    header = ["entity", "planted", "polymodal precision", "polymodal recall"]
+    return _table(header + ["scrubadub precision", "scrubadub recall"], rows)
+
+
+def retrieval(d: dict) -> str:
+    directions = [k for k in d["results"][0] if "->" in k]
+    header = ["entry"] + [f"{k} {m}" for k in directions for m in ("mAP", "P@1")] + ["seconds"]
+    rows = []
+    for r in d["results"]:
+        row = [r["entry"]]
+        for k in directions:
+            row += [_f(r[k]["mAP"]), _f(r[k]["precision@1"])]
+        rows.append(row + [_f(r["seconds"], 1)])
+    return _table(header, rows)
+
+
+RL_EXTRACTORS = {
+    "polymodal": ("polymodal (cell codes + TextRNN + embedding, early fusion)", "token ids"),
+    "bow": ("SB3 default (flatten + bag of words)", "bag of words"),
+    "blind": ("polymodal, mission hidden", "no"),
+}
+
+
+def rl_babyai(d: dict) -> str:
+    rows = []
+    for r in d["runs"]:
+        extractor, sees = RL_EXTRACTORS.get(r["name"].split("-")[0], ("-", "-"))
+        final = r["final"]
+        to09 = r.get("steps_to_0.9")
+        rows.append(
+            [
+                r["name"],
+                r["algo"].upper(),
+                extractor,
+                sees,
+                f"{r['steps']:,}",
+                _f(final["success_rate"]),
+                _f(final["mean_return"]),
+                "not reached" if to09 is None else f"{to09:,}",
+                round(r["train_seconds"]),
+            ]
+        )
+    header = ["run", "algorithm", "extractor", "sees mission", "steps", f"success ({d.get('episodes', '?')} ep.)"]
+    return _table(header + ["mean return", "steps to 0.9", "train s"], rows)
+
+
+def _power(n: int) -> str:
+    exp = len(str(n)) - 1
+    return f"10^{exp}" if n == 10**exp else f"{n:,}"
+
+
+def scale_rows(d: dict) -> str:
+    runs = [r for r in d["runs"] if r.get("ok")]
+    runs.sort(key=lambda r: (r["verb"] != "fit", r["rows"], r["mode"] != "on"))
+    rows = []
+    for r in runs:
+        rate = r.get("rows_per_s_fit") if r["verb"] == "fit" else r.get("rows_per_s")
+        rows.append(
+            [
+                _power(r["rows"]),
+                "streaming" if r["mode"] == "on" else "in memory",
+                r["verb"],
+                _f(r["wall_s"], 1),
+                round(r["peak_rss_mb"]),
+                round(r["peak_rss_main_mb"]),
+                _f(round(rate)) if rate else "",
+                _f(r.get("valid_accuracy")) if r.get("valid_accuracy") is not None else "",
+            ]
+        )
+    header = ["rows", "mode", "verb", "wall s", "peak RSS MB (process tree)", "peak RSS MB (main process)"]
+    return _table(header + ["rows/s (whole fit)", "valid acc"], rows)
+
+
+def serve_load(d: dict) -> str:
+    rows = [
+        [
+            r["batching"],
+            r["load"],
+            r["requests"],
+            _f(r["throughput_rps"], 1),
+            _f(r["p50_ms"], 1),
+            _f(r["p95_ms"], 1),
+            _f(r["p99_ms"], 1),
+            r["errors"],
+            _f(r["mean_batch_rows"], 1),
+        ]
+        for r in d["load"]
+    ]
+    header = ["micro-batching", "load", "requests", "answered/s", "p50 ms", "p95 ms", "p99 ms", "errors"]
+    return _table(header + ["rows per pass"], rows)
+
+
+def sort_of_clevr(d: dict) -> str:
+    rows = [
+        [
+            r["fusion"],
+            "tokens" if r["token_level"] else "pooled",
+            _f(r["relational"]),
+            _f(r["non_relational"]),
+            _f(r["accuracy"]),
+            r["epochs"],
+            _f(r["train_seconds"], 0),
+        ]
+        for r in d["entries"]
+    ]
+    for col in (2, 3, 4):
+        rows = _bold_max(rows, col)
+    return _table(["fusion", "level", "relational", "non-relational", "all", "epochs", "train s"], rows)
+
+
+def tune(d: dict) -> str:
+    startup = (d.get("reduced") or {}).get("pruner_startup")
+    labels = {"pruned": f"median pruner, starts after {startup} trials", "unpruned": "no pruner"}
+    rows = []
+    for arm, r in d["arms"].items():
+        states = r.get("states", {})
+        best = (r.get("best") or {}).get("value")
+        rows.append(
+            [
+                labels.get(arm, arm),
+                _f(r["search_seconds"], 0),
+                r["epochs_trained"],
+                states.get("COMPLETE", 0),
+                states.get("PRUNED", 0),
+                _f(best, 4),
+            ]
+        )
+    header = ["study", "search s (first trial start to last end)", "epochs trained", "complete", "pruned"]
+    out = _table(header + ["best valid acc"], rows)
+    refit = d.get("refit") or []
+    if refit:
+        seeds = ", ".join(f"seed {r['seed']}: {_f(r['accuracy'])}" for r in refit)
+        out += (
+            f"\n\nPruned / unpruned search time: **{_f(d['pruned_over_unpruned_search_seconds'], 2)}** (epochs "
+            f"{_f(d['pruned_over_unpruned_epochs'], 2)}; goal <= {d['goal_pruned_ratio']}). Best configuration (from "
+            f"the {d['best_from']} study) re-fit and tested: {seeds}; mean **{_f(d['test_accuracy_mean'])} +/- "
+            f"{_f(d['test_accuracy_std'])}** (goal >= {d['goal_test_accuracy']})."
+        )
+    return out
+
+
+VOICE_ROWS = {
+    "clean": "clean audio, models trained on clean audio",
+    "ignorant (alpha 0.8)": "ignorant attacker: clean-trained models, McAdams test audio (alpha 0.8)",
+    "ignorant (alpha 0.7-0.9 per clip)": "same, a random alpha in [0.7, 0.9] per clip",
+    "informed (alpha 0.8)": "informed attacker: models retrained on McAdams audio (alpha 0.8)",
+}
+VOICE_WARP_ROWS = {
+    "clean": "models trained on clean audio with `train.audio_warp={strength}`, clean test audio",
+    "ignorant (alpha 0.8)": "same models, McAdams test audio (alpha 0.8)",
+    "ignorant (alpha 0.7-0.9 per clip)": "same models, a random alpha in [0.7, 0.9] per clip",
+}
+
+
+def voice_privacy(d: dict) -> str:
+    speaker, digit = d["results"]["speaker"], d["results"]["digit"]
+    rows = [[label, _f(speaker.get(k)), _f(digit.get(k))] for k, label in VOICE_ROWS.items() if k in speaker]
+    warp_s, warp_d = speaker.get("audio_warp") or {}, digit.get("audio_warp") or {}
+    for k, label in VOICE_WARP_ROWS.items():
+        if k in warp_s:
+            rows.append([label.format(strength=warp_s.get("strength")), _f(warp_s[k]), _f(warp_d.get(k))])
+    return _table(["condition", "speaker accuracy (lower is better)", "digit accuracy"], rows)
+
+
+RENDERERS: dict[str, Callable[[dict], str]] = {
+    "av_digits": av_digits,
+    "compare": compare,
+    "compress_av_digits": compress,
+    "ddp_scaling": ddp_scaling,
+    "encode_throughput": encode_throughput,
+    "index_scale": index_scale,
+    "nlvr": nlvr,
+    "pii": pii,
+    "retrieval_av_digits": retrieval,
+    "rl_babyai": rl_babyai,
+    "scale_rows": scale_rows,
+    "serve_load": serve_load,
+    "sort_of_clevr": sort_of_clevr,
+    "tune_av_digits": tune,
+    "voice_privacy": voice_privacy,
+}
+
+
+def renderer_for(name: str, data: dict) -> Callable[[dict], str]:
+    keys = [data.get("benchmark") or "", name]
+    for key in keys:
+        matches = [k for k in RENDERERS if key.startswith(k)]
+        if matches:
+            return RENDERERS[max(matches, key=len)]
+    raise KeyError(f"no table renderer for benchmarks/results/{name}.json; add one to {__file__}")
+
+
+def render(name: str, folder: Path, page_src: str) -> str:
+    """The table of `folder/name.json` and a link to the file, relative to the page (`page_src` in docs/)."""
+    path = Path(folder) / f"{name}.json"
+    data: dict[str, Any] = json.loads(path.read_text())
+    table = renderer_for(name, data)(data)
+    link = posixpath.relpath(f"benchmarks/results/{name}.json", posixpath.join("docs", posixpath.dirname(page_src)))
+    command = data.get("command")
+    source = f"Generated from [`benchmarks/results/{name}.json`]({link})"
+    source += f" (`{' '.join(command.split())}`)." if command else "."
+    return f"{table}\n\n{source}\n"
+
+
+if __name__ == "__main__":  # python docs/hooks/gen_benchmarks.py NAME: print one table
+    import sys
+
+    root = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+    for n in sys.argv[1:] or sorted(p.stem for p in root.glob("*.json")):
+        print(f"### {n}\n\n{render(n, root, 'benchmarks/x.md')}")

@@ -1,0 +1,206 @@
+"""The sections of the config tree: one dataclass each (data, privacy, preprocess, encoders, fusion, train, align,
+rl), their fields' defaults, and what each field means (the comment beside it)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+IMAGE_FITS = ("squash", "pad")
+BAD_ROW_POLICIES = ("error", "skip")
+PRESETS = (None, "scratch", "pretrained")
+
+
+def _choices(*values: Any) -> dict[str, Any]:
+    return {"choices": values}
+
+
+def _is_run_field(cls: type, name: str) -> bool:
+    return bool({f.name: f for f in fields(cls)}[name].metadata.get("run"))
+
+
+@dataclass
+class DataConfig:
+    label: str | None = None  # the column to predict
+    problem_type: str | None = None  # binary | multiclass | regression; None: inferred from the label
+    modalities: dict[str, str] = field(default_factory=dict)  # column -> text | image | audio | numeric | categorical
+    ignore: list[str] = field(default_factory=list)  # columns left out
+    # A column naming groups of rows (e.g. a question type): evaluate/compare/report score each of its values
+    # beside the overall metrics. Never a model input.
+    group_by: str | None = None
+    valid_fraction: float = 0.1  # validation split of the training rows when no validation table is given
+    on_bad_rows: str = field(default="error", metadata=_choices(*BAD_ROW_POLICIES))
+    # Tables larger than memory: read in chunks, media decoded on the fly in loader worker processes. auto:
+    # stream a file whose decoded rows would take more than a quarter of the available memory.
+    streaming: str = field(default="auto", metadata=_choices("auto", "on", "off"))
+    chunk_rows: int = 4096  # rows per chunk when streaming
+
+    def left_out(self) -> list[str]:
+        """The columns that are not inputs: `ignore`, plus the group column."""
+        extra = [self.group_by] if self.group_by and self.group_by not in self.ignore else []
+        return list(self.ignore) + extra
+
+
+@dataclass
+class PreprocessConfig:
+    image_size: int = 64
+    image_fit: str = field(default="squash", metadata=_choices(*IMAGE_FITS))  # pad: keep the aspect ratio
+    sample_rate: int = 16000
+    max_audio_seconds: float = 10.0
+    n_mels: int = 40
+    n_mfcc: int = 20
+    max_text_tokens: int = 128
+    max_vocab: int = 30000
+    min_token_count: int = 1
+    max_categories: int = 1000
+    # Filled by `fit` from the encoders section, not a user setting: input -> {"ref": EncoderRef as dict,
+    # "mode": "frozen" | "finetune", "layers": N or None, "lora": bool}.
+    pretrained: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"internal": True})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ModalityEncoderConfig:
+    """The encoder of one modality's columns."""
+
+    name: str | None = None  # pretrained encoder (registry name, HF id or folder); None or "scratch": scratch
+    embed_dim: int | None = None  # None: encoders.embed_dim
+
+
+@dataclass
+class TabularEncoderConfig:
+    embed_dim: int | None = None  # None: encoders.embed_dim
+
+
+@dataclass
+class EncodersConfig:
+    embed_dim: int = 128  # embedding size of every encoder, unless its modality sets its own
+    preset: str | None = field(default=None, metadata=_choices(*PRESETS))  # pretrained: the offline defaults
+    freeze: bool = True  # pretrained encoders: frozen (features cached) or fine-tuned
+    finetune_layers: int | None = None  # fine-tuning: only the top N layers
+    lora: bool = False  # fine-tuning: LoRA adapters instead of the encoder's weights
+    cache_dir: str | None = None  # feature cache of frozen encoders (default ~/.cache/polymodal)
+    # What runs frozen encoders in the feature pass: torch (fp32), or onnx-int8 (the encoder exported once to an
+    # int8 ONNX graph and run by ONNX Runtime: faster on a CPU; its embeddings have their own cache namespace).
+    frozen_runtime: str = field(default="torch", metadata=_choices("torch", "onnx-int8"))
+    # Cache a frozen encoder's token outputs (word, patch or frame tokens, fp16) instead of its pooled embedding,
+    # for the token-level fusions; None: when the fusion reads tokens (a pooled fusion then pools them itself).
+    frozen_tokens: bool | None = None
+    columns: dict[str, str] = field(default_factory=dict)  # column -> pretrained encoder, over the modality's
+    text: ModalityEncoderConfig = field(default_factory=ModalityEncoderConfig)
+    image: ModalityEncoderConfig = field(default_factory=ModalityEncoderConfig)
+    audio: ModalityEncoderConfig = field(default_factory=ModalityEncoderConfig)
+    numeric: TabularEncoderConfig = field(default_factory=TabularEncoderConfig)
+    categorical: TabularEncoderConfig = field(default_factory=TabularEncoderConfig)
+
+    def dim(self, modality: str) -> int:
+        """The embedding size of a modality's encoders."""
+        own = getattr(self, modality).embed_dim
+        return self.embed_dim if own is None else own
+
+
+@dataclass
+class FusionConfig:
+    # early | late | attention | gmu | tensor | low_rank | cross_attention; token-level: relation | film |
+    # token_transformer
+    name: str = "attention"
+    hidden: int = 128  # width of the fusion and the task head
+    dropout: float = 0.1
+    options: dict[str, Any] = field(default_factory=dict)  # the fusion's own settings, e.g. {heads: 8, layers: 3}
+
+
+@dataclass
+class TrainConfig:
+    max_epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    patience: int = 6
+    # A budget for training, in seconds (Lightning's max_time), checked after every batch: training then stops,
+    # validates and keeps the best epoch's weights, early stopping still applying within it. None: no limit.
+    time_limit: float | None = field(default=None, metadata={"positive": True})
+    seed: int = 0
+    accelerator: str = "auto"
+    devices: int | str = 1  # processes (GPUs) per machine
+    strategy: str = "auto"  # ddp: one process per device, gradients all-reduced (Lightning DDP)
+    num_nodes: int = 1  # machines (torchrun and SLURM runs fill this in from their environment)
+    num_workers: int | None = None  # loader worker processes; None: 0 in memory, up to 4 when streaming
+    precision: str = "32-true"
+    modality_dropout: float = 0.0
+    augment: bool = True  # light augmentation of training batches (images: shifts, brightness; audio: audio_warp)
+    # Random frequency warp of scratch audio features in training (VTLP-style): each clip's spectrum f -> s f^b,
+    # log s and log b uniform in +-audio_warp; 0: off. Less dependence on the voice (another speaker, McAdams).
+    audio_warp: float = 0.0
+    progress: bool = True
+    encoder_lr: float | None = None  # learning rate of fine-tuned pretrained encoders (default: lr / 10)
+    # Where this run keeps the checkpoint written after each epoch, so a killed run resumes (the CLI: a hidden
+    # sibling of the output folder), and whether to discard one found there. The run's, not the model's: never
+    # saved with the model.
+    checkpoint_dir: str | None = field(default=None, metadata={"run": True})
+    restart: bool = field(default=False, metadata={"run": True})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if not _is_run_field(TrainConfig, k)}
+
+
+@dataclass
+class PrivacyConfig:
+    """Personal data removed from every table before anything is fitted, logged or saved (polymodal.privacy)."""
+
+    anonymize: bool = False
+    operator: str = field(default="placeholder", metadata=_choices("placeholder", "mask", "hash"))  # hash: salted
+    ner_model: str | None = None  # token-classification model (HF id or folder) for names, places, organizations
+    faces: str = field(default="blur", metadata=_choices("blur", "box", "keep"))
+    voice: str = field(default="mcadams", metadata=_choices("mcadams", "keep"))
+    alpha: float = 0.8  # McAdams coefficient
+    alpha_range: list[float] | None = None  # [low, high]: a random alpha per recording (seeded)
+    seed: int = 0
+    output_dir: str | None = None  # where the anonymized copies go (None: a temporary folder, removed after fit)
+
+
+@dataclass
+class AlignConfig:
+    """Cross-modal alignment (`polymodal align`, `MultimodalRetriever`): which columns share one embedding space.
+    An aligned model reads data (label, modalities, valid_fraction, on_bad_rows), preprocess, encoders and train
+    too; fusion is not used (each column is projected on its own)."""
+
+    target: str | None = None  # the anchor column every query column is aligned to
+    query: list[str] = field(default_factory=list)  # the columns aligned to the target
+    dim: int = 64  # size of the shared space
+    hidden: int = 256  # width of each column's projection head
+    dropout: float = 0.1
+    temperature: float = 0.07  # initial softmax temperature (learned)
+
+
+@dataclass
+class RLConfig:
+    """Reinforcement learning (`polymodal rl train`, `polymodal.rl.AgentConfig`): an SB3 agent whose policy reads
+    the env's observations through polymodal encoders and a fusion. Its own section: the policy network's fusion
+    and sizes are set here, not in fusion/encoders (those describe a table model)."""
+
+    env_id: str | None = None  # a gymnasium env id, e.g. BabyAI-GoToLocalS6N2-v0
+    algo: str = field(default="ppo", metadata=_choices("dqn", "ppo"))
+    steps: int = 50_000  # environment steps to train for
+    fusion: str = "early"  # any pooled or token-level fusion name
+    embed_dim: int = 64  # embedding size of every observation encoder
+    hidden: int = 128  # width of the fusion
+    seed: int = 0
+    n_envs: int | None = None  # parallel envs; None: 1 for DQN, 8 for PPO
+    extractor: bool = True  # False: SB3's default CombinedExtractor (the benchmark's baseline)
+    text: str = field(default="tokens", metadata=_choices("tokens", "bow"))  # Text obs -> token ids | word counts
+    hide: list[str] = field(default_factory=list)  # observation keys the agent does not see
+    modalities: dict[str, str] = field(default_factory=dict)  # observation key -> modality, over the inferred one
+    # per key, e.g. {"image": {"widths": [8]}}; MiniGrid/BabyAI views: {"image": {"codes": 16, "grid": 7}}
+    encoder_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    env_kwargs: dict[str, Any] = field(default_factory=dict)  # gymnasium.make keywords
+    hyperparameters: dict[str, Any] = field(default_factory=dict)  # SB3's, over polymodal's defaults per algorithm
+    net_arch: list[int] | None = None
+    model: str | None = None  # transfer: a polymodal model folder whose encoders the policy starts from
+    transfer: dict[str, str] = field(default_factory=dict)  # observation key -> the model's input name
+    freeze: bool = True  # transferred encoders frozen, or trained on
+    threads: int = 1  # torch CPU threads: RL runs many tiny batches, where more threads only add contention
+    eval_every: int = 5_000  # steps between evaluations (the learning curve)
+    eval_episodes: int = 50
+    vocab_resets: int = 200  # env resets sampled to build the vocabulary of Text observations

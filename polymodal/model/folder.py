@@ -1,0 +1,119 @@
+"""A model folder (or an exported ONNX graph) back to a working inference engine: the network its config
+describes, its weights (int8 ones rebuilt), its preprocessing, and its pretrained encoders found on this machine.
+`MultimodalPredictor.load` wraps this; so can anything that only needs to run a saved model."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from polymodal.config import Config, from_legacy
+from polymodal.data.schema import Schema
+from polymodal.errors import UserError
+from polymodal.preprocess import Preprocessor
+
+
+@dataclass
+class LoadedModel:
+    config: Config
+    schema: Schema
+    engine: Any
+    metrics: dict[str, Any]
+    input_specs: dict[str, dict]
+    compression: dict[str, Any] | None
+    float_net: Any = None  # an int8 folder's network before dynamic quantization
+    graph_config: dict[str, Any] | None = None  # an ONNX graph's config.json record
+
+
+def _tree(config: dict[str, Any], preprocess: dict[str, Any], cache_dir: str | os.PathLike[str] | None) -> Config:
+    if "config" in config:
+        tree = Config.from_dict(config["config"])
+    else:  # a folder written before the config tree (polymodal 0.1.0)
+        tree = from_legacy(config, preprocess["config"])
+    # The feature cache is a place on this machine, not part of the model.
+    tree.encoders.cache_dir = None if cache_dir is None else str(cache_dir)
+    return tree
+
+
+def build_net(cfg: Config, schema: Schema, input_specs: dict[str, dict], task: Any) -> Any:
+    """The network a config describes, for a fitted schema and preprocessing."""
+    from polymodal.model.network import MultimodalNet
+
+    dims = {name: cfg.encoders.dim(m.value) for name, m in schema.inputs.items()}
+    return MultimodalNet(
+        schema.inputs, input_specs, task, cfg.fusion.name, dims, cfg.fusion.hidden, cfg.fusion.dropout,
+        fusion_options=cfg.fusion.options,
+    )  # fmt: skip
+
+
+def load_model(
+    folder: str | os.PathLike[str], device: str = "cpu", cache_dir: str | os.PathLike[str] | None = None
+) -> LoadedModel:
+    """The PyTorch model of a model folder, ready to predict."""
+    from polymodal.model.artifact import load_folder
+    from polymodal.model.inference import InferenceEngine
+    from polymodal.model.pipeline import relink_encoders
+    from polymodal.tasks import Task
+
+    config, state, preprocess, metrics = load_folder(Path(folder))
+    if config.get("kind") == "aligned":
+        raise UserError(
+            f"{folder} is an aligned retrieval model: use MultimodalRetriever.load, polymodal index/search/evaluate"
+        )
+    quantized = bool(config.get("compression", {}).get("quantize"))
+    if quantized:
+        from polymodal.model.quantized import restore_state
+
+        state = restore_state(state)  # int8 weights stored as plain tensors -> float weights
+    schema = Schema.from_dict(config["schema"])
+    tree = _tree(config, preprocess, cache_dir)
+    preprocessor = Preprocessor.from_dict(schema, preprocess)
+    specs = relink_encoders(Path(folder), preprocessor, config["input_specs"])
+    task = Task.from_dict(config["task"])
+    net = build_net(tree, schema, specs, task)
+    net.load_state_dict(state, strict=True)
+    float_net = None
+    if quantized:
+        from polymodal.model.quantized import quantize_modules
+
+        float_net = net
+        net = quantize_modules(net.eval())  # int8 Linear/GRU computed as int8 (dynamic quantization)
+    cache = None if tree.encoders.cache_dir is None else Path(tree.encoders.cache_dir)
+    engine = InferenceEngine(schema, preprocessor, task, net.to(device), cache_dir=cache)
+    return LoadedModel(tree, schema, engine, metrics, config["input_specs"], config.get("compression"), float_net)
+
+
+def load_onnx_model(
+    path: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None, threads: int | None = None
+) -> LoadedModel:
+    """An exported ONNX graph run by ONNX Runtime (`threads` intra-op threads, default: its own choice), without
+    torch."""
+    from polymodal.model.inference import InferenceEngine
+    from polymodal.model.onnx_runtime import TOOLS_SUFFIX, OnnxNet
+    from polymodal.tasks import Task
+
+    net = OnnxNet(path, threads=threads)
+    config, preprocess = net.metadata["config"], net.metadata["preprocess"]
+    schema = Schema.from_dict(config["schema"])
+    tree = _tree(config, preprocess, cache_dir)
+    preprocessor = Preprocessor.from_dict(schema, preprocess)
+    tools = net.path.with_suffix(TOOLS_SUFFIX)
+    preprocessor.text_in_graph = frozenset(net.metadata.get("text_in_graph", []))  # older graphs took token ids
+    # Frozen encoders inside the graph (older graphs took their embeddings, from the feature cache, instead).
+    for name in net.metadata.get("frozen_in_graph", []):
+        preprocessor.config.pretrained[name]["in_graph"] = True
+        folder = tools / net.graph_names[name]
+        for tool in ("tokenizer", "extractor"):
+            if tool in preprocessor.state[name] and folder.is_dir():
+                preprocessor.state[name][tool] = str(folder)
+    if preprocessor.config.pretrained:  # encoders outside the graph: find them on this machine
+        from polymodal.model.pipeline import relink_encoders
+
+        relink_encoders(Path(net.path).parent, preprocessor, config["input_specs"])
+    cache = None if tree.encoders.cache_dir is None else Path(tree.encoders.cache_dir)
+    engine = InferenceEngine(schema, preprocessor, Task.from_dict(config["task"]), net, cache_dir=cache)
+    metrics = net.metadata.get("metrics", {})
+    return LoadedModel(tree, schema, engine, metrics, config["input_specs"], config.get("compression"),
+                       graph_config=config)  # fmt: skip

@@ -1,0 +1,181 @@
+"""The training table, read once: what `fit` (and the studies that share its work) begin with.
+
+One pass: the table is read once, its schema inferred once, its columns checked once; then its media decoded
+(with the bad-row policy) and split. A table that streams is looked at through its first `HEAD_ROWS` rows only,
+and the same rows give its schema.
+
+Whether a file streams (`data.streaming: auto`) needs its size in decoded bytes. Most tables are settled by a
+row count alone: when even a row of the costliest kind in every column would fit, the table stays in memory and
+nothing is inferred for the decision. Only a table near the limit is decided on the kinds of its first rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from polymodal.config import Config
+from polymodal.data.io import read_table, table_name
+from polymodal.data.schema import Modality, Schema, infer_schema
+from polymodal.data.validate import BadRowsError, Problem, check_columns, check_group_column, check_labels
+from polymodal.preprocess import PreprocessConfig, Preprocessor, estimate_row_bytes, max_row_bytes
+
+log = logging.getLogger("polymodal")
+
+DROPPED_REPORT = "dropped_rows.csv"
+HEAD_ROWS = 10_000  # streaming: the rows the schema and the pretrained inputs' settings are inferred from
+
+
+@dataclass
+class TrainTable:
+    """The training table as `fit` sees it: all its rows, or (streaming) its first `HEAD_ROWS`."""
+
+    source: Any
+    df: pd.DataFrame
+    base_dir: Path
+    schema: Schema
+    streaming: bool
+
+
+def infer(cfg: Config, df: pd.DataFrame) -> Schema:
+    """The schema the config's data section asks for, inferred from `df`."""
+    d = cfg.data
+    modalities = {c: Modality(m) for c, m in d.modalities.items()}
+    return infer_schema(df, d.label, modalities, d.left_out(), d.problem_type)
+
+
+def streams(cfg: Config, source: Any, schema: Schema | None = None) -> bool:
+    """Whether `source` is read in chunks (data.streaming: on, off, or auto: a file whose decoded rows would take
+    more than a quarter of the available memory). `schema`: a fitted model's, when there is one."""
+    return _decide(cfg, source, schema)[0]
+
+
+def _decide(cfg: Config, source: Any, schema: Schema | None) -> tuple[bool, tuple[pd.DataFrame, Schema] | None]:
+    """(streams, the head and its schema when they had to be inferred for the decision)."""
+    from polymodal.data.stream import available_memory, count_rows, head, wants_streaming
+
+    mode = cfg.data.streaming
+    if mode != "auto" or isinstance(source, pd.DataFrame):
+        return wants_streaming(mode, source, 0), None
+    rows, budget = count_rows(source), available_memory() // 4
+    if schema is not None:
+        return rows * estimate_row_bytes(schema, cfg.preprocess) > budget, None
+    first = head(source, 1)
+    if rows * max_row_bytes(len(first.columns), cfg.preprocess) <= budget:
+        return False, None  # fits however its columns are read: nothing to infer
+    first = head(source, HEAD_ROWS)
+    probe = infer(cfg, first)
+    return rows * estimate_row_bytes(probe, cfg.preprocess) > budget, (first, probe)
+
+
+def open_train_table(cfg: Config, source: Any) -> TrainTable:
+    """Read the training table (or, when it streams, its head) once and infer its schema once."""
+    from polymodal.data.stream import head, table_dir
+
+    streaming, probe = _decide(cfg, source, None)
+    if streaming:
+        df, schema = probe if probe is not None else (first := head(source, HEAD_ROWS), infer(cfg, first))
+        return TrainTable(source, df, table_dir(source), schema, True)
+    df, base_dir = read_table(source)
+    return TrainTable(source, df, base_dir, infer(cfg, df), False)
+
+
+def frozen_tokens(cfg: Config) -> bool:
+    """Whether frozen encoders cache their token outputs: as set, or when the fusion reads tokens."""
+    from polymodal.fusion import FUSIONS
+
+    wanted = cfg.encoders.frozen_tokens
+    return bool(getattr(FUSIONS[cfg.fusion.name], "consumes_tokens", False)) if wanted is None else wanted
+
+
+def pretrained_config(cfg: Config, schema: Schema) -> dict[str, dict[str, Any]]:
+    """Resolve the pretrained encoder of each media column (nothing is loaded yet)."""
+    from polymodal.encoders.pretrained import pretrained_settings
+
+    return pretrained_settings(cfg.encoders, schema.columns, tokens=frozen_tokens(cfg))
+
+
+def start_pipeline(cfg: Config, table: TrainTable, cache_dir: Any, progress: bool) -> Any:
+    """Check the table's columns (once), resolve the pretrained encoders and fit their settings on its rows.
+    Returns the FeaturePipeline that decodes and preprocesses rows for this schema."""
+    from polymodal.model.pipeline import FeaturePipeline
+
+    check_group_column(table.df, cfg.data.group_by, table_name(table.source))
+    check_columns(table.df, table.schema, training=True)
+    config = PreprocessConfig(**(cfg.preprocess.to_dict() | {"pretrained": pretrained_config(cfg, table.schema)}))
+    preprocessor = Preprocessor(table.schema, config).fit_pretrained(table.df, table.base_dir)
+    return FeaturePipeline(table.schema, preprocessor, cache_dir, progress=progress)
+
+
+def load_rows(
+    cfg: Config,
+    source: Any,
+    pipeline: Any,
+    *,
+    training: bool,
+    table: tuple[pd.DataFrame, Path] | None = None,
+    checked: bool = False,
+) -> tuple[pd.DataFrame, dict, dict, list[Problem]]:
+    """Read (unless `table` is given), check (unless `checked`: `start_pipeline` did) and decode a table; bad rows
+    raise or are dropped, per data.on_bad_rows. Returns (table, decoded media, frozen embeddings, problems)."""
+    from polymodal.model.pipeline import take_rows
+
+    df, base_dir = table or read_table(source)
+    if not checked:
+        check_columns(df, pipeline.schema, training=training)
+    problems = check_labels(df, pipeline.schema)
+    media, frozen, media_problems = pipeline.decode(df, base_dir)
+    problems = sorted(problems + media_problems, key=lambda p: (p.row, p.column))
+    if problems:
+        if cfg.data.on_bad_rows == "error":
+            raise BadRowsError(problems, table_name(source))
+        bad = sorted({p.row for p in problems})
+        log.warning("dropping %d bad row(s) of %s; see %s", len(bad), table_name(source), DROPPED_REPORT)
+        if len(bad) == len(df):
+            raise BadRowsError(problems, table_name(source))
+        df, media, frozen = take_rows(df, media, frozen, np.setdiff1d(np.arange(len(df)), bad))
+    return df, media, frozen, problems
+
+
+def split_rows(cfg: Config, df: pd.DataFrame, media: dict, frozen: dict, schema: Schema) -> tuple[tuple, tuple]:
+    """A stratified (when possible) validation split of the training rows, same seed, same rows every time."""
+    from sklearn.model_selection import train_test_split
+
+    from polymodal.model.pipeline import take_rows
+
+    idx = np.arange(len(df))
+    y = df[schema.label]
+    stratify = None
+    if schema.problem_type.is_classification:
+        counts = y.value_counts()
+        n_valid = int(np.ceil(cfg.data.valid_fraction * len(df)))
+        if counts.min() >= 2 and n_valid >= len(counts):
+            stratify = y.astype(str)
+    tr, va = train_test_split(idx, test_size=cfg.data.valid_fraction, random_state=cfg.train.seed, stratify=stratify)
+    return take_rows(df, media, frozen, np.sort(tr)), take_rows(df, media, frozen, np.sort(va))
+
+
+class LabelValues:
+    """What `Task.fit` needs of the training labels, gathered chunk by chunk: the distinct classes, or the values
+    of a regression target (8 bytes a row)."""
+
+    def __init__(self, problem_type: Any):
+        self.classification = problem_type.is_classification
+        self.classes: dict[Any, None] = {}
+        self.values: list[np.ndarray] = []
+
+    def update(self, y: pd.Series) -> None:
+        if self.classification:
+            self.classes.update(dict.fromkeys(y.dropna().unique().tolist()))
+        else:
+            self.values.append(pd.to_numeric(y, errors="coerce").to_numpy(dtype=np.float64))
+
+    def series(self) -> pd.Series:
+        if self.classification:
+            return pd.Series(list(self.classes), dtype=object)
+        return pd.Series(np.concatenate(self.values) if self.values else np.zeros(0))
