@@ -112,9 +112,9 @@ def compare(
         fingerprints = {k: table_fingerprint(v, template.config_.data.chunk_rows) for k, v in tables.items()}
         first = head(train, HEAD_ROWS)
     else:
-        frames = {k: read_table(v)[0] for k, v in tables.items()}
-        fingerprints = {k: fingerprint(df) for k, df in frames.items()}
-        first = frames["train"]
+        read = {k: read_table(v) for k, v in tables.items()}  # once: the in-memory run decodes these
+        fingerprints = {k: fingerprint(df) for k, (df, _) in read.items()}
+        first = read["train"][0]
     data = template.config_.data
     modalities = {c: Modality(m) for c, m in data.modalities.items()}
     schema = infer_schema(first, label, modalities, data.left_out(), data.problem_type)
@@ -134,6 +134,8 @@ def compare(
         say(f"{train} is streamed: each entry is a streamed fit, scored on every test row; robustness on a sample "
             f"of {noise_rows} test rows")  # fmt: skip
     run.say = say
+    if not streamed:
+        run.read, run.schema = read, schema
     if time_limit is not None:
         fits = sum(e.kind != "ensemble" for e in entries) * len(seed_list)
         run.budget = Budget(time_limit, fits)

@@ -119,16 +119,27 @@ class SeedData:
     preprocess_seconds: float
 
 
-def load_data(template: Any, train: Any, test: Any | None, valid: Any | None, test_fraction: float) -> CompareData:
+def load_data(
+    template: Any,
+    train: Any,
+    test: Any | None,
+    valid: Any | None,
+    test_fraction: float,
+    read: dict[str, tuple] | None = None,
+    schema: Schema | None = None,
+) -> CompareData:
     """Read and validate the tables once, decode their media and run the frozen pretrained encoders once (through
-    the feature cache), with the predictor's own checks and bad-row policy, as `MultimodalPredictor.fit` does."""
+    the feature cache), with the predictor's own checks and bad-row policy, as `MultimodalPredictor.fit` does.
+    `read`: the tables `compare` read already ("train", "valid", "test" -> (table, folder)), with the `schema`
+    it inferred from the training table: they are not read or inferred again."""
     from polymodal.predictor import MultimodalPredictor
 
     start = time.perf_counter()
     # The encoder pass can take minutes on a large table: it shows a progress bar even when training does not.
     cfg = template.config_
-    df, base_dir = read_table(train)
-    table = TrainTable(train, df, base_dir, infer(cfg, df), streaming=False)
+    read = read or {}
+    df, base_dir = read.get("train") or read_table(train)
+    table = TrainTable(train, df, base_dir, schema or infer(cfg, df), streaming=False)
     schema = table.schema
     pipeline = start_pipeline(cfg, table, template.cache_dir, progress=True)
     base = pipeline.preprocessor
@@ -136,11 +147,11 @@ def load_data(template: Any, train: Any, test: Any | None, valid: Any | None, te
     dropped = len({p.row for p in problems})
     vsplit = None
     if valid is not None:
-        vtable = read_table(valid)
+        vtable = read.get("valid") or read_table(valid)
         vdf, vmedia, vfrozen, vproblems = template._load_rows(valid, pipeline, training=False, table=vtable)
         vsplit, dropped = Split(vdf, vmedia, vfrozen, vtable[1]), dropped + len({p.row for p in vproblems})
     if test is not None:
-        ttable = read_table(test)
+        ttable = read.get("test") or read_table(test)
         tdf, tmedia, tfrozen, tproblems = template._load_rows(test, pipeline, training=False, table=ttable)
         dropped += len({p.row for p in tproblems})
         test_dir = ttable[1]

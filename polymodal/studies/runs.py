@@ -51,12 +51,16 @@ class Run:
         self.majority: dict | None = None
         self.trained: dict[tuple[int, str], Any] = {}  # (seed, unimodal entry name) -> its InferenceEngine
         self.budget: Budget | None = None  # --time-limit: the compare's seconds, shared across its fits
+        self.read: dict[str, tuple] = {}  # the tables `compare` read already, and the schema it inferred
+        self.schema: Schema | None = None
 
     def seed_data(self, seed: int) -> SeedData:
         if self.sd is None or self.sd.seed != seed:
             if self.data is None:
                 self.say("reading the tables, decoding the files, running frozen encoders (once per compare)")
-                self.data = load_data(self.template, self.train, self.test, self.valid, self.test_fraction)
+                self.data = load_data(self.template, self.train, self.test, self.valid, self.test_fraction,
+                                      self.read, self.schema)  # fmt: skip
+                self.read = {}  # decoded now: the raw tables are not needed any more
             self.sd = prepare_seed(self.data, self.template, seed, self.noise_levels, self.noise_rows)
             if self.encoder_seconds is None:
                 pass_s = encoder_pass_seconds(self.sd, self.template)
