@@ -57,8 +57,9 @@ class Vocabulary:
 
 
 def is_text_space(space: spaces.Space) -> bool:
-    """gymnasium's Text, or MiniGrid's MissionSpace (a space of strings that is not a Text subclass)."""
-    return isinstance(space, spaces.Text) or type(space).__name__ == "MissionSpace"
+    """gymnasium's Text, or MiniGrid's MissionSpace and its subclasses (BabyAI's BabyAIMissionSpace): spaces of
+    strings that are not Text subclasses. Matched by class name along the MRO, so minigrid need not be imported."""
+    return isinstance(space, spaces.Text) or any(c.__name__ == "MissionSpace" for c in type(space).__mro__)
 
 
 def text_keys(space: spaces.Space) -> list[str]:
