@@ -158,8 +158,8 @@ def test_save_load_and_modality_dropout(blobs, tmp_path):
 
 
 def test_compare_and_report_with_a_token_fusion_and_groups(blobs, tmp_path):
-    from polymodal.studies import compare as cmp
     from polymodal.evaluation.report import model_report
+    from polymodal.studies import compare as cmp
 
     train, test = blobs
     board = cmp.compare(
