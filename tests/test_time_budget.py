@@ -119,3 +119,13 @@ def test_the_cli_takes_a_time_limit_for_fit_and_compare(table, tmp_path):
     r = runner.invoke(app, ["compare", str(table), "-y", "y", "-o", str(tmp_path / "c"), "--time-limit", "ten minutes"])
     assert r.exit_code == 2 and "cannot read the duration" in r.output
     assert not (tmp_path / "c").exists()  # refused before any work
+
+
+def test_the_deprecated_predictor_tune_warns_and_still_returns_the_best_model(table, tmp_path):
+    from polymodal import MultimodalPredictor
+
+    p = MultimodalPredictor(label="y", max_epochs=1, **SMALL)
+    with pytest.warns(DeprecationWarning, match=r"polymodal\.tune"):
+        best = p.tune(table, tmp_path / "t", trials=1, pruner="none", report=False)
+    assert best.tune_["best_folder"] is not None
+    assert len(best.predict(table)) == len(pd.read_csv(table))
