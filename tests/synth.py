@@ -65,3 +65,14 @@ FAST = dict(
     lr=3e-3,
     progress=False,
 )
+
+
+def write_tabular(folder: Path, n: int = 200, seed: int = 0) -> Path:
+    """A small tabular task (two numbers, a category, a yes/no label): an epoch is a fraction of a second."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.normal(size=n), rng.normal(size=n)
+    c = rng.choice(["x", "y", "z"], size=n)
+    y = np.where(a + b + (c == "x") + rng.normal(0, 0.5, size=n) > 0.5, "yes", "no")
+    path = Path(folder) / "t.csv"
+    pd.DataFrame({"a": a, "b": b, "c": c, "y": y}).to_csv(path, index=False)
+    return path

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from polymodal import MultimodalPredictor
 from polymodal.training import table as table_mod
@@ -14,12 +13,7 @@ from polymodal.training import table as table_mod
 SMALL = dict(embed_dim=8, hidden=16, batch_size=16, max_epochs=1, progress=False, accelerator="cpu", seed=0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

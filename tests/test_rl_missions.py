@@ -8,7 +8,6 @@ import json
 import gymnasium as gym
 import minigrid  # noqa: F401  (registers the MiniGrid and BabyAI envs)
 import pytest
-import torch
 from gymnasium import spaces
 from typer.testing import CliRunner
 
@@ -18,12 +17,7 @@ from polymodal.rl.wrappers import is_text_space
 LEVELS = ["BabyAI-GoToObj-v0", "BabyAI-GoToLocal-v0", "BabyAI-PickupLoc-v0", "BabyAI-PutNextLocal-v0"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_text_spaces_are_recognised_whatever_their_class():

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from polymodal.studies import budget as budget_mod
 from polymodal.studies.budget import MIN_SHARE, Budget
@@ -21,24 +19,12 @@ SMALL = dict(embed_dim=8, hidden=16, batch_size=16, lr=0.01, progress=False, acc
 NEVER = 10**6  # max_epochs and patience that only the time limit can reach
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def table(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    n = 240
-    a, b = rng.normal(size=n), rng.normal(size=n)
-    c = rng.choice(["x", "y", "z"], size=n)
-    y = np.where(a + b + (c == "x") + rng.normal(0, 0.5, size=n) > 0.5, "yes", "no")
-    path = tmp_path_factory.mktemp("budget") / "t.csv"
-    pd.DataFrame({"a": a, "b": b, "c": c, "y": y}).to_csv(path, index=False)
-    return path
+def table(tabular):
+    return tabular
 
 
 def test_the_budget_shares_the_time_left_over_the_fits_left(monkeypatch):

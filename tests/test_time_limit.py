@@ -6,13 +6,9 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
-from pathlib import Path
 
 import lightning.pytorch as pl
-import numpy as np
-import pandas as pd
 import pytest
-import torch
 
 from polymodal import MultimodalPredictor
 from polymodal.config import Config, ConfigError, build_config
@@ -25,25 +21,12 @@ SMALL = dict(fusion="early", embed_dim=8, hidden=16, batch_size=8, lr=0.01, prog
 NEVER = 10**6  # max_epochs and patience that only the time limit can reach
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def table(tmp_path_factory) -> Path:
-    """A small tabular task: an epoch is a fraction of a second, so a 2 s budget holds several of them."""
-    rng = np.random.default_rng(0)
-    n = 200
-    a, b = rng.normal(size=n), rng.normal(size=n)
-    c = rng.choice(["x", "y", "z"], size=n)
-    y = np.where(a + b + (c == "x") + rng.normal(0, 0.5, size=n) > 0.5, "yes", "no")
-    path = tmp_path_factory.mktemp("time_limit") / "t.csv"
-    pd.DataFrame({"a": a, "b": b, "c": c, "y": y}).to_csv(path, index=False)
-    return path
+def table(tabular):
+    return tabular
 
 
 def _best(history: list[dict]) -> int:

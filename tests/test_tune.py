@@ -32,15 +32,7 @@ FIXED = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: one thread each, so the shared CPU is not spent spinning idle threads."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tabular(folder: Path, n: int = 200, seed: int = 0) -> Path:
