@@ -9,6 +9,9 @@ from polymodal.fusion import FUSIONS, build_fusion
 DIMS = {"a": 8, "b": 6, "c": 4}
 
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 def call(f, emb, present):
     """A token-level fusion gets each embedding as one token (its own tests are in test_token_fusion.py)."""
     return f({k: single_token(v) for k, v in emb.items()}, present) if f.consumes_tokens else f(emb, present)
@@ -16,6 +19,7 @@ def call(f, emb, present):
 
 @pytest.mark.parametrize("name", sorted(FUSIONS))
 def test_output_shape(name):
+    torch.manual_seed(0)
     f = build_fusion(name, DIMS, n_outputs=3, hidden=16).eval()
     emb = {k: torch.randn(5, d) for k, d in DIMS.items()}
     out = call(f, emb, torch.ones(5, 3, dtype=torch.bool))
@@ -38,6 +42,7 @@ def test_absent_input_does_not_leak(name):
 
 
 def test_present_inputs_do_matter():
+    torch.manual_seed(0)
     f = build_fusion("attention", DIMS, n_outputs=3, hidden=16).eval()
     emb = {k: torch.randn(2, d) for k, d in DIMS.items()}
     present = torch.ones(2, 3, dtype=torch.bool)

@@ -16,10 +16,11 @@ from polymodal.studies.entries import ENSEMBLES
 
 NEW = ["gmu", "tensor", "low_rank", "cross_attention"]
 IGNORE = ["clip", "price", "shade", "score"]
+pytestmark = pytest.mark.usefixtures("pinned_torch")
 
 
 @pytest.fixture(scope="module")
-def board(synth_split, tmp_path_factory):
+def board(synth_split, tmp_path_factory, pinned_torch):
     """One compare: both unimodal baselines, the four new fusions and the two ensembles, one seed."""
     train, test = synth_split
     out = tmp_path_factory.mktemp("cmp_new")

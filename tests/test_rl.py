@@ -158,8 +158,7 @@ def test_channels_last_image_and_discrete_ids():
     assert ext._adapt("image", torch.zeros(2, 8, 8, 3)).shape == (2, 3, 8, 8)
 
 
-def test_dqn_learns_the_instruction_a_blind_policy_cannot_and_save_load_acts_identically(tmp_path):
-    torch.set_num_threads(1)
+def test_dqn_learns_the_instruction_a_blind_policy_cannot_and_save_load_acts_identically(tmp_path, one_torch_thread):
     agent = train(_cfg())
     blind = train(_cfg(hide=["mission"]))
     seen = agent.evaluate(200)["success_rate"]
@@ -185,10 +184,9 @@ def test_dqn_learns_the_instruction_a_blind_policy_cannot_and_save_load_acts_ide
     assert loaded.evaluate(50) == agent.evaluate(50)
 
 
-def test_film_agent_learns_the_instruction():
+def test_film_agent_learns_the_instruction(one_torch_thread):
     """A token-level fusion inside the policy: FiLM (the mission scales and shifts the image's feature maps) with
     DQN learns the instructed task as the pooled fusion does."""
-    torch.set_num_threads(1)
     agent = train(_cfg(fusion="film", hidden=16))
     assert agent.evaluate(200)["success_rate"] >= 0.9, agent.history
 

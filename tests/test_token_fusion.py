@@ -1,11 +1,13 @@
 """Token-level fusion (relation network, FiLM, cross-modal transformer) and per-group scores.
 
 The learning test uses tests/blobs.py: "is the red thing left of the blue thing?" needs where the blobs are
-and which words ask, together; pooled early fusion stays near chance on it.
+and which words ask, together; pooled early fusion usually stays near chance on it in its budget (SCHEDULES).
+Every test here runs on one torch thread from fixed seeds (`pinned`), whatever ran before it.
 """
 
 from __future__ import annotations
 
+import random
 import warnings
 
 import numpy as np
@@ -22,9 +24,25 @@ from polymodal.model.network import MultimodalNet
 from polymodal.tasks import Task
 
 TOKEN_FUSIONS = ["relation", "film", "token_transformer"]
+SEED = 0
 FAST = dict(
     preprocess={"image_size": 16}, embed_dim=32, hidden=32, batch_size=32, lr=3e-3, progress=False, augment=False
 )
+# The predictor's seed: torch's for the initial weights, Lightning's seed_everything for training (compare sets
+# its own, so it is not in FAST).
+SEEDED = FAST | {"seed": SEED}
+
+
+# One torch thread, fixed seeds and torch's default settings here, whatever ran before (tests/test_rl.py leaves
+# torch on one thread; the machine may be busy). One thread is also the fast choice on a loaded 2-core machine:
+# the `fitted` fixture took 13 min on 2 threads there in one measurement, 50 s on one.
+pytestmark = pytest.mark.usefixtures("pinned_torch")
+
+
+def _seed(seed: int = SEED) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 @pytest.fixture(scope="module")
@@ -36,20 +54,32 @@ def blobs(tmp_path_factory):
     return folder / "train.csv", folder / "test.csv"
 
 
-# Epochs and learning rate per fusion: FiLM at 3e-3 can stall at chance (with 2 threads, 0.435 where 1e-3 gives
-# 0.97 with 1 or 2); the relation network needs about 25 epochs here, the token transformer about 50.
-SCHEDULES = {"early": (12, 3e-3), "film": (12, 1e-3), "relation": (25, 1e-3), "token_transformer": (50, 1e-3)}
+# Epochs, learning rate and other settings per fusion. Without the image augmentation (random shifts and
+# brightness) the token fusions often memorize the 360 training images before they find the relation (training
+# loss falls, validation stays at chance): over seeds 0-7 on one thread, the transformer (50 epochs) reached 0.8
+# for 2 of 6 seeds (0.455-0.52 for the rest; 0.475 in a full-suite run), the relation network (25 epochs) for 1
+# of 6, FiLM for 5 of 6. Shifts keep left and right, so only the relation fits them: with them the transformer
+# reached 1.0 for all of seeds 0-7, FiLM 0.91-1.0 for 0-5, the relation network (50 epochs) 1.0 for 7 of 0-7.
+# Early fusion is the baseline, on the plain schedule: pooled features usually miss the relation in 12 epochs,
+# not always (seeds 5 and 6 learn it), so its bound holds for the pinned seed, not for any seed.
+SCHEDULES = {
+    "early": (12, 3e-3, {}),
+    "film": (12, 1e-3, {"augment": True}),
+    "relation": (50, 1e-3, {"augment": True}),
+    "token_transformer": (50, 1e-3, {"augment": True}),
+}
 
 
 @pytest.fixture(scope="module")
-def fitted(blobs):
+def fitted(blobs, pinned_torch):
     """Early fusion and every token fusion on the blobs, with `kind` as the group column (never an input)."""
     train, _ = blobs
     out = {}
-    for fusion, (epochs, lr) in SCHEDULES.items():
+    for fusion, (epochs, lr, extra) in SCHEDULES.items():
+        _seed()
         out[fusion] = MultimodalPredictor(
             label="answer", fusion=fusion, max_epochs=epochs, patience=epochs, data={"group_by": "kind"},
-            **(FAST | {"lr": lr}),
+            **(SEEDED | {"lr": lr} | extra),
         ).fit(train)  # fmt: skip
     return out
 
@@ -150,7 +180,7 @@ def test_token_fusions_are_registered_behind_one_contract():
 def test_save_load_and_modality_dropout(blobs, tmp_path):
     train, test = blobs
     p = MultimodalPredictor(
-        label="answer", fusion="token_transformer", max_epochs=2, modality_dropout=0.3, ignore=["kind"], **FAST
+        label="answer", fusion="token_transformer", max_epochs=2, modality_dropout=0.3, ignore=["kind"], **SEEDED
     ).fit(train)
     q = MultimodalPredictor.load(p.save(tmp_path / "m"))
     assert q.fusion == "token_transformer" and q.engine.net.tokens

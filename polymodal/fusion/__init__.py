@@ -1,5 +1,6 @@
 """Fusion strategies. A new one is one file with a `Fusion` (pooled) or `TokenFusion` (token-level) subclass and
-one line in `FUSIONS`."""
+one line in `FUSIONS`; the pieces their constructors share (per-input projections, [CLS] + transformer encoder)
+are in `blocks.py`."""
 
 from __future__ import annotations
 
