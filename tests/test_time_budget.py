@@ -115,3 +115,11 @@ def test_the_deprecated_predictor_tune_warns_and_still_returns_the_best_model(ta
         best = p.tune(table, tmp_path / "t", trials=1, pruner="none", report=False)
     assert best.tune_["best_folder"] is not None
     assert len(best.predict(table)) == len(pd.read_csv(table))
+
+
+def test_a_time_limit_that_is_not_positive_is_refused_before_any_work(table, tmp_path):
+    with pytest.raises(ValueError, match="positive number of seconds, not 0"):
+        compare(table, "y", tmp_path / "c", time_limit=0)
+    with pytest.raises(ValueError, match="positive number of seconds, not -5"):
+        tune(table, "y", tmp_path / "t", time_limit=-5)
+    assert not (tmp_path / "c").exists() and not (tmp_path / "t").exists()

@@ -86,6 +86,8 @@ def compare(
     if not seed_list:
         raise UserError("seeds must be at least 1")
     check_noise_rows(noise_rows)  # before any work, not after the encoders ran
+    if time_limit is not None and not time_limit > 0:
+        raise UserError(f"the time limit must be a positive number of seconds, not {time_limit}")
     for key in ("label", "fusion", "seed"):
         if key in options:
             raise UserError(f"{key!r} is set by compare itself")

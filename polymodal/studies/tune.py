@@ -236,6 +236,8 @@ def tune(
         raise UserError(f"unknown pruner {pruner!r}; choose one of {PRUNERS}")
     seconds = parse_duration(timeout)
     limit = parse_duration(time_limit)
+    if limit is not None and not limit > 0:
+        raise UserError(f"the time limit must be a positive number of seconds, not {time_limit}")
     if limit is not None:
         seconds = limit if seconds is None else min(seconds, limit)
     output = Path(output)
