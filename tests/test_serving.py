@@ -256,8 +256,38 @@ def test_batcher_groups_up_to_max_batch_size_off_the_event_loop():
     assert [sizes for sizes, _ in calls] == [[2], [1], [1]]
 
 
-def test_queue_limit_gives_429(service, model_and_test):
-    # One row may wait at most; the first request waits 300 ms for company, the second finds the queue full.
+def test_a_lone_request_runs_at_once_and_requests_queued_meanwhile_share_the_next_pass():
+    """Adaptive batching (max_wait_ms=0): no waiting for company when the model is free; what arrives while it
+    is busy forms the next batch."""
+    calls: list[list[int]] = []
+    release = threading.Event()
+
+    def run(payloads):
+        calls.append([p[0] for p in payloads])
+        if len(calls) == 1:
+            assert release.wait(30)  # the model is busy with the first request until released
+        return payloads
+
+    async def go():
+        b = MicroBatcher(run, max_batch_size=32, max_wait_ms=0)
+        b.start()
+        first = asyncio.create_task(b.submit([0]))
+        while not calls:  # the first request went to the model alone, without waiting
+            await asyncio.sleep(0.001)
+        rest = [asyncio.create_task(b.submit([i])) for i in range(1, 6)]
+        await asyncio.sleep(0.05)
+        assert calls == [[0]]  # the others wait for the model, not for a timer
+        release.set()
+        out = [await first] + [await t for t in rest]
+        await b.close()
+        return out
+
+    assert asyncio.run(go()) == [[i] for i in range(6)]
+    assert calls == [[0], [1, 2, 3, 4, 5]]
+
+
+def test_admission_is_bounded_503_with_retry_after(service, model_and_test):
+    # One row may be admitted; the first request waits 300 ms for company, the second is refused at once.
     config = ServeConfig(model=str(model_and_test[0]), max_queue=1, max_wait_ms=300, warmup=False)
     app = create_app(config, service)
 
@@ -269,12 +299,14 @@ def test_queue_limit_gives_429(service, model_and_test):
                 while not app.state.serving.batcher._pending:
                     await asyncio.sleep(0.005)
                 second = await c.post("/v1/predict", json={"instances": [{"caption": "a dog"}]})
-                return await first, second
+                assert not first.done()  # refused while the first still waits: no queueing behind it
+                return await first, second, (await c.get("/metrics")).text
 
-    first, second = asyncio.run(go())
+    first, second, metrics = asyncio.run(go())
     assert first.status_code == 200
-    assert second.status_code == 429 and second.headers["retry-after"] == "1"
-    assert "busy" in second.json()["error"]
+    assert second.status_code == 503 and int(second.headers["retry-after"]) >= 1
+    assert "busy" in second.json()["error"] and "limit 1" in second.json()["error"]
+    assert 'status="503"' in metrics
 
 
 def test_batcher_close_answers_what_is_queued():
@@ -289,22 +321,35 @@ def test_batcher_close_answers_what_is_queued():
     assert asyncio.run(go()) == [[0], [1], [2], [3], [4]]
 
 
-def test_a_request_that_crashes_decoding_fails_alone(service, table, monkeypatch):
-    import polymodal.data.validate as validate
-
+def test_a_request_that_crashes_the_model_fails_alone(service, table):
     df, base = table
-    real = validate.decode_image
-
-    def fragile(source, size, max_pixels=None):
-        if source == b"boom":
-            raise RuntimeError("a decoder bug")
-        return real(source, size, max_pixels)
-
-    monkeypatch.setattr(validate, "decode_image", fragile)
     row = dict.fromkeys(COLUMNS) | {"caption": df.iloc[0]["caption"]}
-    out = service.run([[row], [row | {"image": b"boom"}], [row]])
+    good = service.decode([row])
+    broken = service.decode([row])
+    broken.media["image"] = [np.zeros((2, 2), np.uint8)]  # a shape no preprocessing can take
+    out = service.run([good, broken, good])
     assert isinstance(out[0], list) and isinstance(out[2], list) and out[0] == out[2]
     assert out[1].status == 422 and "could not be processed" in out[1].errors[0].message
+
+
+def test_a_file_that_crashes_its_decoder_fails_alone(service, model_and_test, table, monkeypatch):
+    df, base = table
+    png_bytes = (base / df.iloc[0]["image"]).read_bytes()
+    real = service.decoders["image"]
+    poison = png(3, 3)  # a valid picture this decoder chokes on, as a library bug would
+
+    def fragile(data):
+        if data == poison:
+            raise RuntimeError("a decoder bug")
+        return real(data)
+
+    monkeypatch.setitem(service.decoders, "image", fragile)
+    config = ServeConfig(model=str(model_and_test[0]), warmup=False)
+    with TestClient(create_app(config, service)) as c:
+        bad = c.post("/v1/predict", json={"instances": [{"image": b64(poison)}]})
+        good = c.post("/v1/predict", json={"instances": [{"image": b64(png_bytes)}]})
+    assert bad.status_code == 422 and "could not be processed" in bad.json()["error"]
+    assert good.status_code == 200 and good.json()["predictions"][0]["inputs_used"] == ["image"]
 
 
 # ---- the other endpoints ----------------------------------------------------------------------------------------

@@ -13,8 +13,13 @@ def serve(
     host: str | None = typer.Option(None, help="Address to bind (default: 127.0.0.1, or 0.0.0.0 with an API key)"),
     port: int = typer.Option(8000),
     workers: int = typer.Option(1, help="Processes sharing the port, each with its own copy of the model"),
+    threads: int = typer.Option(1, help="Intra-op threads of the model in each worker"),
     max_batch_size: int = typer.Option(32, help="Rows per forward pass at most (1: micro-batching off)"),
-    max_wait_ms: float = typer.Option(5.0, help="How long a request may wait for others to share its batch"),
+    max_wait_ms: float = typer.Option(
+        0.0,
+        help="0: adaptive batching (a batch is what queued while the model was busy; a lone request runs at "
+        "once); more: also wait this long for others to share a batch",
+    ),
     api_key_env: str | None = typer.Option(
         None,
         help="Environment variable holding the API key; every endpoint but /health and /ready then needs "
@@ -30,7 +35,9 @@ def serve(
     max_image_pixels: int = typer.Option(16_777_216, help="Largest image (width x height), checked before decoding"),
     max_audio_seconds: float = typer.Option(60.0, help="Longest audio clip"),
     max_text_chars: int = typer.Option(10_000, help="Longest text value"),
-    max_queue: int = typer.Option(512, help="Rows waiting for the model at most; beyond it requests get 429"),
+    max_queue: int = typer.Option(
+        256, help="Rows admitted at most (being decoded, waiting or in a pass); beyond it 503 + Retry-After at once"
+    ),
     log_level: str = typer.Option("info", help="debug | info | warning | error"),
     runtime: Runtime = "torch",
 ) -> None:
@@ -43,7 +50,7 @@ def serve(
             model=str(model), max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, api_key_env=api_key_env,
             max_body_bytes=int(max_body_mb * 1024 * 1024), max_instances=max_instances,
             max_image_pixels=max_image_pixels, max_audio_seconds=max_audio_seconds, max_text_chars=max_text_chars,
-            max_queue=max_queue, public_docs=public_docs, runtime=runtime,
+            max_queue=max_queue, public_docs=public_docs, runtime=runtime, threads=threads,
         )  # fmt: skip
         bind, notice = resolve_host(host, api_key_env is not None)
         err.print(f"polymodal serve: {notice}; http://{bind}:{port}/", highlight=False)

@@ -6,6 +6,7 @@ Used by `fit` (after which the preprocessor is fitted) and by the inference engi
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -47,21 +48,24 @@ class FeaturePipeline:
             )  # fmt: skip
         return self._extractors[name]
 
-    def decode(
-        self, df: pd.DataFrame, base_dir: Path, media: bool = True
-    ) -> tuple[dict[str, list], Frozen, list[Problem]]:
-        """Read every file once: decoded media for the trained encoders, embeddings for the frozen ones.
-        `media=False`: only the frozen encoders' embeddings (the feature pass of a streamed fit)."""
+    def media_options(self) -> dict[str, Any]:
+        """How each image and audio column is decoded (`load_media`'s size, rate and fit arguments); the server
+        decodes requests itself with the same options."""
         cfg, st = self.preprocessor.config, self.preprocessor.state
         pretrained = cfg.pretrained
         sizes = {c: st[c]["size"] for c in pretrained if self.schema.columns[c] is Modality.IMAGE}
         rates = {c: st[c]["sample_rate"] for c in pretrained if self.schema.columns[c] is Modality.AUDIO}
         fits = {c: st[c].get("fit", "squash") for c in sizes}
+        return dict(image_size=cfg.image_size, sample_rate=cfg.sample_rate, sizes=sizes, rates=rates,
+                    image_fit=cfg.image_fit, fits=fits)  # fmt: skip
+
+    def decode(
+        self, df: pd.DataFrame, base_dir: Path, media: bool = True
+    ) -> tuple[dict[str, list], Frozen, list[Problem]]:
+        """Read every file once: decoded media for the trained encoders, embeddings for the frozen ones.
+        `media=False`: only the frozen encoders' embeddings (the feature pass of a streamed fit)."""
         skip = tuple(self.frozen_inputs) if media else tuple(self.schema.columns)
-        decoded, problems = load_media(
-            df, self.schema, base_dir, cfg.image_size, cfg.sample_rate, sizes=sizes, rates=rates,
-            skip=skip, image_fit=cfg.image_fit, fits=fits,
-        )  # fmt: skip
+        decoded, problems = load_media(df, self.schema, base_dir, skip=skip, **self.media_options())
         frozen: Frozen = {}
         for name in self.frozen_inputs:
             emb, present, more = self.extractor(name)(name, df[name].tolist(), base_dir)

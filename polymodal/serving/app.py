@@ -8,6 +8,7 @@ import asyncio
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,11 +19,20 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.responses import Response
 
 from polymodal.data.schema import Modality
 from polymodal.serving.batcher import MicroBatcher
-from polymodal.serving.common import UNAUTHORIZED, add_page, add_probes, auth_dependencies, guard, new_app
-from polymodal.serving.config import CONFIG_ENV, ServeConfig
+from polymodal.serving.common import (
+    UNAUTHORIZED,
+    add_page,
+    add_probes,
+    auth_dependencies,
+    guard,
+    json_bytes,
+    new_app,
+)  # fmt: skip
+from polymodal.serving.config import CONFIG_ENV, ServeConfig, cores
 from polymodal.serving.inputs import (
     ErrorResponse,
     FieldError,
@@ -30,6 +40,7 @@ from polymodal.serving.inputs import (
     PredictResponse,
     RequestError,
     from_validation_errors,
+    parse_instances,
     request_model,
 )
 from polymodal.serving.logs import SERVER
@@ -37,7 +48,7 @@ from polymodal.serving.logs import configure as configure_logs
 from polymodal.serving.metrics import Metrics
 from polymodal.serving.page import CSP, PAGE_CSS, PAGE_JS, render_page
 from polymodal.serving.search import create_search_app
-from polymodal.serving.service import ModelService
+from polymodal.serving.service import UNPROCESSABLE, Decoded, ModelService
 from polymodal.version import __version__
 
 log = logging.getLogger(SERVER)
@@ -46,9 +57,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     401: UNAUTHORIZED,
     413: {"model": ErrorResponse, "description": "A limit was exceeded (body, instances, pixels, seconds, text)"},
     422: {"model": ErrorResponse, "description": "Invalid input: wrong type, unknown field, corrupt file"},
-    429: {"model": ErrorResponse, "description": "Too many rows waiting for the model; retry shortly"},
+    503: {
+        "model": ErrorResponse,
+        "description": "Overloaded (too many rows admitted) or starting: retry after the Retry-After header's seconds",
+    },
 }
-INLINE_CHECK_BYTES = 256 * 1024
 
 
 class InputInfo(BaseModel):
@@ -79,20 +92,21 @@ def create_app(config: ServeConfig, service: ModelService | None = None) -> Fast
     if service is None and is_aligned_folder(config.model):  # an aligned model: search its index instead
         return create_search_app(config)
     configure_logs()
-    service = service or ModelService(config.model, runtime=config.runtime)
+    service = service or ModelService(config.model, runtime=config.runtime, threads=config.threads)
     schema = service.schema
     metrics = Metrics()
     checker = InstanceChecker(schema, config)
     api_key = config.api_key()
-    state = SimpleNamespace(batcher=None, ready=False, started=time.time())
+    state = SimpleNamespace(batcher=None, pool=None, ready=False, started=time.time())
     PredictRequest = request_model(schema, config)  # noqa: N806 (a class made at run time)
-    media = {c for c, m in schema.columns.items() if m in (Modality.IMAGE, Modality.AUDIO)}
+    media = checker.media
 
     async def warm_up() -> None:
         try:
-            row = await run_in_threadpool(service.example_row)
+            one = await run_in_threadpool(lambda: service.decode([service.example_row()]))
             for n in (1, min(config.max_batch_size, 8)):  # first call, then a batch shape
-                (result,) = await state.batcher.run_now([[row] * n])
+                batch = Decoded(one.rows * n, {c: v * n for c, v in one.media.items()})
+                (result,) = await state.batcher.run_now([batch])
                 if isinstance(result, Exception):
                     raise result
             state.ready = True
@@ -106,6 +120,8 @@ def create_app(config: ServeConfig, service: ModelService | None = None) -> Fast
             service.run, config.max_batch_size, config.max_wait_ms, config.max_queue, metrics.observe_batch
         )
         state.batcher.start()
+        # Checking and decoding requests' files: a pool sized to the cores, beside the event loop and the model.
+        state.pool = ThreadPoolExecutor(config.decode_threads or cores(), thread_name_prefix="polymodal-decode")
         if config.warmup:
             warm = asyncio.create_task(warm_up())
         else:
@@ -119,6 +135,7 @@ def create_app(config: ServeConfig, service: ModelService | None = None) -> Fast
             if warm is not None:
                 await asyncio.gather(warm, return_exceptions=True)
             await state.batcher.close()
+            state.pool.shutdown(wait=True)
             Metrics.worker_exit(os.getpid())
             log.info("stopped", extra={"fields": {"event": "stop"}})
 
@@ -132,41 +149,54 @@ def create_app(config: ServeConfig, service: ModelService | None = None) -> Fast
     )
     security = auth_dependencies(api_key)
 
-    async def check(instances: list[dict[str, Any]], request: Request) -> list[dict[str, Any]]:
-        """Base64 decoding and header checks: inline for a small request (a thread hop costs more, and dozens of
-        threads fighting for the GIL make latency unfair under load), in a thread for a large one."""
-        size = request.headers.get("content-length", "")
-        if size.isdigit() and int(size) <= INLINE_CHECK_BYTES:
-            return checker.check_all(instances)
-        return await run_in_threadpool(checker.check_all, instances)
+    def prepare(instances: list[dict[str, Any]], form: bool) -> Decoded:
+        """Check every value, then decode the request's files (in the pool when it has any)."""
+        rows = checker.check_all(instances, form)
+        try:
+            return service.decode(rows)
+        except RequestError:
+            raise
+        except Exception:  # a file that crashes a decoder (rather than failing cleanly) fails its request alone
+            log.exception("request could not be decoded")
+            raise RequestError([FieldError(None, None, UNPROCESSABLE)]) from None
 
-    async def predict_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
-        if state.batcher is None:
-            raise HTTPException(503, "the server is starting")
-        return {"predictions": await state.batcher.submit(rows)}
+    async def answer(instances: list[dict[str, Any]], form: bool = False) -> Response:
+        batcher = state.batcher
+        if batcher is None:
+            raise HTTPException(503, "the server is starting", {"Retry-After": "1"})
+        batcher.reserve(len(instances))  # bounded admission: 503 at once when full (QueueFull's handler)
+        try:
+            if checker.has_media(instances):
+                decoded = await asyncio.get_running_loop().run_in_executor(state.pool, prepare, instances, form)
+            else:  # numbers, categories and text only: cheaper here than a thread hop
+                decoded = prepare(instances, form)
+            predictions = await batcher.submit(decoded)
+        finally:
+            batcher.release(len(instances))
+        return Response(json_bytes({"predictions": predictions}), media_type="application/json")
 
     # ---- prediction ------------------------------------------------------------------------------------------
+    body_schema = {"$ref": "#/components/schemas/PredictRequest"}
+
     @app.post(
         "/v1/predict",
         response_model=PredictResponse,
         responses=ERRORS,
         dependencies=security,
         summary="Predict from JSON (images and audio as base64)",
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": body_schema}}}},
     )
-    async def predict(body: PredictRequest, request: Request) -> dict[str, Any]:
-        instances = [inst.model_dump(by_alias=True, exclude_unset=True) for inst in body.instances]
-        return await predict_rows(await check(instances, request))
+    async def predict(request: Request) -> Response:
+        return await answer(parse_instances(await request.body(), config))
 
     form_schema = {
         "type": "object",
         "properties": {
             col: {
                 Modality.TEXT: {"type": "string", "maxLength": config.max_text_chars},
-                Modality.IMAGE: {"type": "string", "format": "binary"},
-                Modality.AUDIO: {"type": "string", "format": "binary"},
                 Modality.NUMERIC: {"type": "number"},
                 Modality.CATEGORICAL: {"type": "string"},
-            }[m]
+            }.get(m, {"type": "string", "format": "binary"})
             for col, m in schema.columns.items()
         },
     }
@@ -179,7 +209,7 @@ def create_app(config: ServeConfig, service: ModelService | None = None) -> Fast
         summary="Predict one instance from a form (file uploads for images and audio)",
         openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": form_schema}}}},
     )
-    async def predict_form(request: Request) -> dict[str, Any]:
+    async def predict_form(request: Request) -> Response:
         ctype = request.headers.get("content-type", "")
         if not ctype.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
             raise RequestError([FieldError(None, None, "send multipart/form-data, one field per column")], 415)
@@ -201,7 +231,19 @@ def create_app(config: ServeConfig, service: ModelService | None = None) -> Fast
                     values[key] = value
         if errors:
             raise RequestError(errors)
-        return await predict_rows(await check([values], request))
+        return await answer([values], form=True)
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema, plus the JSON body's models (the endpoint parses the body itself, with orjson)."""
+        if app.openapi_schema is None:
+            spec = FastAPI.openapi(app)
+            body = PredictRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+            schemas.update(body.pop("$defs", {}))
+            schemas["PredictRequest"] = body
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     # ---- about the model and the server ---------------------------------------------------------------------
     about = service.describe()
@@ -214,7 +256,8 @@ def create_app(config: ServeConfig, service: ModelService | None = None) -> Fast
         summary="The model: input columns with modality and type, classes, metrics, limits",
     )
     async def model_info() -> dict[str, Any]:
-        batching = {"max_batch_size": config.max_batch_size, "max_wait_ms": config.max_wait_ms}
+        batching = {"max_batch_size": config.max_batch_size, "max_wait_ms": config.max_wait_ms,
+                    "max_queue": config.max_queue}  # fmt: skip
         return {**about, "limits": config.limits(), "batching": batching, "polymodal_version": __version__}
 
     add_probes(app, state, metrics)

@@ -1,8 +1,14 @@
-"""Micro-batching: concurrent requests are grouped into one forward pass, run off the event loop.
+"""Adaptive micro-batching: concurrent requests share one forward pass, run off the event loop, and a request
+never waits for company it may not get.
 
-A batch closes when it holds `max_batch_size` rows or when its oldest request has waited `max_wait_ms`,
-whichever comes first; requests that arrive while the model is busy form the next batch. One model thread
-runs the batches one after another, so the model is never used from two threads at once.
+One model thread runs the batches one after another (the model is never used from two threads at once). When it
+is free, whatever is queued (up to `max_batch_size` rows) goes at once: a lone request at light load runs
+immediately, and under load the requests that arrived during a pass form the next one, so batches grow with the
+load by themselves. `max_wait_ms` > 0 adds a fixed wait for a fuller batch (rarely worth its latency).
+
+Admission is bounded: `reserve` counts the rows of every request from parsing to its answer (decoding, waiting,
+in a pass) and refuses one that would take the count above `max_queue`, so the caller can answer 503 at once
+instead of letting a flood pile up into timeouts.
 """
 
 from __future__ import annotations
@@ -17,7 +23,11 @@ from typing import Any
 
 
 class QueueFull(Exception):
-    """More rows are waiting than `max_queue`: the caller should answer 429 rather than queue without bound."""
+    """More rows are admitted than `max_queue`: answer 503 with Retry-After rather than queue without bound."""
+
+    def __init__(self, message: str, retry_after: int = 1):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 @dataclass
@@ -34,14 +44,16 @@ class MicroBatcher:
         self,
         run: Callable[[list[Sequence[Any]]], list[Any]],
         max_batch_size: int = 32,
-        max_wait_ms: float = 5.0,
-        max_queue: int = 512,
+        max_wait_ms: float = 0.0,
+        max_queue: int = 256,
         on_batch: Callable[[int, int, float], None] | None = None,
     ):
         self.run, self.max_batch_size, self.max_wait = run, max_batch_size, max_wait_ms / 1000.0
         self.max_queue, self.on_batch = max_queue, on_batch
         self._pending: deque[_Item] = deque()
-        self._queued_rows = 0
+        self._queued_rows = 0  # rows waiting for a pass
+        self.admitted = 0  # rows reserved: from parsing to the answer
+        self._rows_per_s = 0.0  # recent model throughput, for Retry-After
         self._arrived = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task | None = None
@@ -50,11 +62,23 @@ class MicroBatcher:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="polymodal-batcher")
 
+    # ---- admission -----------------------------------------------------------------------------------------
+    def reserve(self, rows: int) -> None:
+        """Admit a request of `rows` rows, or raise QueueFull. A request alone is always admitted (however many
+        rows it has, the instance limit bounds it)."""
+        if self.admitted and self.admitted + rows > self.max_queue:
+            # Seconds until the rows ahead are answered, at the recent pace; at least one.
+            wait = self.admitted / self._rows_per_s if self._rows_per_s > 0 else 1.0
+            raise QueueFull(f"{self.admitted} rows are already admitted (limit {self.max_queue})", max(1, round(wait)))
+        self.admitted += rows
+
+    def release(self, rows: int) -> None:
+        self.admitted -= rows
+
+    # ---- batching --------------------------------------------------------------------------------------------
     async def submit(self, payload: Sequence[Any]) -> Any:
         if self._closing:
             raise RuntimeError("the batcher is shutting down")
-        if self._queued_rows + len(payload) > self.max_queue and self._pending:
-            raise QueueFull(f"{self._queued_rows} rows are already waiting (limit {self.max_queue})")
         item = _Item(payload, asyncio.get_running_loop().create_future())
         self._pending.append(item)
         self._queued_rows += len(payload)
@@ -90,6 +114,19 @@ class MicroBatcher:
             rows += len(item.payload)
         return batch
 
+    async def _fill(self) -> None:
+        """With `max_wait_ms` > 0: wait for more requests until the batch is full or its oldest request has
+        waited that long."""
+        while self._queued_rows < self.max_batch_size and not self._closing:
+            remaining = self._pending[0].enqueued + self.max_wait - time.perf_counter()
+            if remaining <= 0:
+                return
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except asyncio.TimeoutError:
+                return
+
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -99,16 +136,8 @@ class MicroBatcher:
                 self._arrived.clear()
                 await self._arrived.wait()
                 continue
-            # Wait for more requests until the batch is full or its oldest request has waited max_wait.
-            while self._queued_rows < self.max_batch_size and not self._closing:
-                remaining = self._pending[0].enqueued + self.max_wait - time.perf_counter()
-                if remaining <= 0:
-                    break
-                self._arrived.clear()
-                try:
-                    await asyncio.wait_for(self._arrived.wait(), remaining)
-                except asyncio.TimeoutError:
-                    break
+            if self.max_wait > 0:
+                await self._fill()
             batch = self._take()
             if not batch:
                 continue
@@ -117,8 +146,11 @@ class MicroBatcher:
                 results = await loop.run_in_executor(self._executor, self.run, [it.payload for it in batch])
             except Exception as e:  # `run` isolates bad requests itself; this is a last resort
                 results = [e] * len(batch)
+            seconds = time.perf_counter() - started
+            rows = sum(len(it.payload) for it in batch)
+            self._rows_per_s = 0.8 * self._rows_per_s + 0.2 * rows / max(seconds, 1e-6)
             if self.on_batch is not None:
-                self.on_batch(len(batch), sum(len(it.payload) for it in batch), time.perf_counter() - started)
+                self.on_batch(len(batch), rows, seconds)
             for item, result in zip(batch, results, strict=True):
                 if not item.future.done():
                     item.future.set_result(result)

@@ -17,6 +17,7 @@ from functools import cache
 from types import SimpleNamespace
 from typing import Any
 
+import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -60,12 +61,30 @@ async def _drain(receive, limit: int) -> bool:
             return True
 
 
+def _default(value: Any) -> Any:
+    if hasattr(value, "item"):  # a numpy scalar
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def json_bytes(content: Any) -> bytes:
+    """JSON with orjson: several times faster than the standard library on a prediction's answer."""
+    return orjson.dumps(content, default=_default, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+class FastJSONResponse(JSONResponse):
+    """Every JSON answer of both apps, rendered by orjson."""
+
+    def render(self, content: Any) -> bytes:
+        return json_bytes(content)
+
+
 def error_response(
     status: int, message: str, field: str | None = None, limit: float | None = None, headers: dict | None = None
 ) -> JSONResponse:
     """The JSON error of both apps: {"error": ..., "details": [{"instance", "field", "message", "limit"}]}."""
     body = RequestError([FieldError(None, field, message, limit)], status=status).body()
-    return JSONResponse(body, status_code=status, headers=headers)
+    return FastJSONResponse(body, status_code=status, headers=headers)
 
 
 @cache
@@ -171,18 +190,19 @@ def new_app(
     """A FastAPI app with the shared error handlers and the offline docs; `on_invalid` words the body's
     validation errors for this app's request model."""
     app = FastAPI(
-        title=title, version=__version__, description=description, lifespan=lifespan, docs_url=None, redoc_url=None
-    )
+        title=title, version=__version__, description=description, lifespan=lifespan, docs_url=None,
+        redoc_url=None, default_response_class=FastJSONResponse,
+    )  # fmt: skip
 
     # ---- errors: always JSON {"error": ..., "details": [{"instance", "field", "message", "limit"}]} -----------
     @app.exception_handler(RequestError)
     async def on_request_error(request: Request, exc: RequestError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return FastJSONResponse(exc.body(), status_code=exc.status)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         err = on_invalid(list(exc.errors()))
-        return JSONResponse(err.body(), status_code=err.status)
+        return FastJSONResponse(err.body(), status_code=err.status)
 
     @app.exception_handler(HTTPException)
     async def on_http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -190,7 +210,9 @@ def new_app(
 
     @app.exception_handler(QueueFull)
     async def on_queue_full(request: Request, exc: QueueFull) -> JSONResponse:
-        return error_response(429, f"the server is busy: {exc}; retry shortly", headers={"Retry-After": "1"})
+        # At once, before any work on the request: a flood gets quick refusals, not a pile-up of timeouts.
+        headers = {"Retry-After": str(exc.retry_after)}
+        return error_response(503, f"the server is busy: {exc}; retry after {exc.retry_after} s", headers=headers)
 
     # ---- the docs, served from here (no CDN) -------------------------------------------------------------------
     @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
@@ -228,8 +250,8 @@ def add_probes(app: FastAPI, state: SimpleNamespace, metrics: Metrics) -> None:
     @app.get("/ready", summary="Readiness: the model is loaded and warmed up", responses={503: {}})
     async def ready() -> JSONResponse:
         if state.ready:
-            return JSONResponse({"ready": True})
-        return JSONResponse({"ready": False, "reason": "warming up or shutting down"}, status_code=503)
+            return FastJSONResponse({"ready": True})
+        return FastJSONResponse({"ready": False, "reason": "warming up or shutting down"}, status_code=503)
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def prometheus() -> Response:

@@ -15,12 +15,21 @@ from polymodal.errors import UserError
 CONFIG_ENV = "POLYMODAL_SERVE_CONFIG"
 
 
+def cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     model: str
     max_batch_size: int = 32
-    max_wait_ms: float = 5.0
-    max_queue: int = 512  # rows waiting for the model; beyond it requests get 429 instead of piling up
+    # 0: adaptive batching (a batch is what queued while the model was busy); > 0: also wait this long for company
+    max_wait_ms: float = 0.0
+    max_queue: int = 256  # rows admitted (decoding, waiting, in a pass); beyond it 503 + Retry-After at once
     max_body_bytes: int = 16 * 1024 * 1024
     max_instances: int = 64
     max_image_pixels: int = 16_777_216  # 4096 x 4096
@@ -31,12 +40,16 @@ class ServeConfig:
     public_docs: bool = False
     warmup: bool = True
     runtime: str = "torch"  # or "onnx": `model` is an exported .onnx (or a folder with model.onnx); no torch
+    threads: int = 1  # intra-op threads of the model per worker (small batches gain nothing from more)
+    decode_threads: int | None = None  # threads checking and decoding requests' files; None: one per core
 
     def __post_init__(self) -> None:
-        positive = ("max_batch_size", "max_queue", "max_body_bytes", "max_instances", "max_image_pixels")
+        positive = ("max_batch_size", "max_queue", "max_body_bytes", "max_instances", "max_image_pixels", "threads")
         for name in (*positive, "max_audio_seconds", "max_text_chars"):
             if getattr(self, name) <= 0:
                 raise UserError(f"{name} must be positive, not {getattr(self, name)}")
+        if self.decode_threads is not None and self.decode_threads <= 0:
+            raise UserError(f"decode_threads must be positive, not {self.decode_threads}")
         if self.max_wait_ms < 0:
             raise UserError(f"max_wait_ms must be >= 0, not {self.max_wait_ms}")
         if self.max_image_pixels > MAX_IMAGE_PIXELS:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
@@ -94,8 +95,12 @@ class InstanceChecker:
 
     def __init__(self, schema: Schema, config: ServeConfig):
         self.schema, self.config = schema, config
+        self.media = frozenset(c for c, m in schema.columns.items() if m in (Modality.IMAGE, Modality.AUDIO))
 
-    def check(self, index: int, values: Mapping[str, Any]) -> tuple[dict[str, Any], list[FieldError]]:
+    def check(
+        self, index: int, values: Mapping[str, Any], form: bool = False
+    ) -> tuple[dict[str, Any], list[FieldError]]:
+        """`form`: values come from a form, where every value is a string (a number is read from one)."""
         row: dict[str, Any] = dict.fromkeys(self.schema.columns)
         errors: list[FieldError] = []
         for field, value in values.items():
@@ -104,25 +109,29 @@ class InstanceChecker:
                 errors.append(FieldError(index, field, self.unknown_field_message()))
                 continue
             try:
-                row[field] = self._value(modality, value)
+                row[field] = self._value(modality, value, form)
             except _Bad as e:
                 errors.append(FieldError(index, field, e.message, e.limit))
         return row, errors
 
-    def check_all(self, instances: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    def check_all(self, instances: Iterable[Mapping[str, Any]], form: bool = False) -> list[dict[str, Any]]:
         rows, errors = [], []
         for i, values in enumerate(instances):
-            row, errs = self.check(i, values)
+            row, errs = self.check(i, values, form)
             rows.append(row)
             errors += errs
         if errors:
             raise RequestError(errors)
         return rows
 
+    def has_media(self, instances: Iterable[Mapping[str, Any]]) -> bool:
+        """Whether any instance sends an image or audio value (then checking and decoding go to the pool)."""
+        return any(values.get(c) for values in instances for c in self.media)
+
     def unknown_field_message(self) -> str:
         return f"unknown field; the model's input columns are {list(self.schema.columns)}"
 
-    def _value(self, modality: Modality, value: Any) -> Any:
+    def _value(self, modality: Modality, value: Any, form: bool = False) -> Any:
         if value is None:
             return None
         if modality is Modality.TEXT:
@@ -133,7 +142,7 @@ class InstanceChecker:
                 raise _Bad(f"text is {len(value)} characters, above the limit of {limit}", limit)
             return value
         if modality is Modality.NUMERIC:
-            if isinstance(value, str):  # form fields arrive as strings
+            if isinstance(value, str) and form:  # form fields arrive as strings
                 if not value.strip():
                     return None
                 try:
@@ -154,13 +163,14 @@ class InstanceChecker:
         # Image or audio: bytes from an upload, or a base64 string. Never a path.
         if isinstance(value, str):
             value = decode_base64(value)
-        if not isinstance(value, bytes | bytearray):
+        if not isinstance(value, bytes):
             raise _Bad(f"expected {EXPECTED[modality]}, got {_json_type(value)}")
         if not value:
             return None  # an empty upload is a file input left empty: the modality is absent
-        data = bytes(value)
-        self._check_image(data) if modality is Modality.IMAGE else self._check_audio(data)
-        return data
+        if modality is Modality.IMAGE:
+            self._check_image(value)
+            return value
+        return self._check_audio(value)
 
     def _check_image(self, data: bytes) -> None:
         from PIL import Image
@@ -182,22 +192,69 @@ class InstanceChecker:
         if w * h > limit:
             raise _Bad(f"image is {w}x{h} = {w * h} pixels, above the limit of {limit}", limit)
 
-    def _check_audio(self, data: bytes) -> None:
+    def _check_audio(self, data: bytes) -> bytes:
+        """The audio file as the decoder reads it: WAV, FLAC, OGG... as sent; a browser recording (WebM, or any
+        container libsndfile cannot read) decoded by PyAV and sent on as WAV."""
         import soundfile as sf
+
+        from polymodal.serving.recordings import NotARecording, RecordingTooLong, to_wav
 
         limit = self.config.max_audio_seconds
         try:
             info = sf.info(io.BytesIO(data))  # reads the header only
         except Exception as e:
-            raise _Bad(f"not an audio file this server can read ({type(e).__name__})") from None
+            try:
+                return to_wav(data, limit)
+            except RecordingTooLong:
+                raise _Bad(f"audio is longer than the limit of {limit:g} seconds", limit) from None
+            except NotARecording:
+                raise _Bad(f"not an audio file this server can read ({type(e).__name__})") from None
         if info.samplerate <= 0 or info.frames <= 0:
             raise _Bad("audio has no samples")
         seconds = info.frames / info.samplerate
         if seconds > limit:
             raise _Bad(f"audio is {seconds:.1f} seconds long, above the limit of {limit:g}", limit)
+        return data
 
 
-# ---- pydantic models: what the JSON endpoint accepts and returns, and what /docs shows ------------------------
+def parse_instances(body: bytes, config: ServeConfig) -> list[dict[str, Any]]:
+    """The instances of a POST /v1/predict body, its shape checked (each field is checked by InstanceChecker).
+    orjson parses; a body it refuses goes through the standard parser, which also reads NaN and Infinity, so that
+    such a number gets the checker's own message naming its field."""
+    import orjson
+
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise RequestError([FieldError(None, None, f"the body is not valid JSON ({e})")]) from None
+    if not isinstance(data, dict):
+        msg = f'the body must be a JSON object {{"instances": [...]}}, got {_json_type(data)}'
+        raise RequestError([FieldError(None, None, msg)])
+    errors = [FieldError(None, str(k), 'unknown field; the body has one field, "instances"') for k in data
+              if k != "instances"]  # fmt: skip
+    instances = data.get("instances")
+    if "instances" not in data:
+        errors.append(FieldError(None, "instances", 'the body needs an "instances" list'))
+    elif not isinstance(instances, list):
+        errors.append(FieldError(None, "instances", f"expected a list of objects, got {_json_type(instances)}"))
+    elif not instances:
+        errors.append(FieldError(None, "instances", "send at least one instance"))
+    elif len(instances) > config.max_instances:
+        limit = config.max_instances
+        msg = f"{len(instances)} instances in one request, above the limit of {limit}"
+        errors.append(FieldError(None, "instances", msg, limit))
+    else:
+        errors += [FieldError(i, None, f"an instance must be an object of column -> value, got {_json_type(v)}")
+                   for i, v in enumerate(instances) if not isinstance(v, dict)]  # fmt: skip
+    if errors:
+        raise RequestError(errors)
+    return instances
+
+
+# ---- pydantic models: what /docs shows (the JSON endpoint's body is parsed by `parse_instances`) ---------------
 _Number = Annotated[float | None, Field(strict=True, allow_inf_nan=False)]
 _FIELD_TYPES: dict[Modality, Any] = {
     Modality.TEXT: StrictStr | None,

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 import time
+
+import orjson
 
 ACCESS = "polymodal.access"
 SERVER = "polymodal.serving"
@@ -24,7 +25,7 @@ class JsonFormatter(logging.Formatter):
         out.update(getattr(record, "fields", {}))
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
+        return orjson.dumps(out, default=str).decode()
 
 
 def configure(level: int = logging.INFO) -> None:

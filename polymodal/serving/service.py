@@ -1,10 +1,18 @@
-"""The model behind the server: rows of values in, one prediction per row out, through the one `InferenceEngine`."""
+"""The model behind the server: rows of values in, one prediction per row out, through the one `InferenceEngine`.
+
+A request goes through two stages. `decode` (per request, in the decoding pool, many at once) turns its image and
+audio bytes into arrays with the very decoders and options `predict` uses; `run` (per batch, on the model thread)
+builds one table of the batch, preprocesses it in one vectorised pass and runs one forward pass.
+"""
 
 from __future__ import annotations
 
 import io
 import logging
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,55 +27,128 @@ log = logging.getLogger("polymodal.serving")
 # Every media cell a request can produce holds bytes, so the engine never resolves a path. Should one ever slip
 # through, it would resolve below /dev/null, which cannot be a folder: nothing on disk can be reached.
 NO_FILES = Path("/dev/null/no-files")
+UNPROCESSABLE = "could not be processed (a corrupt or unsupported file?)"
+
+
+@dataclass
+class Decoded:
+    """One request, ready for the model: its rows (media still as bytes, for frozen encoders that read them) and
+    the decoded arrays of each image and audio column (None where absent)."""
+
+    rows: list[dict[str, Any]]
+    media: dict[str, list[np.ndarray | None]]
+
+    def __len__(self) -> int:
+        return len(self.rows)
 
 
 class ModelService:
-    """Load a model folder once; answer batches of requests with `engine.features` + `engine.outputs`."""
+    """Load a model folder once; answer batches of requests with the engine's pipeline + `engine.outputs`."""
 
-    def __init__(self, folder: str | Path, runtime: str = "torch"):
+    def __init__(self, folder: str | Path, runtime: str = "torch", threads: int | None = None):
         from polymodal.predictor import MultimodalPredictor
 
         self.folder = Path(folder)
-        self.predictor = MultimodalPredictor.load(self.folder, runtime=runtime)
+        if runtime == "onnx":  # ONNX Runtime's own thread pool spins; one thread per worker is the fast default
+            self.predictor = MultimodalPredictor._load_onnx(self.folder, None, threads=threads or 1)
+        else:
+            if threads:
+                import torch
+
+                torch.set_num_threads(threads)
+            self.predictor = MultimodalPredictor.load(self.folder, runtime=runtime)
         self.engine = self.predictor.engine
         self.schema = self.engine.schema
         self.task = self.engine.task
         self.input_names = list(self.schema.inputs)
         self.classes = [str(c) for c in self.task.classes] if self.task.is_classification else None
+        self.decoders = self._decoders()
+        self._column_modality = list(self.schema.columns.items())
 
-    # ---- the forward pass ------------------------------------------------------------------------------------
+    def _decoders(self) -> dict[str, Callable[[bytes], np.ndarray]]:
+        """column -> bytes -> array, as `predict` decodes it (frozen encoders read their bytes themselves)."""
+        from polymodal.data.media import decode_audio, decode_image
+
+        pipeline = self.engine.pipeline
+        opt, frozen = pipeline.media_options(), set(pipeline.frozen_inputs)
+        out: dict[str, Callable[[bytes], np.ndarray]] = {}
+        for col in self.schema.columns_of(Modality.IMAGE):
+            if col not in frozen:
+                size = opt["sizes"].get(col, opt["image_size"])
+                out[col] = partial(decode_image, size=size, fit=opt["fits"].get(col, opt["image_fit"]))
+        for col in self.schema.columns_of(Modality.AUDIO):
+            if col not in frozen:
+                out[col] = partial(decode_audio, sample_rate=opt["rates"].get(col, opt["sample_rate"]))
+        return out
+
+    # ---- stage 1: one request's media, in the decoding pool --------------------------------------------------
+    def decode(self, rows: list[dict[str, Any]]) -> Decoded:
+        """Decode the image and audio bytes of one request's rows; a file that does not decode is a 422 naming
+        its instance and field."""
+        from polymodal.data.media import MediaError
+
+        media: dict[str, list[np.ndarray | None]] = {}
+        errors: list[FieldError] = []
+        for col, decode in self.decoders.items():
+            values: list[np.ndarray | None] = []
+            for i, row in enumerate(rows):
+                value = row.get(col)
+                if value is None:
+                    values.append(None)
+                    continue
+                try:
+                    values.append(decode(value))
+                except MediaError as e:
+                    errors.append(FieldError(i, col, str(e)))
+                    values.append(None)
+            media[col] = values
+        if errors:
+            raise RequestError(errors)
+        return Decoded(rows, media)
+
+    # ---- stage 2: one forward pass for a batch of requests, on the model thread ------------------------------
     def frame(self, rows: list[dict[str, Any]]) -> pd.DataFrame:
         """Rows -> a table like `predict` reads. Object columns, so that an integer category next to an empty
         cell stays 3 (read as "3") instead of becoming 3.0 (an unseen category)."""
         cols = {}
-        for col, modality in self.schema.columns.items():
+        for col, modality in self._column_modality:
             values = [r.get(col) for r in rows]
+            if modality is Modality.NUMERIC:
+                cols[col] = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+                continue
             if modality in (Modality.IMAGE, Modality.AUDIO) and not all(
                 v is None or isinstance(v, bytes) for v in values
             ):
                 raise TypeError(f"media column {col!r} must hold bytes or None")  # never a path
-            dtype = np.float64 if modality is Modality.NUMERIC else object
-            cols[col] = pd.Series([np.nan if v is None and dtype is np.float64 else v for v in values], dtype=dtype)
-        return pd.DataFrame(cols)
+            column = np.empty(len(values), dtype=object)
+            column[:] = values
+            cols[col] = column
+        return pd.DataFrame(cols, copy=False)
 
-    def run(self, requests: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]] | RequestError]:
+    def run(self, requests: list[Decoded]) -> list[list[dict[str, Any]] | RequestError]:
         """One forward pass for several requests; each gets its predictions, or the problems of its own rows."""
-        rows = [r for req in requests for r in req]
-        owner = np.repeat(np.arange(len(requests)), [len(req) for req in requests])
-        start = np.concatenate([[0], np.cumsum([len(req) for req in requests])])
+        sizes = [len(req) for req in requests]
+        rows = [r for req in requests for r in req.rows]
+        owner = np.repeat(np.arange(len(requests)), sizes)
+        start = np.concatenate([[0], np.cumsum(sizes)])
         try:
-            features, problems = self.engine.features(self.frame(rows), NO_FILES, on_bad_rows="missing")
+            media = {col: [m for req in requests for m in req.media[col]] for col in self.decoders}
+            df = self.frame(rows)
+            pipeline = self.engine.pipeline
+            frozen, problems = {}, []
+            if pipeline.frozen_inputs:  # embeddings of frozen pretrained encoders, through their cache
+                _, frozen, problems = pipeline.decode(df, NO_FILES, media=False)
+            features = pipeline.features(df, media, frozen)
             outputs = self.engine.outputs(features)
         except Exception:
             if len(requests) > 1:  # find the request that broke the batch; the others are answered normally
                 return [self.run([req])[0] for req in requests]
-            # A single request whose values crash decoding (a hostile file the header check let through) is
-            # the client's problem: answer 422 and keep serving. Logged in full in case it is ours.
+            # A single request whose values crash preprocessing is the client's problem: answer 422 and keep
+            # serving. Logged in full in case it is ours.
             log.exception("request could not be processed")
-            msg = "could not be processed (a corrupt or unsupported file?)"
-            return [RequestError([FieldError(None, None, msg)])]
+            return [RequestError([FieldError(None, None, UNPROCESSABLE)])]
         bad: dict[int, list[FieldError]] = {}
-        for p in problems:  # files whose header looked fine but whose data did not decode
+        for p in problems:  # files a frozen encoder could not read
             r = int(owner[p.row])
             bad.setdefault(r, []).append(FieldError(int(p.row - start[r]), p.column, p.reason))
         finite = np.isfinite(outputs.reshape(len(rows), -1)).all(axis=1)
@@ -87,14 +168,18 @@ class ModelService:
     def answer(self, output: np.ndarray, present: np.ndarray) -> dict[str, Any]:
         used = [n for n, ok in zip(self.input_names, present, strict=True) if ok]
         missing = [n for n, ok in zip(self.input_names, present, strict=True) if not ok]
+        if getattr(self.task, "is_text", False):  # generated text: the best hypothesis
+            text = str(self.task.decode(output[None])[0])
+            return {"prediction": text, "probabilities": None, "inputs_used": used, "inputs_missing": missing}
         if self.task.is_multilabel:  # the label set, as the table writes it, and each label on its own
             prediction = str(self.task.decode(output[None, :])[0])
-            proba = {c: float(v) for c, v in zip(self.classes, output, strict=True)}
+            proba = dict(zip(self.classes, output.tolist(), strict=True))
             return {"prediction": prediction, "labels": prediction.split("|"), "probabilities": proba,
                     "inputs_used": used, "inputs_missing": missing}  # fmt: skip
         if self.task.is_classification:
             label = self.task.classes[int(np.argmax(output))]
-            proba = {c: float(v) for c, v in zip(self.classes, output, strict=True)}
+            label = label.item() if isinstance(label, np.generic) else label
+            proba = dict(zip(self.classes, output.tolist(), strict=True))
             return {"prediction": label, "probabilities": proba, "inputs_used": used, "inputs_missing": missing}
         value = float(output)
         return {
@@ -115,7 +200,8 @@ class ModelService:
         row: dict[str, Any] = {}
         for col, modality in self.schema.columns.items():
             if modality is Modality.TEXT:
-                row[col] = " ".join(state[col]["vocab"][:5]) or "warm up"
+                vocab = state.get(col, {}).get("vocab") or []
+                row[col] = " ".join(vocab[:5]) or "warm up"
             elif modality is Modality.IMAGE:
                 buf = io.BytesIO()
                 Image.new("RGB", (cfg.image_size, cfg.image_size), (128, 128, 128)).save(buf, format="PNG")
@@ -134,7 +220,7 @@ class ModelService:
         return row
 
     def categories(self) -> dict[str, list[str]]:
-        """Known values of each categorical column (the page offers them as suggestions)."""
+        """Known values of each categorical column (the page offers them as choices)."""
         st = self.engine.preprocessor.state.get("tabular:categorical")
         return dict(zip(st["columns"], st["vocabs"], strict=True)) if st else {}
 
@@ -155,7 +241,8 @@ class ModelService:
         for col, modality in self.schema.columns.items():
             fusion_input = {Modality.NUMERIC: "tabular:numeric", Modality.CATEGORICAL: "tabular:categorical"}
             inputs.append(
-                {"name": col, "modality": modality.value, "type": json_types[modality],
+                {"name": col, "modality": modality.value,
+                 "type": json_types.get(modality, "string (base64) or file upload"),
                  "fusion_input": fusion_input.get(modality, col)}
             )  # fmt: skip
         metrics = {k: v for k, v in self.predictor.metrics_.items() if k in ("valid", "test") and isinstance(v, dict)}
