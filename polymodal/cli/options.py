@@ -43,7 +43,9 @@ CategoricalCols = Annotated[
     list[str] | None, typer.Option("--categorical", help="Treat this column as categorical (repeatable)")
 ]
 IgnoreCols = Annotated[list[str] | None, typer.Option("--ignore", help="Leave this column out (repeatable)")]
-ProblemTypeOpt = Annotated[str | None, typer.Option(help="binary | multiclass | regression (default: inferred)")]
+ProblemTypeOpt = Annotated[
+    str | None, typer.Option(help="binary | multiclass | regression | multilabel | text (default: inferred)")
+]
 
 # ---- reading the table -----------------------------------------------------------------------------------------------
 OnBadRows = Annotated[str | None, typer.Option(help="error | skip")]

@@ -22,7 +22,8 @@ def _is_run_field(cls: type, name: str) -> bool:
 @dataclass
 class DataConfig:
     label: str | None = None  # the column to predict
-    problem_type: str | None = None  # binary | multiclass | regression; None: inferred from the label
+    # binary | multiclass | regression | multilabel | text (generated free text); None: inferred from the label
+    problem_type: str | None = None
     modalities: dict[str, str] = field(default_factory=dict)  # column -> text | image | audio | numeric | categorical
     ignore: list[str] = field(default_factory=list)  # columns left out
     # A column naming groups of rows (e.g. a question type): evaluate/compare/report score each of its values
@@ -109,6 +110,39 @@ class FusionConfig:
     hidden: int = 128  # width of the fusion and the task head
     dropout: float = 0.1
     options: dict[str, Any] = field(default_factory=dict)  # the fusion's own settings, e.g. {heads: 8, layers: 3}
+
+
+@dataclass
+class DecoderConfig:
+    """Text outputs (`data.problem_type: text`): the target vocabulary, the decoder, how it generates and scores."""
+
+    # transformer (cross-attention to the input tokens) | gru (GRU with attention) | ctc (per-token CTC head, for
+    # monotonic audio -> text)
+    name: str = field(default="transformer", metadata=_choices("transformer", "gru", "ctc"))
+    tokens: str = field(default="word", metadata=_choices("word", "char"))  # target vocabulary of words or characters
+    max_vocab: int = 10000  # the most frequent target tokens of the training rows; the rest are unknown
+    min_count: int = 1  # a target token seen fewer times in training is unknown
+    max_length: int = 32  # target tokens kept (longer targets are truncated, with a warning) and generated at most
+    lowercase: bool = True  # targets lower-cased before the vocabulary is built (and so the generated text)
+    # What the decoder reads: tokens (every encoder's token outputs: words, image regions, audio frames; one token
+    # for numbers and categories) or pooled (one token per input); the fused vector is always one more token.
+    memory: str = field(default="tokens", metadata=_choices("tokens", "pooled"))
+    dim: int = 128  # decoder width
+    layers: int = 2  # transformer layers (gru: GRU layers)
+    heads: int = 4  # attention heads
+    dropout: float = 0.1
+    label_smoothing: float = 0.1  # of the teacher-forced cross-entropy
+    # CTC: the input whose tokens are the time steps (default: the audio input, else the longest token sequence)
+    ctc_input: str | None = None
+    beam_size: int = 1  # 1: greedy decoding
+    length_penalty: float = 1.0  # beam scores are sum log p / length ** length_penalty
+    no_repeat_ngram: int = 0  # > 0: no n-gram of this size is generated twice
+    n_best: int = 1  # hypotheses kept per row (at most beam_size), with their scores
+    # The validation metric for early stopping and tune: wer | cer | bleu | chrf | cider | rouge_l | exact_match;
+    # None: wer when an input is audio (speech-like), else cider
+    metric: str | None = None
+    metric_lowercase: bool = True  # metrics compare lower-cased text
+    metric_punctuation: bool = False  # False: punctuation is removed before scoring
 
 
 @dataclass

@@ -15,6 +15,7 @@ from polymodal.config.checks import ConfigError, _check, _hints
 from polymodal.config.sections import (
     AlignConfig,
     DataConfig,
+    DecoderConfig,
     EncodersConfig,
     FusionConfig,
     PreprocessConfig,
@@ -29,6 +30,7 @@ SECTIONS: dict[str, type] = {
     "preprocess": PreprocessConfig,
     "encoders": EncodersConfig,
     "fusion": FusionConfig,
+    "decoder": DecoderConfig,
     "train": TrainConfig,
     "align": AlignConfig,
     "rl": RLConfig,
@@ -69,6 +71,7 @@ class Config:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     encoders: EncodersConfig = field(default_factory=EncodersConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
     rl: RLConfig = field(default_factory=RLConfig)

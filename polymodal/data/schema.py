@@ -29,10 +29,15 @@ class ProblemType(str, Enum):
     MULTICLASS = "multiclass"
     REGRESSION = "regression"
     MULTILABEL = "multilabel"  # several labels per row, joined with LABEL_SEPARATOR: "cat|outdoor"
+    TEXT = "text"  # free text generated from the inputs (captions, transcripts): polymodal/tasks/text.py
 
     @property
     def is_classification(self) -> bool:
-        return self is not ProblemType.REGRESSION
+        return self not in (ProblemType.REGRESSION, ProblemType.TEXT)
+
+    @property
+    def is_text(self) -> bool:
+        return self is ProblemType.TEXT
 
     @property
     def is_multilabel(self) -> bool:
@@ -129,10 +134,25 @@ def infer_modality(values: pd.Series) -> Modality:
     return Modality.CATEGORICAL
 
 
-def infer_problem_type(values: pd.Series) -> ProblemType:
-    """Multilabel when the values hold several labels (`a|b`), binary for two classes, multiclass for few integer
-    or string classes, regression for real numbers."""
+def is_free_text_label(values: pd.Series) -> bool:
+    """A label of free text (captions, transcripts): strings, at least 20 of them, mostly distinct (more than half
+    of the values) and of several words (3 or more on average). A class label with a few values never is."""
     y = values.dropna()
+    if pd.api.types.is_numeric_dtype(y) or len(y) < 20:
+        return False
+    s = y.astype(str)
+    if s.str.contains(LABEL_SEPARATOR, regex=False).mean() > 0.1:  # sets of labels ("a|b|c"): multilabel
+        return False
+    words = s.head(1000).map(lambda v: len(re.findall(r"\w+", v))).mean()
+    return bool(s.nunique() > 0.5 * len(s) and words >= 3)
+
+
+def infer_problem_type(values: pd.Series) -> ProblemType:
+    """Text for free text (`is_free_text_label`), multilabel when the values hold several labels (`a|b`), binary for
+    two classes, multiclass for few integer or string classes, regression for real numbers."""
+    y = values.dropna()
+    if is_free_text_label(y):
+        return ProblemType.TEXT
     if not pd.api.types.is_numeric_dtype(y) and y.astype(str).str.contains(LABEL_SEPARATOR, regex=False).any():
         return ProblemType.MULTILABEL
     n_unique = y.nunique()

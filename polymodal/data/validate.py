@@ -79,6 +79,10 @@ def check_labels(df: pd.DataFrame, schema: Schema) -> list[Problem]:
         raise SchemaError(f"label column {schema.label!r} is missing from the table (it has {list(df.columns)})")
     y = df[schema.label]
     problems = [Problem(int(i), schema.label, "label is empty (NaN)") for i in np.flatnonzero(y.isna().to_numpy())]
+    if schema.problem_type.is_text:  # a target of only spaces is as empty as a missing one
+        blank = np.flatnonzero(y.notna().to_numpy() & (y.astype(str).str.strip() == "").to_numpy())
+        problems += [Problem(int(i), schema.label, "the target text is empty") for i in blank]
+        return sorted(problems, key=lambda p: p.row)
     if not schema.problem_type.is_classification:
         values = pd.to_numeric(y, errors="coerce")
         bad = np.flatnonzero(values.isna().to_numpy() & ~y.isna().to_numpy())

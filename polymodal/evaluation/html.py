@@ -24,6 +24,7 @@ SECTIONS = {
     "roc-curves": "ROC curves",
     "training-curves": "Training curves",
     "per-class": "Per-class metrics",
+    "examples": "Best and worst examples",  # text models: reference vs generated text beside the inputs
 }
 CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:1100px;color:#222;

@@ -40,6 +40,9 @@ def detail_sections(
         rows = [{"label": c} | v for c, v in metrics["per_class"].items()]
         s["per-class"] = intro + table(rows, ["label", "precision", "recall", "f1", "support"], left=("label",))
         return s
+    if task["problem_type"] == "text":  # the examples section shows the generated text instead
+        s["confusion-matrix"] = s["roc-curves"] = s["per-class"] = intro + note("not applicable to a text task")
+        return s
     if task["problem_type"] == "regression":
         na = note("not applicable: this is a regression task")
         s["confusion-matrix"] = intro + na + scatter_chart(targets * task["y_std"] + task["y_mean"], outputs)
@@ -126,6 +129,10 @@ def _bootstrap(targets: np.ndarray, outputs: np.ndarray, task: Any, n: int = 200
     from sklearn import metrics as skm
 
     def headline(t: np.ndarray, o: np.ndarray) -> dict[str, float]:
+        if task.is_text:
+            from polymodal.evaluation.text_report import text_headline
+
+            return text_headline(task)(t, o)
         if task.is_multilabel:
             from polymodal.tasks import label_sets
 
@@ -227,6 +234,10 @@ def model_report(
     )
     s |= robustness_sections({name: robust}, metric)
     s |= detail_sections(task.to_dict(), metrics, targets, outputs, name)
+    if task.is_text:
+        from polymodal.evaluation.text_report import examples_section
+
+        s["examples"] = examples_section(task, schema, df, base_dir, outputs)
     monitor = task.monitor[0]
     s["training-curves"] = training_chart({name: history}, monitor) if history else note("no training history")
     subtitle = f"{name} on {len(df)} labelled rows; label {schema.label!r} ({task.problem_type.value})"

@@ -57,6 +57,9 @@ def metric_of(task: Task) -> tuple[str, bool]:
     """The task metric robustness and the leaderboard rank by, and whether higher is better."""
     if task.is_multilabel:
         return ("f1_micro", True)
+    if task.is_text:  # the generation metric it monitors (WER, CIDEr...: decoder.metric)
+        name, mode = task.monitor
+        return (name, mode == "max")
     return ("accuracy", True) if task.is_classification else ("rmse", False)
 
 

@@ -15,6 +15,7 @@ CLASSIFICATION_COLUMNS = [
 ]
 REGRESSION_COLUMNS = ["rmse", "mae", "r2"]
 MULTILABEL_COLUMNS = ["f1_micro", "f1_macro", "jaccard_samples", "accuracy", "hamming_loss", "auroc"]
+TEXT_COLUMNS = ["wer", "cer", "bleu", "chrf", "cider", "rouge_l", "exact_match"]
 
 
 def _fmt(v: Any) -> str:
@@ -32,6 +33,8 @@ def metrics_table(rows: dict[str, dict[str, Any]], title: str = "metrics", extra
     first = next(iter(rows.values()), {})
     if "f1_micro" in first:
         columns = list(MULTILABEL_COLUMNS)
+    elif "wer" in first:
+        columns = list(TEXT_COLUMNS)
     else:
         columns = CLASSIFICATION_COLUMNS if "accuracy" in first else REGRESSION_COLUMNS
     columns = columns + list(extra or [])

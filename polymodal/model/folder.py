@@ -42,6 +42,11 @@ def build_net(cfg: Config, schema: Schema, input_specs: dict[str, dict], task: A
     from polymodal.model.network import MultimodalNet
 
     dims = {name: cfg.encoders.dim(m.value) for name, m in schema.inputs.items()}
+    if getattr(task, "is_text", False):  # a decoder in place of the head (polymodal/model/text_net.py)
+        from polymodal.model.text_net import TextNet
+
+        return TextNet(schema.inputs, input_specs, task, cfg.decoder, cfg.fusion.name, dims, cfg.fusion.hidden,
+                       cfg.fusion.dropout, fusion_options=cfg.fusion.options)  # fmt: skip
     return MultimodalNet(
         schema.inputs, input_specs, task, cfg.fusion.name, dims, cfg.fusion.hidden, cfg.fusion.dropout,
         fusion_options=cfg.fusion.options,

@@ -49,9 +49,14 @@ class OnnxNet:
             raise UserError(f"{self.path} was not exported by polymodal (its metadata has no config)")
         self.metadata: dict[str, Any] = {
             k: json.loads(meta[k])
-            for k in ("config", "preprocess", "metrics", "inputs", "frozen_in_graph", "text_in_graph")
+            for k in ("config", "preprocess", "metrics", "inputs", "frozen_in_graph", "text_in_graph", "text_decoder")
             if k in meta
         }
+        self.text = None  # a text model: the memory graph plus a decoder-step graph (model/onnx_text.py)
+        if "text_decoder" in self.metadata:
+            from polymodal.model.onnx_text import OnnxTextDecoder
+
+            self.text = OnnxTextDecoder(self.path, self.metadata["text_decoder"], options)
         self.quantized = meta.get("quantized")
         self.graph_names: dict[str, str] = self.metadata["inputs"]
         self.dtypes = {i.name: i.type for i in self.session.get_inputs()}
@@ -67,4 +72,17 @@ class OnnxNet:
     def run(self, features: Features) -> np.ndarray:
         if len(features) == 0:
             return np.zeros((0,), np.float32)
+        if self.text is not None:
+            return self.text.run(self.session, self.feed(features))
         return self.session.run(["output"], self.feed(features))[0]
+
+    @property
+    def generation(self) -> dict:
+        """A text model's generation settings (beam size, length penalty, no-repeat n-gram, n-best)."""
+        if self.text is None:
+            raise AttributeError("generation")
+        return self.text.generation
+
+    @generation.setter
+    def generation(self, value: dict) -> None:
+        self.text.generation = dict(value)

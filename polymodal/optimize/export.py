@@ -106,6 +106,14 @@ def export_onnx(model_dir: str | os.PathLike[str], output: str | os.PathLike[str
     predictor = MultimodalPredictor.load(model_dir)
     engine = predictor.engine
     graph = graph_module(predictor)
+    text = engine.task.is_text  # two graphs: inputs -> memory, and a decoder step (optimize/onnx_decoder.py)
+    if text:
+        from polymodal.optimize import onnx_decoder
+
+        graph = onnx_decoder.memory_module(graph)
+        outputs, axes = onnx_decoder.output_names(engine.net), onnx_decoder.dynamic_axes(engine.net)
+    else:
+        outputs, axes = ["output"], {"output": {0: "batch"}}
     example = example_inputs(engine, rows=2)
     keys = engine.net.keys
     names = [keys[n] for n in engine.schema.inputs]
@@ -121,8 +129,8 @@ def export_onnx(model_dir: str | os.PathLike[str], output: str | os.PathLike[str
             torch.onnx.export(
                 graph, tuple(torch.from_numpy(example.inputs[n]) for n in engine.schema.inputs)
                 + (torch.from_numpy(example.present),), tmp, dynamo=False, opset_version=OPSET,
-                input_names=[*names, "present"], output_names=["output"],
-                dynamic_axes={k: {0: "batch"} for k in [*names, "present", "output"]},
+                input_names=[*names, "present"], output_names=outputs,
+                dynamic_axes={k: {0: "batch"} for k in [*names, "present"]} | axes,
             )  # fmt: skip
         proto = onnx.load(tmp)
         config = read_json(model_dir / CONFIG)
@@ -138,6 +146,9 @@ def export_onnx(model_dir: str | os.PathLike[str], output: str | os.PathLike[str
             "source": str(model_dir.resolve()),
             "frozen_in_graph": json.dumps(frozen_in_graph(engine)),
         }
+        if text:  # the decoder-step graph beside it, under its final name (replaced with the main graph)
+            step = output.with_name(output.stem + onnx_decoder.DECODER_SUFFIX)
+            meta["text_decoder"] = json.dumps(onnx_decoder.export_decoder_step(engine.net, step, OPSET))
         set_metadata(proto, meta)
         proto.doc_string = "polymodal model: raw inputs (see polymodal/optimize/export.py) -> task outputs"
         if tokenize:  # (int8: after quantizing; ONNX shape inference does not take the string operators)
@@ -198,6 +209,9 @@ def export_model(
         proto = onnx.load(str(path))
         add_tokenization(proto, MultimodalPredictor.load(model_dir).engine)
         onnx.save(proto, str(path))
+        fp32_step, step = fp32.with_name("fp32.decoder.onnx"), output.with_name(output.stem + ".decoder.onnx")
+        if fp32_step.exists():  # a text model's decoder step stays fp32
+            os.replace(fp32_step, step)
         for suffix in (".text.json", TOOLS_SUFFIX):  # what the runtime reads beside the graph
             if fp32.with_suffix(suffix).exists():
                 if output.with_suffix(suffix).is_dir():

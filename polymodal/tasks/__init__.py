@@ -42,7 +42,10 @@ def label_sets(outputs: np.ndarray) -> np.ndarray:
 
 
 class Task:
-    """Classification (binary, multiclass; cross-entropy) or regression (MSE on the standardized target)."""
+    """Classification (binary, multiclass; cross-entropy) or regression (MSE on the standardized target). Generated
+    text is the subclass `polymodal.tasks.text.TextTask`."""
+
+    is_text = False
 
     def __init__(
         self,
@@ -56,7 +59,12 @@ class Task:
         self.y_mean, self.y_std = y_mean, y_std
 
     @classmethod
-    def fit(cls, problem_type: ProblemType, y: pd.Series) -> Task:
+    def fit(cls, problem_type: ProblemType, y: pd.Series, decoder: Any = None, speech_like: bool = False) -> Task:
+        """`decoder` (the config's decoder section) and `speech_like` (an input is audio) matter to text only."""
+        if ProblemType(problem_type).is_text:
+            from polymodal.tasks.text import TextTask
+
+            return TextTask.fit_text(y, decoder, speech_like)
         if ProblemType(problem_type).is_multilabel:
             classes = sorted({label for v in y.dropna() for label in split_labels(v)})
             if len(classes) < 2:
@@ -258,4 +266,8 @@ class Task:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Task:
+        if d["problem_type"] == ProblemType.TEXT.value:
+            from polymodal.tasks.text import TextTask
+
+            return TextTask.from_dict(d)
         return cls(ProblemType(d["problem_type"]), d.get("classes"), d.get("y_mean", 0.0), d.get("y_std", 1.0))

@@ -43,6 +43,7 @@ class LitMultimodal(pl.LightningModule):
         self.augmenters = augmenters or {}  # input -> a batch transform of its own (e.g. audio's SpectralWarp)
         self.data = data
         self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._val_loss: list[torch.Tensor] = []  # text: each validation batch's summed loss
 
     # The loaders are made here, not before `fit`: only now do the process's rank and the world size exist.
     def train_dataloader(self):
@@ -69,12 +70,20 @@ class LitMultimodal(pl.LightningModule):
                 inputs[name] = augment(inputs[name])
         if self.cfg.modality_dropout > 0 and present.shape[1] > 1:
             present = drop_modalities(present, self.cfg.modality_dropout)
-        loss = self.task.loss(self.net(inputs, present), batch["target"])
+        # A text model is trained with teacher forcing: it reads the target it is asked for.
+        teacher = (batch["target"],) if self.task.is_text else ()
+        loss = self.task.loss(self.net(inputs, present, *teacher), batch["target"])
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=present.shape[0],
                  sync_dist=True)  # fmt: skip
         return loss
 
     def validation_step(self, batch: dict, _: int) -> None:
+        if self.task.is_text:  # the loss teacher-forced, the metric on greedily generated text (batched)
+            n = batch["target"].shape[0]
+            loss = self.task.loss(self.net(batch["inputs"], batch["present"], batch["target"]), batch["target"])
+            self._val_loss.append(loss.detach().float() * n)
+            self._val.append((self.net(batch["inputs"], batch["present"], beam_size=1, n_best=1), batch["target"]))
+            return
         logits = self(batch)
         self._val.append((logits.detach().float(), batch["target"]))
 
@@ -83,6 +92,12 @@ class LitMultimodal(pl.LightningModule):
         target = self._gather(torch.cat([v[1] for v in self._val]))
         self._val.clear()
         name, _ = self.task.monitor
+        if self.task.is_text:
+            total = self._gather(torch.stack(self._val_loss)).sum()
+            self._val_loss.clear()
+            self.log("val_loss", total / max(len(target), 1), prog_bar=True)
+            self.log(f"val_{name}", self.task.score(target.cpu().numpy(), self.task.outputs(logits)), prog_bar=True)
+            return
         # Every process scores all validation rows, so early stopping and the best epoch agree everywhere.
         self.log("val_loss", self.task.loss(logits, target), prog_bar=True)
         self.log(f"val_{name}", self.task.score(target.cpu().numpy(), self.task.outputs(logits)), prog_bar=True)
