@@ -209,6 +209,9 @@ class MultimodalPredictor(TreeSettings):
             "dropped_rows": 0,
             "fit_seconds": round(time.perf_counter() - start, 3),
         } | result
+        split_by = self.config_.data.split_by
+        if split_by and split_by in valid_df.columns:  # which groups validated (with split_by: none of them trained)
+            self.metrics_["valid_groups"] = sorted(valid_df[split_by].astype(str).unique().tolist())
         return self
 
     def _train(self, schema: Schema, preprocessor: Preprocessor, task: Any, train_rows: Any, valid_rows: Any,
@@ -293,10 +296,20 @@ class MultimodalPredictor(TreeSettings):
             df, out, _ = self._outputs(data, on_bad_rows)
         return text_frame(engine.task, out, df.index)
 
+    def predict_text(self, data: Any, on_bad_rows: str = "error", **generation: Any) -> pd.DataFrame:
+        """A text model's generated text with its score, and with `n_best` > 1 every hypothesis (`text_1`,
+        `score_1`, ...). `generation`: beam_size, length_penalty, no_repeat_ngram, n_best over the config's."""
+        from polymodal.tasks.text import engine_generation, text_frame
+
+        engine = self._require_fitted()
+        with engine_generation(engine, generation):
+            df, out, _ = self._outputs(data, on_bad_rows)
+        return text_frame(engine.task, out, df.index)
+
     def evaluate(self, data: Any, group_by: str | None = None) -> dict[str, Any]:
         """Metrics on a labelled table (accuracy, precision, recall, F1, AUROC, confusion matrix; RMSE, MAE, R2).
-        `group_by` (default: the config's `data.group_by`): a column whose values get their own metrics too,
-        under `groups`."""
+        `group_by` (default: the config's `data.group_by`, else its `data.split_by` when the table has that
+        column): a column whose values get their own metrics too, under `groups`."""
         from polymodal.data.validate import check_group_column
         from polymodal.evaluation.groups import group_metrics
 
@@ -305,6 +318,7 @@ class MultimodalPredictor(TreeSettings):
         if self.streams(data):
             return self._evaluate_streaming(data, group_by)
         table = read_table(data)
+        group_by = group_by or self._split_groups(table[0])
         check_group_column(table[0], group_by, table_name(data))
         df, media, frozen, problems = self._load_rows(data, engine.pipeline, training=False, table=table)
         features = engine.pipeline.features(df, media, frozen)
@@ -315,6 +329,11 @@ class MultimodalPredictor(TreeSettings):
             metrics["group_by"] = group_by
         return metrics | {"data": fingerprint(df), "dropped_rows": len({p.row for p in problems})}
 
+    def _split_groups(self, df: pd.DataFrame) -> str | None:
+        """The groups a model was validated on (`data.split_by`) score per group too, where the table names them."""
+        split_by = self.config_.data.split_by
+        return split_by if split_by and split_by in df.columns else None
+
     def _evaluate_streaming(self, data: Any, group_by: str | None) -> dict[str, Any]:
         from polymodal.data.stream import head, table_dir
         from polymodal.data.validate import check_group_column
@@ -323,6 +342,7 @@ class MultimodalPredictor(TreeSettings):
 
         engine = self._require_fitted()
         first = head(data, 1000)
+        group_by = group_by or self._split_groups(first)
         check_group_column(first, group_by, table_name(data))
         check_columns(first, engine.schema, training=False)
         rows = StreamRows(data, table_dir(data), engine.pipeline, engine.task, engine.schema.label,

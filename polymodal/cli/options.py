@@ -61,6 +61,13 @@ GroupBy = Annotated[
     str | None,
     typer.Option(help="A column naming groups of rows (e.g. question type): metrics per value too (data.group_by)"),
 ]
+SplitBy = Annotated[
+    str | None,
+    typer.Option(
+        help="A column saying who each row comes from (speaker, patient): validation holds out whole groups "
+        "(data.split_by)"
+    ),
+]
 
 # ---- preprocessing -------------------------------------------------------------------------------------------------
 ImageSize = Annotated[int | None, typer.Option(help="Images are resized to this square size [64]")]

@@ -39,6 +39,7 @@ from polymodal.cli.options import (
     ProblemTypeOpt,
     SampleRate,
     SetOpt,
+    SplitBy,
     Streaming,
     TextCols,
     TextEncoder,
@@ -89,6 +90,10 @@ def compare(
     privacy_operator: PrivacyOperator = None,
     ner_model: NerModel = None,
     group_by: GroupBy = None,
+    split_by: SplitBy = None,
+    cv: str | None = typer.Option(
+        None, help="groups: leave-groups-out folds over --split-by instead of seeds (mean and spread over groups)"
+    ),
     streaming: Streaming = None,
 ) -> None:
     """Leaderboard of unimodal baselines, fusions and ensembles over seeds, with robustness and an HTML report.
@@ -112,12 +117,12 @@ def compare(
             **{"preprocess.image_size": image_size, "preprocess.image_fit": image_fit,
                "preprocess.sample_rate": sample_rate, "privacy.anonymize": anonymize,
                "privacy.operator": privacy_operator, "privacy.ner_model": ner_model, "data.group_by": group_by,
-               "data.streaming": streaming},
+               "data.split_by": split_by, "data.streaming": streaming},
         ) | _set_options(set_)  # fmt: skip
         board = run_compare(
             train, label, output, test=test, valid=valid, fusions=fusions, seeds=seeds, noise_levels=noise_levels,
             time_limit=parse_duration(time_limit), log_fn=lambda m: console.print(m, highlight=False),
-            noise_rows=noise_rows, **settings,
+            noise_rows=noise_rows, cv=cv, **settings,
         )  # fmt: skip
         console.print(leaderboard_table(board))
         console.print(f"wrote {output / 'leaderboard.csv'}, {output / 'leaderboard.json'}, {output / 'report.html'}")

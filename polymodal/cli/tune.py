@@ -14,6 +14,7 @@ from polymodal.cli.options import (
     NerModel,
     PrivacyOperator,
     SetOpt,
+    SplitBy,
     TimeLimitTune,
     TrainTable,
     ValidTune,
@@ -38,6 +39,7 @@ def tune(
     heartbeat: int = typer.Option(60, help="Seconds between a trial's heartbeats; silent 2x as long = failed"),
     max_retry: int = typer.Option(2, help="How often a trial whose worker died is run again"),
     set_: SetOpt = None,
+    split_by: SplitBy = None,
     anonymize: Anonymize = None,
     privacy_operator: PrivacyOperator = None,
     ner_model: NerModel = None,
@@ -50,6 +52,7 @@ def tune(
     def go():
         base = build_config(config, **_settings(**{
             "privacy.anonymize": anonymize, "privacy.operator": privacy_operator, "privacy.ner_model": ner_model,
+            "data.split_by": split_by,
         }) | _set_options(set_))  # fmt: skip
         s = run_tune(
             train, label, output, trials=trials, timeout=timeout, time_limit=parse_duration(time_limit), space=space,

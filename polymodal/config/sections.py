@@ -29,6 +29,10 @@ class DataConfig:
     # A column naming groups of rows (e.g. a question type): evaluate/compare/report score each of its values
     # beside the overall metrics. Never a model input.
     group_by: str | None = None
+    # A column naming who or what each row comes from (speaker, patient, writer, customer): validation rows are
+    # then whole groups, so early stopping and model choice reward generalising to groups never seen (also the
+    # held-out groups of `compare --cv groups` and `tune`). Never a model input.
+    split_by: str | None = None
     valid_fraction: float = 0.1  # validation split of the training rows when no validation table is given
     on_bad_rows: str = field(default="error", metadata=_choices(*BAD_ROW_POLICIES))
     # Tables larger than memory: read in chunks, media decoded on the fly in loader worker processes. auto:
@@ -37,8 +41,8 @@ class DataConfig:
     chunk_rows: int = 4096  # rows per chunk when streaming
 
     def left_out(self) -> list[str]:
-        """The columns that are not inputs: `ignore`, plus the group column."""
-        extra = [self.group_by] if self.group_by and self.group_by not in self.ignore else []
+        """The columns that are not inputs: `ignore`, plus the group and split columns."""
+        extra = [c for c in dict.fromkeys((self.group_by, self.split_by)) if c and c not in self.ignore]
         return list(self.ignore) + extra
 
 

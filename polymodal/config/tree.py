@@ -43,6 +43,8 @@ FLAT_KEYWORDS: dict[str, str] = {
     "modalities": "data.modalities",
     "ignore": "data.ignore",
     "valid_fraction": "data.valid_fraction",
+    "group_by": "data.group_by",
+    "split_by": "data.split_by",
     "on_bad_rows": "data.on_bad_rows",
     "streaming": "data.streaming",
     "chunk_rows": "data.chunk_rows",

@@ -173,6 +173,17 @@ def split_mask(rows: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53) < fraction
 
 
+def valid_mask(
+    chunk: pd.DataFrame, fraction: float, seed: int, split_by: str | None = None, groups: frozenset[str] = frozenset()
+) -> np.ndarray:
+    """The validation rows of a chunk: a hash of each row's position, or with `split_by` the rows whose group is
+    one of `groups` (chosen from a pass over that column), so a group falls wholly on one side whatever the
+    chunking."""
+    if split_by is None:
+        return split_mask(chunk.index.to_numpy(), fraction, seed)
+    return chunk[split_by].astype(str).isin(groups).to_numpy()
+
+
 class Fingerprint:
     """The content hash of a table fed in chunks; equal to `fingerprint(df)` of the whole table."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -173,3 +174,53 @@ def check_group_column(df: pd.DataFrame, column: str | None, table: str = "the t
             f"--group-by {column!r}: {table} has no column {column!r} (columns: {list(df.columns)}); "
             "name a column of the table or leave --group-by out"
         )
+
+
+def check_split_column(df: pd.DataFrame, column: str | None, label: str | None, table: str = "the table") -> None:
+    """`data.split_by` must name a column of whole groups: present, not the label, no empty cell, two groups."""
+    if column is None:
+        return
+    if column not in df.columns:
+        raise UserError(
+            f"--split-by {column!r}: {table} has no column {column!r} (columns: {list(df.columns)}); "
+            "name the column that says who each row comes from (e.g. speaker) or leave --split-by out"
+        )
+    if column == label:
+        raise UserError(f"--split-by {column!r} is the label; name the column of groups (e.g. speaker) instead")
+    empty = np.flatnonzero(df[column].isna().to_numpy() | (df[column].astype(str).str.strip() == "").to_numpy())
+    if len(empty):
+        rows = ", ".join(str(r) for r in empty[:10]) + (" ..." if len(empty) > 10 else "")
+        raise UserError(
+            f"--split-by {column!r}: {len(empty)} row(s) of {table} have no group (rows {rows}); fill the column "
+            "(a row whose group is unknown cannot be kept out of validation with its group) or drop those rows"
+        )
+    if df[column].nunique() < 2:
+        raise UserError(
+            f"--split-by {column!r}: {table} has a single group ({df[column].iloc[0]!r}); a grouped split needs at "
+            "least two, one of them held out for validation"
+        )
+
+
+# Column names that say "who a row comes from": a random split puts the same person on both sides of it.
+_GROUP_NAME = re.compile(
+    r"(^|[_\s-])(speaker|patient|subject|user|participant|person|customer|client|writer|author|doctor|"
+    r"household|family|session|site|hospital|device)s?([_\s-]?(id|name|no|code))?$",
+    re.IGNORECASE,
+)
+
+
+def group_column_hint(df: pd.DataFrame, left_out: list[str]) -> str | None:
+    """A hint when a column looks like an id of speakers / patients / ... with repeated values and the user set no
+    `data.split_by`: validation scores would then reward remembering those groups."""
+    for column in df.columns:
+        if not _GROUP_NAME.search(str(column)):
+            continue
+        n = df[column].nunique()
+        if 2 <= n <= len(df) // 2:
+            leave = "" if column in left_out else f" (and leave it out of the inputs: --ignore {column})"
+            return (
+                f"hint: column {column!r} looks like a group id ({n} values over {len(df)} rows); rows of one "
+                f"group are on both sides of a random validation split, so early stopping rewards groups it has "
+                f"seen. To score on unseen groups, pass --split-by {column}{leave}."
+            )
+    return None

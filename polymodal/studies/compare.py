@@ -66,6 +66,7 @@ def compare(
     test_fraction: float = 0.2,
     report: bool = True,
     time_limit: float | None = None,
+    cv: str | None = None,
     log_fn: Callable[[str], None] | None = None,
     **options: Any,
 ) -> dict[str, Any]:
@@ -76,7 +77,10 @@ def compare(
     max_epochs, modality_dropout, ...). Entries finished before with the same data and settings are reused, so
     separate processes may run different seeds into one folder and a last call gathers them. `time_limit`:
     the whole compare's seconds, shared fairly across the entries' fits (see `polymodal.studies.budget`);
-    entries cut short are marked in the leaderboard."""
+    entries cut short are marked in the leaderboard. `cv="groups"`: leave-groups-out cross-validation over
+    `data.split_by` instead of seeds on one test split: each fold ("seed" k) tests on its held-out groups (one group
+    a fold up to 10 groups, else 10 folds) and trains and validates on the others, validation groups apart too; the
+    leaderboard's mean and spread are then over held-out groups."""
     from polymodal.data.stream import fingerprint, head, table_fingerprint
     from polymodal.predictor import MultimodalPredictor
 
@@ -95,6 +99,17 @@ def compare(
     template = MultimodalPredictor(label=label, **options)
     label = template.label
     streamed = template.streams(train)
+    split_by = template.config_.data.split_by
+    if cv is not None:
+        if cv != "groups":
+            raise UserError(f"--cv {cv!r}: the one cross-validation is 'groups' (leave-groups-out over --split-by)")
+        if not split_by:
+            raise UserError("--cv groups needs --split-by COLUMN: the column of groups (e.g. speaker) to hold out")
+        if test is not None:
+            raise UserError("--cv groups holds out each fold's groups as its test rows; leave --test out")
+        if streamed:
+            raise UserError("--cv groups needs the table in memory (data.streaming off); a streamed compare holds "
+                            "out one hashed test split")  # fmt: skip
     if template.config_.privacy.anonymize:  # before anything is read; the copies stay beside the output
         from polymodal.privacy import anonymize_tables
 
@@ -124,11 +139,23 @@ def compare(
         say("multilabel: the late ensembles (softmax averaging and stacking) are left out")
         selected = [f for f in selected if f not in ENSEMBLES]
     entries = plan_entries(list(schema.inputs), selected)
+    folds = None
+    if cv is not None:
+        from polymodal.data.validate import check_split_column
+        from polymodal.training.table import group_folds
+
+        check_split_column(first, split_by, label, str(train))
+        folds = group_folds(first[split_by])
+        seed_list = list(range(len(folds)))
+        each = "one group" if all(len(f) == 1 for f in folds) else "a set of groups"
+        say(f"--cv groups: {len(folds)} folds over {split_by!r}, each holding out {each} (folds replace seeds)")
     base = {
         "version": __version__, "data": fingerprints, "schema": schema.to_dict(), "options": options,
         "test_fraction": test_fraction if test is None else None, "noise_levels": noise_levels,
         "permutations": permutations, "noise_rows": noise_rows,
     }  # fmt: skip
+    if folds is not None:
+        base |= {"cv": "groups", "folds": folds}
 
     args = (template, options, train, test, valid, output, test_fraction, noise_levels, permutations, noise_rows)
     run = StreamRun(*args, schema=schema) if streamed else Run(*args)
@@ -137,7 +164,7 @@ def compare(
             f"of {noise_rows} test rows")  # fmt: skip
     run.say = say
     if not streamed:
-        run.read, run.schema = read, schema
+        run.read, run.schema, run.folds = read, schema, folds
     if time_limit is not None:
         fits = sum(e.kind != "ensemble" for e in entries) * len(seed_list)
         run.budget = Budget(time_limit, fits)
@@ -162,6 +189,8 @@ def compare(
                 say(f"[{len(results) + 1}/{total}] {entry.name} seed {seed}: finished before, skipped")
             else:
                 result = spec | {"seed": seed, "settings": settings, "run_id": uuid.uuid4().hex}
+                if folds is not None:
+                    result["held_out"] = folds[seed]
                 result |= run.run_entry(entry, seed, members, done)
                 if run.budget is not None and entry.kind != "ensemble":
                     run.budget.spent()
@@ -196,6 +225,8 @@ def compare(
         "metric": metric,
         "higher_is_better": higher,
         "seeds": len(seed_list),
+        "cv": cv,
+        "folds": folds,
         "time_limit": time_limit,
         "noise_levels": noise_levels,
         "noise_rows": noise_rows,

@@ -89,7 +89,7 @@ class CompareData:
     schema: Schema
     preprocessor: Preprocessor  # holds only the pretrained inputs' settings; fitted per seed
     train: Split
-    test: Split
+    test: Split | None  # None: each fold of `compare --cv groups` holds out its own groups (`prepare_seed`)
     valid: Split | None
     dropped_rows: int
     decode_seconds: float
@@ -124,14 +124,15 @@ def load_data(
     train: Any,
     test: Any | None,
     valid: Any | None,
-    test_fraction: float,
+    test_fraction: float | None,
     read: dict[str, tuple] | None = None,
     schema: Schema | None = None,
 ) -> CompareData:
     """Read and validate the tables once, decode their media and run the frozen pretrained encoders once (through
     the feature cache), with the predictor's own checks and bad-row policy, as `MultimodalPredictor.fit` does.
     `read`: the tables `compare` read already ("train", "valid", "test" -> (table, folder)), with the `schema`
-    it inferred from the training table: they are not read or inferred again."""
+    it inferred from the training table: they are not read or inferred again. `test_fraction` None and no `test`:
+    no test split here (the folds of `compare --cv groups` take theirs)."""
     from polymodal.predictor import MultimodalPredictor
 
     start = time.perf_counter()
@@ -150,6 +151,9 @@ def load_data(
         vtable = read.get("valid") or read_table(valid)
         vdf, vmedia, vfrozen, vproblems = template._load_rows(valid, pipeline, training=False, table=vtable)
         vsplit, dropped = Split(vdf, vmedia, vfrozen, vtable[1]), dropped + len({p.row for p in vproblems})
+    if test is None and test_fraction is None:
+        return CompareData(schema, base, Split(df, media, frozen, base_dir), None, vsplit, dropped,
+                           time.perf_counter() - start, pipeline)  # fmt: skip
     if test is not None:
         ttable = read.get("test") or read_table(test)
         tdf, tmedia, tfrozen, tproblems = template._load_rows(test, pipeline, training=False, table=ttable)
@@ -165,16 +169,29 @@ def load_data(
 
 
 def prepare_seed(
-    data: CompareData, template: Any, seed: int, noise_levels: int, noise_rows: int | None = None
+    data: CompareData,
+    template: Any,
+    seed: int,
+    noise_levels: int,
+    noise_rows: int | None = None,
+    held_out: list[str] | None = None,
 ) -> SeedData:
     """Split (unless a validation table was given), fit the preprocessing on that seed's training rows, and
     transform every split once for all the entries of the seed. Frozen pretrained inputs arrive as embeddings
     already (computed once per compare in `load_data`), so only the fusions and heads train on them.
     The noise is the same for every seed (noise seed 0), so every entry meets identical corruptions and the
-    noisy frozen embeddings are computed once per compare."""
+    noisy frozen embeddings are computed once per compare. `held_out`: the groups (`data.split_by` values) that
+    are this fold's test rows; the rest train and validate (`compare --cv groups`)."""
+    from polymodal.model.pipeline import take_rows
+
     start = time.perf_counter()
     schema = data.schema
-    tr = data.train
+    tr, test, memo = data.train, data.test, data.noisy_frozen
+    if held_out is not None:
+        out = tr.df[template.config_.data.split_by].astype(str).isin(held_out).to_numpy()
+        test = Split(*take_rows(tr.df, tr.media, tr.frozen, np.flatnonzero(out)), tr.base_dir)
+        tr = Split(*take_rows(tr.df, tr.media, tr.frozen, np.flatnonzero(~out)), tr.base_dir)
+        memo = data.noisy_frozen.setdefault(tuple(held_out), {})  # noisy embeddings of this fold's rows
     if data.valid is None:
         template.train_config.seed = seed
         (df, media, frozen), (vdf, vmedia, vfrozen) = split_rows(template.config_, tr.df, tr.media, tr.frozen, schema)
@@ -189,7 +206,6 @@ def prepare_seed(
     pre.state = copy.deepcopy(data.preprocessor.state)  # the pretrained inputs' settings; fit adds the rest
     pre.fit(df, media)
     task = Task.fit(schema.problem_type, df[schema.label])
-    test = data.test
     sd = SeedData(
         seed=seed, schema=schema, preprocessor=pre, task=task, df=df, vdf=vdf, test_df=test.df,
         train_x=pre.transform(df, media, frozen), valid_x=pre.transform(vdf, vmedia, vfrozen),
@@ -198,7 +214,7 @@ def prepare_seed(
         test_y=task.encode_targets(test.df[schema.label]),
         noisy=NoisyInputs(
             pre, test.df, test.media, noise_levels, rows=noise_sample(len(test.df), noise_rows),
-            pipeline=data.pipeline, base_dir=test.base_dir, frozen_memo=data.noisy_frozen,
+            pipeline=data.pipeline, base_dir=test.base_dir, frozen_memo=memo,
         ) if noise_levels > 0 else None,
         dropped_rows=data.dropped_rows, preprocess_seconds=0.0,
     )  # fmt: skip

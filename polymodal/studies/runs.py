@@ -53,15 +53,18 @@ class Run:
         self.budget: Budget | None = None  # --time-limit: the compare's seconds, shared across its fits
         self.read: dict[str, tuple] = {}  # the tables `compare` read already, and the schema it inferred
         self.schema: Schema | None = None
+        self.folds: list[list[str]] | None = None  # --cv groups: the held-out groups of each fold ("seed")
 
     def seed_data(self, seed: int) -> SeedData:
         if self.sd is None or self.sd.seed != seed:
             if self.data is None:
                 self.say("reading the tables, decoding the files, running frozen encoders (once per compare)")
-                self.data = load_data(self.template, self.train, self.test, self.valid, self.test_fraction,
+                test_fraction = None if self.folds else self.test_fraction
+                self.data = load_data(self.template, self.train, self.test, self.valid, test_fraction,
                                       self.read, self.schema)  # fmt: skip
                 self.read = {}  # decoded now: the raw tables are not needed any more
-            self.sd = prepare_seed(self.data, self.template, seed, self.noise_levels, self.noise_rows)
+            held_out = self.folds[seed] if self.folds else None
+            self.sd = prepare_seed(self.data, self.template, seed, self.noise_levels, self.noise_rows, held_out)
             if self.encoder_seconds is None:
                 pass_s = encoder_pass_seconds(self.sd, self.template)
                 self.encoder_seconds = self.data.decode_seconds + self.sd.preprocess_seconds + pass_s

@@ -164,7 +164,7 @@ class SharedData:
             self.decodes += 1
         self._decoded.move_to_end(dkey)
         schema, base, (df, media, frozen, _), vrows = self._decoded[dkey]
-        pkey = json.dumps([dkey, p.train_config.seed, p.config_.data.valid_fraction])
+        pkey = json.dumps([dkey, p.train_config.seed, p.config_.data.valid_fraction, p.config_.data.split_by])
         if pkey not in self._prepared:
             if vrows is None:
                 (df, media, frozen), (vdf, vmedia, vfrozen) = split_rows(p.config_, df, media, frozen, schema)

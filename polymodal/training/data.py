@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from polymodal.data.io import table_name
 from polymodal.data.schema import Modality
-from polymodal.data.stream import Fingerprint, TableSplit, iter_chunks, split_mask
+from polymodal.data.stream import Fingerprint, TableSplit, iter_chunks, valid_mask
 from polymodal.data.validate import BadRowsError, Problem, check_labels
 from polymodal.errors import UserError
 from polymodal.model.batch import Collate
@@ -97,6 +97,8 @@ class StreamRows:
     part: str = "all"
     valid_fraction: float = 0.1
     seed: int = 0
+    split_by: str | None = None  # validation rows are whole groups of this column: those in `valid_groups`
+    valid_groups: frozenset[str] = frozenset()
     on_bad_rows: str = "error"
     n_rows: int = 0  # rows of this part, counted by the fitting pass
     skip_rows: frozenset[int] = frozenset()
@@ -122,11 +124,14 @@ class StreamRows:
             st = Path(source).stat()
             h.update(f"{Path(source).resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
         h.update(f"{self.part}:{self.valid_fraction}:{self.seed}:{self.n_rows}:{sorted(self.skip_rows)}".encode())
+        if self.split_by:
+            h.update(f"split_by:{self.split_by}:{sorted(self.valid_groups)}".encode())
 
     def fewest_rows(self, world: int) -> int:
         """The rows of this part the least served of `world` processes gets (a pass over the label column)."""
         counts = np.zeros(world, dtype=np.int64)
-        for chunk in self.chunks(columns=[self.label] if self.label else None):
+        columns = [c for c in (self.label, self.split_by if self.part != "all" else None) if c] or None
+        for chunk in self.chunks(columns=columns):
             counts += np.bincount(chunk.index.to_numpy() % world, minlength=world)
         return int(counts.min())
 
@@ -135,7 +140,7 @@ class StreamRows:
         for chunk in iter_chunks(self.source, self.chunk_rows, columns):
             keep = np.ones(len(chunk), dtype=bool)
             if self.part != "all":
-                valid = split_mask(chunk.index.to_numpy(), self.valid_fraction, self.seed)
+                valid = valid_mask(chunk, self.valid_fraction, self.seed, self.split_by, self.valid_groups)
                 keep &= valid if self.part == "valid" else ~valid
             if self.skip_rows:
                 keep &= ~chunk.index.isin(list(self.skip_rows))

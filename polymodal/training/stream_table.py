@@ -8,14 +8,15 @@ import logging
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from polymodal.config import Config
 from polymodal.data.io import table_name
-from polymodal.data.stream import head, iter_chunks, split_mask, table_dir
+from polymodal.data.stream import head, iter_chunks, table_dir, valid_mask
 from polymodal.data.validate import BadRowsError, Problem, check_columns, check_files, check_labels
 from polymodal.errors import UserError
 from polymodal.training.data import StreamRows
-from polymodal.training.table import DROPPED_REPORT, LabelValues, TrainTable
+from polymodal.training.table import DROPPED_REPORT, LabelValues, TrainTable, pick_groups
 
 log = logging.getLogger("polymodal")
 
@@ -32,6 +33,10 @@ def prepare_streamed(cfg: Config, table: TrainTable, pipeline: Any, valid: Any |
     seen = {"train": 0, "valid": 0}
     problems: list[Problem] = []
     unreadable: set[int] = set()  # training rows whose files fail to decode
+    split_by, groups = cfg.data.split_by if valid is None else None, frozenset()
+    if split_by:  # a pass over the group column alone: which groups validate (`pick_groups`, as in memory)
+        sizes = pd.concat([c[split_by].astype(str) for c in iter_chunks(train, cfg.data.chunk_rows, [split_by])])
+        groups = frozenset(pick_groups(sizes.value_counts(), cfg.data.valid_fraction, cfg.train.seed))
 
     def scan(source: Any, part: str) -> None:
         src_dir = table_dir(source)
@@ -42,7 +47,7 @@ def prepare_streamed(cfg: Config, table: TrainTable, pipeline: Any, valid: Any |
             problems.extend(Problem(int(chunk.index[p.row]), p.column, f"[valid] {p.reason}" if part == "valid"
                                     else p.reason) for p in bad)  # fmt: skip
             chunk = chunk.drop(index=list({chunk.index[p.row] for p in bad}))
-            is_valid = (split_mask(chunk.index.to_numpy(), cfg.data.valid_fraction, cfg.train.seed)
+            is_valid = (valid_mask(chunk, cfg.data.valid_fraction, cfg.train.seed, split_by, groups)
                         if valid is None else np.full(len(chunk), part == "valid"))  # fmt: skip
             seen["valid"] += int(is_valid.sum())
             if part == "valid":
@@ -77,7 +82,7 @@ def prepare_streamed(cfg: Config, table: TrainTable, pipeline: Any, valid: Any |
     fitting.finish()
     task = Task.fit(schema.problem_type, labels.series())
     common = dict(base_dir=base, pipeline=pipeline, task=task, label=label, chunk_rows=cfg.data.chunk_rows,
-                  valid_fraction=cfg.data.valid_fraction, seed=cfg.train.seed,
+                  valid_fraction=cfg.data.valid_fraction, seed=cfg.train.seed, split_by=split_by, valid_groups=groups,
                   on_bad_rows=cfg.data.on_bad_rows)  # fmt: skip
     train_rows = StreamRows(train, part="train" if valid is None else "all", n_rows=seen["train"] - len(unreadable),
                             skip_rows=skip, **common)  # fmt: skip

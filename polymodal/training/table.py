@@ -22,7 +22,16 @@ import pandas as pd
 from polymodal.config import Config
 from polymodal.data.io import read_table, table_name
 from polymodal.data.schema import Modality, Schema, infer_schema
-from polymodal.data.validate import BadRowsError, Problem, check_columns, check_group_column, check_labels
+from polymodal.data.validate import (
+    BadRowsError,
+    Problem,
+    check_columns,
+    check_group_column,
+    check_labels,
+    check_split_column,
+    group_column_hint,
+)
+from polymodal.errors import UserError
 from polymodal.preprocess import PreprocessConfig, Preprocessor, estimate_row_bytes, max_row_bytes
 
 log = logging.getLogger("polymodal")
@@ -45,6 +54,8 @@ class TrainTable:
 def infer(cfg: Config, df: pd.DataFrame) -> Schema:
     """The schema the config's data section asks for, inferred from `df`."""
     d = cfg.data
+    check_group_column(df, d.group_by)  # before inference: it would only say "unknown column"
+    check_split_column(df, d.split_by, d.label)
     modalities = {c: Modality(m) for c, m in d.modalities.items()}
     return infer_schema(df, d.label, modalities, d.left_out(), d.problem_type)
 
@@ -106,6 +117,9 @@ def start_pipeline(cfg: Config, table: TrainTable, cache_dir: Any, progress: boo
     from polymodal.model.pipeline import FeaturePipeline
 
     check_group_column(table.df, cfg.data.group_by, table_name(table.source))
+    check_split_column(table.df, cfg.data.split_by, table.schema.label, table_name(table.source))
+    if cfg.data.split_by is None and (hint := group_column_hint(table.df, cfg.data.left_out())):
+        log.warning(hint)
     check_columns(table.df, table.schema, training=True)
     config = PreprocessConfig(**(cfg.preprocess.to_dict() | {"pretrained": pretrained_config(cfg, table.schema)}))
     preprocessor = Preprocessor(table.schema, config).fit_pretrained(table.df, table.base_dir)
@@ -143,10 +157,16 @@ def load_rows(
 
 
 def split_rows(cfg: Config, df: pd.DataFrame, media: dict, frozen: dict, schema: Schema) -> tuple[tuple, tuple]:
-    """A stratified (when possible) validation split of the training rows, same seed, same rows every time."""
-    from sklearn.model_selection import train_test_split
-
+    """A stratified (when possible) validation split of the training rows, same seed, same rows every time; with
+    `data.split_by`, whole groups (see `group_split`)."""
     from polymodal.model.pipeline import take_rows
+
+    tr, va = group_split(cfg, df, schema) if cfg.data.split_by else random_split(cfg, df, schema)
+    return take_rows(df, media, frozen, np.sort(tr)), take_rows(df, media, frozen, np.sort(va))
+
+
+def random_split(cfg: Config, df: pd.DataFrame, schema: Schema) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(df))
     y = df[schema.label]
@@ -156,8 +176,62 @@ def split_rows(cfg: Config, df: pd.DataFrame, media: dict, frozen: dict, schema:
         n_valid = int(np.ceil(cfg.data.valid_fraction * len(df)))
         if counts.min() >= 2 and n_valid >= len(counts):
             stratify = y.astype(str)
-    tr, va = train_test_split(idx, test_size=cfg.data.valid_fraction, random_state=cfg.train.seed, stratify=stratify)
-    return take_rows(df, media, frozen, np.sort(tr)), take_rows(df, media, frozen, np.sort(va))
+    return train_test_split(idx, test_size=cfg.data.valid_fraction, random_state=cfg.train.seed, stratify=stratify)
+
+
+def group_split(cfg: Config, df: pd.DataFrame, schema: Schema) -> tuple[np.ndarray, np.ndarray]:
+    """Validation rows are whole groups of `data.split_by`: one fold of round(1 / valid_fraction) group folds
+    (at most one fold a group, at least two folds), stratified by label where the classes allow it
+    (StratifiedGroupKFold), else groups in a seeded random order until the fraction is reached. So with 5
+    speakers and the default 0.1, one speaker (about 20 % of the rows) validates."""
+    groups = df[cfg.data.split_by].astype(str).to_numpy()
+    unique = np.unique(groups)
+    n_folds = int(min(len(unique), max(2, round(1 / cfg.data.valid_fraction))))
+    y = df[schema.label]
+    if schema.problem_type.is_classification and y.value_counts().min() >= n_folds:
+        from sklearn.model_selection import StratifiedGroupKFold
+
+        folds = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=cfg.train.seed)
+        tr, va = next(folds.split(np.zeros(len(df)), y.astype(str), groups))
+        if len(va) and len(tr):
+            return tr, va
+    chosen = pick_groups(pd.Series(groups).value_counts(), 1 / n_folds, cfg.train.seed)
+    va = np.flatnonzero(np.isin(groups, chosen))
+    return np.setdiff1d(np.arange(len(df)), va), va
+
+
+def pick_groups(sizes: pd.Series, fraction: float, seed: int) -> list[str]:
+    """Validation groups: in a seeded random order until `fraction` of the rows is reached, at least one group and
+    never all of them. `sizes`: rows per group (value_counts)."""
+    order = np.random.default_rng(seed).permutation(np.sort(np.asarray(sizes.index, dtype=str)))
+    sizes = sizes.rename(index=str)
+    chosen: list[str] = []
+    rows = 0
+    for g in order[:-1]:  # never every group: training keeps at least one
+        if chosen and rows >= fraction * sizes.sum():
+            break
+        chosen.append(str(g))
+        rows += int(sizes[g])
+    return chosen
+
+
+def group_folds(groups: pd.Series, max_folds: int = 10, seed: int = 0) -> list[list[str]]:
+    """The held-out groups of each fold of a leave-groups-out cross-validation: one group a fold when there are at
+    most `max_folds` groups (leave-one-group-out), else `max_folds` folds of groups in a seeded random order,
+    sized by rows."""
+    sizes = groups.astype(str).value_counts()
+    if len(sizes) < 2:
+        raise UserError(f"leave-groups-out needs at least two groups in {groups.name!r}, not {len(sizes)}")
+    if len(sizes) <= max_folds:
+        return [[g] for g in sorted(sizes.index)]
+    order = np.random.default_rng(seed).permutation(np.asarray(sizes.index))
+    folds: list[list[str]] = [[] for _ in range(max_folds)]
+    rows = np.zeros(max_folds)
+    for g in order:  # each group to the fold with the fewest rows so far: folds of about equal size
+        k = int(np.argmin(rows))
+        folds[k].append(str(g))
+        rows[k] += sizes[g]
+    return [sorted(f) for f in folds]
 
 
 class LabelValues:
