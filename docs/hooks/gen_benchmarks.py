@@ -417,6 +417,29 @@ def voice_privacy(d: dict) -> str:
     return _table(["condition", "speaker accuracy (lower is better)", "digit accuracy"], rows)
 
 
+def speakers(d: dict) -> str:
+    """Leave-one-speaker-out: one row per entry and table, mean ± std over the held-out speakers."""
+    n = len(d["settings"]["speakers"])
+    rows = []
+    for key, table in (("loso", "0 dB"), ("snr20", "20 dB")):
+        for r in d.get(key, []):
+            per = ", ".join(f"{f['speaker']} {_f(f['accuracy'])}" for f in r["folds"])
+            rows.append([table, r["entry"], r["scored_on"], f"{_f(r['mean'])} ± {_f(r['std'])}", per,
+                         _f(r["fit_seconds"], 0)])  # fmt: skip
+    out = _table(["table", "entry", "scored on", f"accuracy (mean ± std, {n} speakers)", "per held-out speaker",
+                  "fit s (all folds)"], rows)  # fmt: skip
+    tune = d.get("tune") or {}
+    if tune:
+        def params(p: dict) -> str:
+            return ", ".join(f"{k}={round(v, 5) if isinstance(v, float) else v}" for k, v in p.items())
+
+        runs = [[r["speaker"], r["validation"], _f(r["best_valid"]), _f(r["held_out_accuracy"]), params(r["best_params"])]
+                for r in tune["runs"]]  # fmt: skip
+        out += "\n\n" + _table(["held-out speaker", "tune validation", "best trial's validation accuracy",
+                                  "its accuracy on the held-out speaker", "best trial"], runs)  # fmt: skip
+    return out
+
+
 RENDERERS: dict[str, Callable[[dict], str]] = {
     "av_digits": av_digits,
     "compare": compare,
@@ -431,6 +454,7 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "scale_rows": scale_rows,
     "serve_load": serve_load,
     "sort_of_clevr": sort_of_clevr,
+    "speakers": speakers,
     "tune_av_digits": tune,
     "voice_privacy": voice_privacy,
 }

@@ -1,0 +1,229 @@
+"""Unseen speakers: leave-one-speaker-out on AV-digits, pretrained speech embedding vs scratch MFCC audio.
+
+The standard AV-digits test split (FSDD takes 0-4) holds the same 5 speakers as training, so it rewards knowing
+their voices. Here each fold holds one speaker out entirely: the model trains on the other four (validation: one
+of those four, whole, via `data.split_by`) and is scored on the held-out speaker. Tables come from
+../shared/bench/make_av_digits.py (0 dB, and its 20 dB variant); in every fold:
+
+- fused and image entries are scored on the held-out speaker's test-split rows (takes 0-4: 50 rows, whose
+  handwritten digits come from the generator's test image pool, so neither voice nor picture was seen);
+- audio-only entries are scored on all 500 recordings of the held-out speaker (no picture involved).
+
+Entries (all in one run): fused = speech-embedding audio + scratch image (early fusion), the same with scratch
+MFCC audio, audio alone with each encoder (the MFCC one is the peer), image alone; on the 20 dB table audio alone
+with each encoder. Then `tune` with grouped validation (`--split-by speaker`) against tune with random validation,
+the best model of each scored on the held-out speaker.
+
+    nice -n 10 python benchmarks/speakers.py [--shared ../shared] [--max-epochs 40] [--tune-trials 6]
+        [--tune-folds 5] [--parts loso,snr20,tune]
+
+Prints tables and writes benchmarks/results/speakers.json. Attribution: Free Spoken Digit Dataset, Zohar Jackson
+et al. (CC BY-SA 4.0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from av_digits import build_table  # noqa: E402  (the shared table, built once)
+
+SPEECH = "speech-embedding"
+ENTRIES = {  # name -> (inputs kept, audio encoder or None for scratch MFCC, scored on: "test" | "all audio")
+    "fused (speech-embedding + image)": (["audio", "image"], SPEECH, "test"),
+    "fused (MFCC + image)": (["audio", "image"], None, "test"),
+    "audio only (speech-embedding)": (["audio"], SPEECH, "all audio"),
+    "audio only (MFCC)": (["audio"], None, "all audio"),
+    "image only": (["image"], None, "test"),
+}
+SNR20_ENTRIES = ("audio only (speech-embedding)", "audio only (MFCC)")
+
+
+def fold_tables(data: Path, speaker: str) -> dict[str, Path]:
+    """The fold's CSVs beside the table (its relative media paths resolve there): training rows of the other
+    speakers; the held-out speaker's test-split rows; all of the held-out speaker's rows."""
+    train, test = pd.read_csv(data / "train.csv"), pd.read_csv(data / "test.csv")
+    parts = {
+        "train": train[train.speaker != speaker],
+        "test": test[test.speaker == speaker],
+        "all audio": pd.concat([train[train.speaker == speaker], test[test.speaker == speaker]]),
+    }
+    paths = {}
+    for name, df in parts.items():
+        paths[name] = data / f"loso_{speaker}_{name.replace(' ', '_')}.csv"
+        df.to_csv(paths[name], index=False)
+    return paths
+
+
+def options(inputs: list[str], audio_encoder: str | None, a: argparse.Namespace, seed: int) -> dict:
+    drop = [c for c in ("audio", "image") if c not in inputs]
+    opts = {
+        "label": "digit", "fusion": "early", "ignore": drop, "split_by": "speaker",
+        "preprocess": {"image_size": 32, "sample_rate": 8000}, "max_epochs": a.max_epochs, "patience": 8,
+        "seed": seed, "progress": False, "cache_dir": str(a.cache_dir),
+    }  # fmt: skip
+    if audio_encoder:
+        opts["audio_encoder"] = audio_encoder
+    return opts
+
+
+def run_fold(name: str, data: Path, speaker: str, a: argparse.Namespace) -> dict:
+    from polymodal import MultimodalPredictor
+
+    inputs, encoder, scored_on = ENTRIES[name]
+    tables = fold_tables(data, speaker)
+    start = time.perf_counter()
+    p = MultimodalPredictor(**options(inputs, encoder, a, a.seed)).fit(tables["train"])
+    fit_s = time.perf_counter() - start
+    m = p.evaluate(tables[scored_on], group_by=None)
+    return {"speaker": speaker, "accuracy": m["accuracy"], "rows": m["n"], "valid_groups": p.metrics_["valid_groups"],
+            "valid_accuracy": p.metrics_["valid"]["accuracy"], "epochs": p.metrics_["epochs"],
+            "fit_seconds": round(fit_s, 1)}  # fmt: skip
+
+
+def summarize(name: str, folds: list[dict], scored_on: str) -> dict:
+    accs = [f["accuracy"] for f in folds]
+    return {"entry": name, "scored_on": scored_on, "mean": statistics.mean(accs),
+            "std": statistics.stdev(accs) if len(accs) > 1 else 0.0, "min": min(accs), "max": max(accs),
+            "fit_seconds": round(sum(f["fit_seconds"] for f in folds), 1), "folds": folds}  # fmt: skip
+
+
+def run_tune(data: Path, speaker: str, grouped: bool, a: argparse.Namespace) -> dict:
+    """tune on the other four speakers (grouped or random validation), its best model scored on `speaker`."""
+    from polymodal import MultimodalPredictor
+    from polymodal.config import Config
+    from polymodal.studies.tune import tune
+
+    tables = fold_tables(data, speaker)
+    base = options(["audio", "image"], SPEECH, a, 0)
+    cfg = {"data": {"split_by": "speaker" if grouped else None, "ignore": [] if grouped else ["speaker"]},
+           "preprocess": base["preprocess"], "encoders": {"audio": {"name": SPEECH}, "cache_dir": base["cache_dir"]},
+           "train": {"max_epochs": a.max_epochs, "patience": 8, "progress": False}}  # fmt: skip
+    space = {
+        "fusion.name": {"type": "categorical", "choices": ["early", "late", "attention"]},
+        "train.lr": {"type": "float", "low": 3e-4, "high": 1e-2, "log": True},
+        "train.modality_dropout": {"type": "categorical", "choices": [0.0, 0.2]},
+        "encoders.embed_dim": {"type": "categorical", "choices": [32, 64, 128]},
+    }
+    out = Path(tempfile.mkdtemp(prefix=f"speakers_tune_{speaker}_{'grouped' if grouped else 'random'}_"))
+    start = time.perf_counter()
+    s = tune(tables["train"], "digit", out, trials=a.tune_trials, space=space, keep=1, pruner="none", seed=0,
+             config=Config.from_dict(cfg))  # fmt: skip
+    best = MultimodalPredictor.load(out / "best")
+    m = best.evaluate(tables["test"], group_by=None)
+    return {"speaker": speaker, "validation": "grouped" if grouped else "random", "best_valid": s["best"]["value"],
+            "best_params": s["best"]["params"], "held_out_accuracy": m["accuracy"], "rows": m["n"],
+            "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared")
+    ap.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "polymodal_av_digits")
+    ap.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "polymodal_speakers_cache")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "speakers.json")
+    ap.add_argument("--max-epochs", type=int, default=40)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tune-trials", type=int, default=6)
+    ap.add_argument("--tune-folds", type=int, default=5, help="held-out speakers the tune comparison runs on")
+    ap.add_argument("--parts", default="loso,snr20,tune")
+    ap.add_argument("--entries", default=",".join(ENTRIES))
+    a = ap.parse_args()
+    parts = set(a.parts.split(","))
+    previous = json.loads(a.out.read_text()) if a.out.exists() else {}
+
+    data = build_table(a.shared, a.data)
+    data20 = build_table(a.shared, a.data.with_name(a.data.name + "_snr20"), ["--snr-db", "20"])
+    speakers = sorted(pd.read_csv(data / "train.csv").speaker.unique())
+    report = {
+        "benchmark": "speakers",
+        "command": "python benchmarks/speakers.py " + " ".join(sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "load_at_start": os.getloadavg()[0],
+        },  # fmt: skip
+        "settings": {
+            "max_epochs": a.max_epochs,
+            "seed": a.seed,
+            "speakers": speakers,
+            "image_size": 32,
+            "tune_trials": a.tune_trials,
+            "tune_folds": a.tune_folds,
+        },  # fmt: skip
+        "loso": previous.get("loso", []),
+        "snr20": previous.get("snr20", []),
+        "tune": previous.get("tune", {}),
+    }
+
+    def save() -> None:
+        from polymodal.model.artifact import write_json
+
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        write_json(a.out, report)  # atomic, after each entry: an interrupted run keeps what finished
+
+    def loso(table: Path, names: list[str], key: str) -> None:
+        done = {r["entry"]: r for r in report[key]}
+        for name in names:
+            folds = []
+            for speaker in speakers:
+                folds.append(run_fold(name, table, speaker, a))
+                f = folds[-1]
+                print(f"[{key}] {name:34s} held out {speaker:9s} acc {f['accuracy']:.4f} ({f['rows']} rows, "
+                      f"{f['fit_seconds']:.0f} s)", flush=True)  # fmt: skip
+            done[name] = summarize(name, folds, ENTRIES[name][2])
+            report[key] = list(done.values())
+            save()
+
+    if "loso" in parts:
+        loso(data, [e for e in a.entries.split(",") if e in ENTRIES], "loso")
+    if "snr20" in parts:
+        loso(data20, [e for e in a.entries.split(",") if e in SNR20_ENTRIES], "snr20")
+    if "tune" in parts:
+        runs = []
+        for speaker in speakers[: a.tune_folds]:
+            for grouped in (True, False):
+                runs.append(run_tune(data, speaker, grouped, a))
+                r = runs[-1]
+                print(f"[tune] {r['validation']:7s} validation, held out {speaker:9s}: valid {r['best_valid']:.4f} "
+                      f"held-out {r['held_out_accuracy']:.4f} ({r['seconds']:.0f} s)", flush=True)  # fmt: skip
+        summary = {}
+        for mode in ("grouped", "random"):
+            rs = [r for r in runs if r["validation"] == mode]
+            summary[mode] = {"held_out_mean": statistics.mean(r["held_out_accuracy"] for r in rs),
+                             "valid_mean": statistics.mean(r["best_valid"] for r in rs)}  # fmt: skip
+        report["tune"] = {"runs": runs, "summary": summary}
+        save()
+
+    from rich.console import Console
+    from rich.table import Table
+
+    for key, title in (("loso", "0 dB"), ("snr20", "20 dB")):
+        t = Table(title=f"AV-digits {title}, leave-one-speaker-out (mean ± std over {len(speakers)} held-out speakers)")
+        for c in ("entry", "scored on", "accuracy", "min", "max", "fit s"):
+            t.add_column(c, justify="left" if c in ("entry", "scored on") else "right")
+        for r in report[key]:
+            t.add_row(r["entry"], r["scored_on"], f"{r['mean']:.4f} ± {r['std']:.4f}", f"{r['min']:.4f}",
+                      f"{r['max']:.4f}", f"{r['fit_seconds']:.0f}")  # fmt: skip
+        Console(width=130).print(t)
+    if report["tune"]:
+        for mode, s in report["tune"]["summary"].items():
+            print(f"tune, {mode} validation: validation {s['valid_mean']:.4f}, held out {s['held_out_mean']:.4f}")
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()
