@@ -417,6 +417,10 @@ def voice_privacy(d: dict) -> str:
     return _table(["condition", "speaker accuracy (lower is better)", "digit accuracy"], rows)
 
 
+def _params(p: dict) -> str:
+    return ", ".join(f"{k}={round(v, 5) if isinstance(v, float) else v}" for k, v in p.items())
+
+
 def speakers(d: dict) -> str:
     """Leave-one-speaker-out: one row per entry and table, mean ± std over the held-out speakers."""
     n = len(d["settings"]["speakers"])
@@ -430,11 +434,8 @@ def speakers(d: dict) -> str:
                   "fit s (all folds)"], rows)  # fmt: skip
     tune = d.get("tune") or {}
     if tune:
-        def params(p: dict) -> str:
-            return ", ".join(f"{k}={round(v, 5) if isinstance(v, float) else v}" for k, v in p.items())
-
-        runs = [[r["speaker"], r["validation"], _f(r["best_valid"]), _f(r["held_out_accuracy"]), params(r["best_params"])]
-                for r in tune["runs"]]  # fmt: skip
+        runs = [[r["speaker"], r["validation"], _f(r["best_valid"]), _f(r["held_out_accuracy"]),
+                 _params(r["best_params"])] for r in tune["runs"]]  # fmt: skip
         out += "\n\n" + _table(["held-out speaker", "tune validation", "best trial's validation accuracy",
                                   "its accuracy on the held-out speaker", "best trial"], runs)  # fmt: skip
     return out
