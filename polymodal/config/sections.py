@@ -24,7 +24,8 @@ class DataConfig:
     label: str | None = None  # the column to predict
     # binary | multiclass | regression | multilabel | text (generated free text); None: inferred from the label
     problem_type: str | None = None
-    modalities: dict[str, str] = field(default_factory=dict)  # column -> text | image | audio | numeric | categorical
+    # column -> text | image | audio | video | numeric | categorical
+    modalities: dict[str, str] = field(default_factory=dict)
     ignore: list[str] = field(default_factory=list)  # columns left out
     # A column naming groups of rows (e.g. a question type): evaluate/compare/report score each of its values
     # beside the overall metrics. Never a model input.
@@ -58,6 +59,13 @@ class PreprocessConfig:
     max_vocab: int = 30000
     min_token_count: int = 1
     max_categories: int = 1000
+    # Video columns (polymodal/data/video.py): frames sampled per clip and resized like images (image_size,
+    # image_fit); the sound track resampled to sample_rate and cut or padded to the clip's duration.
+    video_frames: int = 8  # frames kept per clip, at the centres of equal parts of the clip
+    video_fps: float | None = None  # instead, a frame every 1 / video_fps s from the start (short clips repeat)
+    video_max_seconds: float = 120.0  # a longer video is a bad row (named), not decoded
+    video_max_pixels: int = 2_000_000_000  # frames x width x height at the file's size: above, a bad row
+    video_jitter: float = 0.2  # training: chance that a kept frame is swapped for its neighbour (order kept)
     # Filled by `fit` from the encoders section, not a user setting: input -> {"ref": EncoderRef as dict,
     # "mode": "frozen" | "finetune", "layers": N or None, "lora": bool}.
     pretrained: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"internal": True})
@@ -80,6 +88,17 @@ class TabularEncoderConfig:
 
 
 @dataclass
+class VideoEncoderConfig:
+    """The frames of video columns: the scratch image CNN on each frame, then a temporal model over them."""
+
+    embed_dim: int | None = None  # None: encoders.embed_dim
+    # mean: frames averaged (order-blind) | gru: a bidirectional GRU | transformer: self-attention with positions
+    temporal: str = field(default="gru", metadata=_choices("mean", "gru", "transformer"))
+    layers: int = 1  # GRU or transformer layers
+    heads: int = 4  # transformer attention heads
+
+
+@dataclass
 class EncodersConfig:
     embed_dim: int = 128  # embedding size of every encoder, unless its modality sets its own
     preset: str | None = field(default=None, metadata=_choices(*PRESETS))  # pretrained: the offline defaults
@@ -97,6 +116,7 @@ class EncodersConfig:
     text: ModalityEncoderConfig = field(default_factory=ModalityEncoderConfig)
     image: ModalityEncoderConfig = field(default_factory=ModalityEncoderConfig)
     audio: ModalityEncoderConfig = field(default_factory=ModalityEncoderConfig)
+    video: VideoEncoderConfig = field(default_factory=VideoEncoderConfig)
     numeric: TabularEncoderConfig = field(default_factory=TabularEncoderConfig)
     categorical: TabularEncoderConfig = field(default_factory=TabularEncoderConfig)
 

@@ -14,6 +14,7 @@ from polymodal.errors import UserError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".opus")
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".avi")
 
 
 class Modality(str, Enum):
@@ -22,6 +23,7 @@ class Modality(str, Enum):
     AUDIO = "audio"
     NUMERIC = "numeric"
     CATEGORICAL = "categorical"
+    VIDEO = "video"  # a file's frames and its sound track: two fusion inputs (see `video_inputs`)
 
 
 class ProblemType(str, Enum):
@@ -55,6 +57,21 @@ class SchemaError(UserError):
 # columns is one fusion input, not 200. Media columns are one input each, keyed by column name.
 NUMERIC_INPUT = "tabular:numeric"
 CATEGORICAL_INPUT = "tabular:categorical"
+# A video column is two fusion inputs: its frames (a temporal image encoder) and its sound track (the audio
+# encoder), so every fusion sees pictures and sound as inputs of their own, each with its presence.
+FRAMES, SOUND = ":frames", ":sound"
+
+
+def video_inputs(column: str) -> dict[str, Modality]:
+    return {column + FRAMES: Modality.VIDEO, column + SOUND: Modality.AUDIO}
+
+
+def input_column(name: str, columns: dict[str, Modality]) -> str:
+    """The table column behind a media input (a video's frames and sound track are its column's)."""
+    for suffix in (FRAMES, SOUND):
+        if name.endswith(suffix) and columns.get(name[: -len(suffix)]) is Modality.VIDEO:
+            return name[: -len(suffix)]
+    return name
 
 
 @dataclass
@@ -76,6 +93,8 @@ class Schema:
         for col, mod in self.columns.items():
             if mod in (Modality.TEXT, Modality.IMAGE, Modality.AUDIO):
                 out[col] = mod
+            elif mod is Modality.VIDEO:  # a part in `ignored` (e.g. "clip:sound") is left out of the inputs
+                out |= {n: m for n, m in video_inputs(col).items() if n not in self.ignored}
         if self.columns_of(Modality.NUMERIC):
             out[NUMERIC_INPUT] = Modality.NUMERIC
         if self.columns_of(Modality.CATEGORICAL):
@@ -129,6 +148,8 @@ def infer_modality(values: pd.Series) -> Modality:
         return Modality.IMAGE
     if _looks_like_paths(values, AUDIO_EXTENSIONS):
         return Modality.AUDIO
+    if _looks_like_paths(values, VIDEO_EXTENSIONS):
+        return Modality.VIDEO
     if _is_text(values):
         return Modality.TEXT
     return Modality.CATEGORICAL

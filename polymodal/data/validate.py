@@ -15,7 +15,8 @@ import pandas as pd
 from polymodal.data.io import resolve_path
 from polymodal.data.media import MediaError, decode_audio, decode_image
 from polymodal.data.redact import quote_value
-from polymodal.data.schema import Modality, Schema, SchemaError
+from polymodal.data.schema import FRAMES, SOUND, Modality, Schema, SchemaError
+from polymodal.data.video import decode_video
 from polymodal.errors import UserError
 
 MAX_LISTED = 20
@@ -103,8 +104,11 @@ def load_media(
     skip: tuple[str, ...] = (),
     image_fit: str = "squash",
     fits: dict[str, str] | None = None,
+    video: dict | None = None,
 ) -> tuple[dict[str, list[np.ndarray | None]], list[Problem]]:
     """Decode every image and audio cell. Returns per column a list (None where the cell is empty) and problems.
+    A video column gives two lists, its frames ("COL:frames") and its sound track ("COL:sound", None for a clip
+    without sound); `video` holds `decode_video`'s frame settings (n_frames, fps, max_seconds, max_pixels).
 
     `sizes`/`rates`/`fits` override the image size / sample rate / image fit per column (pretrained encoders
     have their own);
@@ -120,6 +124,11 @@ def load_media(
     for col in schema.columns_of(Modality.AUDIO):
         if col not in skip:
             decoders[col] = lambda p, r=rates.get(col, sample_rate): decode_audio(p, r)
+
+    videos = [c for c in schema.columns_of(Modality.VIDEO) if c not in skip]
+    for col in videos:
+        decoders[col] = lambda p, v=dict(video or {}): decode_video(p, size=image_size, sample_rate=sample_rate,
+                                                                     fit=image_fit, **v)  # fmt: skip
 
     def one(col: str, i: int, value: object) -> tuple[np.ndarray | None, Problem | None]:
         if is_missing(value):
@@ -138,6 +147,10 @@ def load_media(
             results = list(pool.map(lambda iv, c=col: one(c, iv[0], iv[1]), enumerate(df[col].tolist())))
             out[col] = [r[0] for r in results]
             problems += [r[1] for r in results if r[1] is not None]
+    for col in videos:  # each clip -> its frames and its sound track, two inputs
+        clips = out.pop(col)
+        out[col + FRAMES] = [None if c is None else c.frames for c in clips]
+        out[col + SOUND] = [None if c is None else c.sound for c in clips]
     return out, problems
 
 
@@ -147,7 +160,8 @@ def check_files(df: pd.DataFrame, schema: Schema, base_dir: Path, skip: tuple[st
     from polymodal.data.media import MediaError, check_file
 
     problems = []
-    for col in schema.columns_of(Modality.IMAGE) + schema.columns_of(Modality.AUDIO):
+    media = (Modality.IMAGE, Modality.AUDIO, Modality.VIDEO)
+    for col in [c for c, m in schema.columns.items() if m in media]:
         if col in skip:
             continue
         for i, value in enumerate(df[col].tolist()):

@@ -19,6 +19,7 @@ from torch import nn
 from polymodal.data.schema import Modality
 from polymodal.encoders.scratch import AudioCNN, CategoricalMLP, ImageCNN, NumericMLP, TextRNN
 from polymodal.encoders.tokens import Tokens, grid_coords, single_token
+from polymodal.encoders.video import VideoEncoder
 
 SCRATCH_ENCODERS: dict[Modality, type[nn.Module]] = {
     Modality.TEXT: TextRNN,
@@ -26,6 +27,7 @@ SCRATCH_ENCODERS: dict[Modality, type[nn.Module]] = {
     Modality.AUDIO: AudioCNN,
     Modality.NUMERIC: NumericMLP,
     Modality.CATEGORICAL: CategoricalMLP,
+    Modality.VIDEO: VideoEncoder,  # a video's frames; its sound track is an audio input
 }
 
 

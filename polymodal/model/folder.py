@@ -42,6 +42,9 @@ def build_net(cfg: Config, schema: Schema, input_specs: dict[str, dict], task: A
     from polymodal.model.network import MultimodalNet
 
     dims = {name: cfg.encoders.dim(m.value) for name, m in schema.inputs.items()}
+    video = cfg.encoders.video  # the temporal model of video frames is an encoder setting, not a fitted size
+    input_specs = {n: s | ({"temporal": video.temporal, "layers": video.layers, "heads": video.heads}
+                           if schema.inputs[n].value == "video" else {}) for n, s in input_specs.items()}  # fmt: skip
     if getattr(task, "is_text", False):  # a decoder in place of the head (polymodal/model/text_net.py)
         from polymodal.model.text_net import TextNet
 

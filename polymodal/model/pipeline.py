@@ -49,15 +49,17 @@ class FeaturePipeline:
         return self._extractors[name]
 
     def media_options(self) -> dict[str, Any]:
-        """How each image and audio column is decoded (`load_media`'s size, rate and fit arguments); the server
-        decodes requests itself with the same options."""
+        """How each image, audio and video column is decoded (`load_media`'s size, rate, fit and video arguments);
+        the server decodes requests itself with the same options."""
         cfg, st = self.preprocessor.config, self.preprocessor.state
         pretrained = cfg.pretrained
         sizes = {c: st[c]["size"] for c in pretrained if self.schema.columns[c] is Modality.IMAGE}
         rates = {c: st[c]["sample_rate"] for c in pretrained if self.schema.columns[c] is Modality.AUDIO}
         fits = {c: st[c].get("fit", "squash") for c in sizes}
+        video = dict(n_frames=cfg.video_frames, fps=cfg.video_fps, max_seconds=cfg.video_max_seconds,
+                     max_pixels=cfg.video_max_pixels)  # fmt: skip
         return dict(image_size=cfg.image_size, sample_rate=cfg.sample_rate, sizes=sizes, rates=rates,
-                    image_fit=cfg.image_fit, fits=fits)  # fmt: skip
+                    image_fit=cfg.image_fit, fits=fits, video=video)  # fmt: skip
 
     def decode(
         self, df: pd.DataFrame, base_dir: Path, media: bool = True

@@ -19,6 +19,7 @@ import pandas as pd
 from polymodal.config import PreprocessConfig
 from polymodal.data.schema import CATEGORICAL_INPUT, NUMERIC_INPUT, Modality, Schema
 from polymodal.data.validate import is_missing
+from polymodal.preprocess.video import video_frames, video_state
 
 PAD, UNK = 0, 1
 CLIP_SIGMAS = 100.0
@@ -77,6 +78,8 @@ def _row_bytes(cfg: PreprocessConfig) -> dict[Modality, int]:
         Modality.AUDIO: int(4 * cfg.sample_rate * cfg.max_audio_seconds / 2),  # a waveform of typical length
         Modality.NUMERIC: 24,
         Modality.CATEGORICAL: 60,
+        # uint8 frames, and a sound track like an audio column's
+        Modality.VIDEO: cfg.video_frames * 3 * cfg.image_size**2 + int(4 * cfg.sample_rate * cfg.max_audio_seconds / 2),
     }
 
 
@@ -181,6 +184,8 @@ class Preprocessor:
                 present[:, j] = ~missing  # the graph also hides a row with no token
             elif modality is Modality.TEXT:
                 inputs[name], present[:, j] = self._text(df[name], self.state[name])
+            elif modality is Modality.VIDEO:  # uint8 frames, in the graph too: the encoder normalizes them
+                inputs[name], present[:, j] = video_frames(media[name], self.config)
             elif modality is Modality.IMAGE:
                 image = self._raw_image if raw else self._image
                 inputs[name], present[:, j] = image(media[name], self.state[name])
@@ -253,6 +258,12 @@ class Preprocessor:
             if m is Modality.AUDIO and name not in cfg.pretrained and strength > 0
         }  # fmt: skip
 
+    def video_augmenters(self) -> dict[str, Any]:
+        """A training-time `ClipAugment` for each video's frames: temporal jitter, image augmentation per clip."""
+        from polymodal.preprocess.video import ClipAugment
+
+        return {n: ClipAugment(self.config.video_jitter) for n, m in self.schema.inputs.items() if m is Modality.VIDEO}
+
     def input_specs(self) -> dict[str, dict[str, Any]]:
         """What each encoder needs to know about its input (sizes, vocabularies)."""
         cfg, specs = self.config, {}
@@ -270,6 +281,8 @@ class Preprocessor:
                 specs[name] = {"vocab_size": len(st["vocab"]) + 2, "max_len": st["max_len"]}
             elif modality is Modality.IMAGE:
                 specs[name] = {"channels": 3, "size": cfg.image_size}
+            elif modality is Modality.VIDEO:
+                specs[name] = {"channels": 3, "size": cfg.image_size, "frames": cfg.video_frames, **st}
             elif modality is Modality.AUDIO:
                 specs[name] = {"n_features": cfg.n_mels + cfg.n_mfcc}
             elif modality is Modality.NUMERIC:
@@ -368,6 +381,7 @@ class Fitting:
         own = [c for c in schema.columns if c not in cfg.pretrained]
         self.text = {c: (Counter(), []) for c in schema.columns_of(Modality.TEXT) if c in own}
         self.media = {c: [] for c in own if schema.columns[c] in (Modality.IMAGE, Modality.AUDIO)}
+        self.media |= {n: [] for c in schema.columns_of(Modality.VIDEO) for n in schema.inputs if n.startswith(c + ":")}
         self.num_cols = schema.columns_of(Modality.NUMERIC)
         # Per numeric column: count, mean, M2 (Chan et al.'s parallel update, stable over many chunks)
         self.moments = np.zeros((3, len(self.num_cols)))
@@ -413,9 +427,12 @@ class Fitting:
             max_len = int(np.clip(np.percentile(lens, 95) if len(lens) else 1, 1, cfg.max_text_tokens))
             st[col] = {"vocab": vocab, "max_len": max_len}
         for col, sample in self.media.items():
+            if col not in p.schema.columns and (p.schema.inputs[col] is Modality.VIDEO or not sample):
+                st[col] = video_state(p.schema.inputs[col], sample, cfg)  # frames; a sound track no clip has
+                continue
             if not sample:
                 raise ValueError(f"no {col!r} file could be read in the training rows")
-            if p.schema.columns[col] is Modality.IMAGE:
+            if p.schema.inputs[col] is Modality.IMAGE:
                 stack = np.stack(sample).astype(np.float32) / 255.0
                 st[col] = {
                     "mean": stack.mean(axis=(0, 2, 3)).tolist(),

@@ -1,0 +1,74 @@
+"""Video inputs: the frames array of a video column, its statistics, and its training-time augmentation.
+
+A video column is two fusion inputs (polymodal/data/schema.py): "COL:frames", handled here, and "COL:sound",
+preprocessed exactly like an audio column. The frames stay uint8 (batch, frames, 3, size, size), a quarter of
+float32's memory; the video encoder scales and standardizes them with the statistics fitted here (so an exported
+graph takes the same uint8 frames).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from polymodal.config import PreprocessConfig
+from polymodal.data.schema import Modality
+
+STATS_CLIPS = 200  # frame statistics: the first this many clips (8 frames of 64 x 64: 20 MB of uint8)
+
+
+def video_frames(clips: list[np.ndarray | None], cfg: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Decoded clips (None where the cell was empty) -> (rows, frames, 3, size, size) uint8 and their presence."""
+    s = cfg.image_size
+    out = np.zeros((len(clips), cfg.video_frames, 3, s, s), dtype=np.uint8)
+    present = np.array([c is not None for c in clips], dtype=bool)
+    for i, c in enumerate(clips):
+        if c is not None:
+            out[i] = c
+    return out, present
+
+
+def video_state(modality: Modality, sample: list[np.ndarray], cfg: PreprocessConfig) -> dict[str, Any]:
+    """The fitted state of a video's frames (per-channel mean and std of the pixels in [0, 1]), or of a sound
+    track that no training clip has (every video silent: a one-second input the mask always hides)."""
+    if modality is Modality.AUDIO:
+        n = cfg.n_mels + cfg.n_mfcc
+        return {"n_samples": int(cfg.sample_rate), "mean": [0.0] * n, "std": [1.0] * n}
+    if not sample:
+        raise ValueError("no video file could be read in the training rows")
+    stack = np.stack(sample[:STATS_CLIPS]).astype(np.float32) / 255.0  # (n, frames, 3, h, w)
+    return {
+        "mean": stack.mean(axis=(0, 1, 3, 4)).tolist(),
+        "std": np.maximum(stack.std(axis=(0, 1, 3, 4)), 1e-3).tolist(),
+    }
+
+
+class ClipAugment:
+    """Training-time augmentation of a batch of clips (batch, frames, 3, h, w), uint8 or float in [0, 1]:
+
+    - temporal jitter: each kept frame is, with probability `jitter`, swapped for the frame sampled just before or
+      after it, and the indices are sorted again, so the clip shows slightly different moments in the same order;
+    - the image augmentation of image columns (shift, brightness, contrast), drawn once per clip and applied to
+      all its frames alike (the frames are stacked as channels), so a digit does not jump between frames.
+
+    Returns floats in [0, 1], which the video encoder takes like uint8 frames."""
+
+    def __init__(self, jitter: float = 0.2):
+        self.jitter = float(jitter)
+
+    def __call__(self, x):
+        import torch
+
+        from polymodal.preprocess.augment import augment_images
+
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        b, t = x.shape[:2]
+        if self.jitter > 0 and t > 1:
+            idx = torch.arange(t, device=x.device).expand(b, t)
+            move = (torch.rand(b, t, device=x.device) < self.jitter).long()
+            step = torch.where(torch.rand(b, t, device=x.device) < 0.5, -1, 1)
+            idx = (idx + move * step).clamp(0, t - 1).sort(dim=1).values
+            x = torch.gather(x, 1, idx[:, :, None, None, None].expand_as(x))
+        flat = x.reshape(b, t * x.shape[2], *x.shape[3:])
+        return augment_images(flat).reshape(x.shape).clamp(0.0, 1.0)
