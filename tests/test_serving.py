@@ -385,9 +385,16 @@ def test_page_is_generated_from_the_schema_and_self_contained(client):
     assert r.status_code == 200 and "script-src 'self'" in r.headers["content-security-policy"]
     page = r.text
     assert 'type="file" id="in-0" name="image"' in page and 'accept="image/*"' in page
+    assert 'data-action="camera" data-for="in-0"' in page and '<img class="preview" id="in-0-preview"' in page
     assert '<textarea id="in-1" name="caption"' in page and 'accept="audio/*"' in page
-    assert 'type="number" step="any" id="in-3" name="price"' in page and '<option value="dark">' in page
+    assert 'data-action="record" data-for="in-2"' in page and '<audio class="preview" id="in-2-preview"' in page
+    assert 'type="number" step="any" id="in-3" name="price"' in page
+    # A category is a select of the known values, with an empty choice for a missing one.
+    assert '<select id="in-4" name="shade"' in page and '<option value="">(missing)</option>' in page
+    assert '<option value="dark">dark</option>' in page
     assert 'id="api-key"' not in page
+    # Previews and players of what the user chose or recorded are blob: URLs; nothing else is allowed in.
+    assert "img-src 'self' blob:" in r.headers["content-security-policy"]
     assets = [client.get(u) for u in ("/static/page.js", "/static/page.css")]
     assert all(a.status_code == 200 for a in assets)
     for text in [page, *(a.text for a in assets)]:

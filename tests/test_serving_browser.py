@@ -1,6 +1,9 @@
-"""A real `polymodal serve --workers 2` process: the page driven in Debian's headless Chromium (selenium), the
-offline API docs, and graceful shutdown. The shutdown test stops the shared server, so it comes last."""
+"""A real `polymodal serve --workers 2` process: the page driven in Debian's headless Chromium (selenium): a picture
+chosen, dropped or taken with the camera, a sound recorded from the microphone (Chromium's fake devices: a test
+pattern and a beep), typed fields, the bar chart; the offline API docs, and graceful shutdown. The shutdown test
+stops the shared server, so it comes last."""
 
+import base64
 import json
 import re
 import signal
@@ -13,7 +16,7 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 from test_serving import INPUTS, b64, fit_model, instance, start_server
 
 # Offline machine: without these Chromium stalls on background connections (sync, updates, QUIC probes).
@@ -21,6 +24,9 @@ CHROMIUM_FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
     "--disable-dev-shm-usage", "--window-size=1000,1200",
+    # A fake camera and microphone, allowed without asking: the photo and recording paths run for real.
+    "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+    "--autoplay-policy=no-user-gesture-required",
 )  # fmt: skip
 
 
@@ -58,7 +64,7 @@ def test_page_predicts_with_an_uploaded_image_and_shows_probability_bars(server,
     browser.find_element(By.CSS_SELECTOR, '[data-column="caption"]').send_keys(row["caption"])
     browser.find_element(By.CSS_SELECTOR, '[data-column="image"]').send_keys(str(image))
     browser.find_element(By.CSS_SELECTOR, '[data-column="price"]').send_keys("9.5")
-    browser.find_element(By.CSS_SELECTOR, '[data-column="shade"]').send_keys("dark")
+    Select(browser.find_element(By.CSS_SELECTOR, '[data-column="shade"]')).select_by_value("dark")
     browser.find_element(By.ID, "predict").click()  # the audio input stays empty: a missing modality
     WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#probabilities .row"))
 
@@ -75,6 +81,105 @@ def test_page_predicts_with_an_uploaded_image_and_shows_probability_bars(server,
     assert browser.find_element(By.ID, "prediction").text == f"Prediction: {expected['prediction']}"
     used = browser.find_element(By.ID, "inputs-used").text
     assert "image" in used and "caption" in used and "missing: clip" in used
+
+
+def open_page(browser, url: str) -> None:
+    browser.get(url + "/")
+    WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "predict-form").get_attribute("data-ready"))
+
+
+def predict_and_read(browser) -> tuple[dict[str, float], str]:
+    """Click Predict; (class -> probability from the bar chart, the inputs-used line)."""
+    browser.find_element(By.ID, "predict").click()
+    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.ID, "inputs-used") or d.find_elements(By.ID, "error"))
+    assert not browser.find_elements(By.ID, "error"), browser.find_element(By.ID, "result").text
+    bars = browser.find_elements(By.CSS_SELECTOR, "#probabilities .row")
+    shown = {b.get_attribute("data-class"): float(b.get_attribute("data-probability")) for b in bars}
+    return shown, browser.find_element(By.ID, "inputs-used").text
+
+
+def held(browser, column: str) -> bytes:
+    """The bytes the page holds for a media column (what it uploads)."""
+    script = """const done = arguments[arguments.length - 1]; const r = new FileReader();
+      r.onload = () => done(r.result.split(",")[1]); r.readAsDataURL(window.polymodal.chosen.get(arguments[0]).blob);"""
+    return base64.b64decode(browser.execute_async_script(script, column))
+
+
+def api(url: str, inst: dict) -> dict:
+    r = httpx.post(url + "/v1/predict", json={"instances": [inst]}, timeout=60)
+    assert r.status_code == 200, r.text
+    return r.json()["predictions"][0]
+
+
+def wait_filled(browser, ident: str) -> None:
+    WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, f"{ident}-zone").get_attribute("data-filled"))
+
+
+def test_a_dropped_picture_is_previewed_and_predicted(server, browser):
+    _, url, test, _ = server
+    png = (test.parent / pd.read_csv(test).iloc[1]["image"]).read_bytes()
+    open_page(browser, url)
+    # Drag and drop, as a browser delivers it: a drop event whose DataTransfer holds the file.
+    browser.execute_script(
+        """const bytes = Uint8Array.from(atob(arguments[0]), c => c.charCodeAt(0));
+        const dt = new DataTransfer(); dt.items.add(new File([bytes], "dropped.png", {type: "image/png"}));
+        const drop = new DragEvent("drop", {dataTransfer: dt, bubbles: true});
+        document.getElementById("in-0-zone").dispatchEvent(drop);""",
+        b64(png),
+    )
+    wait_filled(browser, "in-0")
+    preview = browser.find_element(By.ID, "in-0-preview")
+    assert preview.is_displayed() and preview.get_attribute("src").startswith("blob:")
+    WebDriverWait(browser, 10).until(lambda d: d.execute_script("return arguments[0].naturalWidth", preview) == 16)
+    assert "dropped.png" in browser.find_element(By.ID, "in-0-name").text
+    shown, used = predict_and_read(browser)
+    assert shown == pytest.approx(api(url, {"image": b64(png)})["probabilities"], abs=1e-7)
+    assert used.startswith("Used: image ·")
+    # Clear empties the input: the picture is then a missing modality.
+    browser.find_element(By.CSS_SELECTOR, '[data-action="clear"][data-for="in-0"]').click()
+    assert not preview.is_displayed()
+    browser.find_element(By.CSS_SELECTOR, '[data-column="caption"]').send_keys("a cat")
+    assert predict_and_read(browser)[1].startswith("Used: caption ·")
+
+
+def test_a_photo_from_the_camera_is_previewed_and_predicted(server, browser):
+    url = server[1]
+    open_page(browser, url)
+    browser.find_element(By.CSS_SELECTOR, '[data-action="camera"]').click()
+    live = browser.find_element(By.ID, "in-0-live")
+    WebDriverWait(browser, 30).until(lambda d: d.execute_script("return arguments[0].videoWidth", live) > 0)
+    browser.find_element(By.CSS_SELECTOR, '[data-action="snap"]').click()
+    wait_filled(browser, "in-0")
+    assert not live.is_displayed() and browser.find_element(By.ID, "in-0-preview").is_displayed()
+    photo = held(browser, "image")
+    assert photo.startswith(b"\x89PNG")  # the camera frame, as PNG
+    shown, used = predict_and_read(browser)
+    assert shown == pytest.approx(api(url, {"image": b64(photo)})["probabilities"], abs=1e-7)
+    assert used.startswith("Used: image ·")
+
+
+def test_a_recording_from_the_microphone_is_played_back_decoded_and_predicted(server, browser):
+    url = server[1]
+    open_page(browser, url)
+    record = browser.find_element(By.CSS_SELECTOR, '[data-action="record"]')
+    record.click()
+    WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "in-2-zone").get_attribute("data-recording"))
+    assert record.text == "Stop"
+    time.sleep(1.5)  # Chromium's fake microphone beeps
+    record.click()
+    wait_filled(browser, "in-2")
+    assert record.text == "Record"
+    player = browser.find_element(By.ID, "in-2-preview")
+    assert player.is_displayed() and player.get_attribute("src").startswith("blob:")
+    clip = held(browser, "clip")
+    assert clip[:4] == b"\x1a\x45\xdf\xa3"  # WebM (Opus), which the server decodes with PyAV
+    assert "recording.webm" in browser.find_element(By.ID, "in-2-name").text
+    browser.find_element(By.CSS_SELECTOR, '[data-column="price"]').send_keys("2.5")
+    shown, used = predict_and_read(browser)
+    # The upload through the form and the same bytes as base64 through the JSON API are decoded alike.
+    expected = api(url, {"clip": b64(clip), "price": 2.5})
+    assert shown == pytest.approx(expected["probabilities"], abs=1e-7)
+    assert used.startswith("Used: clip, tabular:numeric ·")
 
 
 def test_page_shows_the_error_for_a_corrupt_upload(server, browser, tmp_path):

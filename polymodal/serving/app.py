@@ -52,6 +52,7 @@ from polymodal.serving.service import UNPROCESSABLE, Decoded, ModelService
 from polymodal.version import __version__
 
 log = logging.getLogger(SERVER)
+PREDICT_PATHS = frozenset({"/v1/predict", "/v1/predict/form"})
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: UNAUTHORIZED,
@@ -263,10 +264,17 @@ def create_app(config: ServeConfig, service: ModelService | None = None) -> Fast
     add_probes(app, state, metrics)
 
     # ---- the page, served from here (no CDN) ----------------------------------------------------------------
-    page = render_page(about, config.max_text_chars, api_key_required=api_key is not None)
+    page = render_page(about, config.max_text_chars, api_key is not None, config.max_audio_seconds)
     add_page(app, page, ("page.js", PAGE_JS), PAGE_CSS, CSP)
 
-    guard(app, metrics, config.max_body_bytes, api_key, public_docs=config.public_docs)
+    def shed(path: str) -> int | None:
+        """Refuse a prediction before any work when not even one more row would be admitted."""
+        batcher = state.batcher
+        if path in PREDICT_PATHS and batcher is not None and batcher.full():
+            return batcher.retry_after()
+        return None
+
+    guard(app, metrics, config.max_body_bytes, api_key, public_docs=config.public_docs, shed=shed)
     app.state.serving = state
     app.state.service = service
     return app

@@ -63,13 +63,20 @@ class MicroBatcher:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="polymodal-batcher")
 
     # ---- admission -----------------------------------------------------------------------------------------
+    def retry_after(self) -> int:
+        """Seconds until the rows admitted now are answered, at the recent pace; at least one."""
+        return max(1, round(self.admitted / self._rows_per_s)) if self._rows_per_s > 0 else 1
+
+    def full(self) -> bool:
+        """No request of even one row would be admitted now."""
+        return self.admitted >= self.max_queue
+
     def reserve(self, rows: int) -> None:
         """Admit a request of `rows` rows, or raise QueueFull. A request alone is always admitted (however many
         rows it has, the instance limit bounds it)."""
         if self.admitted and self.admitted + rows > self.max_queue:
-            # Seconds until the rows ahead are answered, at the recent pace; at least one.
-            wait = self.admitted / self._rows_per_s if self._rows_per_s > 0 else 1.0
-            raise QueueFull(f"{self.admitted} rows are already admitted (limit {self.max_queue})", max(1, round(wait)))
+            msg = f"{self.admitted} rows are already admitted (limit {self.max_queue})"
+            raise QueueFull(msg, self.retry_after())
         self.admitted += rows
 
     def release(self, rows: int) -> None:

@@ -107,8 +107,11 @@ class ServingMiddleware:
         api_key: str | None,
         endpoints: set[str],
         public_docs: bool = False,
+        shed: Callable[[str], int | None] | None = None,
     ):
         self.app, self.metrics, self.max_body, self.endpoints = app, metrics, max_body, endpoints
+        # path -> seconds to retry after when the request must be refused now (overload), else None
+        self.shed = shed
         # Keys are compared as SHA-256 digests with hmac.compare_digest: constant time, and length-independent.
         self.key_digest = hashlib.sha256(api_key.encode()).digest() if api_key else None
         self.open_paths = OPEN_PATHS | (PUBLIC_DOCS_PATHS if public_docs else frozenset())
@@ -163,6 +166,10 @@ class ServingMiddleware:
             elif length is not None and int(length) > self.max_body:
                 msg = f"the request body is {int(length)} bytes, above the limit of {self.max_body}"
                 early = error_response(413, msg, limit=self.max_body, headers={"Connection": "close"})
+            elif self.shed is not None and (retry := self.shed(path)) is not None:
+                # Overloaded: refused here, before routing or parsing, so that refusals cost next to nothing.
+                msg = f"the server is busy: its queue is full; retry after {retry} s"
+                early = error_response(503, msg, headers={"Retry-After": str(retry)})
             if early is not None:
                 # Read what is cheap to read (up to twice the limit) so the client surely gets this answer.
                 if length is None or (length.isdigit() and int(length) <= 2 * self.max_body):
@@ -277,12 +284,19 @@ def add_page(app: FastAPI, html: str, script: tuple[str, str], css: str, csp: st
         return Response(css, media_type="text/css", headers=headers)
 
 
-def guard(app: FastAPI, metrics: Metrics, max_body: int, api_key: str | None, public_docs: bool = False) -> None:
-    """Wrap the app, once every route is added, in the ServingMiddleware (the one place for the API key check and
-    the body-size limit), and keep the metrics on app.state."""
+def guard(
+    app: FastAPI,
+    metrics: Metrics,
+    max_body: int,
+    api_key: str | None,
+    public_docs: bool = False,
+    shed: Callable[[str], int | None] | None = None,
+) -> None:
+    """Wrap the app, once every route is added, in the ServingMiddleware (the one place for the API key check, the
+    body-size limit and load shedding), and keep the metrics on app.state."""
     endpoints = {r.path for r in app.routes if hasattr(r, "path")}
     app.add_middleware(
         ServingMiddleware, metrics=metrics, max_body=max_body, api_key=api_key, endpoints=endpoints,
-        public_docs=public_docs,
+        public_docs=public_docs, shed=shed,
     )  # fmt: skip
     app.state.metrics = metrics
