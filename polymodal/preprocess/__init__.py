@@ -113,7 +113,7 @@ class Preprocessor:
 
         Called before media is decoded, since it decides the image size and sample rate to decode at.
         """
-        from polymodal.preprocess.pretrained import PretrainedInputs, settings
+        from polymodal.preprocess.pretrained import PretrainedInputs, settings, speech_length
 
         for name, p in self.config.pretrained.items():
             modality = self.schema.columns[name]
@@ -124,6 +124,11 @@ class Preprocessor:
                 st["max_len"] = int(np.clip(np.percentile(lengths, 95) if lengths else 8, 8, st["model_max"]))
             elif modality is Modality.AUDIO:
                 st["n_samples"] = self._audio_length(values[:300], base_dir, st["sample_rate"])
+                if "min_samples" in st:  # speech-embedding: whole windows, at least speech_seconds long
+                    shortest = int(self.config.speech_seconds * st["sample_rate"])
+                    st["n_samples"] = speech_length(max(st["n_samples"], shortest), st["min_samples"],
+                                                    st["step_samples"])  # fmt: skip
+                    st["pad"] = self.config.speech_pad
             elif self.config.image_fit != "squash":  # only then: feature caches made before the option still match
                 st["fit"] = self.config.image_fit
             self.state[name] = st

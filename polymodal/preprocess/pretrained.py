@@ -14,6 +14,27 @@ from polymodal.data.schema import Modality
 
 # EfficientNet-Lite was trained (in TensorFlow) on pixels scaled to [-1, 1].
 LITE0_SETTINGS = {"size": 224, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+# Google's speech_embedding (polymodal/encoders/speech.py): 16 kHz; one window is 12,512 samples (0.782 s), each
+# further embedding 1,280 samples (80 ms) more.
+SPEECH_SETTINGS = {"sample_rate": 16000, "min_samples": 12512, "step_samples": 1280}
+PADS = ("center", "repeat", "after")  # measured on FSDD: benchmarks/speech_padding.py
+
+
+def fit_length(wave: np.ndarray, n: int, pad: str = "after") -> np.ndarray:
+    """A clip cut to its first `n` samples or, shorter, padded to `n`: with zeros on both sides (`center`), the clip
+    again and again (`repeat`), or zeros after it (`after`)."""
+    w = np.asarray(wave, dtype=np.float32)[:n]
+    if pad == "repeat" and 0 < len(w) < n:
+        w = np.tile(w, -(-n // len(w)))[:n]
+    out = np.zeros(n, dtype=np.float32)
+    start = (n - len(w)) // 2 if pad == "center" else 0
+    out[start : start + len(w)] = w
+    return out
+
+
+def speech_length(n_samples: int, min_samples: int = 12512, step: int = 1280) -> int:
+    """The clip length the speech encoder reads: at least one window, rounded up to a whole number of windows."""
+    return min_samples + step * -(-max(n_samples - min_samples, 0) // step)
 
 
 def _side(size: Any) -> int | None:
@@ -50,6 +71,8 @@ def settings(modality: Modality, kind: str, path: str) -> dict[str, Any]:
             "pad_id": int(tok.pad_token_id or 0),
             "model_max": int(min(tok.model_max_length, 512)),
         }
+    if modality is Modality.AUDIO and kind == "speech-embedding":
+        return dict(SPEECH_SETTINGS)
     if modality is Modality.AUDIO:
         from transformers import AutoFeatureExtractor
 
@@ -98,6 +121,8 @@ class PretrainedInputs:
             std = np.asarray(self.st["std"], dtype=np.float32)[:, None, None]
             return np.stack([(v.astype(np.float32) / 255.0 - mean) / std for v in values]).astype(np.float32)
         n = self.st["n_samples"]
+        if "extractor" not in self.st:  # the speech encoder reads the waveform itself
+            return np.stack([fit_length(w, n, self.st.get("pad", "after")) for w in values])
         waves = np.zeros((len(values), n), dtype=np.float32)
         for i, w in enumerate(values):
             waves[i, : min(len(w), n)] = w[:n]
