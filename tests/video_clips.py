@@ -14,7 +14,7 @@ SIZE = 16
 def frame_picture(i: int, size: int = SIZE, level: int | None = None) -> np.ndarray:
     """Frame i: a white bar at column i (so its index can be read back) on a grey level."""
     f = np.full((size, size, 3), 40 if level is None else level, np.uint8)
-    f[:, (2 * i) % size : (2 * i) % size + 2] = 255
+    f[:, i % size] = 255
     return f
 
 

@@ -38,6 +38,9 @@ SetOpt = Annotated[
 TextCols = Annotated[list[str] | None, typer.Option("--text", help="Treat this column as text (repeatable)")]
 ImageCols = Annotated[list[str] | None, typer.Option("--image", help="Treat this column as image paths (repeatable)")]
 AudioCols = Annotated[list[str] | None, typer.Option("--audio", help="Treat this column as audio paths (repeatable)")]
+VideoCols = Annotated[
+    list[str] | None, typer.Option("--video", help="Treat this column as video paths: frames + sound (repeatable)")
+]
 NumericCols = Annotated[list[str] | None, typer.Option("--numeric", help="Treat this column as numeric (repeatable)")]
 CategoricalCols = Annotated[
     list[str] | None, typer.Option("--categorical", help="Treat this column as categorical (repeatable)")

@@ -46,6 +46,7 @@ from polymodal.cli.options import (
     TimeLimitCompare,
     TrainTable,
     ValidCompare,
+    VideoCols,
 )
 
 
@@ -65,6 +66,7 @@ def compare(
     text: TextCols = None,
     image: ImageCols = None,
     audio: AudioCols = None,
+    video: VideoCols = None,
     numeric: NumericCols = None,
     categorical: CategoricalCols = None,
     ignore: IgnoreCols = None,
@@ -106,7 +108,8 @@ def compare(
     from polymodal.studies.tune import parse_duration
 
     def go():
-        modalities = _modalities(text=text, image=image, audio=audio, numeric=numeric, categorical=categorical)
+        modalities = _modalities(text=text, image=image, audio=audio, video=video, numeric=numeric,
+                                 categorical=categorical)  # fmt: skip
         settings = _settings(
             config=config, problem_type=problem_type, ignore=ignore,
             modalities=modalities,

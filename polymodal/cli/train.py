@@ -53,6 +53,7 @@ from polymodal.cli.options import (
     TimeLimit,
     TrainTable,
     Valid,
+    VideoCols,
 )
 from polymodal.cli.privacy import _personal_vocabulary
 from polymodal.cli.retrieval import _retrieval_table
@@ -75,6 +76,7 @@ def fit(
     text: TextCols = None,
     image: ImageCols = None,
     audio: AudioCols = None,
+    video: VideoCols = None,
     numeric: NumericCols = None,
     categorical: CategoricalCols = None,
     ignore: IgnoreCols = None,
@@ -125,7 +127,8 @@ def fit(
     from polymodal.predictor import MultimodalPredictor
 
     def go():
-        modalities = _modalities(text=text, image=image, audio=audio, numeric=numeric, categorical=categorical)
+        modalities = _modalities(text=text, image=image, audio=audio, video=video, numeric=numeric,
+                                 categorical=categorical)  # fmt: skip
         settings = _settings(
             label=label, fusion=fusion, problem_type=problem_type, ignore=ignore,
             modalities=modalities,

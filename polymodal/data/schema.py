@@ -196,11 +196,13 @@ def infer_schema(
     """Infer each column's modality.
 
     `overrides` pins the modality of the columns it names; every other column is still inferred.
-    `ignore` leaves columns out of the inputs.
+    `ignore` leaves columns out of the inputs (or one part of a video column: "clip:sound").
     """
     overrides = dict(overrides or {})
     ignore = list(ignore or [])
-    unknown = [c for c in [label, *overrides, *ignore] if c not in df.columns]
+    # A video's part ("clip:sound", "clip:frames") may be left out on its own.
+    parts = [c for c in ignore if c.endswith((FRAMES, SOUND)) and c.rsplit(":", 1)[0] in df.columns]
+    unknown = [c for c in [label, *overrides, *ignore] if c not in df.columns and c not in parts]
     if unknown:
         raise SchemaError(
             f"unknown column(s) {unknown}: the table has columns {list(df.columns)}. "

@@ -44,9 +44,14 @@ class VideoEncoder(nn.Module):
             raise ValueError(f"encoders.video.temporal must be one of {TEMPORAL}, not {temporal!r}")
         # Smaller than an image column's CNN: it runs once per frame.
         self.cnn = ImageCNN(channels, size, dim=dim, widths=tuple(widths))
+        # The same average as its adaptive pooling, with a fixed window: ONNX export needs one after the reshape.
+        side = size >> sum(isinstance(m, nn.MaxPool2d) for m in self.cnn.features.modules())
+        if side % 2 == 0:
+            self.cnn.pool = nn.AvgPool2d(side // 2)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
         self.temporal, self.frames, self.dim = temporal, frames, dim
+        self.channels, self.size = channels, size
         if temporal == "gru":
             self.rnn = nn.GRU(dim, dim, num_layers=layers, batch_first=True, bidirectional=True)
             self.pool_proj = nn.Sequential(nn.Linear(2 * dim, dim), nn.ReLU(inplace=True))
@@ -61,7 +66,8 @@ class VideoEncoder(nn.Module):
         """(b, t, 3, h, w) uint8 or [0, 1] floats -> (b, t, dim), each frame through the CNN."""
         b, t = x.shape[:2]
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-        x = (x.flatten(0, 1) - self.mean) / self.std
+        # Python ints, not the input's shape: an exported graph keeps the frame size it needs for its pooling.
+        x = (x.reshape(-1, self.channels, self.size, self.size) - self.mean) / self.std
         return self.cnn(x).view(b, t, -1)
 
     def _sequence(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

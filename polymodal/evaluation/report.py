@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from polymodal.data.schema import FRAMES, SOUND, Modality
 from polymodal.errors import UserError
 from polymodal.evaluation.html import (
     bar_chart,
@@ -166,6 +167,55 @@ def _bootstrap(targets: np.ndarray, outputs: np.ndarray, task: Any, n: int = 200
     return out
 
 
+def _strip(frames: np.ndarray) -> str:
+    """A clip's kept frames (t, 3, h, w) uint8 side by side, as one inline PNG."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.concatenate(list(frames.transpose(0, 2, 3, 1)), axis=1)).save(buf, format="PNG")
+    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    return f'<img alt="frames" style="display:inline;margin:0;image-rendering:pixelated;height:64px" ' \
+           f'src="data:image/png;base64,{data}">'  # fmt: skip
+
+
+def _sound(wave: np.ndarray | None, sample_rate: int) -> str:
+    if wave is None:
+        return '<span class="note">no sound track</span>'
+    import base64
+    import io
+
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, wave, sample_rate, format="WAV", subtype="PCM_16")
+    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    return f'<audio controls preload="none" src="data:audio/wav;base64,{data}"></audio>'
+
+
+def video_examples(schema: Any, df: Any, media: dict, task: Any, outputs: np.ndarray, sample_rate: int,
+                   k: int = 6) -> str:  # fmt: skip
+    """The first `k` rows' videos as the model saw them: the strip of kept frames and the sound track, with the
+    label and the prediction."""
+    predicted = task.decode(outputs) if not task.is_text else [""] * len(df)
+    body = []
+    for i in range(min(k, len(df))):
+        cells = [str(i), esc(df[schema.label].iloc[i]), esc(predicted[i])]
+        for col in schema.columns_of(Modality.VIDEO):
+            frames, sound = media[col + FRAMES][i], media[col + SOUND][i]
+            cells.append('<span class="note">absent</span>' if frames is None else _strip(frames))
+            cells.append("" if frames is None else _sound(sound, sample_rate))
+        body.append("<tr>" + "".join(f'<td class="l">{c}</td>' for c in cells) + "</tr>")
+    heads = ["row", "label", "predicted"] + [f"{c} {p}" for c in schema.columns_of(Modality.VIDEO)
+                                             for p in ("frames", "sound")]  # fmt: skip
+    head = "".join(f'<th class="l">{esc(h)}</th>' for h in heads)
+    return note("the frames each video was reduced to (in time order) and its sound track, as the model saw them") + (
+        f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+    )
+
+
 def model_report(
     model: Any,
     data: Any,
@@ -234,6 +284,8 @@ def model_report(
     )
     s |= robustness_sections({name: robust}, metric)
     s |= detail_sections(task.to_dict(), metrics, targets, outputs, name)
+    if schema.columns_of(Modality.VIDEO):
+        s["examples"] = video_examples(schema, df, media, task, outputs, model.preprocessor.config.sample_rate)
     if task.is_text:
         from polymodal.evaluation.text_report import examples_section
 

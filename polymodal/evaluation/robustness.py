@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from polymodal.data.schema import CATEGORICAL_INPUT, NUMERIC_INPUT, Modality, Schema
+from polymodal.data.schema import CATEGORICAL_INPUT, NUMERIC_INPUT, Modality, Schema, input_column
 from polymodal.data.validate import is_missing
 from polymodal.errors import UserError
 from polymodal.evaluation.subset import input_columns, select_features, sub_preprocessor, sub_schema
@@ -40,6 +40,7 @@ NOISE = {
     Modality.TEXT: "word dropout (p 0.4 s) + typos (p 0.4 s per word)",
     Modality.NUMERIC: "Gaussian noise (std s x training std)",
     Modality.CATEGORICAL: "random category swap (p 0.5 s)",
+    Modality.VIDEO: "the image noise on every frame (a video's sound track: the audio noise)",
 }
 
 
@@ -214,6 +215,8 @@ class NoisyInputs:
             media[name] = noise_images(media[name], s, rng)
         elif modality is Modality.AUDIO:
             media[name] = noise_audio(media[name], s, rng)
+        elif modality is Modality.VIDEO:
+            media[name] = [None if c is None else np.stack(noise_images(list(c), s, rng)) for c in media[name]]
         elif modality is Modality.TEXT:
             df = df.assign(**{name: noise_text(df[name], s, rng)})
         elif name == NUMERIC_INPUT:
@@ -243,8 +246,9 @@ class NoisyInputs:
             df, media, frozen = self.df, self.media, {name: self._frozen_embeddings(name, level)}
         else:
             df, media = self._noise(name, level, self.df, self.media)
+        table = list(dict.fromkeys(input_column(c, self.preprocessor.schema.columns) for c in cols))  # a video's
         f = sub_preprocessor(self.preprocessor, one).transform(
-            df[cols], {k: v for k, v in media.items() if k in cols}, frozen
+            df[table], {k: v for k, v in media.items() if k in cols}, frozen
         )
         return f.inputs[name], f.present[:, 0]
 

@@ -11,12 +11,13 @@ import dataclasses
 
 import numpy as np
 
-from polymodal.data.schema import CATEGORICAL_INPUT, NUMERIC_INPUT, Modality, Schema
+from polymodal.data.schema import CATEGORICAL_INPUT, NUMERIC_INPUT, Modality, Schema, input_column
 from polymodal.preprocess import Features, Preprocessor
 
 
 def input_columns(schema: Schema, name: str) -> list[str]:
-    """The table columns behind one fusion input (the tabular inputs group several columns)."""
+    """The table columns behind one fusion input (the tabular inputs group several columns); a video's frames or
+    sound track is named as itself, which `ignore` takes to leave that part out."""
     if name == NUMERIC_INPUT:
         return schema.columns_of(Modality.NUMERIC)
     if name == CATEGORICAL_INPUT:
@@ -28,9 +29,11 @@ def sub_schema(schema: Schema, inputs: list[str]) -> Schema:
     unknown = [n for n in inputs if n not in schema.inputs]
     if unknown:
         raise ValueError(f"unknown input(s) {unknown}; the schema has {list(schema.inputs)}")
-    keep = {c for n in inputs for c in input_columns(schema, n)}
+    keep = {input_column(c, schema.columns) for n in inputs for c in input_columns(schema, n)}
     columns = {c: m for c, m in schema.columns.items() if c in keep}
     ignored = list(schema.ignored) + [c for c in schema.columns if c not in keep]
+    # a video kept for one of its parts (frames or sound track) leaves the other part out
+    ignored += [n for n in schema.inputs if n not in inputs and n not in ignored and input_column(n, columns) in keep]
     return Schema(columns, schema.label, schema.problem_type, ignored)
 
 

@@ -7,6 +7,10 @@ The graph's inputs (see `Preprocessor.graph_inputs`), one per fusion input, plus
 - audio (scratch): the waveform (batch, n_samples) float32 at the model's sample rate, zero-padded or cut to
   the fitted length; the graph computes the STFT (the ONNX STFT operator with the Hann window), the
   mel filterbank, dB below each clip's peak, the MFCC (DCT-II) and the standardization, as librosa does;
+- video (scratch): two inputs per video column. "COL:frames": the kept frames (batch, frames, 3, S, S) uint8 as
+  `polymodal.data.video.decode_video` samples and resizes them (decoding the file, choosing the frames and resizing
+  stay outside the graph, in PyAV); the graph scales and standardizes them inside the video encoder. "COL:sound":
+  the clip's sound track as an audio input (the waveform, zeros and `present` False for a clip without sound);
 - numeric: the raw numbers (batch, columns) float64, NaN where missing; the graph standardizes, imputes 0 and
   appends the missing flags;
 - categorical: category ids (batch, columns) int64 from the vocabularies in the metadata (looked up in Python);

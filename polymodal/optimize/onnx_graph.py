@@ -91,6 +91,8 @@ def example_inputs(engine: Any, rows: int = 2):
             inputs[name] = np.full((rows, 3, cfg.image_size, cfg.image_size), 128, np.uint8)
         elif modality is Modality.AUDIO:
             inputs[name] = np.zeros((rows, s["n_samples"]), np.float32)
+        elif modality is Modality.VIDEO:  # decoded uint8 frames: the video encoder standardizes them in the graph
+            inputs[name] = np.full((rows, cfg.video_frames, 3, cfg.image_size, cfg.image_size), 128, np.uint8)
         elif modality is Modality.NUMERIC:
             inputs[name] = np.zeros((rows, len(s["columns"])), np.float64)
         else:

@@ -138,7 +138,7 @@ def compare(
     if schema.problem_type.is_multilabel and any(f in ENSEMBLES for f in selected):
         say("multilabel: the late ensembles (softmax averaging and stacking) are left out")
         selected = [f for f in selected if f not in ENSEMBLES]
-    entries = plan_entries(list(schema.inputs), selected)
+    entries = plan_entries(list(schema.inputs), selected, Modality.VIDEO in schema.inputs.values())
     folds = None
     if cv is not None:
         from polymodal.data.validate import check_split_column
@@ -177,6 +177,8 @@ def compare(
         for entry in entries:
             members = [e for e in entries if e.kind == "unimodal"] if entry.kind == "ensemble" else []
             spec = {"entry": entry.name, "kind": entry.kind, "inputs": entry.inputs, "fusion": entry.fusion}
+            if entry.settings:
+                spec["settings_of_entry"] = entry.settings
             if members:  # an ensemble is stale once any of its members was trained again
                 spec["members"] = {m.inputs[0]: done[m.name]["run_id"] for m in members}
             settings = settings_hash(base | spec | {"seed": seed})

@@ -56,14 +56,16 @@ class Entry:
     kind: str  # unimodal | fusion | ensemble
     inputs: list[str]
     fusion: str  # the fusion strategy, or the ensemble mode
+    settings: dict[str, Any] = field(default_factory=dict)  # the entry's own config settings (dotted paths)
 
     @property
     def slug(self) -> str:
         return re.sub(r"[^0-9A-Za-z_.-]+", "_", self.name)
 
 
-def plan_entries(inputs: list[str], fusions: list[str]) -> list[Entry]:
-    """Unimodal baselines first (the ensembles need them), then the fusions, then the ensembles."""
+def plan_entries(inputs: list[str], fusions: list[str], video: bool = False) -> list[Entry]:
+    """Unimodal baselines first (the ensembles need them), then the fusions, then the ensembles. With a `video`
+    input, also the first fusion with the frames averaged over time: what a model blind to their order reaches."""
     entries = [Entry(f"{n} only", "unimodal", [n], UNIMODAL_FUSION) for n in inputs]
     if len(inputs) < 2:
         return entries  # nothing to fuse
@@ -72,6 +74,10 @@ def plan_entries(inputs: list[str], fusions: list[str]) -> list[Entry]:
             entries.append(Entry(f, "ensemble", list(inputs), f.split("-", 1)[1]))
         else:
             entries.append(Entry(f, "fusion", list(inputs), f))
+    fused = [f for f in fusions if f not in ENSEMBLES]
+    if video and fused:
+        entries.append(Entry(f"{fused[0]} order-blind", "fusion", list(inputs), fused[0],
+                             {"encoders.video.temporal": "mean"}))  # fmt: skip
     return entries
 
 

@@ -133,7 +133,8 @@ class Run:
     def fit_entry(self, entry: Entry, seed: int) -> Any:
         from polymodal.predictor import MultimodalPredictor
 
-        p = MultimodalPredictor(config=self.template.config_, fusion=entry.fusion, seed=seed, **self.time_share())
+        p = MultimodalPredictor(config=self.template.config_, fusion=entry.fusion, seed=seed, **entry.settings,
+                                **self.time_share())  # fmt: skip
         return fit_on_features(p, self.seed_data(seed), entry.inputs)
 
     def time_share(self) -> dict[str, float]:
@@ -281,9 +282,8 @@ class StreamRun(Run):
         from polymodal.evaluation.subset import input_columns
         from polymodal.predictor import MultimodalPredictor
 
-        p = MultimodalPredictor(
-            config=self.template.config_, fusion=entry.fusion, seed=seed, streaming="on", **self.time_share()
-        )
+        p = MultimodalPredictor(config=self.template.config_, fusion=entry.fusion, seed=seed, streaming="on",
+                                **entry.settings, **self.time_share())  # fmt: skip
         d = p.config_.data
         d.modalities = {c: m.value for c, m in self.schema.columns.items()}
         others = [n for n in self.schema.inputs if n not in entry.inputs]
