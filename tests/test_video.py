@@ -279,9 +279,11 @@ def test_streamed_fit(table, pinned_torch):
 
 
 def test_anonymize_blurs_frames_and_changes_the_voice(table, tmp_path):
-    from polymodal.privacy import anonymize_table
+    from polymodal.privacy.table import PrivacySettings, anonymize_table
 
-    out = anonymize_table(table / "test.csv", tmp_path / "anon", modalities={"clip": "video"}, faces="blur")
+    settings = PrivacySettings(modalities={"clip": "video"}, faces="blur", voice="mcadams", ner_model=None)
+    out, report = anonymize_table(table / "test.csv", tmp_path / "anon", settings)
+    assert report["columns"]["clip"]["modality"] == "video" and report["columns"]["clip"]["voice"] == "mcadams"
     df = pd.read_csv(out)
     src = pd.read_csv(table / "test.csv")
     i = int(np.flatnonzero(src["clip"].notna() & (np.arange(len(src)) % 9 != 4))[0])

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from polymodal.cli.base import _modalities, _run, console
-from polymodal.cli.options import AudioCols, ImageCols, NerModel, PrivacyOperator, TextCols
+from polymodal.cli.options import AudioCols, ImageCols, NerModel, PrivacyOperator, TextCols, VideoCols
 
 
 def _personal_vocabulary(predictor) -> dict[str, dict[str, int]]:
@@ -41,9 +41,11 @@ def anonymize(
     text: TextCols = None,
     image: ImageCols = None,
     audio: AudioCols = None,
+    video: VideoCols = None,
 ) -> None:
     """Write an anonymized copy of a table: personal data in text replaced, faces blurred, voices changed,
-    image and audio metadata dropped; plus anonymization_report.json (counts per entity type and column)."""
+    image, audio and video metadata dropped (a video: faces blurred in every frame, its voice changed);
+    plus anonymization_report.json (counts per entity type and column)."""
     from polymodal.privacy import PrivacySettings, anonymize_table
 
     def go():
@@ -54,7 +56,7 @@ def anonymize(
         settings = PrivacySettings(
             operator=operator, ner_model=ner_model, entities=entities.split(",") if entities else None,
             threshold=threshold, faces=faces, voice=voice, alpha=alpha, alpha_range=rng, seed=seed,
-            modalities=_modalities(text=text, image=image, audio=audio) or {},
+            modalities=_modalities(text=text, image=image, audio=audio, video=video) or {},
         )  # fmt: skip
         path, report = anonymize_table(table, output, settings)
         from rich.table import Table

@@ -24,6 +24,7 @@ from polymodal.files import atomic_folder
 from polymodal.privacy.audio import DEFAULT_ALPHA, alpha_for, mcadams, read_wave, write_wav
 from polymodal.privacy.image import FACE_MODES, cascades, cover_faces, read_rgb, write_png
 from polymodal.privacy.text import DEFAULT_THRESHOLD, OPERATORS, TextAnonymizer
+from polymodal.privacy.video import anonymize_video
 
 SALT_ENV = "POLYMODAL_PRIVACY_SALT"
 REPORT = "anonymization_report.json"
@@ -101,7 +102,7 @@ def anonymize_frame(
     numbers are left as they are. Raises BadRowsError, naming rows and columns, for media that cannot be read."""
     salt = settings.resolved_salt()
     modalities = _column_modalities(df, settings)
-    media_cols = [c for c, m in modalities.items() if m in (Modality.IMAGE, Modality.AUDIO)]
+    media_cols = [c for c, m in modalities.items() if m in (Modality.IMAGE, Modality.AUDIO, Modality.VIDEO)]
 
     # Missing files are found before any work is done.
     problems = []
@@ -157,6 +158,14 @@ def anonymize_frame(
         def one(item: tuple[Path, int], col=col, modality=modality, folder=folder) -> tuple[str, int, Problem | None]:
             source, row = item
             target = folder / (f"{row}.png" if modality is Modality.IMAGE else f"{row}.wav")
+            if modality is Modality.VIDEO:  # faces in every frame, the voice of the sound track, no metadata
+                alpha = alpha_for(row, settings.seed, settings.alpha, settings.alpha_range)
+                try:
+                    n = anonymize_video(source, target.with_suffix(".mp4"), settings.faces,
+                                        alpha if settings.voice == "mcadams" else None)  # fmt: skip
+                except (OSError, ValueError, RuntimeError) as e:
+                    return "", 0, Problem(row, col, f"unreadable video file ({type(e).__name__})")
+                return target.with_suffix(".mp4").name, n, None
             try:  # decoding: a file that does not decode is the table's problem, named by row and column only
                 data = read_rgb(source) if modality is Modality.IMAGE else read_wave(source)
             except (OSError, ValueError, RuntimeError, SyntaxError) as e:
@@ -172,7 +181,7 @@ def anonymize_frame(
             write_wav(wave, sr, target)
             return target.name, 0, None
 
-        if modality is Modality.IMAGE and settings.faces != "keep":
+        if modality in (Modality.IMAGE, Modality.VIDEO) and settings.faces != "keep":
             cascades()
         workers = settings.workers or min(4, os.cpu_count() or 1)
         with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -183,11 +192,11 @@ def anonymize_frame(
             None if is_missing(v) else rel + results[resolve_path(str(v), base_dir)][0] for v in df[col].tolist()
         ]
         entry: dict[str, Any] = {"modality": modality.value, "files": len(first_row)}
-        if modality is Modality.IMAGE:
+        if modality in (Modality.IMAGE, Modality.VIDEO):
             entry["faces"] = sum(r[1] for r in results.values())
             entry["face_mode"] = settings.faces
             totals["FACE"] += entry["faces"]
-        else:
+        if modality in (Modality.AUDIO, Modality.VIDEO):
             entry["voice"] = settings.voice
         report["columns"][col] = entry
     if problems:
