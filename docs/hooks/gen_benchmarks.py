@@ -441,8 +441,22 @@ def speakers(d: dict) -> str:
     return out
 
 
+def av_video(d: dict) -> str:
+    """AV-digit-order video: one row per compare entry, then decoding throughput and its share of an epoch."""
+    rows = [[r["entry"], _f(r["test_accuracy"]), _f(r.get("test_macro_f1")), r["epochs"], _f(r["seconds_per_epoch"], 1)]
+            for r in d["entries"]]  # fmt: skip
+    out = _table(["entry", "test accuracy", "macro F1", "epochs", "s / epoch"], rows)
+    speed = ", ".join(f"{w} workers {_f(v, 1)}" for w, v in d["decode_videos_per_s"].items())
+    share = d.get("decode_share_of_streamed_epoch")
+    return out + f"\n\nDecoding (one PyAV pass per video, videos/s by loader workers): {speed}." + (
+        f" Decoding one pass over the training videos would be {_f(100 * share, 1)} % of a streamed epoch." if share
+        else ""
+    )
+
+
 RENDERERS: dict[str, Callable[[dict], str]] = {
     "av_digits": av_digits,
+    "av_video": av_video,
     "compare": compare,
     "compress_av_digits": compress,
     "ddp_scaling": ddp_scaling,
