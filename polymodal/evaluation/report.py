@@ -120,7 +120,9 @@ def average_robustness(results: list[dict]) -> dict[str, Any]:
                 out["noise"][i] = v
                 continue
             scores = np.mean([r["robustness"]["noise"][i]["scores"] for r in results], axis=0).tolist()
-            rel = float(np.mean([r["robustness"]["noise"][i]["relative_robustness"] for r in results]))
+            # None where a clean score of 0 leaves nothing to be relative to (e.g. CIDEr 0 of a text model)
+            rels = [x for r in results if (x := r["robustness"]["noise"][i]["relative_robustness"]) is not None]
+            rel = float(np.mean(rels)) if rels else None
             out["noise"][i] = v | {"scores": scores, "relative_robustness": rel}
     return out
 

@@ -82,6 +82,8 @@ def compare_report(folder: str | os.PathLike[str]) -> str:
         if hist:
             histories[r["entry"]] = hist
     monitor = {"regression": "rmse", "multilabel": "f1_micro"}.get(task["problem_type"], "accuracy")
+    if task["problem_type"] == "text":
+        monitor = task["settings"]["metric"]
     s["training-curves"] = (
         note("seed 0; ensembles have no curves of their own (their members' are shown)")
         + training_chart(histories, monitor)

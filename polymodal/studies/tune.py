@@ -175,7 +175,8 @@ class SharedData:
             pre = Preprocessor(schema, base.config)
             pre.state = copy.deepcopy(base.state)  # the pretrained inputs' settings; fit adds the rest
             pre.fit(df, media)
-            task = Task.fit(schema.problem_type, df[schema.label])
+            task = Task.fit(schema.problem_type, df[schema.label], p.config_.decoder,
+                            any(m.value == "audio" for m in schema.inputs.values()))  # fmt: skip
             prepared = Prepared(schema, pre, task, pre.transform(df, media, frozen), task.encode_targets(
                 df[schema.label]), pre.transform(vdf, vmedia, vfrozen), vdf, len(df))  # fmt: skip
             self._remember(self._prepared, pkey, prepared, self.max_entries)
@@ -258,6 +259,10 @@ def tune(
     pretrained = bool(pretrained_config(probe.config_, schema))
     search: Space = build_space(default_space(images, pretrained) | user_space, base)
     metric, direction = ("accuracy", "maximize") if schema.problem_type.is_classification else ("rmse", "minimize")
+    if schema.problem_type.is_text:  # the generation metric early stopping watches (decoder.metric)
+        audio = any(m is Modality.AUDIO for m in schema.inputs.values())
+        metric = base.decoder.metric or ("wer" if audio else "cider")
+        direction = "minimize" if metric in ("wer", "cer") else "maximize"
     from polymodal.data.stream import fingerprint
 
     settings = {"label": label, "metric": metric, "space": search.to_dict(), "config": base.to_dict(),

@@ -161,9 +161,6 @@ class TextTask(Task):
                         "(raise decoder.max_length to keep them whole)", long, n, self.max_length)  # fmt: skip
         return out
 
-    def head(self, in_dim: int, hidden: int = 128, dropout: float = 0.1):
-        raise TypeError("a text task's head is a decoder: see polymodal/tasks/decoders.py")
-
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Teacher-forced cross-entropy with label smoothing over the real target tokens; CTC for a CTC head."""
         from torch.nn import functional as F

@@ -240,16 +240,22 @@ class LabelValues:
 
     def __init__(self, problem_type: Any):
         self.classification = problem_type.is_classification
+        self.text = problem_type.is_text
+        self.texts: list[pd.Series] = []
         self.classes: dict[Any, None] = {}
         self.values: list[np.ndarray] = []
 
     def update(self, y: pd.Series) -> None:
-        if self.classification:
+        if self.text:  # a text label's vocabulary is counted over every target
+            self.texts.append(y.dropna().astype(str))
+        elif self.classification:
             self.classes.update(dict.fromkeys(y.dropna().unique().tolist()))
         else:
             self.values.append(pd.to_numeric(y, errors="coerce").to_numpy(dtype=np.float64))
 
     def series(self) -> pd.Series:
+        if self.text:
+            return pd.concat(self.texts, ignore_index=True) if self.texts else pd.Series([], dtype=object)
         if self.classification:
             return pd.Series(list(self.classes), dtype=object)
         return pd.Series(np.concatenate(self.values) if self.values else np.zeros(0))
