@@ -227,7 +227,7 @@ class MultimodalPredictor(TreeSettings):
         net = build_net(self.config_, schema, preprocessor.input_specs(), task)
         if any(p["mode"] == "finetune" for p in preprocessor.config.pretrained.values()):
             self._prefer_bf16()
-        warps = preprocessor.audio_warps(self.train_config.audio_warp) | preprocessor.video_augmenters()
+        warps = preprocessor.audio_warps(self.train_config) | preprocessor.video_augmenters()
         result = run_training(net, task, schema.inputs, train_rows, valid_rows, self.train_config, callbacks, warps)
         self.rank_ = result["global_rank"]  # in a distributed run, only rank 0 writes the model folder
         self._checkpoint_done = self.train_config.checkpoint_dir  # removed once the model folder is written

@@ -1,5 +1,6 @@
 """Training-time augmentation of audio features: the spectral (VTLP-style) warp moves a tone where it should, keeps
-the MFCC rows consistent with the warped log-mel rows, and is the identity at no warp."""
+the MFCC rows consistent with the warped log-mel rows, and is the identity at no warp; speed perturbation and
+SpecAugment masks; per-utterance normalization, in numpy and inside the exported graph."""
 
 from __future__ import annotations
 
@@ -63,3 +64,113 @@ def test_random_warps_stay_in_range_and_differ_per_clip(setup):
     out = warp(x.repeat(4, 1, 1))
     assert out.shape == (12, *x.shape[1:]) and torch.isfinite(out).all()
     assert not torch.allclose(out[0], out[3])  # the same clip, warped differently
+
+
+# ---- speaker-robust scratch audio: speed perturbation, SpecAugment, per-utterance normalization ----------------
+
+
+def burst(freq: float, seconds: float = 0.5, total: float = 1.0) -> np.ndarray:
+    """A tone of `seconds`, then silence (zeros) up to `total`, at 8 kHz."""
+    t = np.arange(int(seconds * 8000)) / 8000
+    out = np.zeros(int(total * 8000), np.float32)
+    out[: t.size] = 0.5 * np.sin(2 * np.pi * freq * t)
+    return out
+
+
+def augmenter(feats: np.ndarray, **kw):
+    from polymodal.preprocess.augment import AudioAugment
+
+    mean, std = feats.mean(axis=(0, 2)), feats.std(axis=(0, 2)) + 1e-3
+    x = torch.as_tensor((feats - mean[:, None]) / std[:, None])
+    return AudioAugment(mean, std, CFG.n_mels, CFG.n_mfcc, CFG.sample_rate, **kw), x, mean, std
+
+
+def test_audio_augment_off_is_the_identity():
+    feats = log_mel_mfcc(np.stack([burst(800)]), CFG)
+    aug, x, _, _ = augmenter(feats)
+    assert torch.equal(aug(x), x)
+
+
+def test_speed_perturbation_moves_pitch_and_squeezes_time():
+    from polymodal.preprocess.augment import stretch_time
+
+    feats = log_mel_mfcc(np.stack([burst(800)]), CFG)
+    aug, x, mean, std = augmenter(feats, speed=0.3)
+    rate = torch.tensor([1.25])
+    out = stretch_time(aug.warp(x, rate, torch.ones(1)), rate).numpy()[0]
+    log_mel = out * std[:, None] + mean[:, None]
+    centres = librosa.mel_frequencies(CFG.n_mels + 2, fmin=0, fmax=4000)[1:-1]
+    loud = log_mel[: CFG.n_mels].max(axis=0) > -40  # frames where the tone is
+    assert abs(log_mel[: CFG.n_mels, loud].mean(axis=1).argmax() - np.abs(centres - 1000).argmin()) <= 1
+    # 0.5 s of tone played 1.25 times as fast lasts 0.4 s: 40 of the 10 ms frames (one either side).
+    assert abs(int(loud.sum()) - 40) <= 2 and loud[:38].all() and not loud[43:].any()
+    torch.manual_seed(0)
+    rand = aug(x.repeat(6, 1, 1))
+    assert torch.isfinite(rand).all() and not torch.allclose(rand[0], rand[1])
+
+
+def test_spec_augment_masks_bands_and_frames_consistently():
+    feats = log_mel_mfcc(np.stack([burst(600), burst(1500)]), CFG)
+    aug, x, mean, std = augmenter(feats, freq_masks=2, freq_width=6, time_masks=2, time_width=12)
+    torch.manual_seed(1)
+    out = aug(x.repeat(8, 1, 1)).numpy()
+    dropped = (out == 0).all(axis=1)  # frames masked in time: every feature at the training mean
+    assert dropped.any() and dropped.sum(axis=1).max() <= 2 * 12
+    feats_out = out * std[:, None] + mean[:, None]
+    kept = ~dropped[0]
+    log_mel = feats_out[0, : CFG.n_mels][:, kept]
+    # Frequency masks: whole bands equal to one value (the clip's mean log-mel) over the frames not masked in time.
+    flat = np.ptp(log_mel, axis=1) < 1e-3
+    assert 0 < flat.sum() <= 2 * 6
+    # The MFCC rows are still the DCT of the (masked) log-mel rows.
+    expected = librosa.feature.mfcc(S=log_mel, n_mfcc=CFG.n_mfcc)
+    np.testing.assert_allclose(feats_out[0, CFG.n_mels :][:, kept], expected, atol=1e-2)
+
+
+def test_utterance_norm_per_clip_and_removes_a_channel_tilt():
+    from polymodal.preprocess.audio import clip_frames, utterance_norm
+
+    waves = np.stack([burst(600, 0.4), burst(1500, 0.7)])
+    feats = log_mel_mfcc(waves, CFG)
+    mask = clip_frames(waves, 80, feats.shape[-1])
+    assert mask[0].sum() == 40 and mask[1].sum() == 70  # the tone's frames, not the padding after it
+    norm = utterance_norm(feats, mask, CFG.n_mels)
+    for i in range(2):
+        np.testing.assert_allclose(norm[i][:, mask[i]].mean(axis=1), 0, atol=1e-4)
+        assert abs(norm[i, : CFG.n_mels][:, mask[i]].std() - 1) < 1e-3
+    # A fixed per-band gain (a microphone's tilt) shifts each log-mel row by a constant: gone after normalizing.
+    tilt = np.linspace(-6, 6, CFG.n_mels)[:, None].astype(np.float32)
+    shifted = feats.copy()
+    shifted[:, : CFG.n_mels] += tilt
+    shifted[:, CFG.n_mels :] = librosa.feature.mfcc(S=shifted[:, : CFG.n_mels], n_mfcc=CFG.n_mfcc)
+    again = utterance_norm(shifted, mask, CFG.n_mels)
+    np.testing.assert_allclose(again[:, :, mask[1]][1], norm[:, :, mask[1]][1], atol=1e-3)
+    # Through the config: log_mel_mfcc normalizes when preprocess.audio_norm is utterance.
+    utt = PreprocessConfig(sample_rate=8000, n_mels=40, n_mfcc=20, audio_norm="utterance")
+    np.testing.assert_allclose(log_mel_mfcc(waves, utt), norm, atol=1e-5)
+
+
+def test_augmented_utterance_normalized_model_trains_and_exports(synth_split, tmp_path, monkeypatch, one_torch_thread):
+    """All of it on in a fit: the augmentation runs on training batches, and the exported graph (which computes the
+    per-utterance normalization itself) matches PyTorch."""
+    import pandas as pd
+    import synth
+
+    from polymodal import MultimodalPredictor
+    from polymodal.optimize.export import export_model
+    from polymodal.preprocess.augment import AudioAugment
+
+    calls = []
+    original = AudioAugment.__call__
+    monkeypatch.setattr(AudioAugment, "__call__", lambda self, x: calls.append(len(x)) or original(self, x))
+    train, test = synth_split
+    settings = synth.FAST | {"max_epochs": 2, "preprocess": synth.FAST["preprocess"] | {"audio_norm": "utterance"}}
+    p = MultimodalPredictor(label="y", fusion="early", ignore=["image", "caption", "price", "shade", "score"],
+                            audio_speed=0.1, audio_warp=0.1, audio_freq_masks=2, audio_time_masks=2,
+                            **settings)  # fmt: skip
+    p.fit(train)
+    assert calls and p.config_.train.audio_time_masks == 2 and p.config_.preprocess.audio_norm == "utterance"
+    graph = export_model(p.save(tmp_path / "m"), tmp_path / "m.onnx")
+    torch_p = MultimodalPredictor.load(tmp_path / "m").predict_proba(test).to_numpy()
+    onnx_p = MultimodalPredictor.load(graph, runtime="onnx").predict_proba(test).to_numpy()
+    assert onnx_p.shape == (len(pd.read_csv(test)), 4) and np.abs(onnx_p - torch_p).max() <= 1e-4

@@ -60,6 +60,10 @@ class PreprocessConfig:
     # center (zeros on both sides), repeat (the clip again) or after (zeros after it). benchmarks/speech_padding.py.
     speech_seconds: float = field(default=1.5, metadata={"positive": True})
     speech_pad: str = field(default="center", metadata=_choices("center", "repeat", "after"))
+    # Scratch audio features: utterance normalizes each clip on its own before the global standardization (each
+    # row's mean over the clip removed, one spread per clip divided out: less of the voice and the channel); global:
+    # the global standardization alone.
+    audio_norm: str = field(default="global", metadata=_choices("global", "utterance"))
     max_text_tokens: int = 128
     max_vocab: int = 30000
     min_token_count: int = 1
@@ -196,6 +200,15 @@ class TrainConfig:
     # Random frequency warp of scratch audio features in training (VTLP-style): each clip's spectrum f -> s f^b,
     # log s and log b uniform in +-audio_warp; 0: off. Less dependence on the voice (another speaker, McAdams).
     audio_warp: float = 0.0
+    # Speed perturbation of scratch audio in training: each clip played 1 +- audio_speed times as fast (time and
+    # pitch together, on its features); 0: off.
+    audio_speed: float = 0.0
+    # SpecAugment of scratch audio in training: masks per clip over up to audio_freq_width mel bands (filled with the
+    # clip's mean) and over up to audio_time_width frames of 10 ms (filled with the mean); 0 masks: off.
+    audio_freq_masks: int = 0
+    audio_freq_width: int = 8
+    audio_time_masks: int = 0
+    audio_time_width: int = 10
     progress: bool = True
     encoder_lr: float | None = None  # learning rate of fine-tuned pretrained encoders (default: lr / 10)
     # Where this run keeps the checkpoint written after each epoch, so a killed run resumes (the CLI: a hidden

@@ -61,7 +61,7 @@ def graph_module(predictor: Any):
             pre[name] = ImagePixels(st["mean"], st["std"])
         elif modality is Modality.AUDIO:
             tables = audio_tables(pre_cfg.sample_rate, pre_cfg.n_mels, pre_cfg.n_mfcc, st["n_samples"])
-            pre[name] = AudioFeatures(tables, st["mean"], st["std"])
+            pre[name] = AudioFeatures(tables, st["mean"], st["std"], pre_cfg.audio_norm == "utterance")
         elif modality is Modality.NUMERIC:
             pre[name] = NumericRaw(st["mean"], st["std"], CLIP_SIGMAS)
         else:

@@ -40,11 +40,12 @@ def preprocess_modules() -> tuple[Any, Any, Any]:
             return (x.to(torch.float32) / 255.0 - self.mean) / self.std
 
     class AudioFeatures(nn.Module):
-        def __init__(self, tables: dict[str, np.ndarray], mean: list[float], std: list[float]):
+        def __init__(self, tables: dict[str, np.ndarray], mean: list[float], std: list[float], utterance: bool = False):
             super().__init__()
             for k in ("window", "mel", "dct"):
                 self.register_buffer(k, torch.from_numpy(tables[k]))
             self.pad, self.hop, self.n_fft = int(tables["pad"]), int(tables["hop"]), int(tables["n_fft"])
+            self.utterance = utterance  # preprocess.audio_norm: utterance (preprocess/audio.py)
             self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32)[:, None])
             self.register_buffer("std", torch.tensor(std, dtype=torch.float32)[:, None])
 
@@ -59,7 +60,27 @@ def preprocess_modules() -> tuple[Any, Any, Any]:
             peak = torch.clamp(mel.amax(dim=(1, 2), keepdim=True), min=1e-10)
             log_mel = torch.clamp(10.0 * torch.log10(torch.clamp(mel, min=1e-10) / peak), min=-80.0)
             feats = torch.cat([log_mel, self.dct @ log_mel], dim=1)
+            if self.utterance:
+                feats = self.utterance_norm(wave, feats, log_mel.shape[1])
             return (feats - self.mean) / self.std
+
+        def utterance_norm(self, wave, feats, n_mels: int):
+            """`polymodal.preprocess.audio.utterance_norm` over `clip_frames`, in PyTorch."""
+            from polymodal.preprocess.audio import MIN_SPREAD
+
+            n = wave.shape[1]
+            idx = torch.arange(n, device=wave.device)
+            sound = wave != 0
+            first = torch.where(sound, idx, torch.full_like(idx, n)).amin(dim=1, keepdim=True) // self.hop
+            last = torch.where(sound, idx, torch.zeros_like(idx)).amax(dim=1, keepdim=True) // self.hop
+            frames = torch.arange(feats.shape[-1], device=wave.device)[None, :]
+            mask = (frames >= first) & (frames <= last)
+            mask = mask | ~mask.any(dim=1, keepdim=True)
+            m = mask[:, None, :].to(feats.dtype)
+            count = m.sum(dim=2, keepdim=True)
+            centred = feats - (feats * m).sum(dim=2, keepdim=True) / count
+            var = ((centred[:, :n_mels] ** 2) * m).sum(dim=(1, 2), keepdim=True) / (count[:, :1] * n_mels)
+            return centred / torch.clamp(torch.sqrt(var), min=MIN_SPREAD)
 
     class NumericRaw(nn.Module):
         def __init__(self, mean: list[float], std: list[float], clip: float):

@@ -68,7 +68,12 @@ def log_mel_mfcc(waves: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     peak = np.maximum(mel.max(axis=(-2, -1), keepdims=True), 1e-10)
     log_mel = np.maximum(10.0 * np.log10(np.maximum(mel, 1e-10) / peak), -80.0)
     mfcc = librosa.feature.mfcc(S=log_mel, n_mfcc=cfg.n_mfcc)
-    return np.concatenate([log_mel, mfcc], axis=-2).astype(np.float32)
+    feats = np.concatenate([log_mel, mfcc], axis=-2).astype(np.float32)
+    if cfg.audio_norm == "utterance":  # each clip on its own first (preprocess/audio.py)
+        from polymodal.preprocess.audio import clip_frames, utterance_norm
+
+        feats = utterance_norm(feats, clip_frames(waves, hop, feats.shape[-1]), cfg.n_mels)
+    return feats
 
 
 def _row_bytes(cfg: PreprocessConfig) -> dict[Modality, int]:
@@ -251,17 +256,27 @@ class Preprocessor:
         filled = [v if ok else blank for v, ok in zip(values, present, strict=True)]
         return self._tools[key](filled), present
 
-    def audio_warps(self, strength: float) -> dict[str, Any]:
-        """A training-time `SpectralWarp` for each scratch audio input (pretrained audio encoders are left alone)."""
-        from polymodal.preprocess.augment import SpectralWarp
+    def audio_warps(self, train: Any) -> dict[str, Any]:
+        """The training-time augmentation of each scratch audio input from the train section (pretrained audio
+        encoders are left alone): a `SpectralWarp` (train.audio_warp), or with speed perturbation or SpecAugment masks
+        an `AudioAugment` doing all of them. A number instead of the section: that warp strength alone."""
+        from polymodal.preprocess.augment import AudioAugment, SpectralWarp
 
         cfg = self.config
-        return {
-            name: SpectralWarp(self.state[name]["mean"], self.state[name]["std"], cfg.n_mels, cfg.n_mfcc,
-                               cfg.sample_rate, strength)
-            for name, m in self.schema.inputs.items()
-            if m is Modality.AUDIO and name not in cfg.pretrained and strength > 0
-        }  # fmt: skip
+        keys = ("speed", "freq_masks", "freq_width", "time_masks", "time_width")
+        extra = {} if isinstance(train, int | float) else {k: getattr(train, f"audio_{k}") for k in keys}
+        strength = train if isinstance(train, int | float) else train.audio_warp
+        out = {}
+        for name, m in self.schema.inputs.items():
+            if m is not Modality.AUDIO or name in cfg.pretrained:
+                continue
+            args = (self.state[name]["mean"], self.state[name]["std"], cfg.n_mels, cfg.n_mfcc, cfg.sample_rate)
+            augment = AudioAugment(*args, strength, **extra)
+            if augment.speed > 0 or augment.freq_masks > 0 or augment.time_masks > 0:
+                out[name] = augment
+            elif strength > 0:
+                out[name] = SpectralWarp(*args, strength)
+        return out
 
     def video_augmenters(self) -> dict[str, Any]:
         """A training-time `ClipAugment` for each video's frames: temporal jitter, image augmentation per clip."""

@@ -75,3 +75,79 @@ class SpectralWarp:
         n = x.shape[0]
         draw = lambda: torch.exp((torch.rand(n, device=x.device) * 2 - 1) * self.strength)  # noqa: E731
         return self.warp(x, draw(), draw())
+
+
+class AudioAugment(SpectralWarp):
+    """Speaker-robust augmentation of a batch of scratch audio features for training, in this order:
+
+    - speed perturbation (Ko et al. 2015): each clip played `rate` times as fast, rate uniform in 1 +- `speed`:
+      its frames squeezed in time and every frequency scaled by the same rate (a faster, higher voice);
+    - the spectral warp of `SpectralWarp` (`strength`, train.audio_warp), composed with the speed's frequency scale;
+    - SpecAugment (Park et al. 2019): `freq_masks` bands of up to `freq_width` mel bands each set to the clip's mean
+      log-mel (the MFCC rows recomputed from them), then `time_masks` spans of up to `time_width` frames set to the
+      mean of the training features (0 once standardized).
+
+    With everything at 0 it returns the batch unchanged."""
+
+    def __init__(
+        self,
+        mean: Any,
+        std: Any,
+        n_mels: int,
+        n_mfcc: int,
+        sample_rate: int,
+        strength: float = 0.0,
+        speed: float = 0.0,
+        freq_masks: int = 0,
+        freq_width: int = 8,
+        time_masks: int = 0,
+        time_width: int = 10,
+    ):
+        super().__init__(mean, std, n_mels, n_mfcc, sample_rate, strength)
+        self.speed, self.freq_masks, self.freq_width = float(speed), int(freq_masks), int(freq_width)
+        self.time_masks, self.time_width = int(time_masks), int(time_width)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        n, dev = x.shape[0], x.device
+        uniform = lambda limit: (torch.rand(n, device=dev) * 2 - 1) * limit  # noqa: E731
+        if self.strength > 0 or self.speed > 0:
+            rate = 1 + uniform(self.speed)
+            x = self.warp(x, torch.exp(uniform(self.strength)) * rate, torch.exp(uniform(self.strength)))
+            if self.speed > 0:
+                x = stretch_time(x, rate)
+        if self.freq_masks > 0 and self.freq_width > 0:
+            x = self.mask_bands(x)
+        if self.time_masks > 0 and self.time_width > 0:
+            keep = ~_spans(n, x.shape[-1], self.time_masks, self.time_width, dev)
+            x = x * keep[:, None, :].to(x.dtype)
+        return x
+
+    def mask_bands(self, x: torch.Tensor) -> torch.Tensor:
+        dev, dt = x.device, x.dtype
+        mean, std, dct = (t.to(dev, dt) for t in (self.mean, self.std, self.dct))
+        log_mel = (x * std + mean)[:, : self.n_mels]
+        masked = _spans(x.shape[0], self.n_mels, self.freq_masks, self.freq_width, dev)[:, :, None]
+        fill = log_mel.mean(dim=(1, 2), keepdim=True)
+        log_mel = torch.where(masked, fill, log_mel)
+        mfcc = torch.einsum("km,bmt->bkt", dct, log_mel)
+        return (torch.cat([log_mel, mfcc], dim=1) - mean) / std
+
+
+def stretch_time(x: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
+    """Each clip's frames read `rate` times as fast (linear interpolation; past the end, its last frame)."""
+    t = x.shape[-1]
+    pos = (torch.arange(t, device=x.device, dtype=x.dtype)[None, :] * rate[:, None].to(x.dtype)).clamp(max=t - 1)
+    lo = pos.floor().long()
+    hi = (lo + 1).clamp(max=t - 1)
+    frac = (pos - lo.to(x.dtype))[:, None, :]
+    a = torch.gather(x, 2, lo[:, None, :].expand(-1, x.shape[1], -1))
+    b = torch.gather(x, 2, hi[:, None, :].expand(-1, x.shape[1], -1))
+    return a + frac * (b - a)
+
+
+def _spans(n: int, size: int, count: int, width: int, device: Any) -> torch.Tensor:
+    """(n, size) True inside `count` random spans per row, each of a width uniform in [0, width]."""
+    w = torch.randint(0, width + 1, (n, count, 1), device=device)
+    start = (torch.rand(n, count, 1, device=device) * (size - w + 1).clamp(min=1)).long()
+    idx = torch.arange(size, device=device)[None, None, :]
+    return ((idx >= start) & (idx < start + w)).any(dim=1)

@@ -211,7 +211,7 @@ class MultimodalRetriever(TreeSettings):
         torch.manual_seed(self.train_config.seed)
         self.net = self._network(preprocessor.input_specs())
         images = [c for c, m in self.schema.columns.items() if m is Modality.IMAGE and train_x.inputs[c].ndim == 4]
-        warps = preprocessor.audio_warps(self.train_config.audio_warp)
+        warps = preprocessor.audio_warps(self.train_config)
         result = train_align(
             self.net,
             self.target,
