@@ -511,7 +511,7 @@ def main() -> None:
                 server.stop()
     result = {
         "benchmark": "serve_load",
-        "command": "nice -n 0 python benchmarks/serve_load.py" + (" --quick" if args.quick else ""),
+        "command": f"nice -n {os.nice(0)} python benchmarks/serve_load.py" + (" --quick" if args.quick else ""),
         "what": "single-instance JSON requests with every modality (PNG 16x16, WAV 0.25 s at 8 kHz, caption, price, "
         "shade) on 127.0.0.1; early fusion, scratch encoders of default size, 32 px images, 8 kHz audio; defaults "
         "of polymodal serve (adaptive batching up to 32 rows, one model thread, one worker unless stated); the peer "

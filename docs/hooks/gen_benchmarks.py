@@ -329,7 +329,7 @@ def scale_rows(d: dict) -> str:
 def serve_load(d: dict) -> str:
     rows = [
         [
-            r["batching"],
+            r.get("server", r.get("batching")),
             r["load"],
             r["requests"],
             _f(r["throughput_rps"], 1),
@@ -341,8 +341,32 @@ def serve_load(d: dict) -> str:
         ]
         for r in d["load"]
     ]
-    header = ["micro-batching", "load", "requests", "answered/s", "p50 ms", "p95 ms", "p99 ms", "errors"]
-    return _table(header + ["rows per pass"], rows)
+    header = ["server", "load", "requests", "answered/s", "p50 ms", "p95 ms", "p99 ms", "errors", "rows per pass"]
+    out = _table(header, rows)
+    if "goals_measured" in d:  # the goals of each polymodal runtime, and how it compares with the peer
+        g = d["goals"]
+        goal_rows = []
+        for name, m in d["goals_measured"].items():
+            got, met = m["measured"], m["met"]
+            peer = d.get("versus_peer", {}).get(name, {})
+
+            def cell(key: str, digits: int = 1) -> str:
+                return f"{_f(float(got[key]), digits)} ({'met' if met[key] else 'not met'})"  # noqa: B023
+
+            goal_rows.append([
+                name, cell("p50_ms_at_10_rps"), cell("p99_ms_at_100_rps"), cell("saturation_rps", 0),
+                f"{got['errors']} ({'met' if met['errors'] else 'not met'})",
+                f"{_f(peer.get('p50_at_10_rps_x_faster'), 1)}x / {_f(peer.get('p99_at_100_rps_x_faster'), 1)}x / "
+                f"{_f(peer.get('saturation_x_more'), 1)}x",
+            ])  # fmt: skip
+        header = [
+            "runtime", f"p50 ms at 10 req/s (goal <= {g['p50_ms_at_10_rps']:g})",
+            f"p99 ms at 100 req/s (goal < {g['p99_ms_at_100_rps']:g})",
+            f"saturation req/s (goal >= {g['saturation_rps']:g})", "errors (goal 0)",
+            "vs peer: p50 / p99 faster, saturation more",
+        ]  # fmt: skip
+        out += "\n\n" + _table(header, goal_rows)
+    return out
 
 
 def sort_of_clevr(d: dict) -> str:

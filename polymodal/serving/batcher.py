@@ -67,16 +67,17 @@ class MicroBatcher:
         """Seconds until the rows admitted now are answered, at the recent pace; at least one."""
         return max(1, round(self.admitted / self._rows_per_s)) if self._rows_per_s > 0 else 1
 
-    def full(self) -> bool:
-        """No request of even one row would be admitted now."""
-        return self.admitted >= self.max_queue
+    def refusal(self, rows: int = 1) -> QueueFull | None:
+        """Why a request of `rows` rows may not be admitted now, or None. A request alone is always admitted
+        (however many rows it has, the instance limit bounds it)."""
+        if self.admitted and self.admitted + rows > self.max_queue:
+            return QueueFull(f"{self.admitted} rows are already admitted (limit {self.max_queue})", self.retry_after())
+        return None
 
     def reserve(self, rows: int) -> None:
-        """Admit a request of `rows` rows, or raise QueueFull. A request alone is always admitted (however many
-        rows it has, the instance limit bounds it)."""
-        if self.admitted and self.admitted + rows > self.max_queue:
-            msg = f"{self.admitted} rows are already admitted (limit {self.max_queue})"
-            raise QueueFull(msg, self.retry_after())
+        """Admit a request of `rows` rows, or raise QueueFull."""
+        if (refused := self.refusal(rows)) is not None:
+            raise refused
         self.admitted += rows
 
     def release(self, rows: int) -> None:

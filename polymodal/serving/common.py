@@ -7,6 +7,7 @@ No `from __future__ import annotations`: FastAPI reads the endpoint annotations 
 
 import hashlib
 import hmac
+import itertools
 import logging
 import os
 import re
@@ -87,6 +88,39 @@ def error_response(
     return FastJSONResponse(body, status_code=status, headers=headers)
 
 
+def queue_full_response(exc: QueueFull) -> JSONResponse:
+    """503 at once, before any work on the request: a flood gets quick refusals, not a pile-up of timeouts."""
+    headers = {"Retry-After": str(exc.retry_after)}
+    return error_response(503, f"the server is busy: {exc}; retry after {exc.retry_after} s", headers=headers)
+
+
+def answer_errors(handler: Callable[[bytes], Any]) -> Callable:
+    """An ASGI app for a POST endpoint outside FastAPI's routing: reads the body, awaits `handler(body)` for a
+    Response, and answers the errors as the app's exception handlers would."""
+
+    async def app(scope, receive, send) -> None:
+        chunks = []
+        try:
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return  # the client went away
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
+            response = await handler(b"".join(chunks))
+        except RequestError as e:
+            response = FastJSONResponse(e.body(), status_code=e.status)
+        except QueueFull as e:
+            response = queue_full_response(e)
+        except HTTPException as e:
+            limit = getattr(e, "limit", None)
+            response = error_response(e.status_code, str(e.detail), limit=limit, headers=e.headers)
+        await response(scope, receive, send)
+
+    return app
+
+
 @cache
 def _swagger_asset(name: str) -> bytes:
     """Swagger UI's files, shipped inside the fastapi-offline package, so /docs works with no internet."""
@@ -107,10 +141,15 @@ class ServingMiddleware:
         api_key: str | None,
         endpoints: set[str],
         public_docs: bool = False,
-        shed: Callable[[str], int | None] | None = None,
+        shed: Callable[[str], QueueFull | None] | None = None,
+        routes: dict[tuple[str, str], Any] | None = None,
     ):
         self.app, self.metrics, self.max_body, self.endpoints = app, metrics, max_body, endpoints
-        # path -> seconds to retry after when the request must be refused now (overload), else None
+        # (method, path) -> an ASGI app answering it directly (the hot endpoint, without FastAPI's routing)
+        self.routes = routes or {}
+        # Request ids: unique per process start, and cheaper than a uuid4 (a getrandom call) per request.
+        self.id_prefix, self.ids = uuid.uuid4().hex[:12] + "-", itertools.count()
+        # path -> the refusal when a request there must be refused now (overload), else None
         self.shed = shed
         # Keys are compared as SHA-256 digests with hmac.compare_digest: constant time, and length-independent.
         self.key_digest = hashlib.sha256(api_key.encode()).digest() if api_key else None
@@ -135,7 +174,7 @@ class ServingMiddleware:
         path, method = scope["path"], scope["method"]
         headers = dict(scope["headers"])
         rid = headers.get(b"x-request-id", b"").decode("latin-1")
-        rid = rid if _REQUEST_ID.match(rid) else uuid.uuid4().hex
+        rid = rid if _REQUEST_ID.match(rid) else f"{self.id_prefix}{next(self.ids):x}"
         status, received = 500, 0
         length = headers.get(b"content-length")
 
@@ -166,16 +205,15 @@ class ServingMiddleware:
             elif length is not None and int(length) > self.max_body:
                 msg = f"the request body is {int(length)} bytes, above the limit of {self.max_body}"
                 early = error_response(413, msg, limit=self.max_body, headers={"Connection": "close"})
-            elif self.shed is not None and (retry := self.shed(path)) is not None:
+            elif self.shed is not None and (full := self.shed(path)) is not None:
                 # Overloaded: refused here, before routing or parsing, so that refusals cost next to nothing.
-                msg = f"the server is busy: its queue is full; retry after {retry} s"
-                early = error_response(503, msg, headers={"Retry-After": str(retry)})
+                early = queue_full_response(full)
             if early is not None:
                 # Read what is cheap to read (up to twice the limit) so the client surely gets this answer.
                 if length is None or (length.isdigit() and int(length) <= 2 * self.max_body):
                     await _drain(receive, 2 * self.max_body)
                 return await early(scope, receive, send_logged)
-            await self.app(scope, receive_limited, send_logged)
+            await self.routes.get((method, path), self.app)(scope, receive_limited, send_logged)
         finally:
             self.metrics.in_flight.dec()
             seconds = time.perf_counter() - started
@@ -217,9 +255,7 @@ def new_app(
 
     @app.exception_handler(QueueFull)
     async def on_queue_full(request: Request, exc: QueueFull) -> JSONResponse:
-        # At once, before any work on the request: a flood gets quick refusals, not a pile-up of timeouts.
-        headers = {"Retry-After": str(exc.retry_after)}
-        return error_response(503, f"the server is busy: {exc}; retry after {exc.retry_after} s", headers=headers)
+        return queue_full_response(exc)
 
     # ---- the docs, served from here (no CDN) -------------------------------------------------------------------
     @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
@@ -290,13 +326,15 @@ def guard(
     max_body: int,
     api_key: str | None,
     public_docs: bool = False,
-    shed: Callable[[str], int | None] | None = None,
+    shed: Callable[[str], QueueFull | None] | None = None,
+    routes: dict[tuple[str, str], Any] | None = None,
 ) -> None:
     """Wrap the app, once every route is added, in the ServingMiddleware (the one place for the API key check, the
-    body-size limit and load shedding), and keep the metrics on app.state."""
+    body-size limit and load shedding), and keep the metrics on app.state. `routes`: (method, path) -> an ASGI app
+    answering it directly, past FastAPI (a route of the same path documents it)."""
     endpoints = {r.path for r in app.routes if hasattr(r, "path")}
     app.add_middleware(
         ServingMiddleware, metrics=metrics, max_body=max_body, api_key=api_key, endpoints=endpoints,
-        public_docs=public_docs, shed=shed,
+        public_docs=public_docs, shed=shed, routes=routes,
     )  # fmt: skip
     app.state.metrics = metrics
