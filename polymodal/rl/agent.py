@@ -29,28 +29,35 @@ from polymodal.config import RLConfig
 from polymodal.errors import UserError
 from polymodal.files import atomic_folder
 from polymodal.model.artifact import read_json, save_safetensors, write_json
+from polymodal.rl.curves import curve_callback, plot_diagnostics, plot_runs, run_episodes
 from polymodal.rl.extractor import MultimodalExtractor, ObservationError, plan_inputs, vocabulary_from_model
 from polymodal.rl.wrappers import AsDict, BagOfWords, DropKeys, TextTokens, Vocabulary, sample_texts, text_keys
 
-POLICY_WEIGHTS, POLICY_JSON, VOCAB, METRICS, CURVE, TRANSFER = (
-    "policy.safetensors", "policy.json", "vocab.json", "metrics.json", "curve.png", "transfer_model",
+POLICY_WEIGHTS, POLICY_JSON, VOCAB, METRICS, CURVE, DIAGNOSTICS, TRANSFER = (
+    "policy.safetensors", "policy.json", "vocab.json", "metrics.json", "curve.png", "diagnostics.png",
+    "transfer_model",
 )  # fmt: skip
 FORMAT = "polymodal-rl/1"
 
 # Which action spaces each algorithm can act in (SB3's own limits).
 ACTION_SPACES: dict[str, tuple[type[spaces.Space], ...]] = {
     "dqn": (spaces.Discrete,),
+    "qrdqn": (spaces.Discrete,),
     "ppo": (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary),
 }
 # Defaults that learn small grid worlds (MiniGrid/BabyAI) in tens of thousands of steps; any can be overridden.
+# DQN: see docs/guide/rl.md#dqn-that-keeps-what-it-learns for the diagnosis behind them.
+_DQN = {"learning_rate": 5e-4, "buffer_size": 100_000, "learning_starts": 1_000, "batch_size": 64, "gamma": 0.95,
+        "train_freq": 4, "target_update_interval": 1_000, "exploration_fraction": 0.3,
+        "exploration_final_eps": 0.05, "max_grad_norm": 1.0}  # fmt: skip
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "dqn": {"learning_rate": 5e-4, "buffer_size": 50_000, "learning_starts": 1_000, "batch_size": 64, "gamma": 0.95,
-            "train_freq": 4, "target_update_interval": 500, "exploration_fraction": 0.3,
-            "exploration_final_eps": 0.02},
+    "dqn": _DQN,
+    "qrdqn": {**_DQN, "max_grad_norm": 10.0},
     "ppo": {"learning_rate": 7e-4, "n_steps": 128, "batch_size": 256, "n_epochs": 4, "gamma": 0.95,
             "gae_lambda": 0.95, "ent_coef": 0.01, "clip_range": 0.2},
 }  # fmt: skip
-DEFAULT_ENVS = {"dqn": 1, "ppo": 8}
+DEFAULT_ENVS = {"dqn": 1, "qrdqn": 1, "ppo": 8}
+VALUE_BASED = ("dqn", "qrdqn")
 
 
 class RLSetupError(UserError):
@@ -71,6 +78,15 @@ class AgentConfig(RLConfig):
         if not self.env_id:
             raise RLSetupError("name the environment: --env ENV_ID (rl.env_id), e.g. BabyAI-GoToLocalS6N2-v0")
         self.n_envs = self.n_envs or DEFAULT_ENVS[self.algo]
+        value_based = self.algo in VALUE_BASED
+        if self.encoder_lr_scale is None:
+            self.encoder_lr_scale = 0.1 if value_based else 1.0
+        if self.fused_norm is None:
+            self.fused_norm = value_based
+        if self.cnn_norm is None:
+            self.cnn_norm = "group" if value_based else "batch"
+        if self.cnn_norm not in ("batch", "group", "none"):
+            raise RLSetupError(f"cnn_norm must be batch, group or none, not {self.cnn_norm!r}")
 
     def params(self) -> dict[str, Any]:
         return {**DEFAULTS[self.algo], **self.hyperparameters}
@@ -151,7 +167,7 @@ def policy_kwargs(cfg: AgentConfig, model_dir: str | None = None) -> dict[str, A
         kwargs["features_extractor_kwargs"] = {
             "fusion": cfg.fusion, "embed_dim": cfg.embed_dim, "hidden": cfg.hidden, "modalities": cfg.modalities,
             "encoder_kwargs": cfg.encoder_kwargs, "model": model_dir or cfg.model, "transfer": cfg.transfer,
-            "freeze": cfg.freeze,
+            "freeze": cfg.freeze, "fused_norm": cfg.fused_norm, "cnn_norm": cfg.cnn_norm,
         }  # fmt: skip
     return kwargs
 
@@ -169,90 +185,25 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _algo(name: str):
-    from stable_baselines3 import DQN, PPO
+def build_algorithm(cfg: AgentConfig, env: Any, params: dict[str, Any], device: str = "auto", model_dir=None) -> Any:
+    """The SB3 algorithm of `cfg.algo`: PPO as it is, DQN / QR-DQN as polymodal's subclasses (polymodal.rl.dqn)."""
+    kwargs = {"policy_kwargs": policy_kwargs(cfg, model_dir), "seed": cfg.seed, "device": device, "verbose": 0}
+    if cfg.algo == "ppo":
+        from stable_baselines3 import PPO
 
-    return {"dqn": DQN, "ppo": PPO}[name]
+        return PPO("MultiInputPolicy", env, **kwargs, **params)
+    if cfg.algo == "dqn":
+        from polymodal.rl.dqn import FusedDQN, FusedDQNPolicy
 
+        return FusedDQN(FusedDQNPolicy, env, double_q=cfg.double_q, encoder_lr_scale=cfg.encoder_lr_scale,
+                        **kwargs, **params)  # fmt: skip
+    from polymodal.rl.dqn import fused_qrdqn_class
 
-# ---- evaluation -------------------------------------------------------------------------------------------
-def run_episodes(
-    model: Any, make: Callable[[], gym.Env], episodes: int, seed: int = 1_000_000, batch: int = 50
-) -> dict[str, float]:
-    """Deterministic actions for `episodes` seeded episodes (episode i resets with seed + i), `batch` envs stepped
-    together so the policy runs on batches. Success: the env's `is_success` when it reports one, otherwise a
-    positive final reward at termination (MiniGrid/BabyAI reward only success)."""
-    returns, successes, lengths = [], [], []
-    envs = [make() for _ in range(min(batch, episodes))]
-    for start in range(0, episodes, len(envs)):
-        active = {j: envs[j].reset(seed=seed + start + j)[0] for j in range(min(len(envs), episodes - start))}
-        total, steps = dict.fromkeys(active, 0.0), dict.fromkeys(active, 0)
-        while active:
-            idx = list(active)
-            obs = {k: np.stack([active[j][k] for j in idx]) for k in active[idx[0]]}
-            actions, _ = model.predict(obs, deterministic=True)
-            for j, action in zip(idx, actions, strict=True):
-                o, reward, terminated, truncated, info = envs[j].step(action)
-                total[j], steps[j] = total[j] + float(reward), steps[j] + 1
-                if terminated or truncated:
-                    del active[j]
-                    ok = info.get("is_success", terminated and float(reward) > 0)
-                    returns.append(total[j]), successes.append(float(bool(ok))), lengths.append(steps[j])
-                else:
-                    active[j] = o
-    return {"success_rate": float(np.mean(successes)), "mean_return": float(np.mean(returns)),
-            "mean_length": float(np.mean(lengths)), "episodes": episodes}  # fmt: skip
-
-
-def _curve_callback(
-    make_eval_env: Callable[[], gym.Env], cfg: AgentConfig, history: list[dict], on_eval: Callable[[dict], None] | None
-):
-    from stable_baselines3.common.callbacks import BaseCallback
-
-    class Curve(BaseCallback):
-        """Evaluate every `eval_every` steps (and at step 0), appending to `history`."""
-
-        def _on_training_start(self) -> None:
-            self.next, self.t0 = 0, time.perf_counter()
-            self._evaluate()
-
-        def _evaluate(self) -> None:
-            r = run_episodes(self.model, make_eval_env, cfg.eval_episodes, seed=2_000_000)
-            history.append({"steps": int(self.num_timesteps), "seconds": time.perf_counter() - self.t0, **r})
-            if on_eval:
-                on_eval(history[-1])
-            self.next = self.num_timesteps + cfg.eval_every
-
-        def _on_step(self) -> bool:
-            if self.num_timesteps >= self.next:
-                self._evaluate()
-            return True
-
-        def _on_training_end(self) -> None:
-            if history[-1]["steps"] != self.num_timesteps:
-                self._evaluate()
-
-    return Curve()
-
-
-def plot_curve(curves: dict[str, list[dict]], path: Path, title: str = "") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    for name, h in curves.items():
-        a.plot([p["steps"] for p in h], [p["success_rate"] for p in h], marker=".", label=name)
-        b.plot([p["steps"] for p in h], [p["mean_return"] for p in h], marker=".", label=name)
-    a.set(xlabel="environment steps", ylabel="success rate", ylim=(-0.02, 1.02), title=title or "success")
-    b.set(xlabel="environment steps", ylabel="mean return", title="return")
-    for ax in (a, b):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        qrdqn = fused_qrdqn_class()
+    except ImportError as e:
+        raise RLSetupError(f"algo qrdqn needs sb3-contrib: pip install sb3-contrib ({e})") from e
+    return qrdqn(qrdqn.policy_class, env, encoder_lr_scale=cfg.encoder_lr_scale, **kwargs, **params)
 
 
 # ---- training, saving, loading ----------------------------------------------------------------------------
@@ -263,6 +214,7 @@ class Agent:
     vocab: Vocabulary | None
     history: list[dict] = field(default_factory=list)
     train_seconds: float = 0.0
+    diagnostics: list[dict] = field(default_factory=list)  # DQN: Q values, TD error, gradients, buffer vs steps
 
     def make_env(self) -> gym.Env:
         return make_env(self.config, self.vocab)
@@ -300,10 +252,16 @@ class Agent:
             if self.vocab is not None:
                 write_json(tmp / VOCAB, self.vocab.to_dict())
             final = self.history[-1] if self.history else {}
-            write_json(tmp / METRICS, {"history": self.history, "final": final})
+            write_json(tmp / METRICS, {"history": self.history, "final": final, "diagnostics": self.diagnostics})
             if self.history:
-                plot_curve({f"{cfg.algo} ({cfg.fusion})": self.history}, tmp / CURVE, cfg.env_id)
+                plot_runs({f"{cfg.algo} ({cfg.fusion})": self.run_record()}, tmp / CURVE, cfg.env_id)
+            if self.diagnostics:
+                plot_diagnostics(self.diagnostics, tmp / DIAGNOSTICS, f"{cfg.algo} on {cfg.env_id}", self.history)
         return Path(folder).resolve()
+
+    def run_record(self) -> dict[str, Any]:
+        """What the report draws: the evaluation curve and the diagnostics."""
+        return {"history": self.history, "diagnostics": self.diagnostics}
 
     @classmethod
     def load(cls, folder: str | Path, device: str = "auto") -> Agent:
@@ -322,17 +280,16 @@ class Agent:
         vocab = Vocabulary.from_dict(read_json(folder / VOCAB)) if (folder / VOCAB).exists() else None
         stand_in = _SpacesEnv(space_from_dict(meta["observation_space"]), space_from_dict(meta["action_space"]))
         params = dict(meta["hyperparameters"])
-        if cfg.algo == "dqn":
+        if cfg.algo in VALUE_BASED:
             params["buffer_size"] = 1  # the replay buffer is for training only
-        model = _algo(cfg.algo)(
-            "MultiInputPolicy", stand_in, policy_kwargs=policy_kwargs(cfg), seed=cfg.seed, device=device, **params
-        )
+        model = build_algorithm(cfg, stand_in, params, device)
         state = load_file(str(folder / POLICY_WEIGHTS))
         state.update({alias: state[name] for alias, name in meta.get("weight_aliases", {}).items()})
         model.policy.load_state_dict(state, strict=True)
         model.policy.set_training_mode(False)
-        history = read_json(folder / METRICS)["history"] if (folder / METRICS).exists() else []
-        return cls(cfg, model, vocab, history, meta.get("train_seconds", 0.0))
+        metrics = read_json(folder / METRICS) if (folder / METRICS).exists() else {}
+        return cls(cfg, model, vocab, metrics.get("history", []), meta.get("train_seconds", 0.0),
+                   metrics.get("diagnostics", []))  # fmt: skip
 
 
 def train(
@@ -349,16 +306,14 @@ def train(
     probe = make_env(cfg, vocab)
     check_setup(cfg, probe)
     vec = make_vec_env(lambda: make_env(cfg, vocab), n_envs=cfg.n_envs, seed=cfg.seed)
-    model = _algo(cfg.algo)(
-        "MultiInputPolicy", vec, policy_kwargs=policy_kwargs(cfg), seed=cfg.seed, device=device, verbose=0,
-        **cfg.params(),
-    )  # fmt: skip
+    model = build_algorithm(cfg, vec, cfg.params(), device)
     history: list[dict] = []
+    diagnostics: list[dict] = []
     t0 = time.perf_counter()
     with torch_threads(cfg.threads):
-        model.learn(cfg.steps, callback=_curve_callback(lambda: make_env(cfg, vocab), cfg, history, on_eval),
-                    progress_bar=progress_bar)  # fmt: skip
-    agent = Agent(cfg, model, vocab, history, time.perf_counter() - t0)
+        callback = curve_callback(lambda: make_env(cfg, vocab), cfg, history, on_eval, diagnostics)
+        model.learn(cfg.steps, callback=callback, progress_bar=progress_bar)
+    agent = Agent(cfg, model, vocab, history, time.perf_counter() - t0, diagnostics)
     model.policy.set_training_mode(False)
     return agent
 

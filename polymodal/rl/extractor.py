@@ -34,7 +34,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
 from polymodal.data.schema import Modality
-from polymodal.encoders import build_encoder
+from polymodal.encoders import ImageCNN, build_encoder
 from polymodal.errors import UserError
 from polymodal.fusion import FUSIONS, build_fusion
 from polymodal.model.network import module_keys
@@ -211,6 +211,43 @@ RL_ENCODER_DEFAULTS: dict[Modality, dict[str, Any]] = {
 }
 
 
+# What replaces the scratch CNNs' BatchNorm: "batch" keeps it; "group" one group per channel map's layer norm
+# (GroupNorm(1, c), the same in training and acting); "none" drops it. BatchNorm acts on running statistics but
+# learns on the batch's, a gap that bootstrapped Q targets can amplify.
+CNN_NORMS = ("batch", "group", "none")
+
+
+class _CodesCNN(ImageCNN):
+    """ImageCNN over symbolic cells, the same weights computed faster for RL's many small batches: a cell's summed
+    code embeddings as a multi-hot row times the embedding table (an embedding's backward scatters every lookup one
+    by one), and no pooling when the grid is the map's own size."""
+
+    def _cells(self, x: torch.Tensor) -> torch.Tensor:
+        ids = x.round().long().clamp(0, self.codes - 1) + self.code_offset[None, :, None, None]
+        hot = torch.zeros(x.shape[0], x.shape[2], x.shape[3], self.cell_embed.num_embeddings, device=x.device)
+        hot.scatter_(3, ids.permute(0, 2, 3, 1), 1.0)
+        return (hot @ self.cell_embed.weight).permute(0, 3, 1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fmap = self.features(self._cells(x))
+        if tuple(fmap.shape[-2:]) != (self.pool.output_size,) * 2:
+            fmap = self.pool(fmap)
+        return self.proj(fmap)
+
+
+def _renorm(encoder: nn.Module, how: str) -> nn.Module:
+    if type(encoder) is ImageCNN and encoder.codes and isinstance(encoder.pool.output_size, int):
+        encoder.__class__ = _CodesCNN  # same module tree and state dict, faster forward and backward
+    if how == "batch":
+        return encoder
+    for name, child in list(encoder.named_children()):
+        if isinstance(child, nn.BatchNorm2d):
+            setattr(encoder, name, nn.GroupNorm(1, child.num_features) if how == "group" else nn.Identity())
+        else:
+            _renorm(child, how)
+    return encoder
+
+
 class MultimodalExtractor(BaseFeaturesExtractor):
     """SB3 features extractor: one polymodal encoder per observation key, then a polymodal fusion.
 
@@ -230,9 +267,13 @@ class MultimodalExtractor(BaseFeaturesExtractor):
         model: str | None = None,
         transfer: dict[str, str] | None = None,
         freeze: bool = True,
+        fused_norm: bool = False,
+        cnn_norm: str = "batch",
     ):
         if fusion not in FUSIONS:
             raise ObservationError(f"unknown fusion {fusion!r}; choose one of {sorted(FUSIONS)}")
+        if cnn_norm not in CNN_NORMS:
+            raise ObservationError(f"unknown cnn_norm {cnn_norm!r}; choose one of {sorted(CNN_NORMS)}")
         plans = plan_inputs(observation_space, modalities)
         # A token-level fusion reads each encoder's tokens (`forward_tokens`), as in the table model's network.
         tokens = bool(FUSIONS[fusion].consumes_tokens)
@@ -243,11 +284,18 @@ class MultimodalExtractor(BaseFeaturesExtractor):
         for k, plan in plans.items():
             dim = loaded[k].dim if k in loaded else embed_dim
             spec = {**plan.spec, **RL_ENCODER_DEFAULTS[plan.modality], **(encoder_kwargs or {}).get(k, {})}
-            encoders[keys[k]] = loaded.get(k) or build_encoder(plan.modality, spec, dim, tokens=tokens)
+            built = loaded.get(k) or build_encoder(plan.modality, spec, dim, tokens=tokens)
+            encoders[keys[k]] = built if k in loaded else _renorm(built, cnn_norm)
         dims = {keys[k]: encoders[keys[k]].dim for k in names}
         # Late fusion returns "logits": here its outputs are the features, so it gets `hidden` outputs.
         fused = build_fusion(fusion, dims, hidden, hidden=hidden, dropout=0.0)
-        super().__init__(observation_space, features_dim=fused.out_dim or hidden)
+        width = fused.out_dim or hidden
+        super().__init__(observation_space, features_dim=width)
+        # A LayerNorm after the fusion keeps the Q head's input on one scale whatever each encoder's drifts to.
+        self.fused_norm = nn.LayerNorm(width) if fused_norm else nn.Identity()
+        # Token ids -> pooled text embedding of the rows seen since the encoder's weights last changed (see _text).
+        self._text_cache: dict[str, tuple[tuple[float, ...], dict[bytes, torch.Tensor]]] = {}
+        self._text_params: dict[str, list[torch.Tensor]] = {}
         self.names, self.keys, self.plans, self.tokens = names, keys, plans, tokens
         # Symbolic views in a uint8 Box: SB3 divides them by 255, `_adapt` multiplies back (decided once, here).
         self.rescaled = {
@@ -306,14 +354,45 @@ class MultimodalExtractor(BaseFeaturesExtractor):
             x = torch.cat([x, torch.zeros(x.shape[0], plan.flags, dtype=x.dtype, device=x.device)], dim=1)
         return x
 
+    def _text(self, key: str, encoder: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+        """The pooled embedding of token ids, each distinct row encoded once. A mission rarely changes within an
+        episode and a replay batch holds few distinct ones: with gradients, the distinct rows are encoded and
+        scattered back; without (acting, TD targets), rows are also remembered while the weights stay the same."""
+        if ids.shape[0] == 1 and not torch.is_grad_enabled():
+            uniq, inverse = ids, None
+        else:
+            uniq, inverse = torch.unique(ids, dim=0, return_inverse=True)
+        if torch.is_grad_enabled():
+            out = encoder(uniq)
+            return out if inverse is None else out[inverse]
+        params = self._text_params.setdefault(key, list(encoder.parameters()))
+        # The weights' fingerprint: version counters miss fused optimizers and SB3's `.data` target updates.
+        version = tuple(torch.stack([p.sum() for p in params]).tolist())
+        seen_version, seen = self._text_cache.get(key, ((), {}))
+        if seen_version != version or len(seen) > 4096:
+            seen = {}
+            self._text_cache[key] = (version, seen)
+        rows = [r.tobytes() for r in uniq.cpu().numpy()]
+        todo = [i for i, r in enumerate(rows) if r not in seen]
+        if todo:
+            for i, e in zip(todo, encoder(uniq[todo]), strict=True):
+                seen[rows[i]] = e
+        out = torch.stack([seen[r] for r in rows])
+        return out if inverse is None else out[inverse]
+
     def forward(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
         emb = {}
         for k in self.names:
             encoder, x = self.encoders[self.keys[k]], self._adapt(k, observations[k])
-            emb[self.keys[k]] = encoder.forward_tokens(x) if self.tokens else encoder(x)
+            if self.tokens:
+                emb[self.keys[k]] = encoder.forward_tokens(x)
+            elif self.plans[k].modality is Modality.TEXT:
+                emb[self.keys[k]] = self._text(k, encoder, x)
+            else:
+                emb[self.keys[k]] = encoder(x)
         first = next(iter(observations.values()))
         present = torch.ones(first.shape[0], len(self.names), dtype=torch.bool, device=first.device)
-        return self.fusion(emb, present)
+        return self.fused_norm(self.fusion(emb, present))
 
 
 def vocabulary_from_model(folder: str | Path, input_name: str) -> Vocabulary:

@@ -1,0 +1,178 @@
+"""Learning curves of an RL run: periodic evaluation, DQN diagnostics during training, and their figures.
+
+During `train` a callback evaluates the policy every `eval_every` steps (success rate, return, episode length of
+deterministic actions: the run's `history`) and, for DQN / QR-DQN, records every `diagnostics_every` steps the
+training statistics since the last record (Q of the taken actions, TD error, Huber loss, gradient norms of the
+encoders / fusion / Q head) with a probe of the agent now (exploration rate, replay buffer make-up, greedy Q
+values and ties, BatchNorm's training/acting gap): the run's `diagnostics`. `plot_runs` draws several runs side
+by side (`polymodal rl report`), `plot_diagnostics` one run's diagnostics.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+
+def run_episodes(
+    model: Any, make: Callable[[], gym.Env], episodes: int, seed: int = 1_000_000, batch: int = 50
+) -> dict[str, float]:
+    """Deterministic actions for `episodes` seeded episodes (episode i resets with seed + i), `batch` envs stepped
+    together so the policy runs on batches. Success: the env's `is_success` when it reports one, otherwise a
+    positive final reward at termination (MiniGrid/BabyAI reward only success)."""
+    returns, successes, lengths = [], [], []
+    envs = [make() for _ in range(min(batch, episodes))]
+    for start in range(0, episodes, len(envs)):
+        active = {j: envs[j].reset(seed=seed + start + j)[0] for j in range(min(len(envs), episodes - start))}
+        total, steps = dict.fromkeys(active, 0.0), dict.fromkeys(active, 0)
+        while active:
+            idx = list(active)
+            obs = {k: np.stack([active[j][k] for j in idx]) for k in active[idx[0]]}
+            actions, _ = model.predict(obs, deterministic=True)
+            for j, action in zip(idx, actions, strict=True):
+                o, reward, terminated, truncated, info = envs[j].step(action)
+                total[j], steps[j] = total[j] + float(reward), steps[j] + 1
+                if terminated or truncated:
+                    del active[j]
+                    ok = info.get("is_success", terminated and float(reward) > 0)
+                    returns.append(total[j]), successes.append(float(bool(ok))), lengths.append(steps[j])
+                else:
+                    active[j] = o
+    return {"success_rate": float(np.mean(successes)), "mean_return": float(np.mean(returns)),
+            "mean_length": float(np.mean(lengths)), "episodes": episodes}  # fmt: skip
+
+
+def curve_callback(
+    make_eval_env: Callable[[], gym.Env],
+    cfg: Any,
+    history: list[dict],
+    on_eval: Callable[[dict], None] | None = None,
+    diagnostics: list[dict] | None = None,
+):
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    from polymodal.rl.dqn import probe
+
+    class Curve(BaseCallback):
+        """Evaluate every `eval_every` steps (and at step 0), appending to `history`; DQN diagnostics every
+        `diagnostics_every` steps, appended to `diagnostics`."""
+
+        def _on_training_start(self) -> None:
+            self.next, self.t0 = 0, time.perf_counter()
+            self.next_diag = cfg.diagnostics_every
+            self.diagnose = diagnostics is not None and hasattr(self.model, "take_train_stats")
+            self._evaluate()
+
+        def _evaluate(self) -> None:
+            r = run_episodes(self.model, make_eval_env, cfg.eval_episodes, seed=2_000_000)
+            history.append({"steps": int(self.num_timesteps), "seconds": time.perf_counter() - self.t0, **r})
+            if on_eval:
+                on_eval(history[-1])
+            self.next = self.num_timesteps + cfg.eval_every
+
+        def _diagnose(self) -> None:
+            stats = self.model.take_train_stats()
+            point = {"steps": int(self.num_timesteps), **probe(self.model), **stats}
+            diagnostics.append(point)  # type: ignore[union-attr]
+            self.next_diag = self.num_timesteps + cfg.diagnostics_every
+
+        def _on_step(self) -> bool:
+            if self.diagnose and self.num_timesteps >= self.next_diag:
+                self._diagnose()
+            if self.num_timesteps >= self.next:
+                self._evaluate()
+            return True
+
+        def _on_training_end(self) -> None:
+            if history[-1]["steps"] != self.num_timesteps:
+                self._evaluate()
+
+    return Curve()
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+# (key, label) of the curves drawn per run: evaluation points, then diagnostics.
+EVAL_PANELS = [("success_rate", "success rate"), ("mean_return", "mean return"), ("mean_length", "episode length")]
+DIAG_PANELS = [("q_greedy", "greedy Q (replay states)"), ("td_error", "|TD error|")]
+
+
+def plot_runs(runs: dict[str, dict[str, list[dict]]], path: Path, title: str = "") -> None:
+    """Several runs side by side: success, return, episode length (evaluations), greedy Q and TD error
+    (diagnostics, when the runs have them) against environment steps. `runs`: name -> {"history", "diagnostics"}."""
+    plt = _plt()
+    has_diag = any(r.get("diagnostics") for r in runs.values())
+    panels = EVAL_PANELS + (DIAG_PANELS if has_diag else [])
+    cols = 3 if len(panels) > 3 else len(panels)
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
+    for ax, (key, label) in zip(axes.flat, panels, strict=False):
+        source = "diagnostics" if (key, label) in DIAG_PANELS else "history"
+        for name, run in runs.items():
+            points = [p for p in run.get(source) or [] if key in p]
+            if points:
+                marker = "." if source == "history" else None
+                ax.plot([p["steps"] for p in points], [p[key] for p in points], marker=marker, label=name, lw=1.2)
+        ax.set(xlabel="environment steps", ylabel=label)
+        if key == "success_rate":
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_title(title or "success")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+DIAG_GROUPS = [
+    ("Q values", [("q_taken", "Q(s, a) taken"), ("q_greedy", "max Q (replay states)"), ("q_abs_max", "max |Q|")]),
+    ("TD error and loss", [("td_error", "|TD error|"), ("loss", "Huber loss")]),
+    ("gradient norm (before clipping)", [("grad_encoders", "encoders"), ("grad_fusion", "fusion"),
+                                         ("grad_head", "Q head"), ("grad_total", "total")]),
+    ("replay buffer", [("buffer_rewarded", "rewarded (all)"), ("recent_rewarded", "rewarded (last 5k)"),
+                       ("recent_done", "episode ends (last 5k)"), ("recent_top_action", "top action (last 5k)")]),
+    ("acting", [("exploration_rate", "exploration rate"), ("greedy_ties", "greedy ties"),
+                ("greedy_top_action", "top greedy action"), ("bn_mode_disagree", "BatchNorm train/act disagree")]),
+]  # fmt: skip
+
+
+def plot_diagnostics(diagnostics: list[dict], path: Path, title: str = "", history: list[dict] | None = None) -> None:
+    """One run's diagnostics against steps, the success curve first when `history` is given."""
+    plt = _plt()
+    groups = [("success", [("success_rate", "success rate")])] if history else []
+    groups += [(t, [(k, lab) for k, lab in keys if any(k in p for p in diagnostics)]) for t, keys in DIAG_GROUPS]
+    groups = [(t, keys) for t, keys in groups if keys]
+    cols = 3
+    rows = (len(groups) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.4 * rows), squeeze=False)
+    for ax, (group, keys) in zip(axes.flat, groups, strict=False):
+        source = history if group == "success" else diagnostics
+        for key, label in keys:
+            pts = [p for p in source or [] if key in p]
+            ax.plot([p["steps"] for p in pts], [p[key] for p in pts], label=label, lw=1.2)
+        ax.set(xlabel="environment steps", title=group)
+        if group.startswith("gradient"):
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(groups) :]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

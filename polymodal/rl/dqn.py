@@ -1,0 +1,221 @@
+"""DQN for fused observations: a small subclass of SB3's DQN (and of sb3-contrib's QR-DQN), not a fork.
+
+What it adds to SB3's DQN (each one a setting of the `rl` section, see `polymodal.config.RLConfig`):
+  - a Double-DQN target (`double_q`): the online net picks the next action, the target net values it, so the
+    max over noisy estimates does not ratchet the Q values up;
+  - one optimizer with three parameter groups, the encoders at `encoder_lr_scale` x the learning rate of the
+    fusion and the Q head (SB3's learning-rate schedule is applied to every group, times its scale);
+  - the acting policy switches between training and acting mode only when the mode changes (SB3 switches on
+    every rollout, which walks every module of a deep extractor: a quarter of a small agent's time);
+  - diagnostics of every gradient step (Q of the taken actions, TD error, loss, gradient norms per group before
+    clipping), read and reset by `take_train_stats`; `probe` adds the replay buffer's make-up, exploration rate,
+    greedy-action ties and, with BatchNorm, the gap between its training and acting modes.
+Huber loss, gradient clipping (`max_grad_norm`) and soft target updates (`tau`) are SB3's own hyper-parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from stable_baselines3 import DQN
+from stable_baselines3.dqn.policies import MultiInputPolicy as DQNMultiInputPolicy
+
+GROUPS = ("encoders", "fusion", "head")
+
+
+class _ModeOnce:
+    """Policy mixin: `set_training_mode` only when the mode changes."""
+
+    _mode: bool | None = None
+
+    def set_training_mode(self, mode: bool) -> None:
+        if self._mode is not mode:
+            super().set_training_mode(mode)  # type: ignore[misc]
+            self._mode = mode
+
+
+class FusedDQNPolicy(_ModeOnce, DQNMultiInputPolicy):
+    pass
+
+
+def q_network(policy: Any) -> torch.nn.Module:
+    """The online network: DQN's `q_net`, QR-DQN's `quantile_net`."""
+    return policy.q_net if hasattr(policy, "q_net") else policy.quantile_net
+
+
+def parameter_groups(policy: Any) -> dict[str, list[torch.nn.Parameter]]:
+    """The online net's trainable parameters: the extractor's encoders, the rest of the extractor (fusion and the
+    norm after it), and the Q head."""
+    net = q_network(policy)
+    ext = net.features_extractor
+    encoders = [p for p in getattr(ext, "encoders", torch.nn.Module()).parameters() if p.requires_grad]
+    seen = {id(p) for p in encoders}
+    fusion = [p for p in ext.parameters() if p.requires_grad and id(p) not in seen]
+    seen |= {id(p) for p in ext.parameters()}
+    head = [p for p in net.parameters() if p.requires_grad and id(p) not in seen]
+    return {"encoders": encoders, "fusion": fusion, "head": head}
+
+
+def _norm(params: list[torch.nn.Parameter]) -> float:
+    grads = [p.grad for p in params if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0
+
+
+class _FusedMixin:
+    """Parameter groups with their own learning-rate scale, and the per-step statistics (shared by DQN and QR-DQN)."""
+
+    encoder_lr_scale: float = 1.0
+
+    def _setup_model(self) -> None:
+        super()._setup_model()  # type: ignore[misc]
+        policy = self.policy  # type: ignore[attr-defined]
+        lr = self.lr_schedule(1.0)  # type: ignore[attr-defined]
+        scales = {"encoders": self.encoder_lr_scale, "fusion": 1.0, "head": 1.0}
+        groups = [
+            {"params": ps, "lr": lr * scales[name], "lr_scale": scales[name], "name": name}
+            for name, ps in parameter_groups(policy).items()
+            if ps
+        ]
+        kwargs = dict(policy.optimizer_kwargs)
+        if policy.optimizer_class is torch.optim.Adam and self.device.type == "cpu":
+            kwargs.setdefault("fused", True)  # one kernel for all parameters: the per-tensor loop costs more here
+        policy.optimizer = policy.optimizer_class(groups, **kwargs)
+        self._stats: dict[str, list[float]] = {}
+        if not isinstance(self, FusedDQN):  # QR-DQN trains in sb3-contrib's loop: its gradients seen at each step
+            policy.optimizer.register_step_pre_hook(lambda opt, *_: self._record_grads())
+
+    def _update_learning_rate(self, optimizers: Any) -> None:
+        super()._update_learning_rate(optimizers)  # type: ignore[misc]
+        for opt in optimizers if isinstance(optimizers, list) else [optimizers]:
+            for g in opt.param_groups:
+                g["lr"] *= g.get("lr_scale", 1.0)
+
+    def _add(self, **values: float) -> None:
+        for k, v in values.items():
+            self._stats.setdefault(k, []).append(float(v))
+
+    def _record_grads(self) -> None:
+        for g in self.policy.optimizer.param_groups:  # type: ignore[attr-defined]
+            self._add(**{f"grad_{g['name']}": _norm(g["params"])})
+
+    def take_train_stats(self) -> dict[str, float]:
+        """Means of the per-gradient-step statistics since the last call (empty before learning starts)."""
+        out = {k: float(np.mean(v)) for k, v in self._stats.items() if v}
+        self._stats = {}
+        return out
+
+
+class FusedDQN(_FusedMixin, DQN):
+    """SB3's DQN with a Double-DQN target, per-group learning rates and training statistics (module docstring)."""
+
+    def __init__(self, *args: Any, double_q: bool = True, encoder_lr_scale: float = 1.0, **kwargs: Any):
+        self.double_q = double_q
+        self.encoder_lr_scale = encoder_lr_scale
+        super().__init__(*args, **kwargs)
+
+    def train(self, gradient_steps: int, batch_size: int = 100) -> None:
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        for _ in range(gradient_steps):
+            data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
+            discounts = data.discounts if data.discounts is not None else self.gamma
+            obs, n = data.observations, len(data.actions)
+            if self.double_q:  # one pass of the online net over states and next states (one text encoding)
+                both = {k: torch.cat([v, data.next_observations[k]]) for k, v in obs.items()}  # type: ignore[union-attr]
+                q_both = self.q_net(both)
+                q_all, q_next_online = q_both[:n], q_both[n:].detach()
+            else:
+                q_all = self.q_net(obs)
+            with torch.no_grad():
+                next_target = self.q_net_target(data.next_observations)
+                if self.double_q:
+                    # The online net picks, the target net values: no max over the same noisy estimates.
+                    next_q = next_target.gather(1, q_next_online.argmax(dim=1, keepdim=True))
+                else:
+                    next_q = next_target.max(dim=1, keepdim=True).values
+                target = data.rewards + (1 - data.dones) * discounts * next_q
+            q = q_all.gather(1, data.actions.long())
+            loss = F.smooth_l1_loss(q, target)
+            self.policy.optimizer.zero_grad()
+            loss.backward()
+            self._record_grads()
+            total = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+            self.policy.optimizer.step()
+            q = q.detach()
+            self._add(q_taken=q.mean(), td_error=(target - q).abs().mean(), loss=loss.detach(), grad_total=total)
+        self._n_updates += gradient_steps
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+
+
+def fused_qrdqn_class() -> type:
+    """QR-DQN (sb3-contrib) with the same parameter groups and statistics (its own loss and target)."""
+    from sb3_contrib import QRDQN
+    from sb3_contrib.qrdqn.policies import MultiInputPolicy as QRMultiInputPolicy
+
+    class FusedQRDQNPolicy(_ModeOnce, QRMultiInputPolicy):
+        pass
+
+    class FusedQRDQN(_FusedMixin, QRDQN):
+        def __init__(self, *args: Any, encoder_lr_scale: float = 1.0, **kwargs: Any):
+            self.encoder_lr_scale = encoder_lr_scale
+            super().__init__(*args, **kwargs)
+
+    FusedQRDQN.policy_class = FusedQRDQNPolicy
+    return FusedQRDQN
+
+
+def _q_values(model: Any, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+    net = q_network(model.policy)
+    out = net(obs)
+    return out.mean(dim=1) if out.dim() == 3 else out  # QR-DQN: (batch, quantiles, actions) -> the mean
+
+
+def probe(model: Any, batch: int = 256, recent: int = 5_000) -> dict[str, float]:
+    """The state of a DQN-family agent now: exploration rate, the replay buffer's make-up (whole and its most
+    recent `recent` transitions: share of rewarded and of episode-ending transitions, of the most frequent action),
+    and on `batch` stored states: the greedy Q values, the share of states whose best two actions tie (gap under
+    1e-4), the share of the most frequent greedy action, and with BatchNorm the mean |Q| gap between its training
+    mode (batch statistics, what is learnt) and acting mode (running statistics, what acts)."""
+    buf = model.replay_buffer
+    n = buf.buffer_size if buf.full else buf.pos
+    out: dict[str, float] = {"exploration_rate": float(model.exploration_rate), "buffer_size": float(n)}
+    if n < 2:
+        return out
+    rewards, dones, actions = buf.rewards[:n, 0], buf.dones[:n, 0], buf.actions[:n, 0].astype(int).ravel()
+    last = (np.arange(buf.pos - min(recent, n), buf.pos)) % buf.buffer_size
+    counts = np.bincount(actions)
+    out.update(
+        buffer_rewarded=float(np.mean(rewards > 0)), buffer_done=float(np.mean(dones > 0)),
+        buffer_top_action=float(counts.max() / n), recent_rewarded=float(np.mean(rewards[last] > 0)),
+        recent_done=float(np.mean(dones[last] > 0)),
+        recent_top_action=float(np.bincount(actions[last]).max() / len(last)),
+    )  # fmt: skip
+    data = buf.sample(min(batch, n))
+    net = q_network(model.policy)
+    was_training = net.training
+    try:
+        with torch.no_grad():
+            net.train(False)
+            q = _q_values(model, data.observations)
+            top2 = q.topk(2, dim=1).values if q.shape[1] > 1 else torch.cat([q, q - 1], dim=1)
+            greedy = q.argmax(dim=1)
+            out.update(
+                q_greedy=float(top2[:, 0].mean()), q_abs_max=float(q.abs().max()), q_spread=float(q.std(dim=1).mean()),
+                greedy_ties=float(((top2[:, 0] - top2[:, 1]) < 1e-4).float().mean()),
+                greedy_top_action=float(torch.bincount(greedy).max() / len(greedy)),
+            )  # fmt: skip
+            norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+            if norms:  # batch statistics without touching the running ones
+                saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in norms]
+                net.train(True)
+                q_train = _q_values(model, data.observations)
+                for m, state in zip(norms, saved, strict=True):
+                    m.load_state_dict(state)
+                out["bn_mode_gap"] = float((q_train - q).abs().mean())
+                out["bn_mode_disagree"] = float((q_train.argmax(dim=1) != greedy).float().mean())
+    finally:
+        net.train(was_training)
+    return out
