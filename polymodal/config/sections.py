@@ -257,7 +257,7 @@ class RLConfig:
     and sizes are set here, not in fusion/encoders (those describe a table model)."""
 
     env_id: str | None = None  # a gymnasium env id, e.g. BabyAI-GoToLocalS6N2-v0
-    algo: str = field(default="ppo", metadata=_choices("dqn", "ppo"))
+    algo: str = field(default="ppo", metadata=_choices("dqn", "ppo", "qrdqn"))  # qrdqn: sb3-contrib's QR-DQN
     steps: int = 50_000  # environment steps to train for
     fusion: str = "early"  # any pooled or token-level fusion name
     embed_dim: int = 64  # embedding size of every observation encoder
@@ -280,3 +280,9 @@ class RLConfig:
     eval_every: int = 5_000  # steps between evaluations (the learning curve)
     eval_episodes: int = 50
     vocab_resets: int = 200  # env resets sampled to build the vocabulary of Text observations
+    # DQN / QR-DQN with the polymodal extractor (polymodal.rl.dqn); None: the algorithm's default
+    double_q: bool = True  # DQN: Double-DQN target (the online net picks the next action, the target net values it)
+    encoder_lr_scale: float | None = None  # encoders' learning rate / the fusion's and Q head's; None: 0.1 (DQN), 1
+    fused_norm: bool | None = None  # LayerNorm after the fusion; None: on for DQN/QR-DQN, off for PPO
+    cnn_norm: str | None = None  # the scratch CNNs' norm: batch | group | none; None: group (DQN/QR-DQN), batch
+    diagnostics_every: int = 1_000  # DQN: steps between diagnostics (Q values, TD error, gradients, replay buffer)
