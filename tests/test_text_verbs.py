@@ -55,6 +55,21 @@ def test_fit_evaluate_predict_report(model, table):
     ok(["predict", str(model), str(table / "test.csv"), "-o", str(table / "p.csv")])
     pred = pd.read_csv(table / "p.csv", keep_default_na=False)
     assert len(pred) == 30 and pred["prediction"].map(lambda s: isinstance(s, str)).all() and "score" in pred
+    ok(
+        [
+            "predict",
+            str(model),
+            str(table / "test.csv"),
+            "-o",
+            str(table / "nb.csv"),
+            "--beam-size",
+            "2",
+            "--n-best",
+            "2",
+        ]
+    )
+    nb = pd.read_csv(table / "nb.csv", keep_default_na=False)
+    assert {"text_1", "text_2", "score_2"} <= set(nb.columns) and (nb["score_1"] >= nb["score_2"]).all()
     ok(["report", str(model), str(table / "test.csv"), "-o", str(table / "r.html"), "--noise-levels", "1"])
     html = (table / "r.html").read_text()
     assert "Best and worst examples" in html and "reference" in html and "<audio" in html and "base64" in html

@@ -222,16 +222,28 @@ def predict(
     on_bad_rows: OnBadRowsPredict = "error",
     runtime: Runtime = "torch",
     streaming: Streaming = None,
+    beam_size: int | None = typer.Option(None, help="Text models: beam size (1: greedy; default: the model's)"),
+    n_best: int | None = typer.Option(None, help="Text models: hypotheses per row, with scores (text_1, score_1...)"),
 ) -> None:
     """Predict labels (and class probabilities) for every row of a table. A streamed table is read, predicted
     and written chunk by chunk."""
     from polymodal.predictor import MultimodalPredictor
 
     def go():
+        from contextlib import nullcontext
+
         p = MultimodalPredictor.load(model, runtime=runtime)
         if streaming is not None:
             p.config_.data.streaming = streaming
-        n = p.predict_file(table, output, on_bad_rows=on_bad_rows)
+        generation = {k: v for k, v in {"beam_size": beam_size, "n_best": n_best}.items() if v is not None}
+        if generation:
+            from polymodal.tasks.text import engine_generation
+
+            context = engine_generation(p.engine, generation)
+        else:
+            context = nullcontext()
+        with context:
+            n = p.predict_file(table, output, on_bad_rows=on_bad_rows)
         console.print(f"wrote {n} predictions to {output}")
 
     _run(go)
