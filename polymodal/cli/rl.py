@@ -122,3 +122,26 @@ def rl_evaluate(
         console.print_json(json.dumps(r))
 
     _rl_run(go)
+
+
+@rl_app.command("report")
+def rl_report(
+    policies: list[Path] = typer.Argument(..., help="Policy folders written by `polymodal rl train` (one or more)"),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for the figures"),
+    title: str = typer.Option("", help="Title of the side-by-side figure"),
+) -> None:
+    """Several runs side by side: success, return, episode length, Q values and TD error against steps
+    (curves.png), and each DQN run's diagnostics next to its success curve (NAME.diagnostics.png)."""
+
+    def go():
+        from polymodal.rl.curves import report
+
+        rows = report(policies, output, title)
+        for r in rows:
+            console.print(
+                f"{r['name']}: final success {r['final']:.3f}, best {r['best']:.3f} at {r['best_steps']} steps"
+                + (f", diagnostics {r['diagnostics']}" if r.get("diagnostics") else "")
+            )
+        console.print(f"wrote {output / 'curves.png'}")
+
+    _rl_run(go)

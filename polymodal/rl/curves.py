@@ -134,7 +134,7 @@ def plot_runs(runs: dict[str, dict[str, list[dict]]], path: Path, title: str = "
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
 
 
@@ -174,5 +174,40 @@ def plot_diagnostics(diagnostics: list[dict], path: Path, title: str = "", histo
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
+
+
+def report(folders: list[Path], output: Path, title: str = "") -> list[dict[str, Any]]:
+    """`polymodal rl report`: the runs of several policy folders side by side (curves.png) and each run's
+    diagnostics with its success curve (NAME.diagnostics.png); returns one summary row per run."""
+    from polymodal.errors import UserError
+    from polymodal.files import atomic_path
+    from polymodal.model.artifact import read_json
+
+    runs, rows = {}, []
+    for folder in folders:
+        metrics = Path(folder) / "metrics.json"
+        if not metrics.exists():
+            raise UserError(f"{folder} is not a policy folder written by `polymodal rl train`: no metrics.json")
+        m = read_json(metrics)
+        name = Path(folder).name
+        while name in runs:
+            name += "'"
+        runs[name] = {"history": m.get("history", []), "diagnostics": m.get("diagnostics", [])}
+        hist = runs[name]["history"] or [{"steps": 0, "success_rate": 0.0}]
+        best = max(hist, key=lambda p: p["success_rate"])
+        rows.append({"name": name, "final": hist[-1]["success_rate"], "best": best["success_rate"],
+                     "best_steps": best["steps"]})  # fmt: skip
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    with atomic_path(output / "curves.png") as tmp:
+        plot_runs(runs, tmp, title)
+    for row in rows:
+        run = runs[row["name"]]
+        if run["diagnostics"]:
+            path = output / f"{row['name']}.diagnostics.png"
+            with atomic_path(path) as tmp:
+                plot_diagnostics(run["diagnostics"], tmp, row["name"], run["history"])
+            row["diagnostics"] = str(path)
+    return rows

@@ -1,0 +1,168 @@
+"""DQN with the polymodal extractor keeps what it learns (issue 28): with the library's DQN defaults it learns an
+instructed multi-step task and holds it to the end; its diagnostics are recorded and drawn; `rl report` draws
+several runs side by side; the extractor's speed-ups compute what the plain modules compute."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+from typer.testing import CliRunner
+
+from polymodal.cli import app
+from polymodal.rl import AgentConfig, train
+from polymodal.rl.agent import DEFAULTS
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+COLOURS = {"red": (255, 0, 0), "blue": (0, 0, 255)}
+LETTERS = "abcdefghijklmnopqrstuvwxyz "
+
+
+class Corridor(gym.Env):
+    """A corridor of 7 cells; its two ends are red and blue in random order, the agent starts in the middle and
+    the mission names the end to reach ("go to the red end"). Actions: left, right, stay. Reaching the named end
+    pays 1 - 0.5 * t / 12, the other end ends the episode with 0; 12 steps at most. Three steps from the start,
+    so the values are learnt by bootstrapping, and `stay` lets a policy that unlearns loop until the limit."""
+
+    LIMIT = 12
+
+    def __init__(self):
+        self.observation_space = spaces.Dict(
+            {
+                "image": spaces.Box(0, 255, (3, 7, 3), np.uint8),
+                "mission": spaces.Text(30, charset="abcdefghijklmnopqrstuvwxyz "),
+            }
+        )
+        self.action_space = spaces.Discrete(3)
+
+    def _obs(self) -> dict:
+        img = np.zeros((3, 7, 3), np.uint8)
+        img[:, 0], img[:, 6] = COLOURS[self.ends[0]], COLOURS[self.ends[1]]
+        img[1, self.pos] = (255, 255, 255)
+        return {"image": img, "mission": f"go to the {self.target} end"}
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.ends = ["red", "blue"] if self.np_random.integers(2) else ["blue", "red"]
+        self.target = str(self.np_random.choice(["red", "blue"]))
+        self.pos, self.t = 3, 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self.t += 1
+        self.pos += (-1, 1, 0)[int(action)]
+        at_end = self.pos in (0, 6)
+        ok = at_end and self.ends[self.pos // 6] == self.target
+        reward = 1.0 - 0.5 * self.t / self.LIMIT if ok else 0.0
+        return self._obs(), reward, at_end, self.t >= self.LIMIT and not at_end, {"is_success": ok}
+
+
+gym.register("PolymodalCorridor-v0", entry_point=Corridor)
+TINY = {"image": {"widths": [8, 16]}, "mission": {"embed_dim": 8, "hidden": 16}}
+
+
+def _cfg(**kw) -> AgentConfig:
+    # Only the size of the run is set here (network widths, budget, evaluation): every DQN setting is the default.
+    base = dict(
+        env_id="PolymodalCorridor-v0", algo="dqn", steps=6_000, embed_dim=16, hidden=32, eval_every=1_000,
+        eval_episodes=60, vocab_resets=40, encoder_kwargs=TINY, net_arch=[32], diagnostics_every=500, seed=1,
+    )  # fmt: skip
+    return AgentConfig(**{**base, **kw})
+
+
+def test_dqn_with_default_settings_learns_the_instruction_and_keeps_it(tmp_path):
+    cfg = _cfg()
+    assert cfg.hyperparameters == {} and cfg.double_q and cfg.fused_norm and cfg.cnn_norm == "group"
+    agent = train(cfg)
+    curve = [p["success_rate"] for p in agent.history]
+    assert max(curve) >= 0.9, curve
+    assert curve[-1] >= max(curve) - 0.1, curve  # no collapse: the end holds what the best point had
+    assert agent.evaluate(200)["success_rate"] >= 0.85
+
+    # The diagnostics: recorded during training, finite, Q values within what the rewards allow.
+    diag = agent.diagnostics
+    assert len(diag) >= 10 and diag[-1]["steps"] >= 5_500
+    late = diag[-1]
+    for key in ("q_taken", "td_error", "loss", "grad_encoders", "grad_fusion", "grad_head", "exploration_rate",
+                "buffer_rewarded", "recent_rewarded", "greedy_ties", "q_greedy"):  # fmt: skip
+        assert key in late and np.isfinite(late[key]), key
+    assert all(abs(p.get("q_greedy", 0.0)) < 1.5 for p in diag), [p.get("q_greedy") for p in diag]
+    assert late["exploration_rate"] == pytest.approx(DEFAULTS["dqn"]["exploration_final_eps"])
+    assert "bn_mode_gap" not in late  # no BatchNorm in the DQN's CNN by default
+
+    # Saved with the curves and the diagnostics; the report draws this run beside another.
+    folder = agent.save(tmp_path / "a")
+    assert (folder / "curve.png").stat().st_size > 0 and (folder / "diagnostics.png").stat().st_size > 0
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert len(metrics["diagnostics"]) == len(diag)
+    other = tmp_path / "b"
+    other.mkdir()
+    hist = [{**p, "success_rate": 0.5} for p in agent.history]
+    (other / "metrics.json").write_text(json.dumps({"history": hist, "diagnostics": []}))
+    r = CliRunner().invoke(app, ["rl", "report", str(folder), str(other), "-o", str(tmp_path / "rep")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "rep" / "curves.png").stat().st_size > 0
+    assert (tmp_path / "rep" / "a.diagnostics.png").exists() and not (tmp_path / "rep" / "b.diagnostics.png").exists()
+    bad = CliRunner().invoke(app, ["rl", "report", str(tmp_path), "-o", str(tmp_path / "rep2")])
+    assert bad.exit_code == 2 and "metrics.json" in bad.output
+
+
+def test_encoder_learning_rate_is_scaled_and_modes_switch_once():
+    from polymodal.rl.agent import build_algorithm, build_vocabulary, make_env
+
+    cfg = _cfg(steps=10)
+    vocab = build_vocabulary(cfg)
+    model = build_algorithm(cfg, make_env(cfg, vocab), cfg.params(), "cpu")
+    lrs = {g["name"]: g["lr"] for g in model.policy.optimizer.param_groups}
+    assert lrs["encoders"] == pytest.approx(0.1 * lrs["head"]) and lrs["fusion"] == lrs["head"]
+    from stable_baselines3.common.logger import Logger
+
+    model.set_logger(Logger(None, []))
+    model._update_learning_rate(model.policy.optimizer)
+    assert {g["name"]: g["lr"] for g in model.policy.optimizer.param_groups} == pytest.approx(lrs)
+    calls = []
+    model.policy.q_net.train = lambda mode=True: calls.append(mode)  # what SB3's set_training_mode walks
+    for mode in (False, False, True, True, False):
+        model.policy.set_training_mode(mode)
+    assert len(calls) <= 3
+
+
+def test_text_cache_and_codes_cnn_compute_what_the_plain_modules_compute():
+    from stable_baselines3.common.preprocessing import preprocess_obs
+
+    from polymodal.rl import MultimodalExtractor
+
+    space = spaces.Dict({"image": spaces.Box(0, 255, (7, 7, 3), np.uint8), "mission": spaces.Box(0, 9, (5,), np.int64)})
+    torch.manual_seed(0)
+    ext = MultimodalExtractor(space, embed_dim=8, hidden=16, encoder_kwargs={"image": {"codes": 12, "grid": 7}})
+    assert type(ext.encoders[ext.keys["image"]]).__name__ == "_CodesCNN"
+    ext.eval()
+    rng = np.random.default_rng(0)
+    missions = rng.integers(0, 10, (3, 5))
+    obs = {"image": torch.as_tensor(rng.integers(0, 11, (8, 7, 7, 3)).astype(np.uint8)),
+           "mission": torch.as_tensor(missions[rng.integers(0, 3, 8)])}  # fmt: skip
+    x = preprocess_obs(obs, space)
+    plain = copy.deepcopy(ext)
+    from polymodal.encoders import ImageCNN
+
+    plain.encoders[plain.keys["image"]].__class__ = ImageCNN
+    plain._text = lambda key, encoder, ids: encoder(ids)  # every row encoded, no cache
+    with torch.no_grad():
+        want = plain(x)
+        assert torch.allclose(ext(x), want, atol=1e-5)
+        assert torch.allclose(ext(x), want, atol=1e-5)  # from the cache
+        for p in ext.encoders[ext.keys["mission"]].parameters():  # new weights: the cache must not answer
+            p.add_(0.5)
+            break
+        changed = ext(x)
+    assert not torch.allclose(changed, want, atol=1e-3)
+    grad = ext(x)  # with gradients: distinct rows encoded once, scattered back
+    assert torch.allclose(grad, changed, atol=1e-5)
+    grad.sum().backward()
+    assert all(p.grad is not None for p in ext.encoders[ext.keys["mission"]].parameters())
