@@ -296,6 +296,7 @@ def summarize(latencies: list[float], statuses: list[int], correct: int, seconds
     return {
         "requests": len(statuses), "ok": ok, "correct": correct,
         "errors": sum(s != 200 for s in statuses), "errors_5xx": sum(s >= 500 for s in statuses),
+        "refused_503": sum(s == 503 for s in statuses),
         "transport_errors": sum(s == -1 for s in statuses), "throughput_rps": round(ok / seconds, 1),
         "p50_ms": round(float(np.percentile(lat, 50)), 1), "p95_ms": round(float(np.percentile(lat, 95)), 1),
         "p99_ms": round(float(np.percentile(lat, 99)), 1), "max_ms": round(float(lat.max()), 1),
