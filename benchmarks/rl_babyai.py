@@ -1,21 +1,27 @@
-"""Instruction following on a BabyAI-family level: the polymodal extractor vs SB3's default MultiInputPolicy
-with the mission as a bag-of-words vector, vs a policy that does not see the mission.
+"""Instruction following on a BabyAI-family level: DQN and PPO with the polymodal extractor against SB3's default
+extractor with the mission as a bag of words, over several seeds, in one invocation.
 
-Level (default): MiniGrid-Fetch-5x5-N2-v0 from the BabyAI family of language-instructed levels: two objects
-(keys/balls of random colours) in a 5x5 room; the mission ("get a red key", "you must fetch a blue ball", ...)
-names one. Picking up the wrong object ends the episode with reward 0, so an agent that ignores the mission
-succeeds about half the time at best. Reward 1 - 0.9 * steps / max_steps on success.
+Level (default): MiniGrid-Fetch-5x5-N2-v0: two objects (keys/balls of random colours) in a 5x5 room; the mission
+("get a red key", "you must fetch a blue ball", ...) names one. Picking up the wrong object ends the episode with
+reward 0, so an agent that ignores the mission succeeds about half the time at best.
 
-Runs, side by side, one fixed step budget per algorithm, same seed:
-  polymodal  MultimodalExtractor (image CNN over the view's cell codes + mission TextRNN + direction embedding,
-             early fusion by default; --fusion film|relation|token_transformer for a token-level one)
-  bow        SB3's default MultiInputPolicy (CombinedExtractor: image flattened, mission as word counts)
-  blind      the polymodal extractor without the mission key (DropKeys)
-for PPO and DQN. Success rate of deterministic actions over 200 evaluation episodes after the budget; learning
-curves (success vs steps, 30 episodes per point) to benchmarks/results/rl_babyai.png; JSON beside it.
+Runs (each for every seed):
+  polymodal-dqn  MultimodalExtractor (cell codes + mission TextRNN + direction embedding, early fusion) with the
+                 library's DQN defaults (polymodal.rl.dqn: Double-DQN target, LayerNorm after the fusion, GroupNorm
+                 CNN, encoders at 0.1 x the learning rate, gradient clipping at 1)
+  bow-dqn        SB3's default MultiInputPolicy extractor (image flattened, mission as word counts), same DQN
+  polymodal-ppo  the polymodal extractor with PPO (8 envs)
+  bow-ppo        SB3's default extractor with PPO
+Each run: success of deterministic actions over `--episodes` episodes after its budget, the curve every
+`--points`-th of the budget (30 episodes a point), DQN diagnostics. Before the runs, the speed of both extractors
+is measured in the same process, alternating (DQN training steps per second after learning starts).
 
-  nice -n 5 python benchmarks/rl_babyai.py             # the reported run (2 processes in parallel, 1 thread each)
-  python benchmarks/rl_babyai.py --ppo-steps 20000 --dqn-steps 20000 --runs polymodal-ppo,bow-ppo
+Goals: polymodal DQN >= 0.90 success in every seed, with no collapse (after the curve first reaches 0.8 it never
+falls more than 0.2 below its best so far); PPO >= 0.95; the polymodal extractor under 2x the default's time per
+DQN step. JSON + curves in benchmarks/results/.
+
+  nice -n 10 python benchmarks/rl_babyai.py --seeds 0,1,2 --workers 2            # the full run
+  python benchmarks/rl_babyai.py --seeds 0 --dqn-steps 20000 --runs polymodal-dqn,bow-dqn --out rl_babyai_quick
 """
 
 from __future__ import annotations
@@ -33,113 +39,195 @@ sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 
 RUNS = {
-    "polymodal-ppo": {"algo": "ppo"},
-    "bow-ppo": {"algo": "ppo", "extractor": False, "text": "bow"},
     "polymodal-dqn": {"algo": "dqn"},
     "bow-dqn": {"algo": "dqn", "extractor": False, "text": "bow"},
-    "blind-ppo": {"algo": "ppo", "hide": ["mission"]},
+    "polymodal-ppo": {"algo": "ppo"},
+    "bow-ppo": {"algo": "ppo", "extractor": False, "text": "bow"},
 }
+COLLAPSE_FROM, COLLAPSE_DROP = 0.8, 0.2
 
 
-def one_run(name: str, args: argparse.Namespace) -> dict:
-    from polymodal.rl import AgentConfig, train
+def _config(name: str, args: argparse.Namespace, seed: int, steps: int | None = None):
+    from polymodal.rl import AgentConfig
 
     kw = dict(RUNS[name])
-    steps = args.ppo_steps if kw["algo"] == "ppo" else args.dqn_steps
+    steps = steps or (args.ppo_steps if kw["algo"] == "ppo" else args.dqn_steps)
     if kw.get("extractor", True) and args.codes:
         # MiniGrid's view holds object/colour/state codes per cell: embedded as codes, at full 7 x 7 resolution.
-        kw["encoder_kwargs"] = {"image": {"codes": args.codes, "grid": args.grid}}
-    cfg = AgentConfig(
-        env_id=args.env, steps=steps, seed=args.seed, fusion=args.fusion, eval_every=max(steps // args.points, 1),
-        eval_episodes=args.curve_episodes, **kw,
+        image = {"codes": args.codes, "grid": args.grid}
+        if kw["algo"] == "dqn" and args.dqn_widths:
+            image["widths"] = [int(w) for w in args.dqn_widths.split(",")]
+        kw["encoder_kwargs"] = {"image": image}
+    return AgentConfig(
+        env_id=args.env, steps=steps, seed=seed, fusion=args.fusion, eval_every=max(steps // args.points, 1),
+        eval_episodes=args.curve_episodes, diagnostics_every=max(steps // 100, 500), **kw,
     )  # fmt: skip
+
+
+def collapse(curve: list[float]) -> dict:
+    """After the curve first reaches 0.8: its largest fall below the best point so far."""
+    first = next((i for i, v in enumerate(curve) if v >= COLLAPSE_FROM), None)
+    if first is None:
+        return {"reached_0.8": False, "max_drop": None, "collapsed": None}
+    best, drop = curve[first], 0.0
+    for v in curve[first:]:
+        best = max(best, v)
+        drop = max(drop, best - v)
+    return {"reached_0.8": True, "max_drop": round(drop, 4), "collapsed": drop > COLLAPSE_DROP}
+
+
+def one_run(name: str, seed: int, args: argparse.Namespace) -> dict:
+    import torch
+
+    from polymodal.rl import train
+
+    torch.set_num_threads(1)
+    cfg = _config(name, args, seed)
     t0 = time.perf_counter()
     agent = train(cfg)
     train_s = time.perf_counter() - t0
     final = agent.evaluate(args.episodes)
+    curve = [h["success_rate"] for h in agent.history]
     reach = next((h["steps"] for h in agent.history if h["success_rate"] >= 0.9), None)
-    print(f"{name:15s} success {final['success_rate']:.3f} after {steps} steps ({train_s:.0f} s)", flush=True)
-    return {"name": name, "algo": kw["algo"], "steps": steps, "train_seconds": train_s, "final": final,
-            "steps_to_0.9": reach, "history": agent.history, "hyperparameters": cfg.params()}  # fmt: skip
+    print(f"{name:14s} seed {seed} success {final['success_rate']:.3f} after {cfg.steps} steps ({train_s:.0f} s)",
+          flush=True)  # fmt: skip
+    return {"name": name, "seed": seed, "algo": cfg.algo, "steps": cfg.steps, "train_seconds": train_s,
+            "final": final, "steps_to_0.9": reach, "collapse": collapse(curve), "history": agent.history,
+            "diagnostics": agent.diagnostics, "hyperparameters": cfg.params(),
+            "settings": {k: getattr(cfg, k) for k in ("double_q", "encoder_lr_scale", "fused_norm", "cnn_norm")},
+            "encoder_kwargs": cfg.encoder_kwargs}  # fmt: skip
+
+
+def speed(args: argparse.Namespace) -> dict:
+    """DQN training steps per second after learning starts, both extractors in this process, alternating."""
+    import torch
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from polymodal.rl.agent import build_algorithm, build_vocabulary, make_env, torch_threads
+
+    torch.set_num_threads(1)
+    models = {}
+    for name in ("polymodal-dqn", "bow-dqn"):
+        cfg = _config(name, args, 0, steps=10**6)
+        vocab = build_vocabulary(cfg)
+        env = make_vec_env(lambda cfg=cfg, vocab=vocab: make_env(cfg, vocab), n_envs=1, seed=0)
+        models[name] = build_algorithm(cfg, env, cfg.params(), "cpu")
+        with torch_threads(1):
+            models[name].learn(cfg.params()["learning_starts"] + 500)
+    seconds = dict.fromkeys(models, 0.0)
+    with torch_threads(1):
+        for _ in range(args.speed_rounds):
+            for name, model in models.items():
+                t0 = time.perf_counter()
+                model.learn(args.speed_steps, reset_num_timesteps=False)
+                seconds[name] += time.perf_counter() - t0
+    rate = {n: args.speed_rounds * args.speed_steps / s for n, s in seconds.items()}
+    out = {"steps_per_second": {n: round(r, 1) for n, r in rate.items()},
+           "time_per_step_ratio": round(rate["bow-dqn"] / rate["polymodal-dqn"], 2),
+           "steps": args.speed_steps * args.speed_rounds, "rounds": args.speed_rounds,
+           "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()]}  # fmt: skip
+    print(f"DQN steps/s: polymodal {rate['polymodal-dqn']:.0f}, bow {rate['bow-dqn']:.0f} "
+          f"(polymodal takes {out['time_per_step_ratio']:.2f}x the time per step)", flush=True)  # fmt: skip
+    return out
+
+
+def goals(results: list[dict], speed_result: dict | None) -> dict[str, bool]:
+    out = {}
+    by = {}
+    for r in results:
+        by.setdefault(r["name"], []).append(r)
+    if "polymodal-dqn" in by:
+        runs = by["polymodal-dqn"]
+        out["dqn: polymodal success >= 0.90 in every seed"] = all(r["final"]["success_rate"] >= 0.9 for r in runs)
+        out["dqn: polymodal never collapses (after 0.8, no fall > 0.2)"] = all(
+            r["collapse"]["collapsed"] is False for r in runs
+        )
+    if "polymodal-ppo" in by:
+        out["ppo: polymodal success >= 0.95 in every seed"] = all(
+            r["final"]["success_rate"] >= 0.95 for r in by["polymodal-ppo"]
+        )
+    if speed_result:
+        out["speed: polymodal DQN step < 2x the default extractor's"] = speed_result["time_per_step_ratio"] < 2.0
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--env", default="MiniGrid-Fetch-5x5-N2-v0")
     ap.add_argument("--ppo-steps", type=int, default=400_000)
-    ap.add_argument("--dqn-steps", type=int, default=100_000)
+    ap.add_argument("--dqn-steps", type=int, default=250_000)
+    ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--fusion", default="early")
     ap.add_argument("--codes", type=int, default=16, help="embed the view's cell codes (0: read them as pixels)")
     ap.add_argument("--grid", type=int, default=7, help="pooled image grid of the polymodal encoder (7: every cell)")
+    ap.add_argument("--dqn-widths", default="16", help="conv widths of the DQN's cell CNN ('' = the RL default)")
     ap.add_argument("--episodes", type=int, default=200, help="final evaluation episodes")
     ap.add_argument("--curve-episodes", type=int, default=30)
-    ap.add_argument("--points", type=int, default=16, help="learning-curve points per run")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--points", type=int, default=25, help="learning-curve points per run")
+    ap.add_argument("--speed-steps", type=int, default=1_000, help="DQN steps per speed round (0: no speed phase)")
+    ap.add_argument("--speed-rounds", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--runs", default=",".join(RUNS))
     ap.add_argument("--out", default="rl_babyai")
     ap.add_argument("--report", action="store_true", help="no training: table, goals and curves of the saved JSON")
     args = ap.parse_args()
-    names = args.runs.split(",")
+    names, seeds = args.runs.split(","), [int(s) for s in args.seeds.split(",")]
 
-    from polymodal.model.artifact import write_json
+    from polymodal.model.artifact import read_json, write_json
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.report:
-        from polymodal.model.artifact import read_json
-
         saved = read_json(RESULTS / f"{args.out}.json")
-        report(saved["runs"], args, saved.get("wall_seconds"), saved)
+        report(saved["runs"], saved.get("speed"), args, saved.get("wall_seconds"), saved)
         return
+    command = "nice -n 10 python " + " ".join(sys.argv)
     t0 = time.perf_counter()
+    speed_result = speed(args) if args.speed_steps else None
     results: list[dict] = []
+    jobs = [(n, s) for s in seeds for n in names]
     with ProcessPoolExecutor(args.workers) as pool:
-        futures = [pool.submit(one_run, n, args) for n in names]
+        futures = [pool.submit(one_run, n, s, args) for n, s in jobs]
         for fut in as_completed(futures):
             results.append(fut.result())
             # Each finished run is written at once, so a run cut short still leaves the ones that finished.
-            write_json(RESULTS / f"{args.out}.json", {"complete": False, "env": args.env, "runs": results})
-    results.sort(key=lambda r: names.index(r["name"]))
-    report(results, args, time.perf_counter() - t0)
+            write_json(RESULTS / f"{args.out}.json", {
+                "benchmark": "rl_babyai", "complete": False, "env": args.env, "speed": speed_result,
+                "runs": results, "command": command, "not_finished": [f"{n}/{s}" for n, s in jobs
+                if not any(r["name"] == n and r["seed"] == s for r in results)],
+            })  # fmt: skip
+    results.sort(key=lambda r: (names.index(r["name"]), r["seed"]))
+    report(results, speed_result, args, time.perf_counter() - t0, {"command": command, "complete": True})
 
 
-def report(results: list[dict], args: argparse.Namespace, wall: float | None, saved: dict | None = None) -> None:
-    """Print the table and the goals, draw the curves, write the JSON (a cut-short run: `complete` stays false)."""
+def report(results: list[dict], speed_result: dict | None, args, wall: float | None, saved: dict) -> None:
+    """Print the table and the goals, draw the curves, write the JSON."""
     from polymodal.model.artifact import write_json
-    from polymodal.rl.agent import plot_curve
+    from polymodal.rl.curves import plot_runs
 
-    by = {r["name"]: r for r in results}
     minutes = f"{wall / 60:.1f} min" if wall else "cut short"
-    print(f"\n{args.env}: success rate over {args.episodes} episodes (deterministic), wall {minutes}")
-    print(f"{'run':15s} {'algo':5s} {'steps':>7s} {'success':>8s} {'return':>7s} {'to 0.9':>7s} {'train s':>8s}")
+    print(f"\n{args.env}: success over {args.episodes} episodes (deterministic), wall {minutes}")
+    head = ("run", "seed", "steps", "success", "best", "max drop", "to 0.9", "s")
+    print("{:14s} {:>4s} {:>7s} {:>8s} {:>5s} {:>8s} {:>7s} {:>6s}".format(*head))
     for r in results:
-        f = r["final"]
-        print(f"{r['name']:15s} {r['algo']:5s} {r['steps']:7d} {f['success_rate']:8.3f} {f['mean_return']:7.3f} "
-              f"{str(r['steps_to_0.9']):>7s} {r['train_seconds']:8.0f}")  # fmt: skip
-
-    goals = {}
-    for algo in ("ppo", "dqn"):
-        pm, bow = by.get(f"polymodal-{algo}"), by.get(f"bow-{algo}")
-        if pm:
-            goals[f"{algo}: polymodal success >= 0.95"] = pm["final"]["success_rate"] >= 0.95
-        if pm and bow:
-            a, b = pm["steps_to_0.9"], bow["steps_to_0.9"]
-            goals[f"{algo}: polymodal reaches 0.9 in fewer steps than bow"] = a is not None and (b is None or a < b)
-    for g, ok in goals.items():
+        c = r["collapse"]
+        best = max(h["success_rate"] for h in r["history"])
+        drop = "-" if c["max_drop"] is None else f"{c['max_drop']:.2f}"
+        print(f"{r['name']:14s} {r['seed']:4d} {r['steps']:7d} {r['final']['success_rate']:8.3f} {best:5.2f} "
+              f"{drop:>8s} {str(r['steps_to_0.9']):>7s} {r['train_seconds']:6.0f}")  # fmt: skip
+    met = goals(results, speed_result)
+    for g, ok in met.items():
         print(f"goal {'MET' if ok else 'NOT MET'}: {g}")
-
-    plot_curve({r["name"]: r["history"] for r in results}, RESULTS / f"{args.out}.png", f"{args.env} (success)")
+    plot_runs({f"{r['name']} s{r['seed']}": r for r in results}, RESULTS / f"{args.out}.png", f"{args.env}")
     write_json(RESULTS / f"{args.out}.json", {
-        "complete": bool(saved.get("complete")) if saved else True, "env": args.env, "episodes": args.episodes,
-        "curve_episodes": args.curve_episodes, "not_finished": [n for n in RUNS if n not in by],
-        "seed": args.seed, "fusion": args.fusion, "codes": args.codes, "grid": args.grid,
-        "ppo_steps": args.ppo_steps, "dqn_steps": args.dqn_steps,
-        "runs": results, "goals": goals, "wall_seconds": wall, "workers": args.workers, "torch_threads_per_worker": 1,
+        "benchmark": "rl_babyai", "complete": bool(saved.get("complete")), "env": args.env,
+        "episodes": args.episodes, "curve_episodes": args.curve_episodes, "seeds": sorted({r["seed"] for r in results}),
+        "fusion": args.fusion, "codes": args.codes, "grid": args.grid, "dqn_widths": args.dqn_widths,
+        "ppo_steps": args.ppo_steps, "dqn_steps": args.dqn_steps, "speed": speed_result, "runs": results,
+        "goals": met, "collapse_rule": f"after first reaching {COLLAPSE_FROM}, never more than {COLLAPSE_DROP} "
+        "below the best point so far", "wall_seconds": wall, "workers": args.workers, "torch_threads_per_worker": 1,
         "cpu": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}",
-        "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()],
-        "note": "Fetch-5x5-N2 instead of GoToLocal; step budgets sized to fit about 20-25 min wall on 2 CPU cores.",
-        "command": saved.get("command", "nice -n 5 python benchmarks/rl_babyai.py") if saved
-        else "nice -n 5 python " + " ".join(sys.argv),
+        "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()], "command": saved.get("command"),
+        "not_finished": saved.get("not_finished", []),
     })  # fmt: skip
     print(f"wrote {RESULTS / (args.out + '.json')} and .png")
 
