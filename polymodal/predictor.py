@@ -62,13 +62,6 @@ def check_config(cfg: Config) -> None:
         raise ConfigError(f"data.valid_fraction must be between 0 and 1, not {cfg.data.valid_fraction}")
 
 
-def _speech_like(schema: Schema) -> bool:
-    """Text targets read from audio are transcripts: their default metric is WER (else CIDEr)."""
-    from polymodal.data.schema import Modality
-
-    return Modality.AUDIO in schema.inputs.values()
-
-
 class MultimodalPredictor(TreeSettings):
     """Fit a fused model on a table whose columns hold text, image/audio file paths, numbers and categories.
 
@@ -139,7 +132,8 @@ class MultimodalPredictor(TreeSettings):
             raise UserError(f"the label {schema.label!r} has a single class in the training rows")
 
         preprocessor.fit(df, media)
-        task = Task.fit(schema.problem_type, df[schema.label], self.config_.decoder, _speech_like(schema))
+        speech = any(m.value == "audio" for m in schema.inputs.values())  # text: WER is the default metric
+        task = Task.fit(schema.problem_type, df[schema.label], self.config_.decoder, speech)
         train_x, valid_x = pipeline.features(df, media, frozen), pipeline.features(vdf, vmedia, vfrozen)
         train_y = task.encode_targets(df[schema.label])
 
@@ -287,24 +281,13 @@ class MultimodalPredictor(TreeSettings):
         return pd.Series(engine.task.decode(out), index=df.index, name=self.label)
 
     def predict_text(self, data: Any, on_bad_rows: str = "error", **generation: Any) -> pd.DataFrame:
-        """A text model's generated text with its score, and with `n_best` > 1 every hypothesis (`text_1`,
-        `score_1`, ...). `generation`: beam_size, length_penalty, no_repeat_ngram, n_best over the config's."""
+        """A text model's text and score per row; `n_best` > 1 adds text_1, score_1, ... (`generation`: beam_size,
+        length_penalty, no_repeat_ngram, n_best over the config's)."""
         from polymodal.tasks.text import engine_generation, text_frame
 
-        engine = self._require_fitted()
-        with engine_generation(engine, generation):
+        with engine_generation(self._require_fitted(), generation):
             df, out, _ = self._outputs(data, on_bad_rows)
-        return text_frame(engine.task, out, df.index)
-
-    def predict_text(self, data: Any, on_bad_rows: str = "error", **generation: Any) -> pd.DataFrame:
-        """A text model's generated text with its score, and with `n_best` > 1 every hypothesis (`text_1`,
-        `score_1`, ...). `generation`: beam_size, length_penalty, no_repeat_ngram, n_best over the config's."""
-        from polymodal.tasks.text import engine_generation, text_frame
-
-        engine = self._require_fitted()
-        with engine_generation(engine, generation):
-            df, out, _ = self._outputs(data, on_bad_rows)
-        return text_frame(engine.task, out, df.index)
+        return text_frame(self.engine.task, out, df.index)
 
     def evaluate(self, data: Any, group_by: str | None = None) -> dict[str, Any]:
         """Metrics on a labelled table (accuracy, precision, recall, F1, AUROC, confusion matrix; RMSE, MAE, R2).
@@ -360,6 +343,7 @@ class MultimodalPredictor(TreeSettings):
         can be larger than memory. Written atomically; returns the number of rows."""
 
         from polymodal.data.stream import iter_chunks, table_dir
+        from polymodal.tasks.text import text_frame
 
         engine = self._require_fitted()
         output = Path(output)
@@ -379,10 +363,7 @@ class MultimodalPredictor(TreeSettings):
                 outputs = engine.outputs(features)
                 out["prediction"] = engine.task.decode(outputs)
                 if engine.task.is_text:  # the score, and every hypothesis when n-best was asked for
-                    from polymodal.tasks.text import text_frame
-
-                    out = pd.concat([out.drop(columns="prediction"), text_frame(engine.task, outputs, out.index)],
-                                    axis=1)  # fmt: skip
+                    out = out.drop(columns="prediction").join(text_frame(engine.task, outputs, out.index))
                 if engine.task.is_classification:
                     for j, c in enumerate(engine.task.classes):
                         out[f"proba_{c}"] = outputs[:, j]
