@@ -15,6 +15,11 @@ test rows (250), the rest train (2,250); 5 speakers, so chance speaker accuracy 
     nice -n 10 python benchmarks/voice_privacy.py [--fsdd ../shared/data/fsdd] [--max-epochs 12] [--audio-warp 0.25]
         [--jobs clean,informed,warp]   # jobs left out keep their results from the --out file (same settings)
 
+With `--audio-encoder speech-embedding` (Google's speech_embedding, frozen, through the feature cache) both models
+read the pretrained embedding instead of the scratch CNN; the audio_warp job then has nothing to warp (it applies
+to scratch features), so the jobs are clean and informed, run one after the other (they share the cache), and the
+results go to benchmarks/results/voice_privacy_speech_embedding.json unless --out says otherwise.
+
 Prints a table and writes benchmarks/results/voice_privacy.json. Attribution: Free Spoken Digit Dataset,
 Zohar Jackson et al. (CC BY-SA 4.0).
 """
@@ -89,14 +94,19 @@ def main() -> None:
     ap.add_argument("--embed-dim", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--train-takes", type=int, default=45, help="Training takes per digit and speaker (45: all)")
-    ap.add_argument("--audio-encoder", default=None, help="pretrained speech encoder (HF id or folder): wav2vec2, ...")
+    ap.add_argument(
+        "--audio-encoder", default=None, help="pretrained audio encoder: speech-embedding, an HF id or folder"
+    )
     ap.add_argument("--audio-warp", type=float, default=0.25, help="train.audio_warp of the 'warp' models")
-    ap.add_argument("--jobs", default="clean,informed,warp", help="which models to train (the rest: from --out)")
+    ap.add_argument("--jobs", default=None, help="which models to train (the rest: from --out); default: all")
     args = ap.parse_args()
-    jobs_run = args.jobs.split(",")
+    if args.audio_encoder and args.out == ap.get_default("out"):
+        args.out = args.out.with_name(f"voice_privacy_{args.audio_encoder.replace('-', '_').replace('/', '_')}.json")
+    all_jobs = ["clean", "informed"] if args.audio_encoder else ["clean", "informed", "warp"]
+    jobs_run = args.jobs.split(",") if args.jobs else all_jobs
     same = ("alpha", "max_epochs", "patience", "embed_dim", "seed", "train_takes", "audio_encoder")
     previous = json.loads(args.out.read_text()) if args.out.is_file() else None
-    if set(jobs_run) != {"clean", "informed", "warp"}:
+    if set(jobs_run) != set(all_jobs):
         if previous is None or any(previous["settings"].get(k) != getattr(args, k) for k in same):
             raise SystemExit(f"--jobs {args.jobs}: the other results come from {args.out}, which needs the same {same}")
 
@@ -119,7 +129,8 @@ def main() -> None:
     # The models train at once, one process each (a shared machine gives each process its share).
     tests = {"clean": test, "ignorant (alpha 0.8)": test_anon, "ignorant (alpha 0.7-0.9 per clip)": test_rand}
     jobs = {}
-    with ProcessPoolExecutor(max_workers=2 * len(jobs_run)) as pool:
+    # A frozen pretrained encoder: one model after the other, so each clip is embedded once (the feature cache).
+    with ProcessPoolExecutor(max_workers=1 if args.audio_encoder else 2 * len(jobs_run)) as pool:
         for label in ("speaker", "digit"):
             if "clean" in jobs_run:
                 jobs[label, "clean"] = pool.submit(fit_and_test, label, train, tests, args)
@@ -173,10 +184,17 @@ def main() -> None:
         "benchmark": "voice_privacy",
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": "nice -n 10 python benchmarks/voice_privacy.py "
-        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("fsdd", "out")),
+        + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("fsdd", "out") and v is not None
+        ),
         "data": "FSDD official split: takes 0-4 test (250 rows), the training rows from takes 5-49 "
         f"(first {args.train_takes} takes per digit and speaker); 5 speakers",
-        "models": "polymodal MultimodalPredictor, audio column only, scratch encoder, sample rate 8000",
+        "models": "polymodal MultimodalPredictor, audio column only, "
+        + (
+            f"frozen pretrained encoder {args.audio_encoder} (16 kHz)"
+            if args.audio_encoder
+            else "scratch encoder, sample rate 8000"
+        ),  # fmt: skip
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "results": results,
         "goal": goal,
@@ -185,7 +203,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch_threads_per_model": 1},
         "jobs_run": jobs_run,
         "jobs_kept_from": None
-        if len(jobs_run) == 3
+        if set(jobs_run) == set(all_jobs)
         else {"file": str(args.out.name), "date": previous.get("date"), "command": previous.get("command")},
         "train_rows": int(len(pd.read_csv(train))),
     }

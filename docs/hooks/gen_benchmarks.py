@@ -478,7 +478,31 @@ def av_video(d: dict) -> str:
     )
 
 
+def speech_padding(d: dict) -> str:
+    """Padding of short clips for speech-embedding: one row per (padding, length, pooling), and the peer's."""
+    rows = []
+    for r in d["results"]:
+        per = ", ".join(f"{k} {_f(v)}" for k, v in r["loso"].items())
+        rows.append([r["padding"], _f(r["seconds"]), r["pooling"], _f(r["official"]),
+                     f"{_f(r['loso_mean'])} ± {_f(r['loso_std'])}", per])  # fmt: skip
+    return _table(["padding", "seconds read", "pooling", "official split", "leave one speaker out (mean ± std)",
+                   "per held-out speaker"], _bold_max(rows, 4))  # fmt: skip
+
+
+def audio_augment(d: dict) -> str:
+    """Speaker-robust scratch audio: one row per variant, leave one speaker out."""
+    rows = []
+    for name, r in d["results"].items():
+        settings = ", ".join(f"{k}={v}" for k, v in r["settings"].items()) or "(none)"
+        per = ", ".join(f"{k} {_f(v['accuracy'])}" for k, v in r["per_speaker"].items())
+        fit = sum(v["train_s"] for v in r["per_speaker"].values())
+        rows.append([name, settings, f"{_f(r['loso_mean'])} ± {_f(r['loso_std'])}", per, _f(fit, 0)])
+    return _table(["variant", "settings", "held-out speaker accuracy (mean ± std)", "per held-out speaker",
+                   "fit s (5 folds)"], rows)  # fmt: skip
+
+
 RENDERERS: dict[str, Callable[[dict], str]] = {
+    "audio_augment": audio_augment,
     "av_digits": av_digits,
     "av_video": av_video,
     "compare": compare,
@@ -494,6 +518,7 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "serve_load": serve_load,
     "sort_of_clevr": sort_of_clevr,
     "speakers": speakers,
+    "speech_padding": speech_padding,
     "tune_av_digits": tune,
     "voice_privacy": voice_privacy,
 }

@@ -80,7 +80,7 @@ SampleRate = Annotated[int | None, typer.Option(help="Audio is resampled to this
 # ---- encoders and fusion -------------------------------------------------------------------------------------------
 TextEncoder = Annotated[str | None, typer.Option(help="Pretrained text encoder: registry name, HF id or folder")]
 ImageEncoder = Annotated[str | None, typer.Option(help="Pretrained image encoder: registry name, HF id or folder")]
-AudioEncoder = Annotated[str | None, typer.Option(help="Pretrained audio encoder: HF id or folder")]
+AudioEncoder = Annotated[str | None, typer.Option(help="Pretrained audio encoder: speech-embedding, HF id or folder")]
 Preset = Annotated[str | None, typer.Option(help="pretrained: the offline defaults (see `polymodal encoders`)")]
 Finetune = Annotated[
     bool | None, typer.Option("--finetune/--freeze", help="Fine-tune pretrained encoders, or freeze them [freeze]")
