@@ -166,3 +166,18 @@ def test_text_cache_and_codes_cnn_compute_what_the_plain_modules_compute():
     assert torch.allclose(grad, changed, atol=1e-5)
     grad.sum().backward()
     assert all(p.grad is not None for p in ext.encoders[ext.keys["mission"]].parameters())
+
+
+def test_qrdqn_option_trains_records_and_reloads(tmp_path):
+    from polymodal.rl import Agent
+
+    agent = train(
+        _cfg(algo="qrdqn", steps=600, eval_every=600, eval_episodes=10, hyperparameters={"learning_starts": 200})
+    )
+    assert type(agent.model).__name__ == "FusedQRDQN"
+    assert {g["name"] for g in agent.model.policy.optimizer.param_groups} == {"encoders", "fusion", "head"}
+    late = agent.diagnostics[-1]
+    assert np.isfinite(late["q_greedy"]) and late["grad_head"] > 0 and "td_error" not in late
+    loaded = Agent.load(agent.save(tmp_path / "qr"))
+    obs = {k: np.asarray(v)[None] for k, v in agent.make_env().reset(seed=3)[0].items()}
+    assert loaded.predict(obs) == agent.predict(obs)

@@ -130,7 +130,8 @@ def plot_runs(runs: dict[str, dict[str, list[dict]]], path: Path, title: str = "
             ax.set_ylim(-0.02, 1.02)
             ax.set_title(title or "success")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.tight_layout()
@@ -168,7 +169,8 @@ def plot_diagnostics(diagnostics: list[dict], path: Path, title: str = "", histo
         if group.startswith("gradient"):
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(groups) :]:
         ax.axis("off")
     if title:
