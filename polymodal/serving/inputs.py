@@ -22,6 +22,8 @@ from polymodal.data.schema import Modality, Schema
 from polymodal.serving.config import ServeConfig
 
 IMAGE_FORMATS = ("PNG", "JPEG", "MPO", "GIF", "BMP", "WEBP", "TIFF")
+# Modalities sent as values; every other one (image, audio, and any file kind added later) is a file.
+VALUE_KINDS = frozenset({Modality.TEXT, Modality.NUMERIC, Modality.CATEGORICAL})
 EXPECTED = {
     Modality.TEXT: "a string",
     Modality.IMAGE: "a base64-encoded image file (PNG, JPEG, ...)",
@@ -29,6 +31,10 @@ EXPECTED = {
     Modality.NUMERIC: "a finite number",
     Modality.CATEGORICAL: "a string, number or boolean",
 }
+
+
+def expected(modality: Modality) -> str:
+    return EXPECTED.get(modality, f"a base64-encoded {modality.value} file")
 
 
 @dataclass(frozen=True)
@@ -95,7 +101,7 @@ class InstanceChecker:
 
     def __init__(self, schema: Schema, config: ServeConfig):
         self.schema, self.config = schema, config
-        self.media = frozenset(c for c, m in schema.columns.items() if m in (Modality.IMAGE, Modality.AUDIO))
+        self.media = frozenset(c for c, m in schema.columns.items() if m not in VALUE_KINDS)
 
     def check(
         self, index: int, values: Mapping[str, Any], form: bool = False
@@ -136,7 +142,7 @@ class InstanceChecker:
             return None
         if modality is Modality.TEXT:
             if not isinstance(value, str):
-                raise _Bad(f"expected {EXPECTED[modality]}, got {_json_type(value)}")
+                raise _Bad(f"expected {expected(modality)}, got {_json_type(value)}")
             if len(value) > self.config.max_text_chars:
                 limit = self.config.max_text_chars
                 raise _Bad(f"text is {len(value)} characters, above the limit of {limit}", limit)
@@ -148,29 +154,30 @@ class InstanceChecker:
                 try:
                     value = float(value)
                 except ValueError:
-                    raise _Bad(f"expected {EXPECTED[modality]}, got {quote_value(value)}") from None
+                    raise _Bad(f"expected {expected(modality)}, got {quote_value(value)}") from None
             if isinstance(value, bool) or not isinstance(value, int | float):
-                raise _Bad(f"expected {EXPECTED[modality]}, got {_json_type(value)}")
+                raise _Bad(f"expected {expected(modality)}, got {_json_type(value)}")
             if not math.isfinite(value):
-                raise _Bad(f"expected {EXPECTED[modality]}, got {value}")
+                raise _Bad(f"expected {expected(modality)}, got {value}")
             return float(value)
         if modality is Modality.CATEGORICAL:
             if isinstance(value, float) and not math.isfinite(value):
-                raise _Bad(f"expected {EXPECTED[modality]}, got {value}")
+                raise _Bad(f"expected {expected(modality)}, got {value}")
             if not isinstance(value, str | int | float | bool):
-                raise _Bad(f"expected {EXPECTED[modality]}, got {_json_type(value)}")
+                raise _Bad(f"expected {expected(modality)}, got {_json_type(value)}")
             return value
         # Image or audio: bytes from an upload, or a base64 string. Never a path.
         if isinstance(value, str):
             value = decode_base64(value)
         if not isinstance(value, bytes):
-            raise _Bad(f"expected {EXPECTED[modality]}, got {_json_type(value)}")
+            raise _Bad(f"expected {expected(modality)}, got {_json_type(value)}")
         if not value:
             return None  # an empty upload is a file input left empty: the modality is absent
         if modality is Modality.IMAGE:
             self._check_image(value)
-            return value
-        return self._check_audio(value)
+        elif modality is Modality.AUDIO:
+            return self._check_audio(value)
+        return value  # another file kind: its decoder checks it
 
     def _check_image(self, data: bytes) -> None:
         from PIL import Image
@@ -269,11 +276,11 @@ def request_model(schema: Schema, config: ServeConfig) -> type[BaseModel]:
     """The body of POST /v1/predict for this model: {"instances": [{column: value, ...}, ...]}."""
     fields: dict[str, Any] = {}
     for i, (col, modality) in enumerate(schema.columns.items()):
-        extra = {"contentEncoding": "base64"} if modality in (Modality.IMAGE, Modality.AUDIO) else None
-        description = f"{modality.value} input: {EXPECTED[modality]}; leave it out or null when absent"
+        extra = {"contentEncoding": "base64"} if modality not in VALUE_KINDS else None
+        description = f"{modality.value} input: {expected(modality)}; leave it out or null when absent"
         # Columns can have any name, so the Python attribute is generic and the column name is the alias.
         fields[f"f{i}"] = (
-            _FIELD_TYPES[modality],
+            _FIELD_TYPES.get(modality, StrictStr | None),
             Field(default=None, alias=col, title=col, description=description, json_schema_extra=extra),
         )
     instance = create_model("Instance", __config__=ConfigDict(extra="forbid"), **fields)
@@ -331,7 +338,7 @@ def from_validation_errors(errors: list[dict[str, Any]], schema: Schema, config:
             if kind == "extra_forbidden" or modality is None:
                 msg = "unknown field; the model's input columns are " + str(list(schema.columns))
             else:
-                msg = f"expected {EXPECTED[modality]}, got {_json_type(e.get('input'))}"
+                msg = f"expected {expected(modality)}, got {_json_type(e.get('input'))}"
         elif len(loc) == 2 and loc[0] == "instances" and isinstance(loc[1], int):
             inst, msg = loc[1], f"an instance must be an object of column -> value, got {_json_type(e.get('input'))}"
         elif loc == ["instances"] and kind == "too_long":

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from polymodal.data.schema import Modality
-from polymodal.serving.inputs import FieldError, RequestError
+from polymodal.serving.inputs import VALUE_KINDS, FieldError, RequestError
 
 log = logging.getLogger("polymodal.serving")
 
@@ -64,6 +64,10 @@ class ModelService:
         self.classes = [str(c) for c in self.task.classes] if self.task.is_classification else None
         self.decoders = self._decoders()
         self._column_modality = list(self.schema.columns.items())
+        # Files of a kind decoded here (image, audio) take the fast path; any other kind (a modality added later)
+        # goes through the engine's own decoding, as in `predict`.
+        frozen = set(self.engine.pipeline.frozen_inputs)
+        self.fast = all(m in VALUE_KINDS or c in self.decoders or c in frozen for c, m in self._column_modality)
 
     def _decoders(self) -> dict[str, Callable[[bytes], np.ndarray]]:
         """column -> bytes -> array, as `predict` decodes it (frozen encoders read their bytes themselves)."""
@@ -89,7 +93,7 @@ class ModelService:
 
         media: dict[str, list[np.ndarray | None]] = {}
         errors: list[FieldError] = []
-        for col, decode in self.decoders.items():
+        for col, decode in self.decoders.items() if self.fast else ():
             values: list[np.ndarray | None] = []
             for i, row in enumerate(rows):
                 value = row.get(col)
@@ -116,9 +120,7 @@ class ModelService:
             if modality is Modality.NUMERIC:
                 cols[col] = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
                 continue
-            if modality in (Modality.IMAGE, Modality.AUDIO) and not all(
-                v is None or isinstance(v, bytes) for v in values
-            ):
+            if modality not in VALUE_KINDS and not all(v is None or isinstance(v, bytes) for v in values):
                 raise TypeError(f"media column {col!r} must hold bytes or None")  # never a path
             column = np.empty(len(values), dtype=object)
             column[:] = values
@@ -132,13 +134,16 @@ class ModelService:
         owner = np.repeat(np.arange(len(requests)), sizes)
         start = np.concatenate([[0], np.cumsum(sizes)])
         try:
-            media = {col: [m for req in requests for m in req.media[col]] for col in self.decoders}
             df = self.frame(rows)
-            pipeline = self.engine.pipeline
-            frozen, problems = {}, []
-            if pipeline.frozen_inputs:  # embeddings of frozen pretrained encoders, through their cache
-                _, frozen, problems = pipeline.decode(df, NO_FILES, media=False)
-            features = pipeline.features(df, media, frozen)
+            if self.fast:
+                media = {col: [m for req in requests for m in req.media[col]] for col in self.decoders}
+                pipeline = self.engine.pipeline
+                frozen, problems = {}, []
+                if pipeline.frozen_inputs:  # embeddings of frozen pretrained encoders, through their cache
+                    _, frozen, problems = pipeline.decode(df, NO_FILES, media=False)
+                features = pipeline.features(df, media, frozen)
+            else:
+                features, problems = self.engine.features(df, NO_FILES, on_bad_rows="missing")
             outputs = self.engine.outputs(features)
         except Exception:
             if len(requests) > 1:  # find the request that broke the batch; the others are answered normally
@@ -148,7 +153,7 @@ class ModelService:
             log.exception("request could not be processed")
             return [RequestError([FieldError(None, None, UNPROCESSABLE)])]
         bad: dict[int, list[FieldError]] = {}
-        for p in problems:  # files a frozen encoder could not read
+        for p in problems:  # files the engine could not read (frozen encoders, other kinds)
             r = int(owner[p.row])
             bad.setdefault(r, []).append(FieldError(int(p.row - start[r]), p.column, p.reason))
         finite = np.isfinite(outputs.reshape(len(rows), -1)).all(axis=1)
@@ -213,10 +218,12 @@ class ModelService:
                 row[col] = buf.getvalue()
             elif modality is Modality.NUMERIC:
                 row[col] = 0.0
-            else:
+            elif modality is Modality.CATEGORICAL:
                 vocabs = state["tabular:categorical"]
                 vocab = vocabs["vocabs"][vocabs["columns"].index(col)]
                 row[col] = vocab[0] if vocab else None
+            else:  # a kind with no generated example here: absent (the model's missing-modality path)
+                row[col] = None
         return row
 
     def categories(self) -> dict[str, list[str]]:
