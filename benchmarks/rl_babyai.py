@@ -12,6 +12,7 @@ Runs (each for every seed):
   bow-dqn        SB3's default MultiInputPolicy extractor (image flattened, mission as word counts), same DQN
   polymodal-ppo  the polymodal extractor with PPO (8 envs)
   bow-ppo        SB3's default extractor with PPO
+  legacy-dqn     (only when named) the polymodal extractor with the DQN settings before issue 28
 Each run: success of deterministic actions over `--episodes` episodes after its budget, the curve every
 `--points`-th of the budget (30 episodes a point), DQN diagnostics. Before the runs, the speed of both extractors
 is measured in the same process, alternating (DQN training steps per second after learning starts).
@@ -43,7 +44,28 @@ RUNS = {
     "bow-dqn": {"algo": "dqn", "extractor": False, "text": "bow"},
     "polymodal-ppo": {"algo": "ppo"},
     "bow-ppo": {"algo": "ppo", "extractor": False, "text": "bow"},
+    # The DQN settings before issue 28 (the diagnosis): SB3's max target, BatchNorm, no norm after the fusion, one
+    # learning rate, the earlier hyper-parameters. Not in the default --runs.
+    "legacy-dqn": {
+        "algo": "dqn",
+        "double_q": False,
+        "fused_norm": False,
+        "cnn_norm": "batch",
+        "encoder_lr_scale": 1.0,
+        "hyperparameters": {
+            "learning_rate": 5e-4,
+            "buffer_size": 50_000,
+            "learning_starts": 1_000,
+            "batch_size": 64,
+            "gamma": 0.95,
+            "train_freq": 4,
+            "target_update_interval": 500,
+            "exploration_fraction": 0.3,
+            "exploration_final_eps": 0.02,
+        },
+    },
 }
+DEFAULT_RUNS = ["polymodal-dqn", "bow-dqn", "polymodal-ppo", "bow-ppo"]
 COLLAPSE_FROM, COLLAPSE_DROP = 0.8, 0.2
 
 
@@ -167,7 +189,7 @@ def main() -> None:
     ap.add_argument("--speed-steps", type=int, default=1_000, help="DQN steps per speed round (0: no speed phase)")
     ap.add_argument("--speed-rounds", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--runs", default=",".join(RUNS))
+    ap.add_argument("--runs", default=",".join(DEFAULT_RUNS), help=f"of {', '.join(RUNS)}")
     ap.add_argument("--out", default="rl_babyai")
     ap.add_argument("--report", action="store_true", help="no training: table, goals and curves of the saved JSON")
     args = ap.parse_args()

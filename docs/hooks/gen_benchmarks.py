@@ -273,6 +273,7 @@ RL_EXTRACTORS = {
     "polymodal": ("polymodal (cell codes + TextRNN + embedding, early fusion)", "token ids"),
     "bow": ("SB3 default (flatten + bag of words)", "bag of words"),
     "blind": ("polymodal, mission hidden", "no"),
+    "legacy": ("polymodal, DQN settings before issue 28", "token ids"),
 }
 
 
