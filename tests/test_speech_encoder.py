@@ -175,6 +175,10 @@ def test_finetuning_trains_its_convolutions_and_lora_is_refused(tones, tmp_path)
     assert changed and all(n.startswith(("blocks.18.", "blocks.19.")) for n in changed)
     q = MultimodalPredictor.load(p.save(tmp_path / "ft"))
     np.testing.assert_allclose(q.predict_proba(test).to_numpy(), p.predict_proba(test).to_numpy(), atol=1e-5)
+    from polymodal.optimize.export import export_model  # the fine-tuned encoder is traced with the network
+
+    onnx_p = MultimodalPredictor.load(export_model(tmp_path / "ft", tmp_path / "ft.onnx"), runtime="onnx")
+    assert np.abs(onnx_p.predict_proba(test).to_numpy() - q.predict_proba(test).to_numpy()).max() <= 1e-4
     with pytest.raises(ConfigError, match="LoRA"):
         MultimodalPredictor(label="y", audio_encoder="speech-embedding", freeze=False, lora=True, **QUICK).fit(train)
 

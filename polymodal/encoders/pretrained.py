@@ -54,7 +54,7 @@ REGISTRY: dict[str, dict[str, str]] = {
     "speech-embedding": {
         "modality": "audio",
         "package": "openwakeword",
-        "what": "Google speech_embedding, 16 kHz (96-d per 80 ms; pip install polymodal[speech])",
+        "what": "Google speech_embedding, 16 kHz (96-d per 80 ms; extra: speech)",
     },
 }
 PRESET_PRETRAINED = {Modality.TEXT: "minilm", Modality.IMAGE: "efficientnet-lite0", Modality.AUDIO: "speech-embedding"}
