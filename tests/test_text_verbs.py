@@ -5,6 +5,7 @@ compare and tune, on a small every-kind table (tests/synth.py) with empty cells.
 from __future__ import annotations
 
 import json
+import time
 
 import pandas as pd
 import pytest
@@ -106,3 +107,36 @@ def test_compare_and_tune(table, pinned_torch):
         *SMALL])  # fmt: skip
     summary = json.loads((table / "tune" / "tune.json").read_text())
     assert summary["metric"] == "cider" and summary["best_folder"]
+
+
+def test_serve_answers_the_generated_text(model, table):
+    import base64
+
+    from fastapi.testclient import TestClient
+
+    from polymodal import MultimodalPredictor
+    from polymodal.serving import ServeConfig, create_app
+    from polymodal.serving.service import ModelService
+
+    test = pd.read_csv(table / "test.csv")
+    rows = test[test["image"].notna() & test["caption"].notna()].head(3)
+    expected = MultimodalPredictor.load(model).predict(
+        rows.assign(image=[str(table / p) for p in rows["image"]], clip=[str(table / p) for p in rows["clip"]])
+    )
+
+    def b64(path: str) -> str:
+        return base64.b64encode((table / path).read_bytes()).decode()
+
+    instances = [{"image": b64(r.image), "caption": r.caption, "clip": b64(r.clip), "price": float(r.price),
+                  "shade": r.shade} for r in rows.itertuples()]  # fmt: skip
+    with TestClient(create_app(ServeConfig(model=str(model)), ModelService(model))) as client:
+        for _ in range(600):
+            if client.get("/ready").status_code == 200:
+                break
+            time.sleep(0.1)
+        r = client.post("/v1/predict", json={"instances": instances})
+        assert r.status_code == 200, r.text
+        got = [p["prediction"] for p in r.json()["predictions"]]
+        assert got == list(expected) and all(isinstance(g, str) for g in got)
+        page = client.get("/").text
+        assert "<html" in page.lower()
