@@ -484,9 +484,14 @@ def av_video(d: dict) -> str:
     out = _table(["entry", "test accuracy", "macro F1", "epochs", "s / epoch"], rows)
     speed = ", ".join(f"{w} workers {_f(v, 1)}" for w, v in d["decode_videos_per_s"].items())
     share = d.get("decode_share_of_streamed_epoch")
-    return out + f"\n\nDecoding (one PyAV pass per video, videos/s by loader workers): {speed}." + (
-        f" Decoding one pass over the training videos would be {_f(100 * share, 1)} % of a streamed epoch." if share
-        else ""
+    return (
+        out
+        + f"\n\nDecoding (one PyAV pass per video, videos/s by loader workers): {speed}."
+        + (
+            f" Decoding one pass over the training videos would be {_f(100 * share, 1)} % of a streamed epoch."
+            if share
+            else ""
+        )
     )
 
 
