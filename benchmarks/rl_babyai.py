@@ -224,7 +224,7 @@ def main() -> None:
 def report(results: list[dict], speed_result: dict | None, args, wall: float | None, saved: dict) -> None:
     """Print the table and the goals, draw the curves, write the JSON."""
     from polymodal.model.artifact import write_json
-    from polymodal.rl.curves import plot_runs
+    from polymodal.rl.curves import plot_diagnostics, plot_runs
 
     minutes = f"{wall / 60:.1f} min" if wall else "cut short"
     print(f"\n{args.env}: success over {args.episodes} episodes (deterministic), wall {minutes}")
@@ -240,6 +240,10 @@ def report(results: list[dict], speed_result: dict | None, args, wall: float | N
     for g, ok in met.items():
         print(f"goal {'MET' if ok else 'NOT MET'}: {g}")
     plot_runs({f"{r['name']} s{r['seed']}": r for r in results}, RESULTS / f"{args.out}.png", f"{args.env}")
+    for r in results:  # each DQN run's diagnostics next to its success curve
+        if r.get("diagnostics"):
+            name = f"{r['name']}-s{r['seed']}"
+            plot_diagnostics(r["diagnostics"], RESULTS / f"{args.out}.{name}.png", f"{name}, {args.env}", r["history"])
     write_json(RESULTS / f"{args.out}.json", {
         "benchmark": "rl_babyai", "complete": bool(saved.get("complete")), "env": args.env,
         "episodes": args.episodes, "curve_episodes": args.curve_episodes, "seeds": sorted({r["seed"] for r in results}),
@@ -248,7 +252,8 @@ def report(results: list[dict], speed_result: dict | None, args, wall: float | N
         "goals": met, "collapse_rule": f"after first reaching {COLLAPSE_FROM}, never more than {COLLAPSE_DROP} "
         "below the best point so far", "wall_seconds": wall, "workers": args.workers, "torch_threads_per_worker": 1,
         "cpu": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}",
-        "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()], "command": saved.get("command"),
+        "load_average_1_5_15": saved.get("load_average_1_5_15") or [round(v, 2) for v in os.getloadavg()],
+        "command": saved.get("command"),
         "not_finished": saved.get("not_finished", []),
     })  # fmt: skip
     print(f"wrote {RESULTS / (args.out + '.json')} and .png")
