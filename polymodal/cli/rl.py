@@ -12,7 +12,9 @@ import typer
 from polymodal.cli.base import _fail, _run, _set_options, _settings, console
 from polymodal.cli.options import ConfigOpt, EmbedDimRL, FusionRL, Seed, SetOpt
 
-rl_app = typer.Typer(no_args_is_help=True, help="Train and evaluate DQN/PPO agents on multimodal observations.")
+rl_app = typer.Typer(
+    no_args_is_help=True, help="Train, evaluate and compare DQN/QR-DQN/PPO agents on multimodal observations."
+)
 
 
 def _rl_run(fn: Callable[[], Any]) -> Any:
@@ -43,7 +45,7 @@ def rl_train(
     env: str | None = typer.Option(None, "--env", help="A gymnasium env id, e.g. BabyAI-GoToLocalS6N2-v0 (rl.env_id)"),
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    algo: str | None = typer.Option(None, help="dqn | ppo [ppo]"),
+    algo: str | None = typer.Option(None, help="dqn | qrdqn | ppo [ppo]"),
     steps: int | None = typer.Option(None, help="Environment steps to train for [50000]"),
     fusion: FusionRL = None,
     seed: Seed = None,
