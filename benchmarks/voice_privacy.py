@@ -19,6 +19,8 @@ With `--audio-encoder speech-embedding` (Google's speech_embedding, frozen, thro
 read the pretrained embedding instead of the scratch CNN; the audio_warp job then has nothing to warp (it applies
 to scratch features), so the jobs are clean and informed, run one after the other (they share the cache), and the
 results go to benchmarks/results/voice_privacy_speech_embedding.json unless --out says otherwise.
+`--speaker-encoder scratch` gives the speaker model (the attacker) the scratch CNN instead, in the same run
+(voice_privacy_speech_embedding_scratch_attacker.json).
 
 Prints a table and writes benchmarks/results/voice_privacy.json. Attribution: Free Spoken Digit Dataset,
 Zohar Jackson et al. (CC BY-SA 4.0).
@@ -57,6 +59,12 @@ def fsdd_tables(fsdd: Path, out: Path, train_takes: int) -> tuple[Path, Path]:
     return out / "train.csv", out / "test.csv"
 
 
+def encoder_of(label: str, args: argparse.Namespace) -> str | None:
+    """The audio encoder of the speaker model (--speaker-encoder, else --audio-encoder) or of the digit model."""
+    name = args.speaker_encoder or args.audio_encoder if label == "speaker" else args.audio_encoder
+    return None if name == "scratch" else name
+
+
 def fit(train: Path, label: str, args: argparse.Namespace, audio_warp: float = 0.0):
     from polymodal import MultimodalPredictor
 
@@ -65,7 +73,7 @@ def fit(train: Path, label: str, args: argparse.Namespace, audio_warp: float = 0
         label=label, fusion="early", ignore=[other], modalities={"clip": "audio", other: "categorical"},
         problem_type="multiclass", preprocess={"sample_rate": 8000, "max_audio_seconds": 1.0},
         embed_dim=args.embed_dim, max_epochs=args.max_epochs, patience=args.patience, batch_size=64,
-        seed=args.seed, progress=False, audio_warp=audio_warp, audio_encoder=args.audio_encoder,
+        seed=args.seed, progress=False, audio_warp=audio_warp, audio_encoder=encoder_of(label, args),
     )  # fmt: skip
     start = time.perf_counter()
     p.fit(train)
@@ -97,14 +105,17 @@ def main() -> None:
     ap.add_argument(
         "--audio-encoder", default=None, help="pretrained audio encoder: speech-embedding, an HF id or folder"
     )
+    ap.add_argument("--speaker-encoder", help="the speaker model's (the attacker's) encoder, if not --audio-encoder's;"
+                    " scratch: the scratch CNN")  # fmt: skip
     ap.add_argument("--audio-warp", type=float, default=0.25, help="train.audio_warp of the 'warp' models")
     ap.add_argument("--jobs", default=None, help="which models to train (the rest: from --out); default: all")
     args = ap.parse_args()
     if args.audio_encoder and args.out == ap.get_default("out"):
-        args.out = args.out.with_name(f"voice_privacy_{args.audio_encoder.replace('-', '_').replace('/', '_')}.json")
+        name = args.audio_encoder + (f"_{args.speaker_encoder}_attacker" if args.speaker_encoder else "")
+        args.out = args.out.with_name(f"voice_privacy_{name.replace('-', '_').replace('/', '_')}.json")
     all_jobs = ["clean", "informed"] if args.audio_encoder else ["clean", "informed", "warp"]
     jobs_run = args.jobs.split(",") if args.jobs else all_jobs
-    same = ("alpha", "max_epochs", "patience", "embed_dim", "seed", "train_takes", "audio_encoder")
+    same = ("alpha", "max_epochs", "patience", "embed_dim", "seed", "train_takes", "audio_encoder", "speaker_encoder")
     previous = json.loads(args.out.read_text()) if args.out.is_file() else None
     if set(jobs_run) != set(all_jobs):
         if previous is None or any(previous["settings"].get(k) != getattr(args, k) for k in same):
@@ -130,7 +141,8 @@ def main() -> None:
     tests = {"clean": test, "ignorant (alpha 0.8)": test_anon, "ignorant (alpha 0.7-0.9 per clip)": test_rand}
     jobs = {}
     # A frozen pretrained encoder: one model after the other, so each clip is embedded once (the feature cache).
-    with ProcessPoolExecutor(max_workers=1 if args.audio_encoder else 2 * len(jobs_run)) as pool:
+    one_by_one = args.audio_encoder and encoder_of("speaker", args) == args.audio_encoder
+    with ProcessPoolExecutor(max_workers=1 if one_by_one else 2 * len(jobs_run)) as pool:
         for label in ("speaker", "digit"):
             if "clean" in jobs_run:
                 jobs[label, "clean"] = pool.submit(fit_and_test, label, train, tests, args)
@@ -189,11 +201,15 @@ def main() -> None:
         ),
         "data": "FSDD official split: takes 0-4 test (250 rows), the training rows from takes 5-49 "
         f"(first {args.train_takes} takes per digit and speaker); 5 speakers",
-        "models": "polymodal MultimodalPredictor, audio column only, "
-        + (
-            f"frozen pretrained encoder {args.audio_encoder} (16 kHz)"
-            if args.audio_encoder
-            else "scratch encoder, sample rate 8000"
+        "models": "polymodal MultimodalPredictor, audio column only; "
+        + "; ".join(
+            f"{label}: "
+            + (
+                f"frozen pretrained encoder {encoder_of(label, args)} (16 kHz)"
+                if encoder_of(label, args)
+                else "scratch encoder, sample rate 8000"
+            )
+            for label in ("speaker", "digit")
         ),  # fmt: skip
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "results": results,
