@@ -19,6 +19,19 @@ def module_keys(names: list[str]) -> dict[str, str]:
     return {n: f"i{i}_{re.sub(r'[^0-9A-Za-z_]', '_', n)}" for i, n in enumerate(names)}
 
 
+def build_encoders(
+    inputs: dict[str, Modality], input_specs: dict[str, dict[str, Any]], embed_dim: int | dict[str, int], tokens: bool
+) -> tuple[dict[str, str], nn.ModuleDict, dict[str, int]]:
+    """One encoder per input: (input name -> module key, the encoders by key, each encoder's output size by key).
+    Shared by `MultimodalNet` and the text network, so both save their encoders under the same names."""
+    keys = module_keys(list(inputs))
+    dims = embed_dim if isinstance(embed_dim, dict) else dict.fromkeys(inputs, embed_dim)
+    encoders = nn.ModuleDict(
+        {keys[n]: build_encoder(m, input_specs[n], dims[n], tokens=tokens) for n, m in inputs.items()}
+    )
+    return keys, encoders, {keys[n]: encoders[keys[n]].dim for n in inputs}
+
+
 class MultimodalNet(nn.Module):
     def __init__(
         self,
@@ -34,14 +47,9 @@ class MultimodalNet(nn.Module):
         """`embed_dim`: one size for every encoder, or {input name: size}; `fusion_options`: the fusion's own."""
         super().__init__()
         self.input_names = list(inputs)
-        self.keys = module_keys(self.input_names)
-        dims = embed_dim if isinstance(embed_dim, dict) else dict.fromkeys(inputs, embed_dim)
         # A token-level fusion reads each encoder's tokens (`forward_tokens`) instead of its pooled embedding.
         self.tokens = bool(getattr(FUSIONS.get(fusion), "consumes_tokens", False))
-        self.encoders = nn.ModuleDict(
-            {self.keys[n]: build_encoder(m, input_specs[n], dims[n], tokens=self.tokens) for n, m in inputs.items()}
-        )
-        dims = {self.keys[n]: self.encoders[self.keys[n]].dim for n in self.input_names}
+        self.keys, self.encoders, dims = build_encoders(inputs, input_specs, embed_dim, self.tokens)
         options = fusion_options or {}
         self.fusion = build_fusion(fusion, dims, task.n_outputs, hidden=hidden, dropout=dropout, **options)
         self.dropout = nn.Dropout(dropout)

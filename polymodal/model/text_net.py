@@ -20,9 +20,8 @@ import torch
 from torch import nn
 
 from polymodal.data.schema import Modality
-from polymodal.encoders import build_encoder
 from polymodal.fusion import FUSIONS, build_fusion
-from polymodal.model.network import module_keys
+from polymodal.model.network import build_encoders
 from polymodal.tasks.beam import beam_search, ctc_greedy, pack
 from polymodal.tasks.decoders import build_decoder, sinusoid
 from polymodal.tasks.text import BOS, EOS, PAD, UNK, TextTask
@@ -46,16 +45,11 @@ class TextNet(nn.Module):
         """`decoder`: the config's decoder section; the rest as `MultimodalNet`."""
         super().__init__()
         self.input_names = list(inputs)
-        self.keys = module_keys(self.input_names)
         self.modalities = dict(inputs)
-        dims = embed_dim if isinstance(embed_dim, dict) else dict.fromkeys(inputs, embed_dim)
         self.fusion_tokens = bool(getattr(FUSIONS.get(fusion), "consumes_tokens", False))
         self.memory_kind = decoder.memory
         self.tokens = self.fusion_tokens or self.memory_kind == "tokens"
-        self.encoders = nn.ModuleDict(
-            {self.keys[n]: build_encoder(m, input_specs[n], dims[n], tokens=self.tokens) for n, m in inputs.items()}
-        )
-        dims = {self.keys[n]: self.encoders[self.keys[n]].dim for n in self.input_names}
+        self.keys, self.encoders, dims = build_encoders(inputs, input_specs, embed_dim, self.tokens)
         d = decoder.dim
         self.fusion = build_fusion(fusion, dims, d, hidden=hidden, dropout=dropout, **(fusion_options or {}))
         self.fused_proj = nn.Linear(self.fusion.out_dim, d)
