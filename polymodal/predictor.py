@@ -112,7 +112,7 @@ class MultimodalPredictor(TreeSettings):
 
         preprocessor.fit(df, media)
         speech = any(m.value == "audio" for m in schema.inputs.values())  # text: WER is the default metric
-        task = Task.fit(schema.problem_type, df[schema.label], self.config_.decoder, speech)
+        task = Task.fit(schema.problem_type, df[schema.label], self.config_.decoder, speech, schema.empty_label)
         train_x, valid_x = pipeline.features(df, media, frozen), pipeline.features(vdf, vmedia, vfrozen)
         train_y = task.encode_targets(df[schema.label])
 

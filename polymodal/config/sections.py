@@ -36,6 +36,10 @@ class DataConfig:
     split_by: str | None = None
     valid_fraction: float = 0.1  # validation split of the training rows when no validation table is given
     on_bad_rows: str = field(default="error", metadata=_choices(*BAD_ROW_POLICIES))
+    # Multilabel: what an empty label cell means. missing: an unknown label, a bad row (on_bad_rows), the default,
+    # as before; none: the row has no label (the empty set), so a prediction may be empty too; any other string
+    # (e.g. "-"): a cell holding exactly that token is the empty set and an empty cell stays missing.
+    empty_label: str = "missing"
     # Tables larger than memory: read in chunks, media decoded on the fly in loader worker processes. auto:
     # stream a file whose decoded rows would take more than a quarter of the available memory.
     streaming: str = field(default="auto", metadata=_choices("auto", "on", "off"))
@@ -98,9 +102,16 @@ class TabularEncoderConfig:
 
 @dataclass
 class VideoEncoderConfig:
-    """The frames of video columns: the scratch image CNN on each frame, then a temporal model over them."""
+    """The frames of video columns: an image encoder on each frame (or a video model on the clip), then a temporal
+    model over them."""
 
     embed_dim: int | None = None  # None: encoders.embed_dim
+    # The frames' encoder: scratch (a small CNN per frame); a pretrained image encoder on each frame (a registry
+    # name like efficientnet-lite0, an HF vision model id or folder), frozen (each frame's embedding in the feature
+    # cache) or fine-tuned as encoders.freeze says; or a VideoMAE / TimeSformer model (id or folder) on the whole
+    # clip, whose num_frames and image_size must equal preprocess.video_frames and image_size. encoders.columns
+    # {COL: name} sets it per video column.
+    frames: str = "scratch"
     # mean: frames averaged (order-blind) | gru: a bidirectional GRU | transformer: self-attention with positions
     temporal: str = field(default="gru", metadata=_choices("mean", "gru", "transformer"))
     layers: int = 1  # GRU or transformer layers
@@ -150,8 +161,15 @@ class DecoderConfig:
     """Text outputs (`data.problem_type: text`): the target vocabulary, the decoder, how it generates and scores."""
 
     # transformer (cross-attention to the input tokens) | gru (GRU with attention) | ctc (per-token CTC head, for
-    # monotonic audio -> text)
-    name: str = field(default="transformer", metadata=_choices("transformer", "gru", "ctc"))
+    # monotonic audio -> text) | hf (the pretrained Hugging Face decoder of `pretrained`)
+    name: str = field(default="transformer", metadata=_choices("transformer", "gru", "ctc", "hf"))
+    # A Hugging Face causal LM (GPT-2 family, given cross-attention) or seq2seq model (T5, BART: its decoder) by hub
+    # id or local folder: the decoder reading the inputs, and its tokenizer in place of the word vocabulary
+    pretrained: str | None = None
+    # The pretrained decoder's weights: frozen | finetune | lora (adapters on its attention projections); what is
+    # new (the projection to its width, GPT-2's cross-attention) always learns
+    train: str = field(default="lora", metadata=_choices("frozen", "finetune", "lora"))
+    lora_rank: int = 8  # rank of the LoRA adapters (train: lora)
     tokens: str = field(default="word", metadata=_choices("word", "char"))  # target vocabulary of words or characters
     max_vocab: int = 10000  # the most frequent target tokens of the training rows; the rest are unknown
     min_count: int = 1  # a target token seen fewer times in training is unknown

@@ -47,6 +47,10 @@ class ProblemType(str, Enum):
 
 
 LABEL_SEPARATOR = "|"
+# What an empty multilabel cell means (data.empty_label): "missing" (an unknown label: a bad row), "none" (the empty
+# set of labels), or any other string: the token that a cell holds to say "no label" (e.g. "-"), an empty cell
+# staying a missing label.
+EMPTY_MISSING, EMPTY_NONE = "missing", "none"
 
 
 class SchemaError(UserError):
@@ -82,6 +86,7 @@ class Schema:
     label: str
     problem_type: ProblemType
     ignored: list[str] = field(default_factory=list)
+    empty_label: str = EMPTY_MISSING  # multilabel only: see EMPTY_MISSING above (data.empty_label)
 
     def columns_of(self, modality: Modality) -> list[str]:
         return [c for c, m in self.columns.items() if m is modality]
@@ -114,6 +119,7 @@ class Schema:
             label=d["label"],
             problem_type=ProblemType(d["problem_type"]),
             ignored=list(d.get("ignored", [])),
+            empty_label=d.get("empty_label", EMPTY_MISSING),  # folders written before it: today's behaviour
         )
 
 
@@ -192,11 +198,13 @@ def infer_schema(
     overrides: dict[str, Modality] | None = None,
     ignore: list[str] | None = None,
     problem_type: ProblemType | str | None = None,
+    empty_label: str = EMPTY_MISSING,
 ) -> Schema:
     """Infer each column's modality.
 
     `overrides` pins the modality of the columns it names; every other column is still inferred.
     `ignore` leaves columns out of the inputs (or one part of a video column: "clip:sound").
+    `empty_label`: what an empty multilabel cell means (`check_empty_label`).
     """
     overrides = dict(overrides or {})
     ignore = list(ignore or [])
@@ -229,4 +237,16 @@ def infer_schema(
     if problem_type and str(getattr(problem_type, "value", problem_type)) not in choices:
         raise SchemaError(f"problem type must be one of {choices}, not {problem_type!r}")
     ptype = ProblemType(problem_type) if problem_type else infer_problem_type(df[label])
-    return Schema(columns=columns, label=label, problem_type=ptype, ignored=ignore)
+    return Schema(columns=columns, label=label, problem_type=ptype, ignored=ignore,
+                  empty_label=check_empty_label(empty_label))  # fmt: skip
+
+
+def check_empty_label(value: str) -> str:
+    """data.empty_label: "missing", "none", or a token of its own (not blank, without the separator)."""
+    token = str(value).strip()
+    if not token or LABEL_SEPARATOR in token:
+        raise SchemaError(
+            f"data.empty_label must be 'missing', 'none' or a token such as '-' that a cell holds to say 'no label' "
+            f"(not blank, without {LABEL_SEPARATOR!r}), not {value!r}"
+        )
+    return token

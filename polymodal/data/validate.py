@@ -15,7 +15,16 @@ import pandas as pd
 from polymodal.data.io import resolve_path
 from polymodal.data.media import MediaError, decode_audio, decode_image
 from polymodal.data.redact import quote_value
-from polymodal.data.schema import FRAMES, SOUND, Modality, Schema, SchemaError
+from polymodal.data.schema import (
+    EMPTY_MISSING,
+    EMPTY_NONE,
+    FRAMES,
+    LABEL_SEPARATOR,
+    SOUND,
+    Modality,
+    Schema,
+    SchemaError,
+)
 from polymodal.data.video import decode_video
 from polymodal.errors import UserError
 
@@ -80,6 +89,8 @@ def check_labels(df: pd.DataFrame, schema: Schema) -> list[Problem]:
     if schema.label not in df.columns:
         raise SchemaError(f"label column {schema.label!r} is missing from the table (it has {list(df.columns)})")
     y = df[schema.label]
+    if schema.problem_type.is_multilabel:
+        return _check_label_sets(y, schema)
     problems = [Problem(int(i), schema.label, "label is empty (NaN)") for i in np.flatnonzero(y.isna().to_numpy())]
     if schema.problem_type.is_text:  # a target of only spaces is as empty as a missing one
         blank = np.flatnonzero(y.notna().to_numpy() & (y.astype(str).str.strip() == "").to_numpy())
@@ -89,6 +100,21 @@ def check_labels(df: pd.DataFrame, schema: Schema) -> list[Problem]:
         values = pd.to_numeric(y, errors="coerce")
         bad = np.flatnonzero(values.isna().to_numpy() & ~y.isna().to_numpy())
         problems += [Problem(int(i), schema.label, f"label {quote_value(y.iloc[i])} is not a number") for i in bad]
+    return problems
+
+
+def _check_label_sets(y: pd.Series, schema: Schema) -> list[Problem]:
+    """Multilabel cells per data.empty_label: with "none" an empty cell is the empty set; with a token, only a cell
+    holding exactly the token is (alone: "-|cat" is a bad row); otherwise an empty cell is a missing label."""
+    mode, problems = schema.empty_label, []
+    hint = "" if mode == EMPTY_NONE else " (a row with no label: --set data.empty_label=none, or a token such as '-')"
+    for i, v in enumerate(y.tolist()):
+        parts = [] if is_missing(v) else [s.strip() for s in str(v).split(LABEL_SEPARATOR) if s.strip()]
+        if mode not in (EMPTY_MISSING, EMPTY_NONE) and mode in parts and len(parts) > 1:
+            problems.append(Problem(i, schema.label, f"the no-label token {mode!r} beside labels in {quote_value(v)}"))
+        elif not parts and mode != EMPTY_NONE:
+            reason = "label is empty (NaN)" if is_missing(v) else f"label {quote_value(v)} holds no label"
+            problems.append(Problem(i, schema.label, reason + hint))
     return problems
 
 

@@ -34,7 +34,7 @@ def sub_schema(schema: Schema, inputs: list[str]) -> Schema:
     ignored = list(schema.ignored) + [c for c in schema.columns if c not in keep]
     # a video kept for one of its parts (frames or sound track) leaves the other part out
     ignored += [n for n in schema.inputs if n not in inputs and n not in ignored and input_column(n, columns) in keep]
-    return Schema(columns, schema.label, schema.problem_type, ignored)
+    return Schema(columns, schema.label, schema.problem_type, ignored, empty_label=schema.empty_label)
 
 
 def sub_preprocessor(preprocessor: Preprocessor, schema: Schema) -> Preprocessor:

@@ -31,8 +31,8 @@ def metrics_table(rows: dict[str, dict[str, Any]], title: str = "metrics", extra
     from rich.table import Table
 
     first = next(iter(rows.values()), {})
-    if "f1_micro" in first:
-        columns = list(MULTILABEL_COLUMNS)
+    if "f1_micro" in first:  # rows with no label (data.empty_label none or a token): their count and accuracy
+        columns = list(MULTILABEL_COLUMNS) + (["empty_rows", "empty_accuracy"] if "empty_rows" in first else [])
     elif "wer" in first:
         columns = list(TEXT_COLUMNS)
     else:

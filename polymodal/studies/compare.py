@@ -134,7 +134,7 @@ def compare(
         first = read["train"][0]
     data = template.config_.data
     modalities = {c: Modality(m) for c, m in data.modalities.items()}
-    schema = infer_schema(first, label, modalities, data.left_out(), data.problem_type)
+    schema = infer_schema(first, label, modalities, data.left_out(), data.problem_type, data.empty_label)
     if schema.problem_type.is_multilabel and any(f in ENSEMBLES for f in selected):
         say("multilabel: the late ensembles (softmax averaging and stacking) are left out")
         selected = [f for f in selected if f not in ENSEMBLES]

@@ -35,7 +35,8 @@ def _union_schema(schemas: list[Schema]) -> Schema:
     for s in schemas:
         columns |= s.columns
     first = schemas[0]
-    return Schema(columns, first.label, first.problem_type, [c for c in first.ignored if c not in columns])
+    ignored = [c for c in first.ignored if c not in columns]
+    return Schema(columns, first.label, first.problem_type, ignored, empty_label=first.empty_label)
 
 
 class EnsembleModel:

@@ -212,7 +212,7 @@ def prepare_seed(
     pre.state = copy.deepcopy(data.preprocessor.state)  # the pretrained inputs' settings; fit adds the rest
     pre.fit(df, media)
     task = Task.fit(schema.problem_type, df[schema.label], template.config_.decoder,
-                    any(m.value == "audio" for m in schema.inputs.values()))  # fmt: skip
+                    any(m.value == "audio" for m in schema.inputs.values()), schema.empty_label)  # fmt: skip
     sd = SeedData(
         seed=seed, schema=schema, preprocessor=pre, task=task, df=df, vdf=vdf, test_df=test.df,
         train_x=pre.transform(df, media, frozen), valid_x=pre.transform(vdf, vmedia, vfrozen),

@@ -129,7 +129,7 @@ class SharedData:
     def schema(self, p: Any) -> Schema:
         d = p.config_.data
         modalities = {c: Modality(m) for c, m in d.modalities.items()}
-        schema = infer_schema(self.table[0], d.label, modalities, d.ignore, d.problem_type)
+        schema = infer_schema(self.table[0], d.label, modalities, d.ignore, d.problem_type, d.empty_label)
         check_columns(self.table[0], schema, training=True)
         return schema
 
@@ -176,7 +176,7 @@ class SharedData:
             pre.state = copy.deepcopy(base.state)  # the pretrained inputs' settings; fit adds the rest
             pre.fit(df, media)
             task = Task.fit(schema.problem_type, df[schema.label], p.config_.decoder,
-                            any(m.value == "audio" for m in schema.inputs.values()))  # fmt: skip
+                            any(m.value == "audio" for m in schema.inputs.values()), schema.empty_label)  # fmt: skip
             prepared = Prepared(schema, pre, task, pre.transform(df, media, frozen), task.encode_targets(
                 df[schema.label]), pre.transform(vdf, vmedia, vfrozen), vdf, len(df))  # fmt: skip
             self._remember(self._prepared, pkey, prepared, self.max_entries)

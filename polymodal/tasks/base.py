@@ -1,9 +1,12 @@
 """Tasks: the head, the loss, target encoding, and metrics for each problem type.
 
 Multilabel: the label cell holds a set of labels joined with `|` ("cat|outdoor"); the head has one sigmoid output
-per label, trained with binary cross-entropy. A label is predicted when its probability is at least 0.5; a row
-where no label reaches 0.5 gets its single most probable label (every training row has at least one label). The
-monitored metric is micro-F1; `accuracy` is the exact-match ratio (the whole set right)."""
+per label, trained with binary cross-entropy. A label is predicted when its probability is at least 0.5. What a row
+with no label means is `data.empty_label` (`Schema.empty_label`): "missing" (the default) refuses it in training, so
+a row where no label reaches 0.5 gets its single most probable label; "none" (an empty cell) or a token (a cell
+holding only it, e.g. "-") is the empty set, an all-zero target, and such a row is predicted empty (written ""). The
+monitored metric is micro-F1; `accuracy` is the exact-match ratio (the whole set right); per-sample F1 and Jaccard
+count two empty sets as 1 (a perfect answer)."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from polymodal.data.redact import quote_value
-from polymodal.data.schema import LABEL_SEPARATOR, ProblemType
+from polymodal.data.schema import EMPTY_MISSING, EMPTY_NONE, LABEL_SEPARATOR, ProblemType
 from polymodal.errors import UserError
 
 if TYPE_CHECKING:  # torch loads on first use: the ONNX runtime decodes outputs without it
@@ -50,12 +53,24 @@ def split_labels(value: Any) -> list[str]:
     return [s.strip() for s in str(value).split(LABEL_SEPARATOR) if s.strip()]
 
 
-def label_sets(outputs: np.ndarray) -> np.ndarray:
-    """Multilabel probabilities (n, labels) -> 0/1 predictions: >= THRESHOLD, else the most probable label."""
+def label_sets(outputs: np.ndarray, at_least_one: bool = True) -> np.ndarray:
+    """Multilabel probabilities (n, labels) -> 0/1 predictions: >= THRESHOLD; where none is, the most probable label
+    when `at_least_one` (data.empty_label "missing"), else the empty set."""
     pred = (outputs >= THRESHOLD).astype(np.int64)
-    none = pred.sum(axis=1) == 0
-    pred[none, outputs[none].argmax(axis=1)] = 1
+    if at_least_one:
+        none = pred.sum(axis=1) == 0
+        pred[none, outputs[none].argmax(axis=1)] = 1
     return pred
+
+
+def _per_sample(y: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
+    """Mean per-row F1 and Jaccard of 0/1 label sets; a row where both sets are empty scores 1 (nothing to find,
+    nothing claimed), as scikit-learn's zero_division=1 would."""
+    inter, size = (y & pred).sum(axis=1), y.sum(axis=1) + pred.sum(axis=1)
+    union = size - inter
+    f1 = np.where(size > 0, 2 * inter / np.maximum(size, 1), 1.0)
+    jaccard = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+    return float(f1.mean()), float(jaccard.mean())
 
 
 class Task:
@@ -70,21 +85,33 @@ class Task:
         classes: list[Any] | None = None,
         y_mean: float = 0.0,
         y_std: float = 1.0,
+        empty_label: str = EMPTY_MISSING,
     ):
         self.problem_type = ProblemType(problem_type)
         self.classes = list(classes) if classes is not None else None
         self.y_mean, self.y_std = y_mean, y_std
+        self.empty_label = empty_label  # multilabel: data.empty_label
 
     @classmethod
-    def fit(cls, problem_type: ProblemType, y: pd.Series, decoder: Any = None, speech_like: bool = False) -> Task:
-        """`decoder` (the config's decoder section) and `speech_like` (an input is audio) matter to text only."""
+    def fit(
+        cls,
+        problem_type: ProblemType,
+        y: pd.Series,
+        decoder: Any = None,
+        speech_like: bool = False,
+        empty_label: str = EMPTY_MISSING,
+    ) -> Task:
+        """`decoder` (the config's decoder section) and `speech_like` (an input is audio) matter to text only;
+        `empty_label` (data.empty_label, the schema's) to multilabel only."""
         if ProblemType(problem_type).is_text:
             return subclass(ProblemType.TEXT).fit_text(y, decoder, speech_like)
         if ProblemType(problem_type).is_multilabel:
-            classes = sorted({label for v in y.dropna() for label in split_labels(v)})
+            task = cls(problem_type, classes=[], empty_label=empty_label)
+            classes = sorted({label for v in y.dropna() for label in task.label_set(v)})
             if len(classes) < 2:
                 raise UserError(f"the multilabel label has fewer than two distinct labels ({classes})")
-            return cls(problem_type, classes=classes)
+            task.classes = classes
+            return task
         if ProblemType(problem_type).is_classification:
             classes = sorted({_jsonable(v) for v in y.dropna()}, key=lambda v: (str(type(v)), v))
             if len(classes) < 2:
@@ -103,6 +130,18 @@ class Task:
         return self.problem_type.is_multilabel
 
     @property
+    def allows_empty(self) -> bool:
+        """Multilabel with data.empty_label "none" or a token: a row may have no label, a prediction may be empty."""
+        return self.is_multilabel and self.empty_label != EMPTY_MISSING
+
+    def label_set(self, value: Any) -> list[str]:
+        """The labels of one multilabel cell; [] for an empty cell under "none" and for the cell that is the token."""
+        if self.empty_label == EMPTY_NONE and (value is None or (isinstance(value, float) and np.isnan(value))):
+            return []
+        labels = split_labels(value)
+        return [] if self.empty_label not in (EMPTY_MISSING, EMPTY_NONE) and labels == [self.empty_label] else labels
+
+    @property
     def n_outputs(self) -> int:
         return len(self.classes) if self.is_classification else 1
 
@@ -116,7 +155,7 @@ class Task:
     def encode_targets(self, y: pd.Series) -> np.ndarray:
         if self.is_multilabel:  # multi-hot (n, labels)
             index = {c: i for i, c in enumerate(self.classes)}
-            sets = [split_labels(v) for v in y]
+            sets = [self.label_set(v) for v in y]
             unknown = sorted({label for s in sets for label in s if label not in index})
             if unknown:
                 raise UserError(f"label(s) {unknown[:10]} were not seen in training (labels: {self.classes})")
@@ -167,9 +206,8 @@ class Task:
         """Outputs -> predictions in the label's own values (multilabel: the labels joined with `|`)."""
         if self.is_multilabel:
             names = np.asarray(self.classes, dtype=object)
-            return np.array(
-                [LABEL_SEPARATOR.join(names[row.astype(bool)]) for row in label_sets(outputs)], dtype=object
-            )
+            rows = label_sets(outputs, not self.allows_empty)  # an empty set is written "" (the serving answer: [])
+            return np.array([LABEL_SEPARATOR.join(names[row.astype(bool)]) for row in rows], dtype=object)
         if self.is_classification:
             return np.asarray(self.classes, dtype=object)[outputs.argmax(axis=1)]
         return outputs
@@ -179,7 +217,8 @@ class Task:
         from sklearn import metrics as skm
 
         if self.is_multilabel:
-            return float(skm.f1_score(targets.astype(np.int64), label_sets(outputs), average="micro", zero_division=0))
+            pred = label_sets(outputs, not self.allows_empty)
+            return float(skm.f1_score(targets.astype(np.int64), pred, average="micro", zero_division=0))
         if self.is_classification:
             return float(skm.accuracy_score(targets, outputs.argmax(axis=1)))
         return float(np.sqrt(skm.mean_squared_error(targets * self.y_std + self.y_mean, outputs)))
@@ -187,10 +226,11 @@ class Task:
     def majority_outputs(self, train_targets: np.ndarray, n: int) -> tuple[np.ndarray, str]:
         """What a model that ignores its inputs would output for `n` rows: the most frequent class of the encoded
         training targets (the mean for regression); and a short name of that baseline."""
-        if self.is_multilabel:  # each label by its own majority; at least the most frequent one
+        if self.is_multilabel:  # each label by its own majority; at least the top one unless a set may be empty
             freq = train_targets.mean(axis=0)
             out = np.repeat((freq >= THRESHOLD).astype(np.float32)[None, :], n, axis=0)
-            out[:, int(freq.argmax())] = 1.0
+            if not self.allows_empty:
+                out[:, int(freq.argmax())] = 1.0
             names = [self.classes[i] for i in np.flatnonzero(out[0])]
             return out, f"majority label set {LABEL_SEPARATOR.join(map(str, names))!r}"
         if self.is_classification:
@@ -237,12 +277,16 @@ class Task:
     def _multilabel_metrics(self, y: np.ndarray, outputs: np.ndarray) -> dict[str, Any]:
         from sklearn import metrics as skm
 
-        pred = label_sets(outputs)
+        pred = label_sets(outputs, not self.allows_empty)
         out: dict[str, Any] = {"accuracy": float(skm.accuracy_score(y, pred))}  # exact match: the whole set right
         for avg in ("micro", "macro", "weighted"):
             p, r, f, _ = skm.precision_recall_fscore_support(y, pred, average=avg, zero_division=0)
             out |= {f"precision_{avg}": float(p), f"recall_{avg}": float(r), f"f1_{avg}": float(f)}
-        out["jaccard_samples"] = float(skm.jaccard_score(y, pred, average="samples", zero_division=0))
+        out["f1_samples"], out["jaccard_samples"] = _per_sample(y, pred)
+        if self.allows_empty:  # the rows with no label: how many, and the share predicted empty
+            empty = y.sum(axis=1) == 0
+            out["empty_rows"] = int(empty.sum())
+            out["empty_accuracy"] = float((pred[empty].sum(axis=1) == 0).mean()) if empty.any() else None
         out["hamming_loss"] = float(skm.hamming_loss(y, pred))
         both = [j for j in range(y.shape[1]) if 0 < y[:, j].sum() < len(y)]  # AUROC needs both outcomes
         out["auroc"] = float(np.mean([skm.roc_auc_score(y[:, j], outputs[:, j]) for j in both])) if both else None
@@ -272,15 +316,22 @@ class Task:
         return float(roc_auc_score(y, p, multi_class="ovr", average="macro", labels=present))
 
     def to_dict(self) -> dict[str, Any]:
+        extra = {"empty_label": self.empty_label} if self.is_multilabel else {}
         return {
             "problem_type": self.problem_type.value,
             "classes": self.classes,
             "y_mean": self.y_mean,
             "y_std": self.y_std,
-        }
+        } | extra
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Task:
         if d["problem_type"] == ProblemType.TEXT.value:
             return subclass(ProblemType.TEXT).from_dict(d)
-        return cls(ProblemType(d["problem_type"]), d.get("classes"), d.get("y_mean", 0.0), d.get("y_std", 1.0))
+        return cls(
+            ProblemType(d["problem_type"]),
+            d.get("classes"),
+            d.get("y_mean", 0.0),
+            d.get("y_std", 1.0),
+            d.get("empty_label", EMPTY_MISSING),  # folders written before the setting: at least one label
+        )

@@ -81,7 +81,7 @@ def prepare_streamed(cfg: Config, table: TrainTable, pipeline: Any, valid: Any |
         log.warning("dropping %d bad row(s); see %s", len({p.row for p in problems}), DROPPED_REPORT)
     fitting.finish()
     task = Task.fit(schema.problem_type, labels.series(), cfg.decoder,
-                    any(m.value == "audio" for m in schema.inputs.values()))  # fmt: skip
+                    any(m.value == "audio" for m in schema.inputs.values()), schema.empty_label)  # fmt: skip
     common = dict(base_dir=base, pipeline=pipeline, task=task, label=label, chunk_rows=cfg.data.chunk_rows,
                   valid_fraction=cfg.data.valid_fraction, seed=cfg.train.seed, split_by=split_by, valid_groups=groups,
                   on_bad_rows=cfg.data.on_bad_rows)  # fmt: skip

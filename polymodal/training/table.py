@@ -57,7 +57,7 @@ def infer(cfg: Config, df: pd.DataFrame) -> Schema:
     check_group_column(df, d.group_by)  # before inference: it would only say "unknown column"
     check_split_column(df, d.split_by, d.label)
     modalities = {c: Modality(m) for c, m in d.modalities.items()}
-    return infer_schema(df, d.label, modalities, d.left_out(), d.problem_type)
+    return infer_schema(df, d.label, modalities, d.left_out(), d.problem_type, d.empty_label)
 
 
 def streams(cfg: Config, source: Any, schema: Schema | None = None) -> bool:
@@ -169,7 +169,7 @@ def random_split(cfg: Config, df: pd.DataFrame, schema: Schema) -> tuple[np.ndar
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(df))
-    y = df[schema.label]
+    y = df[schema.label].fillna("")  # a multilabel row with no label (data.empty_label: none) is a set of its own
     stratify = None
     if schema.problem_type.is_classification:
         counts = y.value_counts()
@@ -187,7 +187,7 @@ def group_split(cfg: Config, df: pd.DataFrame, schema: Schema) -> tuple[np.ndarr
     groups = df[cfg.data.split_by].astype(str).to_numpy()
     unique = np.unique(groups)
     n_folds = int(min(len(unique), max(2, round(1 / cfg.data.valid_fraction))))
-    y = df[schema.label]
+    y = df[schema.label].fillna("")  # as in random_split
     if schema.problem_type.is_classification and y.value_counts().min() >= n_folds:
         from sklearn.model_selection import StratifiedGroupKFold
 
