@@ -26,13 +26,15 @@ def _graph_net():
             super().__init__()
             self.net, self.names = net, names
             self.pre = nn.ModuleDict({net.keys[n]: pre[n] for n in names})
-            self.classification = task.is_classification
+            self.classification, self.multilabel = task.is_classification, task.is_multilabel
             self.y_mean, self.y_std = float(task.y_mean), float(task.y_std)
 
         def forward(self, *args):
             *xs, present = args
             inputs = {n: self.pre[self.net.keys[n]](x) for n, x in zip(self.names, xs, strict=True)}
             logits = self.net(inputs, present)
+            if self.multilabel:  # one independent probability per label, as Task.outputs
+                return torch.sigmoid(logits.float())
             if self.classification:
                 return torch.softmax(logits.float(), dim=-1)
             return logits.float().squeeze(-1) * self.y_std + self.y_mean
