@@ -121,6 +121,8 @@ class FineTuned(nn.Module):
 def build_encoder(modality: Modality, input_spec: dict[str, Any], dim: int, tokens: bool = False) -> nn.Module:
     """Build an input's encoder from the preprocessor's description of that input; `tokens`: it will also be
     asked for `forward_tokens` (a token-level fusion)."""
+    if modality is Modality.VIDEO:  # scratch, frozen or fine-tuned frames: the temporal model is the same
+        return VideoEncoder(**input_spec, dim=dim, tokens=tokens)
     if "in_dim" in input_spec:
         return FrozenProjection(dim=dim, tokens=tokens, **input_spec)
     if "pretrained" in input_spec:

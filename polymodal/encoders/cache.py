@@ -132,10 +132,13 @@ class FrozenExtractor:
 
         if runtime not in RUNTIMES:
             raise UserError(f"frozen encoder runtime must be one of {list(RUNTIMES)}, not {runtime!r}")
+        # A video's frames: one vector per time step, always (the temporal model reads them), like tokens.
+        tokens = tokens or modality is Modality.VIDEO
         self.ref, self.modality, self.st, self.runtime, self.tokens = ref, modality, st, runtime, tokens
-        self.inputs = PretrainedInputs(modality, st)
-        # "dim" is the encoder's output size, recorded in the state once known: not a setting of the input.
-        settings = {k: v for k, v in st.items() if k != "dim"}
+        self.inputs = PretrainedInputs(Modality.IMAGE if modality is Modality.VIDEO else modality, st)
+        # "dim" is the encoder's output size, recorded in the state once known, and a video's limits only refuse
+        # files: neither is a setting of the input.
+        settings = {k: v for k, v in st.items() if k not in ("dim", "max_seconds", "max_pixels")}
         namespace = {"encoder": ref.fingerprint, "kind": ref.kind, "settings": settings}
         if runtime != "torch":  # int8 embeddings differ a little from fp32 ones: their own namespace
             namespace["runtime"] = runtime
@@ -162,10 +165,23 @@ class FrozenExtractor:
             return decode_image(data, self.st["size"], fit=self.st.get("fit", "squash"))
         if self.modality is Modality.AUDIO:
             return decode_audio(data, self.st["sample_rate"])
+        if self.modality is Modality.VIDEO:  # the frames at the encoder's size; the sound track is another input
+            from polymodal.data.video import decode_video
+
+            st = self.st
+            limits = {"max_seconds": st["max_seconds"], "max_pixels": st["max_pixels"]}
+            clip = decode_video(
+                data, st["frames"], st["size"], 8000, fit=st.get("fit", "squash"), fps=st.get("fps"), **limits
+            )
+            return clip.frames
         return data.decode("utf-8")
 
-    def __call__(self, column: str, values: list[Any], base_dir: Path) -> tuple[np.ndarray, np.ndarray, list[Problem]]:
-        """(embeddings (n, dim), present (n,), problems) of the files or texts in `values`."""
+    def __call__(
+        self, column: str, values: list[Any], base_dir: Path, decoded: list[Any] | None = None
+    ) -> tuple[np.ndarray, np.ndarray, list[Problem]]:
+        """(embeddings (n, dim), present (n,), problems) of the files or texts in `values`. `decoded`: the rows
+        already decoded as this encoder reads them (a video's frames decoded for its sound track), used for the
+        rows the cache misses instead of decoding them again."""
         keys: list[str | None] = [None] * len(values)
         problems: list[Problem] = []
         raw: dict[int, bytes] = {}
@@ -179,7 +195,13 @@ class FrozenExtractor:
                 continue
             keys[i] = hashlib.sha256(data).hexdigest()
             raw[i] = data
-        emb, present = self._embed(column, keys, lambda i: self._safe_decode(column, i, raw[i]), problems)
+
+        def load(i: int) -> Any:
+            if decoded is not None and decoded[i] is not None:
+                return decoded[i]
+            return self._safe_decode(column, i, raw[i])
+
+        emb, present = self._embed(column, keys, load, problems)
         return emb, present, problems
 
     def decode(self, values: list[Any], base_dir: Path) -> list[Any]:
@@ -219,7 +241,8 @@ class FrozenExtractor:
         dim = next(iter(found.values())).shape[-1] if found else int(self.st.get("dim", 0))
         present = np.zeros(n, dtype=bool)
         if self.tokens:  # zero-padded to the longest row seen (a text: its fitted length)
-            length = max([self.st.get("max_len", 0)] + [v.shape[0] for v in found.values()])
+            # (a video: its time steps, so that a batch of empty cells has them too)
+            length = max([self.st.get("max_len", self.st.get("steps", 0))] + [v.shape[0] for v in found.values()])
             out = np.zeros((n, length, dim), dtype=np.float16)
             for i, k in enumerate(keys):
                 if k in found:
@@ -247,12 +270,16 @@ class FrozenExtractor:
             Progress(disable=not self.progress, transient=True) as bar,
         ):
             task = bar.add_task(f"embedding {column} with {self.ref.name}", total=len(todo))
-            for s in range(0, len(todo), self.batch_size):
-                chunk = todo[s : s + self.batch_size]
+            step = max(1, self.batch_size // self.st["frames"]) if self.modality is Modality.VIDEO else self.batch_size
+            for s in range(0, len(todo), step):
+                chunk = todo[s : s + step]
                 decoded = list(pool.map(load, chunk))
                 ok = [(i, d) for i, d in zip(chunk, decoded, strict=True) if not isinstance(d, Problem)]
                 problems += [d for d in decoded if isinstance(d, Problem)]
-                if ok:
+                if ok and self.modality is Modality.VIDEO:  # every frame normalized like an image
+                    arr = np.stack([self.inputs(list(d)) for _, d in ok])
+                    new |= dict(zip([keys[i] for i, _ in ok], self._torch_encode(arr), strict=True))
+                elif ok:
                     arr = self.inputs([d for _, d in ok], pad_to_longest=True)
                     emb = self._int8_encode(arr) if self.runtime == "onnx-int8" else self._torch_encode(arr)
                     new |= {keys[i]: emb[j] for j, (i, _) in enumerate(ok)}

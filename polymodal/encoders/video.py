@@ -1,4 +1,9 @@
-"""The encoder of a video's frames: the scratch image CNN on every frame, then a temporal model over them.
+"""The encoder of a video's frames: an image encoder on every frame, then a temporal model over them.
+
+The per-frame stage (`encoders.video.frames`): the scratch image CNN; or a pretrained image encoder on each frame or
+a pretrained video model (VideoMAE, TimeSformer) on the clip (polymodal/encoders/video_pretrained.py), either
+fine-tuned inside this module or frozen, when the input already is its cached vectors, one per time step
+(`in_dim`), projected here. The temporal model then reads one vector per time step whatever made them.
 
 Temporal models (`encoders.video.temporal`):
 - mean: the frames' embeddings averaged; blind to their order (the baseline that tells what order is worth);
@@ -15,6 +20,8 @@ The sound track of a video is a separate fusion input, encoded by the audio enco
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -27,31 +34,42 @@ TEMPORAL = ("mean", "gru", "transformer")
 class VideoEncoder(nn.Module):
     def __init__(
         self,
-        channels: int,
-        size: int,
         frames: int,
-        mean: list[float],
-        std: list[float],
+        channels: int = 3,
+        size: int = 64,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
         dim: int = 128,
         temporal: str = "gru",
         layers: int = 1,
         heads: int = 4,
         widths: tuple[int, ...] = (16, 32, 64),
         tokens: bool = False,
+        in_dim: int | None = None,
+        pretrained: dict[str, Any] | None = None,
+        pixel: dict[str, Any] | None = None,
+        finetune_layers: int | None = None,
+        lora: bool = False,
+        from_config: str | None = None,
     ):
+        """`frames`: time steps per clip. Scratch: `channels`, `size`, the fitted pixel `mean` and `std`.
+        Frozen pretrained: `in_dim`, the size of the cached vectors. Fine-tuned pretrained: `pretrained` (an
+        EncoderRef as dict), `pixel` (its size, mean, std), `finetune_layers`, `lora`, `from_config`."""
         super().__init__()
         if temporal not in TEMPORAL:
             raise ValueError(f"encoders.video.temporal must be one of {TEMPORAL}, not {temporal!r}")
-        # Smaller than an image column's CNN: it runs once per frame.
-        self.cnn = ImageCNN(channels, size, dim=dim, widths=tuple(widths))
-        # The same average as its adaptive pooling, with a fixed window: ONNX export needs one after the reshape.
-        side = size >> sum(isinstance(m, nn.MaxPool2d) for m in self.cnn.features.modules())
-        if side % 2 == 0:
-            self.cnn.pool = nn.AvgPool2d(side // 2)
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
         self.temporal, self.frames, self.dim = temporal, frames, dim
         self.channels, self.size = channels, size
+        self.stage = "frozen" if in_dim else "finetune" if pretrained else "scratch"
+        if self.stage == "frozen":
+            self.proj = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, dim), nn.ReLU(inplace=True))
+        elif self.stage == "finetune":
+            from polymodal.encoders.video_pretrained import PretrainedFrames
+
+            self.backbone = PretrainedFrames(pretrained, pixel, finetune_layers, lora, from_config)
+            self.proj = nn.Sequential(nn.Linear(self.backbone.dim, dim), nn.ReLU(inplace=True))
+        else:
+            self._scratch(channels, size, mean, std, dim, widths)
         if temporal == "gru":
             self.rnn = nn.GRU(dim, dim, num_layers=layers, batch_first=True, bidirectional=True)
             self.pool_proj = nn.Sequential(nn.Linear(2 * dim, dim), nn.ReLU(inplace=True))
@@ -62,8 +80,23 @@ class VideoEncoder(nn.Module):
             self.transformer = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
             self.norm = nn.LayerNorm(dim)
 
+    def _scratch(self, channels: int, size: int, mean: list[float], std: list[float], dim: int, widths: tuple) -> None:
+        # Smaller than an image column's CNN: it runs once per frame.
+        self.cnn = ImageCNN(channels, size, dim=dim, widths=tuple(widths))
+        # The same average as its adaptive pooling, with a fixed window: ONNX export needs one after the reshape.
+        side = size >> sum(isinstance(m, nn.MaxPool2d) for m in self.cnn.features.modules())
+        if side % 2 == 0:
+            self.cnn.pool = nn.AvgPool2d(side // 2)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
     def _embed_frames(self, x: torch.Tensor) -> torch.Tensor:
-        """(b, t, 3, h, w) uint8 or [0, 1] floats -> (b, t, dim), each frame through the CNN."""
+        """(b, t, 3, h, w) uint8 or [0, 1] floats -> (b, t, dim), each frame through the CNN; or the frozen
+        encoder's cached vectors (b, t, in_dim) projected; or the fine-tuned pretrained encoder's."""
+        if self.stage == "frozen":
+            return self.proj(x.float())
+        if self.stage == "finetune":
+            return self.proj(self.backbone(x))
         b, t = x.shape[:2]
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
         # Python ints, not the input's shape: an exported graph keeps the frame size it needs for its pooling.

@@ -233,7 +233,8 @@ class NoisyInputs:
                 df, _ = self._noise(name, level, self.df, {})
                 items = df[name].tolist()
             else:  # decode as the encoder reads its files, then the same noise as for a trained encoder
-                decoded = extractor.decode(self.df[name].tolist(), self.base_dir)
+                column = input_column(name, self.preprocessor.schema.columns)  # a video's frames: its column's
+                decoded = extractor.decode(self.df[column].tolist(), self.base_dir)
                 items = self._noise(name, level, self.df, {name: decoded})[1][name]
             self._frozen[key] = extractor.embed_decoded(name, items)
         return self._frozen[key]

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from polymodal.data.schema import Modality, Schema
+from polymodal.data.schema import Modality, Schema, input_column
 from polymodal.data.validate import Problem, load_media
 from polymodal.preprocess import Features, Preprocessor
 
@@ -42,7 +42,7 @@ class FeaturePipeline:
         if name not in self._extractors:
             p = self.preprocessor.config.pretrained[name]
             self._extractors[name] = FrozenExtractor(
-                EncoderRef(**p["ref"]), self.schema.columns[name], self.preprocessor.state[name],
+                EncoderRef(**p["ref"]), self.schema.inputs[name], self.preprocessor.state[name],
                 cache_dir=self.cache_dir, progress=self.progress, runtime=p.get("runtime", "torch"),
                 tokens=bool(p.get("tokens")),
             )  # fmt: skip
@@ -53,8 +53,8 @@ class FeaturePipeline:
         the server decodes requests itself with the same options."""
         cfg, st = self.preprocessor.config, self.preprocessor.state
         pretrained = cfg.pretrained
-        sizes = {c: st[c]["size"] for c in pretrained if self.schema.columns[c] is Modality.IMAGE}
-        rates = {c: st[c]["sample_rate"] for c in pretrained if self.schema.columns[c] is Modality.AUDIO}
+        sizes = {c: st[c]["size"] for c in pretrained if self.schema.inputs[c] is Modality.IMAGE}
+        rates = {c: st[c]["sample_rate"] for c in pretrained if self.schema.inputs[c] is Modality.AUDIO}
         fits = {c: st[c].get("fit", "squash") for c in sizes}
         video = dict(n_frames=cfg.video_frames, fps=cfg.video_fps, max_seconds=cfg.video_max_seconds,
                      max_pixels=cfg.video_max_pixels)  # fmt: skip
@@ -66,13 +66,25 @@ class FeaturePipeline:
     ) -> tuple[dict[str, list], Frozen, list[Problem]]:
         """Read every file once: decoded media for the trained encoders, embeddings for the frozen ones.
         `media=False`: only the frozen encoders' embeddings (the feature pass of a streamed fit)."""
-        skip = tuple(self.frozen_inputs) if media else tuple(self.schema.columns)
+        frozen_names = self.frozen_inputs
+        columns = self.schema.columns
+        # A video whose inputs are all frozen (frames frozen, sound left out) is read by the feature cache alone.
+        whole = [c for c in self.schema.columns_of(Modality.VIDEO)
+                 if all(n in frozen_names for n in self.schema.inputs if input_column(n, columns) == c)]  # fmt: skip
+        skip = tuple(frozen_names + whole) if media else tuple(columns)
         decoded, problems = load_media(df, self.schema, base_dir, skip=skip, **self.media_options())
         frozen: Frozen = {}
-        for name in self.frozen_inputs:
-            emb, present, more = self.extractor(name)(name, df[name].tolist(), base_dir)
+        for name in frozen_names:
+            extractor, again = self.extractor(name), None
+            if self.schema.inputs[name] is Modality.VIDEO:  # frames decoded for the sound: reused if alike
+                cfg, st, frames = self.preprocessor.config, extractor.st, decoded.pop(name, None)
+                alike = (st["size"], st.get("fit", "squash")) == (cfg.image_size, cfg.image_fit)
+                again = frames if alike else None
+            col = input_column(name, columns)  # problems name the table's column
+            emb, present, more = extractor(col, df[col].tolist(), base_dir, decoded=again)
             frozen[name] = (emb, present)
-            problems += more
+            seen = {(q.row, q.column) for q in problems}  # a video decoded for its sound too: one problem
+            problems += [p for p in more if (p.row, p.column) not in seen]
         return decoded, frozen, problems
 
     def features(self, df: pd.DataFrame, media: dict[str, list], frozen: Frozen) -> Features:

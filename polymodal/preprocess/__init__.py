@@ -19,7 +19,7 @@ import pandas as pd
 from polymodal.config import PreprocessConfig
 from polymodal.data.schema import CATEGORICAL_INPUT, NUMERIC_INPUT, Modality, Schema
 from polymodal.data.validate import is_missing
-from polymodal.preprocess.video import video_frames, video_state
+from polymodal.preprocess.video import frames_settings, video_frames, video_state
 
 PAD, UNK = 0, 1
 CLIP_SIGMAS = 100.0
@@ -121,7 +121,10 @@ class Preprocessor:
         from polymodal.preprocess.pretrained import PretrainedInputs, settings, speech_length
 
         for name, p in self.config.pretrained.items():
-            modality = self.schema.columns[name]
+            modality = self.schema.inputs[name]
+            if modality is Modality.VIDEO:  # a video's frames: decoded by the encoder's settings, checked here
+                self.state[name] = frames_settings(p, self.config)
+                continue
             st = settings(modality, p["ref"]["kind"], p["ref"]["path"])
             values = [v for v in df[name] if not is_missing(v)][:5000]
             if modality is Modality.TEXT:
@@ -185,7 +188,7 @@ class Preprocessor:
             if mode == "frozen" and not (raw and p.get("in_graph")):
                 inputs[name], present[:, j] = frozen[name]
                 self.state[name]["dim"] = int(frozen[name][0].shape[-1])
-            elif mode is not None:  # fine-tuned, or frozen inside an exported graph: the encoder's own inputs
+            elif mode is not None and modality is not Modality.VIDEO:  # fine-tuned, or frozen inside a graph
                 values = media[name] if modality in (Modality.IMAGE, Modality.AUDIO) else df[name].tolist()
                 inputs[name], present[:, j] = self._pretrained(modality, values, self.state[name])
             elif modality is Modality.TEXT and raw and name in self.text_in_graph:
@@ -282,7 +285,8 @@ class Preprocessor:
         """A training-time `ClipAugment` for each video's frames: temporal jitter, image augmentation per clip."""
         from polymodal.preprocess.video import ClipAugment
 
-        return {n: ClipAugment(self.config.video_jitter) for n, m in self.schema.inputs.items() if m is Modality.VIDEO}
+        return {n: ClipAugment(self.config.video_jitter) for n, m in self.schema.inputs.items()
+                if m is Modality.VIDEO and self.config.pretrained.get(n, {}).get("mode") != "frozen"}  # fmt: skip
 
     def input_specs(self) -> dict[str, dict[str, Any]]:
         """What each encoder needs to know about its input (sizes, vocabularies)."""
@@ -290,7 +294,12 @@ class Preprocessor:
         for name, modality in self.schema.inputs.items():
             st = self.state[name]
             p = cfg.pretrained.get(name)
-            if p and p["mode"] == "frozen":
+            if p and modality is Modality.VIDEO:  # cached vectors per time step, or the encoder inside
+                pixel = {k: st[k] for k in ("size", "mean", "std")}
+                specs[name] = ({"frames": st["steps"], "in_dim": st["dim"]} if p["mode"] == "frozen" else
+                               {"frames": st["steps"], "pretrained": p["ref"], "pixel": pixel,
+                                "finetune_layers": p.get("layers"), "lora": bool(p.get("lora"))})  # fmt: skip
+            elif p and p["mode"] == "frozen":
                 # cached token outputs: a sequence per row (an image's may form a grid of regions)
                 tokens = {"sequence": True, "image": modality is Modality.IMAGE} if p.get("tokens") else {}
                 specs[name] = {"in_dim": st["dim"], **tokens}
@@ -401,7 +410,8 @@ class Fitting:
         own = [c for c in schema.columns if c not in cfg.pretrained]
         self.text = {c: (Counter(), []) for c in schema.columns_of(Modality.TEXT) if c in own}
         self.media = {c: [] for c in own if schema.columns[c] in (Modality.IMAGE, Modality.AUDIO)}
-        self.media |= {n: [] for c in schema.columns_of(Modality.VIDEO) for n in schema.inputs if n.startswith(c + ":")}
+        self.media |= {n: [] for c in schema.columns_of(Modality.VIDEO) for n in schema.inputs
+                       if n.startswith(c + ":") and n not in cfg.pretrained}  # fmt: skip
         self.num_cols = schema.columns_of(Modality.NUMERIC)
         # Per numeric column: count, mean, M2 (Chan et al.'s parallel update, stable over many chunks)
         self.moments = np.zeros((3, len(self.num_cols)))

@@ -72,3 +72,42 @@ class ClipAugment:
             x = torch.gather(x, 1, idx[:, :, None, None, None].expand_as(x))
         flat = x.reshape(b, t * x.shape[2], *x.shape[3:])
         return augment_images(flat).reshape(x.shape).clamp(0.0, 1.0)
+
+
+# VideoMAE's and TimeSformer's processors standardize with ImageNet's statistics unless their files say otherwise.
+IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
+def frames_settings(pretrained: dict[str, Any], cfg: PreprocessConfig) -> dict[str, Any]:
+    """The settings of a pretrained frames encoder (`encoders.video.frames`): how its clips are decoded (frames,
+    fps, fit, at the encoder's size), its pixel statistics, and `steps`, the time steps it gives per clip. A video
+    model's frame count and size are fixed by its config: a mismatch with preprocess.video_frames / image_size is
+    a ConfigError that says what to set."""
+    import json
+    from pathlib import Path
+
+    from polymodal.config import ConfigError
+    from polymodal.preprocess.pretrained import settings
+
+    ref, kind = pretrained["ref"], pretrained.get("video", "image")
+    st: dict[str, Any] = {"frames": cfg.video_frames, "fps": cfg.video_fps, "fit": cfg.image_fit,
+                          "max_seconds": cfg.video_max_seconds, "max_pixels": cfg.video_max_pixels}  # fmt: skip
+    if kind == "image":
+        return settings(Modality.IMAGE, ref["kind"], ref["path"]) | st | {"steps": cfg.video_frames}
+    folder = Path(ref["path"])
+    config = json.loads((folder / "config.json").read_text())
+    frames, size = int(config["num_frames"]), int(config["image_size"])
+    if (frames, size) != (cfg.video_frames, cfg.image_size):
+        raise ConfigError(
+            f"the video model {ref['name']!r} ({kind}) reads clips of {frames} frames of {size} x {size} pixels, but "
+            f"preprocess.video_frames is {cfg.video_frames} and preprocess.image_size is {cfg.image_size}: set "
+            f"preprocess.video_frames={frames} and preprocess.image_size={size} (--set preprocess.video_frames="
+            f"{frames} --set preprocess.image_size={size})"
+        )
+    stats = dict(IMAGENET)
+    for name in ("preprocessor_config.json", "video_preprocessor_config.json"):
+        if (folder / name).exists():
+            proc = json.loads((folder / name).read_text())
+            stats = {"mean": proc.get("image_mean", stats["mean"]), "std": proc.get("image_std", stats["std"])}
+    steps = frames // int(config.get("tubelet_size", 1) or 1)
+    return {"size": size, **stats} | st | {"steps": steps}
