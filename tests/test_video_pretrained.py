@@ -94,6 +94,7 @@ def test_frozen_image_encoder_per_frame_through_the_cache(vit, table, tmp_path, 
     import polymodal.data.video as video
     from polymodal import MultimodalPredictor
     from polymodal.encoders.video import VideoEncoder
+    from polymodal.evaluation.report import model_report
 
     p = fit(table, tmp_path, vit, ignore=["clip:sound"])
     assert p.engine.preprocessor.config.pretrained["clip:frames"]["mode"] == "frozen"
@@ -115,6 +116,9 @@ def test_frozen_image_encoder_per_frame_through_the_cache(vit, table, tmp_path, 
     again.save(tmp_path / "m")
     loaded = MultimodalPredictor.load(tmp_path / "m", cache_dir=tmp_path / "cache")
     pd.testing.assert_frame_equal(before, loaded.predict_proba(table / "train.csv"))
+    # the report shows the frames the cache stood for, decoded again for the page (row 5: no clip)
+    html = model_report(loaded.engine, table / "train.csv", noise_levels=1, permutations=1)
+    assert html.count('alt="frames"') == 5 and html.count("<audio") == 4  # row 3: silent
 
 
 def test_fine_tuned_image_encoder_per_frame_with_the_sound(vit, table, tmp_path, pinned_torch):

@@ -197,16 +197,38 @@ def _sound(wave: np.ndarray | None, sample_rate: int) -> str:
     return f'<audio controls preload="none" src="data:audio/wav;base64,{data}"></audio>'
 
 
+def _clip(value: Any, base_dir: Any, cfg: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(frames, sound) of one cell decoded for the page, as the preprocessing decodes it: for a video whose frames
+    went to a frozen encoder through the feature cache (not kept in memory)."""
+    from polymodal.data.io import resolve_path
+    from polymodal.data.media import MediaError
+    from polymodal.data.validate import is_missing
+    from polymodal.data.video import decode_video
+
+    if cfg is None or is_missing(value):
+        return None, None
+    try:
+        clip = decode_video(resolve_path(str(value), base_dir), cfg.video_frames, cfg.image_size, cfg.sample_rate,
+                            fit=cfg.image_fit, fps=cfg.video_fps)  # fmt: skip
+    except MediaError:
+        return None, None
+    return clip.frames, clip.sound
+
+
 def video_examples(schema: Any, df: Any, media: dict, task: Any, outputs: np.ndarray, sample_rate: int,
-                   k: int = 6) -> str:  # fmt: skip
+                   k: int = 6, base_dir: Any = None, cfg: Any = None) -> str:  # fmt: skip
     """The first `k` rows' videos as the model saw them: the strip of kept frames and the sound track, with the
-    label and the prediction."""
+    label and the prediction. Clips whose decoded frames are not in `media` (a frozen frames encoder) are decoded
+    again from `base_dir` with the preprocess section `cfg`."""
     predicted = task.decode(outputs) if not task.is_text else [""] * len(df)
     body = []
     for i in range(min(k, len(df))):
         cells = [str(i), esc(df[schema.label].iloc[i]), esc(predicted[i])]
         for col in schema.columns_of(Modality.VIDEO):
-            frames, sound = media[col + FRAMES][i], media[col + SOUND][i]
+            if col + FRAMES in media and col + SOUND in media:
+                frames, sound = media[col + FRAMES][i], media[col + SOUND][i]
+            else:
+                frames, sound = _clip(df[col].iloc[i], base_dir, cfg)
             cells.append('<span class="note">absent</span>' if frames is None else _strip(frames))
             cells.append("" if frames is None else _sound(sound, sample_rate))
         body.append("<tr>" + "".join(f'<td class="l">{c}</td>' for c in cells) + "</tr>")
@@ -287,7 +309,8 @@ def model_report(
     s |= robustness_sections({name: robust}, metric)
     s |= detail_sections(task.to_dict(), metrics, targets, outputs, name)
     if schema.columns_of(Modality.VIDEO):
-        s["examples"] = video_examples(schema, df, media, task, outputs, model.preprocessor.config.sample_rate)
+        cfg = model.preprocessor.config
+        s["examples"] = video_examples(schema, df, media, task, outputs, cfg.sample_rate, base_dir=base_dir, cfg=cfg)
     if task.is_text:
         from polymodal.evaluation.text_report import examples_section
 
