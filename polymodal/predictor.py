@@ -411,6 +411,9 @@ class MultimodalPredictor(TreeSettings):
 
             state = int8_state(self._float_net.state_dict(), int8_keys(self._float_net))
         with tempfile.TemporaryDirectory(prefix="polymodal-save-") as scratch:
+            decoder_files = getattr(getattr(engine.net, "head", None), "save_files", None)
+            if decoder_files is not None:  # a pretrained decoder's config and tokenizer, so load needs no download
+                extra |= decoder_files(Path(scratch))
             if self.dropped_:  # the report of the rows fit left out, copied into the folder
                 extra[DROPPED_REPORT] = Path(scratch) / DROPPED_REPORT
                 write_report(self.dropped_, extra[DROPPED_REPORT])

@@ -80,6 +80,8 @@ def load_model(
     preprocessor = Preprocessor.from_dict(schema, preprocess)
     specs = relink_encoders(Path(folder), preprocessor, config["input_specs"])
     task = Task.from_dict(config["task"])
+    if hasattr(getattr(task, "vocabulary", None), "relink"):  # a pretrained decoder: its files in the folder
+        task.vocabulary.relink(Path(folder))
     net = build_net(tree, schema, specs, task)
     net.load_state_dict(state, strict=True)
     float_net = None

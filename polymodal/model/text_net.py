@@ -57,10 +57,13 @@ class TextNet(nn.Module):
         self.kind = nn.Embedding(len(self.input_names) + 1, d)  # which input a memory token comes from (0: fused)
         self.dropout = nn.Dropout(dropout)
         self.dim = d
-        self.head = build_decoder(decoder.name, task.n_outputs, d, decoder.layers, decoder.heads, decoder.dropout)
+        name = task.settings["name"]  # hf when decoder.pretrained is set (polymodal/tasks/hf_decoder.py)
+        hf = {"vocabulary": task.vocabulary, "max_length": task.max_length, "train": decoder.train,
+              "lora_rank": decoder.lora_rank} if name == "hf" else {}  # fmt: skip
+        self.head = build_decoder(name, task.n_outputs, d, decoder.layers, decoder.heads, decoder.dropout, **hf)
         self.max_len = task.max_length
         self.generation = {k: getattr(decoder, k) for k in GENERATION}
-        self.ctc_input = self._ctc_input(decoder.ctc_input, input_specs) if decoder.name == "ctc" else None
+        self.ctc_input = self._ctc_input(decoder.ctc_input, input_specs) if name == "ctc" else None
 
     def _ctc_input(self, wanted: str | None, specs: dict[str, dict[str, Any]]) -> str:
         from polymodal.errors import UserError

@@ -25,6 +25,14 @@ def memory_module(graph: Any):
     import torch
     from torch import nn
 
+    if hasattr(graph.net.head, "save_files"):  # polymodal/tasks/hf_decoder.py
+        from polymodal.errors import UserError
+
+        raise UserError(
+            "a model with a pretrained Hugging Face decoder (decoder.pretrained) is not exported to ONNX: "
+            "its model folder is what runs it (polymodal predict / serve with the PyTorch runtime)"
+        )
+
     class MemoryGraph(nn.Module):
         def __init__(self, graph: Any):
             super().__init__()

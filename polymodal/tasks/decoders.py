@@ -13,6 +13,7 @@ the memory positions of one input (its time steps), blank = id 0.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -161,7 +162,14 @@ class CTCHead(nn.Module):
         return self.out(h[:, start:end])
 
 
-def build_decoder(name: str, vocab: int, dim: int, layers: int, heads: int, dropout: float) -> nn.Module:
+def build_decoder(
+    name: str, vocab: int, dim: int, layers: int, heads: int, dropout: float, **pretrained: Any
+) -> nn.Module:
+    """`pretrained`: for `hf`, `HFDecoder`'s arguments (vocabulary, max_length, train, lora_rank)."""
+    if name == "hf":  # a pretrained Hugging Face decoder (polymodal/tasks/hf_decoder.py)
+        from polymodal.tasks.hf_decoder import HFDecoder
+
+        return HFDecoder(dim=dim, **pretrained)
     if name == "transformer":
         return TransformerDecoder(vocab, dim, layers, heads, dropout)
     if name == "gru":
@@ -170,4 +178,4 @@ def build_decoder(name: str, vocab: int, dim: int, layers: int, heads: int, drop
         return CTCHead(vocab, dim, layers, heads, dropout)
     from polymodal.errors import UserError
 
-    raise UserError(f"unknown decoder {name!r} (decoder.name); choose transformer, gru or ctc")
+    raise UserError(f"unknown decoder {name!r} (decoder.name); choose transformer, gru, ctc or hf")

@@ -5,7 +5,8 @@ CER-style tasks; `decoder.max_vocab`, `decoder.min_count`), lower-cased unless `
 Words: `\\w+` runs and single punctuation marks, joined back with single spaces. Ids 0-3 are padding (also the
 CTC blank), begin, end and unknown. A target is encoded as its first `decoder.max_length` tokens, then <eos>,
 padded to max_length + 1; longer targets are truncated with a warning that counts them, and a word outside the
-vocabulary becomes <unk> (so a prediction never fails on it).
+vocabulary becomes <unk> (so a prediction never fails on it). With `decoder.pretrained` the pretrained decoder's
+tokenizer is the vocabulary instead (`polymodal/tasks/hf_decoder.py`: the same specials, its tokens after them).
 
 Outputs (what the inference engine returns for a text model): float64 `(rows, n_best, 1 + max_length + 1)`,
 per hypothesis its score (log-probability / length ** length_penalty) then its token ids (0-padded), best first.
@@ -116,11 +117,15 @@ class TextTask(Task):
         d = decoder or DecoderConfig()
         if d.max_length < 1:
             raise UserError(f"decoder.max_length must be at least 1, not {d.max_length}")
+        settings = {k: getattr(d, k) for k in SETTINGS}
+        settings["metric"] = d.metric or ("wer" if speech_like else "cider")
+        if d.pretrained or d.name == "hf":  # the tokenizer of a pretrained decoder (polymodal/tasks/hf_decoder.py)
+            from polymodal.tasks.hf_decoder import HFVocabulary
+
+            return cls(HFVocabulary.fit(d), settings | {"name": "hf"})  # type: ignore[arg-type]
         vocab = Vocabulary.fit(y.dropna(), d.tokens, d.lowercase, d.max_vocab, d.min_count)
         if len(vocab) == len(SPECIALS):
             raise UserError("the text label has no token in its training rows: every target is empty")
-        settings = {k: getattr(d, k) for k in SETTINGS}
-        settings["metric"] = d.metric or ("wer" if speech_like else "cider")
         return cls(vocab, settings)
 
     @property
@@ -167,7 +172,12 @@ class TextTask(Task):
 
         if self.ctc:
             return ctc_loss(logits, target)
-        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=PAD,
+        ignore = PAD
+        if getattr(self.vocabulary, "dead", None):  # a pretrained decoder's tokenizer: ids never a target left out
+            from polymodal.tasks.hf_decoder import live_columns
+
+            logits, target, ignore = *live_columns(logits, target, self.vocabulary.dead), -100
+        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=ignore,
                                label_smoothing=float(self.settings["label_smoothing"]))  # fmt: skip
 
     def outputs(self, generated: torch.Tensor) -> np.ndarray:
@@ -209,6 +219,10 @@ class TextTask(Task):
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TextTask:
+        if d["vocabulary"].get("kind") == "hf":
+            from polymodal.tasks.hf_decoder import HFVocabulary
+
+            return cls(HFVocabulary.from_dict(d["vocabulary"]), d["settings"])  # type: ignore[arg-type]
         return cls(Vocabulary.from_dict(d["vocabulary"]), d["settings"])
 
 
