@@ -30,8 +30,15 @@ def save_tokenizer(folder) -> None:
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
-    """Two tiny 'pretrained' models with the tokenizer: a GPT-2 (no cross-attention yet) and a T5."""
-    from transformers import GPT2Config, GPT2LMHeadModel, T5Config, T5ForConditionalGeneration
+    """Tiny 'pretrained' models with the tokenizer: a GPT-2 (no cross-attention yet), a T5 and a BART."""
+    from transformers import (
+        BartConfig,
+        BartForConditionalGeneration,
+        GPT2Config,
+        GPT2LMHeadModel,
+        T5Config,
+        T5ForConditionalGeneration,
+    )
 
     root = tmp_path_factory.mktemp("hf_pretrained")
     torch.manual_seed(0)
@@ -39,7 +46,11 @@ def pretrained(tmp_path_factory):
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, n_positions=16, **ids))
     t5 = T5ForConditionalGeneration(T5Config(d_model=32, d_kv=16, d_ff=64, num_layers=1, num_decoder_layers=1,
                                              num_heads=2, decoder_start_token_id=0, **ids))  # fmt: skip
-    for name, model in (("gpt2", gpt2), ("t5", t5)):
+    bart = BartForConditionalGeneration(
+        BartConfig(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+                   encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=16, decoder_start_token_id=2, **ids)
+    )  # fmt: skip
+    for name, model in (("gpt2", gpt2), ("t5", t5), ("bart", bart)):
         model.save_pretrained(root / name)
         save_tokenizer(root / name)
     return root
@@ -154,6 +165,19 @@ def test_t5_lora_changes_only_adapters_and_learns(pretrained, table, tmp_path, m
     a = p.predict_text(test, beam_size=2, n_best=2)
     b = back.predict_text(test, beam_size=2, n_best=2)
     assert a["text_2"].tolist() == b["text_2"].tolist() and np.allclose(a["score_2"], b["score_2"])
+
+
+def test_bart_finetune_trains_everything_and_round_trips(pretrained, table, tmp_path, monkeypatch, offline,
+                                                         pinned_torch):  # fmt: skip
+    from polymodal.predictor import MultimodalPredictor
+
+    p, before = fit_recording(monkeypatch, table, settings(pretrained / "bart", "finetune", epochs=2))
+    head = p.engine.net.head
+    moved = changed(head, before)
+    assert any(".self_attn." in n for n in moved) and any("encoder_attn" in n for n in moved) and "proj.weight" in moved
+    pred = p.predict(table)
+    p.save(tmp_path / "m")
+    assert MultimodalPredictor.load(tmp_path / "m").predict(table).tolist() == pred.tolist()
 
 
 def test_pretrained_settings_errors(pretrained, table, offline, one_torch_thread):
