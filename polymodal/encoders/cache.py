@@ -154,7 +154,12 @@ class FrozenExtractor:
     @property
     def module(self) -> torch.nn.Module:
         if self._module is None:
-            module = build(self.ref, self.modality, pad_id=self.st.get("pad_id", 0)).to(self.device).eval()
+            if self.modality is Modality.VIDEO:  # an image encoder on each frame, or a video model on the clip
+                from polymodal.encoders.video_pretrained import build_frames
+
+                module = build_frames(self.ref).to(self.device).eval()
+            else:
+                module = build(self.ref, self.modality, pad_id=self.st.get("pad_id", 0)).to(self.device).eval()
             if self.modality is Modality.IMAGE:
                 module = module.to(memory_format=torch.channels_last)
             self._module = module

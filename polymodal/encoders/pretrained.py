@@ -83,7 +83,7 @@ def pretrained_settings(
     from polymodal.data.schema import SchemaError
 
     media = [c for c, m in columns.items() if m in (Modality.TEXT, Modality.IMAGE, Modality.AUDIO)]
-    videos = [c for c, m in columns.items() if m is Modality.VIDEO]
+    videos = [c for c, m in columns.items() if m is Modality.VIDEO]  # their frames: video_pretrained.py
     unknown = [c for c in enc.columns if c not in media + videos]
     if unknown:
         raise SchemaError(f"encoders given for {unknown}, which are not text/image/audio/video input columns "
@@ -120,29 +120,6 @@ def pretrained_settings(
                     "encoders.frozen_tokens): use frozen_runtime=torch, or encoders.frozen_tokens=false"
                 )
             out[col]["tokens"] = True
-    return out | video_frames_settings(enc, videos)
-
-
-def video_frames_settings(enc: EncodersConfig, videos: list[str]) -> dict[str, dict[str, Any]]:
-    """The pretrained frames encoder of each video column (encoders.columns, else encoders.video.frames), keyed by
-    its frames input: {"ref", "mode", "layers", "lora", "video": image | videomae | timesformer}. A frozen one
-    always caches one vector per time step (the temporal model reads them), in torch."""
-    from polymodal.data.schema import FRAMES
-    from polymodal.encoders.video_pretrained import frames_kind
-
-    out = {}
-    for col in videos:
-        name = enc.columns.get(col) or enc.video.frames
-        if name in (None, "scratch"):
-            continue
-        ref = resolve(name)
-        if REGISTRY.get(ALIASES.get(name, name), {}).get("modality", "image") != "image":
-            raise UserError(
-                f"video column {col!r}: {name!r} is not an image encoder; its frames need one "
-                "(efficientnet-lite0, an HF vision model) or a video model (VideoMAE, TimeSformer)"
-            )
-        out[col + FRAMES] = {"ref": ref.to_dict(), "mode": "frozen" if enc.freeze else "finetune",
-                             "layers": enc.finetune_layers, "lora": enc.lora, "video": frames_kind(ref)}  # fmt: skip
     return out
 
 
@@ -350,10 +327,6 @@ def build(ref: EncoderRef, modality: Modality, pad_id: int = 0, from_config: str
     """Load the pretrained module for a resolved encoder. With `from_config` (a folder holding the encoder's
     config.json), build the architecture only: a saved fine-tuned model then loads its own weights."""
     path, arch_only = (from_config, True) if from_config else (ref.path, False)
-    if modality is Modality.VIDEO:  # frames: an image encoder on each, or a video model on the clip
-        from polymodal.encoders.video_pretrained import build_frames
-
-        return build_frames(ref, from_config=from_config)
     if ref.kind == "efficientnet-lite0":
         return EfficientNetLite0(ref.path, from_config=arch_only)
     if ref.kind == "speech-embedding":

@@ -22,7 +22,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from polymodal.data.schema import FRAMES, Modality
+
 if TYPE_CHECKING:
+    from polymodal.config import EncodersConfig
     from polymodal.encoders.pretrained import EncoderRef
 
 log = logging.getLogger("polymodal")
@@ -84,9 +87,31 @@ class VideoModel(nn.Module):
         return hidden.reshape(b, self.steps, -1, d).mean(2)  # VideoMAE: tubelets ordered (time, row, column)
 
 
+def video_frames_settings(enc: EncodersConfig, columns: dict[str, Modality]) -> dict[str, dict[str, Any]]:
+    """The pretrained frames encoder of each video column (encoders.columns, else encoders.video.frames), keyed by
+    its frames input: {"ref", "mode", "layers", "lora", "video": image | videomae | timesformer}. A frozen one
+    always caches one vector per time step (the temporal model reads them), in torch."""
+    from polymodal.encoders.pretrained import ALIASES, REGISTRY, resolve
+    from polymodal.errors import UserError
+
+    out = {}
+    for col in [c for c, m in columns.items() if m is Modality.VIDEO]:
+        name = enc.columns.get(col) or enc.video.frames
+        if name in (None, "scratch"):
+            continue
+        ref = resolve(name)
+        if REGISTRY.get(ALIASES.get(name, name), {}).get("modality", "image") != "image":
+            raise UserError(
+                f"video column {col!r}: {name!r} is not an image encoder; its frames need one "
+                "(efficientnet-lite0, an HF vision model) or a video model (VideoMAE, TimeSformer)"
+            )
+        out[col + FRAMES] = {"ref": ref.to_dict(), "mode": "frozen" if enc.freeze else "finetune",
+                             "layers": enc.finetune_layers, "lora": enc.lora, "video": frames_kind(ref)}  # fmt: skip
+    return out
+
+
 def build_frames(ref: EncoderRef, from_config: str | None = None) -> nn.Module:
     """The module of a pretrained frames encoder: normalized pixels (b, t, 3, s, s) -> (b, steps, dim)."""
-    from polymodal.data.schema import Modality
     from polymodal.encoders.pretrained import build
 
     if frames_kind(ref) != "image":

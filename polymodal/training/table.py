@@ -107,8 +107,10 @@ def frozen_tokens(cfg: Config) -> bool:
 def pretrained_config(cfg: Config, schema: Schema) -> dict[str, dict[str, Any]]:
     """Resolve the pretrained encoder of each media column (nothing is loaded yet)."""
     from polymodal.encoders.pretrained import pretrained_settings
+    from polymodal.encoders.video_pretrained import video_frames_settings
 
-    return pretrained_settings(cfg.encoders, schema.columns, tokens=frozen_tokens(cfg))
+    pretrained = pretrained_settings(cfg.encoders, schema.columns, tokens=frozen_tokens(cfg))
+    return pretrained | video_frames_settings(cfg.encoders, schema.columns)  # a video's frames: "COL:frames"
 
 
 def start_pipeline(cfg: Config, table: TrainTable, cache_dir: Any, progress: bool) -> Any:
