@@ -144,4 +144,4 @@ def test_fit_evaluate_predict_with_empty_sets(tables, tmp_path, table, mode, one
     inst = {"caption": row["caption"], "price": float(row["price"]), "shade": row["shade"]}
     with TestClient(create_app(ServeConfig(model=str(model), warmup=False))) as c:
         (p,) = c.post("/v1/predict", json={"instances": [inst]}).json()["predictions"]
-    assert p["prediction"] == ""
+    assert p["prediction"] == "" and p["labels"] == []  # no label passes: the empty set, not [""]

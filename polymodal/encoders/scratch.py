@@ -14,6 +14,17 @@ from torch import nn
 from polymodal.encoders.tokens import Tokens, grid_coords, single_token
 
 
+def run_channels_last(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """Run conv blocks on channels-last maps: on CPU, oneDNN's convolution and max-pooling are several times
+    faster in that layout (max-pooling of a 32-channel map about 10x) than on the default one. A 1-channel input
+    (a spectrogram) is both layouts at once, so each block's output is converted. Same values, same weights."""
+    for layer in layers:
+        if x.dim() == 4 and x.shape[1] > 1:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = layer(x)
+    return x.contiguous()
+
+
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
     # One conv per block keeps CPU training fast; depth comes from the number of blocks.
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
@@ -67,10 +78,10 @@ class ImageCNN(nn.Module):
         return self.cell_embed(ids).sum(dim=1).permute(0, 3, 1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.pool(self.features(self._cells(x))))
+        return self.proj(self.pool(run_channels_last(self.features, self._cells(x))))
 
     def forward_tokens(self, x: torch.Tensor) -> Tokens:
-        fmap = self.features(self._cells(x))  # (b, c, h, w)
+        fmap = run_channels_last(self.features, self._cells(x))  # (b, c, h, w)
         b, _, h, w = fmap.shape
         tokens = self.token_proj(fmap.flatten(2).transpose(1, 2))
         mask = torch.ones(b, h * w, dtype=torch.bool, device=x.device)
@@ -145,7 +156,7 @@ class AudioCNN(nn.Module):
             self.token_proj = nn.Sequential(nn.Linear(2 * hidden, dim), nn.ReLU(inplace=True))
 
     def _frames(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.features(x.unsqueeze(1))  # (b, c, f, t)
+        h = run_channels_last(self.features, x.unsqueeze(1))  # (b, c, f, t)
         h = h.flatten(1, 2).transpose(1, 2)  # (b, t, c*f)
         return self.rnn(h)[0]
 

@@ -139,11 +139,12 @@ def _bootstrap(targets: np.ndarray, outputs: np.ndarray, task: Any, n: int = 200
         if task.is_multilabel:
             from polymodal.tasks import label_sets
 
-            t, pred = t.astype(np.int64), label_sets(o)
+            t, pred = t.astype(np.int64), label_sets(o, not task.allows_empty)
+            empty = 1 if task.allows_empty else 0  # two empty sets agree (as in metrics.json)
             return {
                 "f1_micro": skm.f1_score(t, pred, average="micro", zero_division=0),
                 "f1_macro": skm.f1_score(t, pred, average="macro", zero_division=0),
-                "jaccard_samples": skm.jaccard_score(t, pred, average="samples", zero_division=0),
+                "jaccard_samples": skm.jaccard_score(t, pred, average="samples", zero_division=empty),
                 "exact_match": skm.accuracy_score(t, pred),
             }
         if task.is_classification:

@@ -19,6 +19,7 @@ import pandas as pd
 from polymodal.config import PreprocessConfig
 from polymodal.data.schema import CATEGORICAL_INPUT, NUMERIC_INPUT, Modality, Schema
 from polymodal.data.validate import is_missing
+from polymodal.preprocess.audio import log_mel_mfcc
 from polymodal.preprocess.video import frames_settings, video_frames, video_state
 
 PAD, UNK = 0, 1
@@ -54,26 +55,6 @@ def category_key(value: Any) -> str:
 
 def tokenize(text: str) -> list[str]:
     return _TOKEN.findall(text.lower())
-
-
-def log_mel_mfcc(waves: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
-    """(n, samples) -> (n, n_mels + n_mfcc, frames): log-mel (dB below each clip's peak) stacked with MFCC."""
-    import librosa
-
-    hop = cfg.sample_rate // 100  # 10 ms frames
-    n_fft = 1 << int(np.ceil(np.log2(cfg.sample_rate * 0.025)))  # >= 25 ms window
-    mel = librosa.feature.melspectrogram(
-        y=waves, sr=cfg.sample_rate, n_fft=n_fft, hop_length=hop, n_mels=cfg.n_mels, power=2.0
-    )
-    peak = np.maximum(mel.max(axis=(-2, -1), keepdims=True), 1e-10)
-    log_mel = np.maximum(10.0 * np.log10(np.maximum(mel, 1e-10) / peak), -80.0)
-    mfcc = librosa.feature.mfcc(S=log_mel, n_mfcc=cfg.n_mfcc)
-    feats = np.concatenate([log_mel, mfcc], axis=-2).astype(np.float32)
-    if cfg.audio_norm == "utterance":  # each clip on its own first (preprocess/audio.py)
-        from polymodal.preprocess.audio import clip_frames, utterance_norm
-
-        feats = utterance_norm(feats, clip_frames(waves, hop, feats.shape[-1]), cfg.n_mels)
-    return feats
 
 
 def _row_bytes(cfg: PreprocessConfig) -> dict[Modality, int]:

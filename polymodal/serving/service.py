@@ -176,10 +176,12 @@ class ModelService:
         if getattr(self.task, "is_text", False):  # generated text: the best hypothesis
             text = str(self.task.decode(output[None])[0])
             return {"prediction": text, "probabilities": None, "inputs_used": used, "inputs_missing": missing}
-        if self.task.is_multilabel:  # the label set, as the table writes it, and each label on its own
+        if self.task.is_multilabel:  # the label set, as the table writes it, and each label on its own ([]: none)
+            from polymodal.tasks import split_labels
+
             prediction = str(self.task.decode(output[None, :])[0])
             proba = dict(zip(self.classes, output.tolist(), strict=True))
-            return {"prediction": prediction, "labels": prediction.split("|"), "probabilities": proba,
+            return {"prediction": prediction, "labels": split_labels(prediction), "probabilities": proba,
                     "inputs_used": used, "inputs_missing": missing}  # fmt: skip
         if self.task.is_classification:
             label = self.task.classes[int(np.argmax(output))]
