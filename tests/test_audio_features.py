@@ -77,3 +77,29 @@ def test_channels_last_cnns_equal_default_layout() -> None:
             for g, r in zip(grads, ref_grads, strict=True):
                 torch.testing.assert_close(g, r, atol=1e-4, rtol=1e-3)
         assert ours.is_contiguous()
+
+
+def test_clip_length_percentile_keeps_transcripts_whole() -> None:
+    """Clips are cut to the 95th percentile of training durations for a class label, but kept whole (the
+    longest clip) for a generated-text label, where a cut clip would lose its last words; the setting
+    overrides both."""
+    import pandas as pd
+
+    from polymodal.data.schema import Modality, ProblemType, Schema
+    from polymodal.preprocess import Preprocessor
+
+    rate = 8000
+    rng = np.random.default_rng(0)
+    waves = [0.1 * rng.normal(size=rate * s // 10).astype(np.float32) for s in range(5, 25)]  # 0.5 .. 2.4 s
+    df = pd.DataFrame({"clip": [f"{i}.wav" for i in range(len(waves))], "y": ["a b"] * len(waves)})
+
+    def n_samples(problem: ProblemType, percentile: float | None) -> int:
+        schema = Schema({"clip": Modality.AUDIO}, "y", problem)
+        cfg = PreprocessConfig(sample_rate=rate, audio_percentile=percentile)
+        return Preprocessor(schema, cfg).fit(df, {"clip": waves}).state["clip"]["n_samples"]
+
+    longest = max(len(w) for w in waves)
+    assert n_samples(ProblemType.TEXT, None) == longest
+    assert n_samples(ProblemType.MULTICLASS, None) == int(np.percentile([len(w) for w in waves], 95))
+    assert n_samples(ProblemType.MULTICLASS, 100) == longest
+    assert n_samples(ProblemType.TEXT, 50) < longest

@@ -57,6 +57,9 @@ class PreprocessConfig:
     image_fit: str = field(default="squash", metadata=_choices(*IMAGE_FITS))  # pad: keep the aspect ratio
     sample_rate: int = 16000
     max_audio_seconds: float = 10.0
+    # Clips are cut or padded to this percentile of the training clips' durations (at most max_audio_seconds).
+    # Unset: 95, or 100 when the label is generated text (a transcript whose clip is cut loses its last words).
+    audio_percentile: float | None = None
     n_mels: int = 40
     n_mfcc: int = 20
     # The speech-embedding encoder reads clips of at least this many seconds (whole 80 ms steps past its 0.782 s

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from polymodal.config import PreprocessConfig
-from polymodal.data.schema import CATEGORICAL_INPUT, NUMERIC_INPUT, Modality, Schema
+from polymodal.data.schema import CATEGORICAL_INPUT, NUMERIC_INPUT, Modality, ProblemType, Schema
 from polymodal.data.validate import is_missing
 from polymodal.preprocess.audio import log_mel_mfcc
 from polymodal.preprocess.video import frames_settings, video_frames, video_state
@@ -124,7 +124,7 @@ class Preprocessor:
         return self
 
     def _audio_length(self, values: list, base_dir: Path, sample_rate: int) -> int:
-        """95th percentile duration of a sample of clips, read from file headers (no decoding)."""
+        """A percentile (`audio_percentile`) of the durations of a sample of clips, read from file headers."""
         import soundfile as sf
 
         from polymodal.data.io import resolve_path
@@ -135,8 +135,15 @@ class Preprocessor:
                 seconds.append(sf.info(str(resolve_path(str(v), base_dir))).duration)
             except Exception:
                 continue  # broken files are reported by validation, not here
-        p95 = np.percentile(seconds, 95) if seconds else self.config.max_audio_seconds
-        return int(sample_rate * float(np.clip(p95, 0.1, self.config.max_audio_seconds)))
+        typical = np.percentile(seconds, self.audio_percentile) if seconds else self.config.max_audio_seconds
+        return int(sample_rate * float(np.clip(typical, 0.1, self.config.max_audio_seconds)))
+
+    @property
+    def audio_percentile(self) -> float:
+        """The percentile of training durations that clips are cut or padded to (preprocess.audio_percentile)."""
+        if self.config.audio_percentile is not None:
+            return float(np.clip(self.config.audio_percentile, 1, 100))
+        return 100.0 if self.schema.problem_type is ProblemType.TEXT else 95.0
 
     def fit(self, df: pd.DataFrame, media: dict[str, list[np.ndarray | None]]) -> Preprocessor:
         """Fit everything but the pretrained inputs (see fit_pretrained) on the training rows."""
@@ -450,7 +457,7 @@ class Fitting:
                     "std": np.maximum(stack.std(axis=(0, 2, 3)), 1e-3).tolist(),
                 }
             else:
-                seconds = np.percentile([len(w) for w in sample], 95) / cfg.sample_rate
+                seconds = np.percentile([len(w) for w in sample], p.audio_percentile) / cfg.sample_rate
                 n_samples = int(cfg.sample_rate * float(np.clip(seconds, 0.1, cfg.max_audio_seconds)))
                 feats = log_mel_mfcc(p._pad_waves(sample, n_samples), cfg)
                 st[col] = {
