@@ -1,7 +1,7 @@
 """Pretrained Hugging Face decoders for text outputs (`decoder.pretrained`), offline, on tiny models built from a
 config here: GPT-2 given cross-attention (frozen: only what is new learns), T5's decoder with LoRA (only the
 adapters change), fit / predict strings / beam n-best / save and load (identical predictions, no download, the
-source folder gone), the export refusal and the configuration errors."""
+source folder gone), the export and compress refusals and the configuration errors."""
 
 from __future__ import annotations
 
@@ -138,6 +138,10 @@ def test_gpt2_frozen_learns_only_the_new_layers(pretrained, table, tmp_path, mon
             from polymodal.optimize.export import export_onnx
 
             export_onnx(tmp_path / "m", tmp_path / "m.onnx")
+        from polymodal.optimize.compress import compress
+
+        with pytest.raises(UserError, match="compress does not prune or quantize it"):
+            compress(tmp_path / "m", tmp_path / "q", quantize="int8")
     finally:
         shutil.move(moved_away, pretrained / "gpt2")
 
