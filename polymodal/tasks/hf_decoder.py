@@ -185,6 +185,10 @@ class HFDecoder(nn.Module):
         if eos is None or start is None:
             raise UserError(f"decoder.pretrained {vocabulary.source!r} names no end-of-sequence token (eos_token_id)")
         n = len(vocabulary)
+        rows = model.get_output_embeddings().weight.shape[0]
+        if n - SPECIAL > rows:  # a tokenizer with added tokens the model has no output for
+            raise UserError(f"decoder.pretrained {vocabulary.source!r}: its tokenizer has {n - SPECIAL} tokens, "
+                            f"its output layer only {rows}")  # fmt: skip
         to_hf = np.arange(n) - SPECIAL  # polymodal id -> the model's input id
         to_hf[[PAD, BOS, EOS, UNK]] = [eos, start, eos, eos]
         self.register_buffer("to_hf", torch.as_tensor(np.clip(to_hf, 0, None)), persistent=False)
