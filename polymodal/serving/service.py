@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from polymodal.data.schema import Modality
+from polymodal.data.schema import FRAMES, SOUND, Modality, input_column
 from polymodal.serving.inputs import VALUE_KINDS, FieldError, RequestError
 
 log = logging.getLogger("polymodal.serving")
@@ -33,7 +33,8 @@ UNPROCESSABLE = "could not be processed (a corrupt or unsupported file?)"
 @dataclass
 class Decoded:
     """One request, ready for the model: its rows (media still as bytes, for frozen encoders that read them) and
-    the decoded arrays of each image and audio column (None where absent)."""
+    the decoded arrays of each image and audio column, and of each video's frames and sound track (keyed by
+    input, "COL:frames" and "COL:sound"; None where absent)."""
 
     rows: list[dict[str, Any]]
     media: dict[str, list[np.ndarray | None]]
@@ -63,6 +64,7 @@ class ModelService:
         self.input_names = list(self.schema.inputs)
         self.classes = [str(c) for c in self.task.classes] if self.task.is_classification else None
         self.decoders = self._decoders()
+        self.videos = frozenset(c for c in self.decoders if self.schema.columns[c] is Modality.VIDEO)
         self._column_modality = list(self.schema.columns.items())
         # Files of a kind decoded here (image, audio) take the fast path; any other kind (a modality added later)
         # goes through the engine's own decoding, as in `predict`.
@@ -72,6 +74,7 @@ class ModelService:
     def _decoders(self) -> dict[str, Callable[[bytes], np.ndarray]]:
         """column -> bytes -> array, as `predict` decodes it (frozen encoders read their bytes themselves)."""
         from polymodal.data.media import decode_audio, decode_image
+        from polymodal.data.video import decode_video
 
         pipeline = self.engine.pipeline
         opt, frozen = pipeline.media_options(), set(pipeline.frozen_inputs)
@@ -83,6 +86,10 @@ class ModelService:
         for col in self.schema.columns_of(Modality.AUDIO):
             if col not in frozen:
                 out[col] = partial(decode_audio, sample_rate=opt["rates"].get(col, opt["sample_rate"]))
+        for col in self.schema.columns_of(Modality.VIDEO):  # frames + sound track, one pass (data/video.py)
+            if not any(input_column(n, self.schema.columns) == col for n in frozen):
+                out[col] = partial(decode_video, size=opt["image_size"], sample_rate=opt["sample_rate"],
+                                   fit=opt["image_fit"], **opt["video"])  # fmt: skip
         return out
 
     # ---- stage 1: one request's media, in the decoding pool --------------------------------------------------
@@ -105,7 +112,11 @@ class ModelService:
                 except MediaError as e:
                     errors.append(FieldError(i, col, str(e)))
                     values.append(None)
-            media[col] = values
+            if col in self.videos:  # a clip is two inputs: its frames and its sound track (None: silent)
+                media[col + FRAMES] = [None if c is None else c.frames for c in values]
+                media[col + SOUND] = [None if c is None else c.sound for c in values]
+            else:
+                media[col] = values
         if errors:
             raise RequestError(errors)
         return Decoded(rows, media)
@@ -136,7 +147,7 @@ class ModelService:
         try:
             df = self.frame(rows)
             if self.fast:
-                media = {col: [m for req in requests for m in req.media[col]] for col in self.decoders}
+                media = {key: [m for req in requests for m in req.media[key]] for key in requests[0].media}
                 pipeline = self.engine.pipeline
                 frozen, problems = {}, []
                 if pipeline.frozen_inputs:  # embeddings of frozen pretrained encoders, through their cache
