@@ -226,6 +226,21 @@ def test_compress_int8_folder(model, tables, tmp_path):
     assert np.array_equal(again.predict_proba(tables[1]).to_numpy(), out)
 
 
+@pytest.mark.parametrize("fusion", ["attention", "token_transformer"])
+def test_compress_int8_attention_fusions_predict(fusion, model, tables, tmp_path):
+    """Fusions built on PyTorch's transformer modules run after int8 compression (their layers read
+    `linear.weight` as a tensor; a dynamically quantized Linear made it a method and predict crashed)."""
+    from polymodal.optimize.compress import compress
+
+    source = with_fusion(model, fusion, tmp_path / "f")
+    compress(source, tmp_path / "q", quantize="int8")
+    ref = MultimodalPredictor.load(source).predict_proba(tables[1]).to_numpy()
+    q = MultimodalPredictor.load(tmp_path / "q")
+    out = q.predict_proba(tables[1]).to_numpy()
+    assert np.abs(out - ref).max() < 0.1
+    assert "accuracy" in q.evaluate(tables[1])
+
+
 def _nothing_written(parent: Path, name: str) -> bool:
     return not any(p.name.startswith((name, f".{name}")) for p in parent.iterdir())
 

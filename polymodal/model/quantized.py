@@ -45,13 +45,20 @@ def restore_state(state: dict[str, Any]) -> dict[str, Any]:
 
 def quantize_modules(net: Any) -> Any:
     """Linear and GRU layers to int8 compute (PyTorch dynamic quantization: weights int8, activations
-    quantized per batch on the fly)."""
+    quantized per batch on the fly), but those of transformer and attention modules."""
     import torch
     from torch import nn
     from torch.ao.quantization import quantize_dynamic
 
     torch.backends.quantized.engine = "x86" if "x86" in torch.backends.quantized.supported_engines else "qnnpack"
-    return quantize_dynamic(net, {nn.Linear, nn.GRU}, dtype=torch.qint8)
+    # Layers inside PyTorch's transformer and attention modules stay float (rebuilt from their int8 weights): those
+    # modules read `linear.weight` as a tensor (their fused fast path), which a dynamically quantized Linear
+    # replaces by a method, so attention fusions and text decoders crashed at predict time.
+    attention = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.MultiheadAttention)
+    inside = [name + "." for name, m in net.named_modules() if isinstance(m, attention)]
+    names = {name for name, m in net.named_modules()
+             if isinstance(m, nn.Linear | nn.GRU) and not name.startswith(tuple(inside))}  # fmt: skip
+    return quantize_dynamic(net, names, dtype=torch.qint8)
 
 
 def int8_keys(net: Any) -> set[str]:
