@@ -518,6 +518,38 @@ def audio_augment(d: dict) -> str:
                    "fit s (5 folds)"], rows)  # fmt: skip
 
 
+def text_decoding(d: dict) -> str:
+    """Decoding speed of a text model: one row per (beam, batch, runtime), then the strings' equality and load."""
+    rows = [
+        [
+            "greedy" if r["beam_size"] == 1 else f"beam {r['beam_size']}",
+            r["batch_size"],
+            r["runtime"],
+            _f(r["tokens_per_s"], 0),
+            _f(r["rows_per_s"], 1),
+            _f(r["ms_per_row"], 2),
+            _f(r["encoder_ms_per_row"], 2),
+            _f(r["decode_tokens_per_s"], 0),
+            r["decoder_steps"],
+            _f(r["identical_to_other_runtime"]),
+        ]
+        for r in d["results"]
+    ]
+    header = ["decoding", "batch", "runtime", "tokens/s", "rows/s", "ms/row", "encoder ms/row"]
+    out = _table(header + ["decoding-only tokens/s", "decoder steps", "same strings as the other runtime"], rows)
+    m = d["machine"]
+    load = " -> ".join(", ".join(_f(v, 2) for v in m[k]) for k in ("load_average_start", "load_average_end"))
+    return (
+        out
+        + f"\n\n{d['rows']} rows ({d['table']}); model: {d['model']['decoder']}, {d['model']['fusion']} fusion of "
+        + f"{', '.join(d['model']['inputs'])}, {d['model']['epochs']} epochs. Median of {d['repeats']} passes after "
+        + f"a warm-up. Tokens: {d['tokens']}. Threads: torch {m['torch_threads']}, ONNX Runtime intra-op "
+        + f"{m['ort_intra_op_threads']}; {m['cpus']} CPUs, load average {load}; torch {m['torch']}, onnxruntime "
+        + f"{m['onnxruntime']}. Every configuration gives the same strings in both runtimes: "
+        + f"{_f(d['all_strings_identical'])}."
+    )
+
+
 RENDERERS: dict[str, Callable[[dict], str]] = {
     "audio_augment": audio_augment,
     "av_digits": av_digits,
@@ -536,6 +568,7 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "sort_of_clevr": sort_of_clevr,
     "speakers": speakers,
     "speech_padding": speech_padding,
+    "text_decoding": text_decoding,
     "tune_av_digits": tune,
     "voice_privacy": voice_privacy,
 }
