@@ -218,6 +218,10 @@ class TrainConfig:
     precision: str = "32-true"
     modality_dropout: float = 0.0
     augment: bool = True  # light augmentation of training batches (images: shifts, brightness; audio: audio_warp)
+    # Training batches of whole groups of rows that share a media file (a picture asked several questions), so each
+    # file is encoded once per batch for all its rows: on | off | auto (on when a file repeats on 2+ rows on average).
+    # A file's rows then see the same augmented copy. Not in streamed training.
+    group_batches: str = field(default="auto", metadata=_choices("auto", "on", "off"))
     # Random frequency warp of scratch audio features in training (VTLP-style): each clip's spectrum f -> s f^b,
     # log s and log b uniform in +-audio_warp; 0: off. Less dependence on the voice (another speaker, McAdams).
     audio_warp: float = 0.0

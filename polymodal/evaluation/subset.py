@@ -51,12 +51,15 @@ def sub_preprocessor(preprocessor: Preprocessor, schema: Schema) -> Preprocessor
 def select_features(features: Features, names: list[str]) -> Features:
     """The arrays and presence columns of `names`, in that order (no copy of the arrays)."""
     idx = [features.input_names.index(n) for n in names]
-    return Features({n: features.inputs[n] for n in names}, features.present[:, idx], list(names))
+    index = {n: features.index[n] for n in names if n in features.index}  # files kept once (Features.index)
+    return Features({n: features.stored[n] for n in names}, features.present[:, idx], list(names), index)
 
 
 def merge_features(parts: list[Features]) -> Features:
     inputs: dict[str, np.ndarray] = {}
+    index: dict[str, np.ndarray] = {}
     for f in parts:
-        inputs |= f.inputs
+        inputs |= f.stored
+        index = {n: i for n, i in index.items() if n not in f.stored} | f.index  # an input's array and index together
     names = [n for f in parts for n in f.input_names]
-    return Features(inputs, np.concatenate([f.present for f in parts], axis=1), names)
+    return Features(inputs, np.concatenate([f.present for f in parts], axis=1), names, index)

@@ -58,10 +58,10 @@ class InferenceEngine:
     def outputs(self, features: Features, batch_size: int = 256, present: np.ndarray | None = None) -> np.ndarray:
         """Probabilities (classification) or predictions (regression). `present` can hide inputs on purpose."""
         if present is not None:
-            features = Features(features.inputs, features.present & present, features.input_names)
+            features = features.with_present(features.present & present)
         if self.runtime == "onnx":  # the graph's output already is the task's output (softmax / unstandardized)
-            chunks = [self.net.run(features.take(np.arange(s, min(s + batch_size, len(features)))))
-                      for s in range(0, len(features), batch_size)]  # fmt: skip
+            chunks = [self.net.run(features.take(np.arange(s, min(s + batch_size, len(features)))).expand())
+                      for s in range(0, len(features), batch_size)]  # the graph takes every input per row  # fmt: skip
         else:
             chunks = self._torch_outputs(features, batch_size)
         n_out = self.task.n_outputs if self.task.is_classification else None
@@ -78,9 +78,20 @@ class InferenceEngine:
 
         from polymodal.model.batch import iterate_batches, to_device
 
+        # Rows sharing a file (Features.index) are batched together, so each distinct file is encoded once; the
+        # outputs go back to the table's order (in eval mode a row's output does not depend on its batch).
+        distinct = getattr(self.net, "distinct_inputs", False)  # a text network reads every input per row
+        groups = features.groups() if distinct else None
+        order = None if groups is None else np.argsort(groups, kind="stable")
         chunks = []
+        rows = features if order is None else features.take(order)
         with torch.inference_mode():
-            for batch in iterate_batches(features, batch_size):
+            for batch in iterate_batches(rows, batch_size, distinct=distinct):
                 batch = to_device(batch, self.device)
-                chunks.append(self.task.outputs(self.net(batch["inputs"], batch["present"])))
-        return chunks
+                index = {"index": batch["index"]} if "index" in batch else {}
+                chunks.append(self.task.outputs(self.net(batch["inputs"], batch["present"], **index)))
+        if order is None or not chunks:
+            return chunks
+        out = np.empty_like(np.concatenate(chunks))
+        out[order] = np.concatenate(chunks)
+        return [out]

@@ -11,6 +11,7 @@ from torch import nn
 from polymodal.data.schema import Modality
 from polymodal.encoders import build_encoder
 from polymodal.fusion import FUSIONS, build_fusion
+from polymodal.model.distinct import to_rows, tokens_to_rows
 from polymodal.tasks import Task
 
 
@@ -33,6 +34,8 @@ def build_encoders(
 
 
 class MultimodalNet(nn.Module):
+    distinct_inputs = True  # forward takes `index` (batches of distinct items, model/distinct.py)
+
     def __init__(
         self,
         inputs: dict[str, Modality],
@@ -55,12 +58,22 @@ class MultimodalNet(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Identity() if self.fusion.produces_logits else task.head(self.fusion.out_dim, hidden, dropout)
 
-    def forward(self, inputs: dict[str, torch.Tensor], present: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, inputs: dict[str, torch.Tensor], present: torch.Tensor, index: dict[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """`index`: for inputs given as a batch's distinct items, each row's item (model/distinct.py): the encoder
+        runs once per item, its output is gathered to the rows (dropout after, per row as without an index)."""
+        index = index or {}
         if self.tokens:
             tokens = {
-                self.keys[n]: self.encoders[self.keys[n]].forward_tokens(inputs[n]).map(self.dropout)
+                self.keys[n]: tokens_to_rows(self.encoders[self.keys[n]].forward_tokens(inputs[n]), index.get(n)).map(
+                    self.dropout
+                )
                 for n in self.input_names
             }
             return self.head(self.fusion(tokens, present))
-        embeddings = {self.keys[n]: self.dropout(self.encoders[self.keys[n]](inputs[n])) for n in self.input_names}
+        embeddings = {
+            self.keys[n]: self.dropout(to_rows(self.encoders[self.keys[n]](inputs[n]), index.get(n)))
+            for n in self.input_names
+        }
         return self.head(self.fusion(embeddings, present))

@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from polymodal.data.distinct import load_media_once
 from polymodal.data.schema import Modality, Schema, input_column
-from polymodal.data.validate import Problem, load_media
+from polymodal.data.validate import Problem
 from polymodal.preprocess import Features, Preprocessor
 
 Frozen = dict[str, tuple[np.ndarray, np.ndarray]]
@@ -72,7 +73,8 @@ class FeaturePipeline:
         whole = [c for c in self.schema.columns_of(Modality.VIDEO)
                  if all(n in frozen_names for n in self.schema.inputs if input_column(n, columns) == c)]  # fmt: skip
         skip = tuple(frozen_names + whole) if media else tuple(columns)
-        decoded, problems = load_media(df, self.schema, base_dir, skip=skip, **self.media_options())
+        # Each distinct file once: rows naming it share the array, preprocessed once (Features.index).
+        decoded, problems = load_media_once(df, self.schema, base_dir, skip=skip, **self.media_options())
         frozen: Frozen = {}
         for name in frozen_names:
             extractor, again = self.extractor(name), None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from polymodal.config import PreprocessConfig
 from polymodal.data.schema import CATEGORICAL_INPUT, NUMERIC_INPUT, Modality, ProblemType, Schema
 from polymodal.data.validate import is_missing
 from polymodal.preprocess.audio import log_mel_mfcc
+from polymodal.preprocess.features import Features, distinct_items
 from polymodal.preprocess.video import frames_settings, video_frames, video_state
 
 PAD, UNK = 0, 1
@@ -27,21 +27,6 @@ CLIP_SIGMAS = 100.0
 CAT_MISSING, CAT_UNKNOWN = 0, 1
 MEDIA_SAMPLE = 2000  # image/audio statistics: the first this many present files of each column
 _TOKEN = re.compile(r"\w+|[^\w\s]")
-
-
-@dataclass
-class Features:
-    """Model-ready arrays: one per fusion input (rows first) and `present[row, input]`."""
-
-    inputs: dict[str, np.ndarray]
-    present: np.ndarray
-    input_names: list[str] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return int(self.present.shape[0])
-
-    def take(self, idx: np.ndarray) -> Features:
-        return Features({k: v[idx] for k, v in self.inputs.items()}, self.present[idx], self.input_names)
 
 
 def category_key(value: Any) -> str:
@@ -165,40 +150,47 @@ class Preprocessor:
     ) -> Features:
         """Arrays for every input. `frozen` holds the (embeddings, present) of frozen pretrained inputs.
         `raw`: the inputs of the exported ONNX graph instead, which holds the rest of the preprocessing (see
-        `graph_inputs`)."""
-        n = len(df)
+        `graph_inputs`). A media input whose rows share decoded files is preprocessed once per distinct file and
+        kept as distinct items with a row index (`Features.index`; not in `raw`, the graph takes rows)."""
         names = list(self.schema.inputs)
-        present = np.zeros((n, len(names)), dtype=bool)
+        present = np.zeros((len(df), len(names)), dtype=bool)
         inputs: dict[str, np.ndarray] = {}
+        index: dict[str, np.ndarray] = {}
         for j, (name, modality) in enumerate(self.schema.inputs.items()):
-            p = self.config.pretrained.get(name, {})
-            mode = p.get("mode")
-            if mode == "frozen" and not (raw and p.get("in_graph")):
-                inputs[name], present[:, j] = frozen[name]
-                self.state[name]["dim"] = int(frozen[name][0].shape[-1])
-            elif mode is not None and modality is not Modality.VIDEO:  # fine-tuned, or frozen inside a graph
-                values = media[name] if modality in (Modality.IMAGE, Modality.AUDIO) else df[name].tolist()
-                inputs[name], present[:, j] = self._pretrained(modality, values, self.state[name])
-            elif modality is Modality.TEXT and raw and name in self.text_in_graph:
-                missing = df[name].map(is_missing).to_numpy(dtype=bool)
-                inputs[name] = np.array(["" if m else str(v) for v, m in zip(df[name], missing, strict=True)], object)
-                present[:, j] = ~missing  # the graph also hides a row with no token
-            elif modality is Modality.TEXT:
-                inputs[name], present[:, j] = self._text(df[name], self.state[name])
-            elif modality is Modality.VIDEO:  # uint8 frames, in the graph too: the encoder normalizes them
-                inputs[name], present[:, j] = video_frames(media[name], self.config)
-            elif modality is Modality.IMAGE:
-                image = self._raw_image if raw else self._image
-                inputs[name], present[:, j] = image(media[name], self.state[name])
-            elif modality is Modality.AUDIO:
-                audio = self._raw_audio if raw else self._audio
-                inputs[name], present[:, j] = audio(media[name], self.state[name])
-            elif modality is Modality.NUMERIC:
-                numeric = self._raw_numeric if raw else self._numeric
-                inputs[name], present[:, j] = numeric(df, self.state[name])
+            shared = None if raw or name not in media else distinct_items(media[name])
+            if shared is not None and self.config.pretrained.get(name, {}).get("mode") != "frozen":
+                inputs[name], item_present = self._input(name, modality, df, {name: shared[0]}, frozen, raw)
+                present[:, j], index[name] = item_present[shared[1]], shared[1]
             else:
-                inputs[name], present[:, j] = self._categorical(df, self.state[name])
-        return Features(inputs, present, names)
+                inputs[name], present[:, j] = self._input(name, modality, df, media, frozen, raw)
+        return Features(inputs, present, names, index)
+
+    def _input(self, name: str, modality: Modality, df: pd.DataFrame, media: dict[str, list], frozen: Any,
+               raw: bool) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """(array, present) of one input: per row, or per item of `media[name]` for a media input."""
+        p = self.config.pretrained.get(name, {})
+        mode = p.get("mode")
+        if mode == "frozen" and not (raw and p.get("in_graph")):
+            self.state[name]["dim"] = int(frozen[name][0].shape[-1])
+            return frozen[name]
+        if mode is not None and modality is not Modality.VIDEO:  # fine-tuned, or frozen inside a graph
+            values = media[name] if modality in (Modality.IMAGE, Modality.AUDIO) else df[name].tolist()
+            return self._pretrained(modality, values, self.state[name])
+        if modality is Modality.TEXT and raw and name in self.text_in_graph:
+            missing = df[name].map(is_missing).to_numpy(dtype=bool)
+            texts = np.array(["" if m else str(v) for v, m in zip(df[name], missing, strict=True)], object)
+            return texts, ~missing  # the graph also hides a row with no token
+        if modality is Modality.TEXT:
+            return self._text(df[name], self.state[name])
+        if modality is Modality.VIDEO:  # uint8 frames, in the graph too: the encoder normalizes them
+            return video_frames(media[name], self.config)
+        if modality is Modality.IMAGE:
+            return (self._raw_image if raw else self._image)(media[name], self.state[name])
+        if modality is Modality.AUDIO:
+            return (self._raw_audio if raw else self._audio)(media[name], self.state[name])
+        if modality is Modality.NUMERIC:
+            return (self._raw_numeric if raw else self._numeric)(df, self.state[name])
+        return self._categorical(df, self.state[name])
 
     def graph_inputs(
         self,

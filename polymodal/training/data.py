@@ -34,6 +34,7 @@ from polymodal.model.batch import Collate
 from polymodal.model.pipeline import FeaturePipeline, take_rows
 from polymodal.preprocess import Features
 from polymodal.tasks import Task
+from polymodal.training.sampler import GroupedBatches, grouping_on
 
 log = logging.getLogger("polymodal")
 
@@ -53,19 +54,27 @@ class MemoryRows:
 
     def pixel_inputs(self, inputs: dict[str, Modality]) -> list[str]:
         # A frozen image column arrives as (batch, dim) embeddings: only pixels are augmented.
-        return [n for n, m in inputs.items() if m is Modality.IMAGE and self.features.inputs[n].ndim == 4]
+        return [n for n, m in inputs.items() if m is Modality.IMAGE and self.features.stored[n].ndim == 4]
 
     def fingerprint(self, h: Any) -> None:
-        for name in sorted(self.features.inputs):
-            h.update(name.encode() + np.ascontiguousarray(self.features.inputs[name]).tobytes())
+        for name in sorted(self.features.stored):
+            h.update(name.encode() + np.ascontiguousarray(self.features.stored[name]).tobytes())
+            if name in self.features.index:  # distinct items: which row reads which
+                h.update(b"index" + np.ascontiguousarray(self.features.index[name]).tobytes())
         h.update(np.ascontiguousarray(self.features.present).tobytes())
         h.update(np.ascontiguousarray(self.targets).tobytes())
 
     def loader(self, batch_size: int, train: bool, generator: torch.Generator, rank: int, world: int, seed: int,
-               workers: int | None = None) -> DataLoader:  # fmt: skip
+               workers: int | None = None, group: str = "auto") -> DataLoader:  # fmt: skip
+        """`group`: train.group_batches (training/sampler.py): training batches of whole groups of rows sharing a
+        file. Batches carry a file shared by rows once (`Collate(distinct=True)`)."""
         workers = workers or 0
-        collate = Collate(self.features, self.targets)
+        collate = Collate(self.features, self.targets, distinct=True)
         n = len(self.features)
+        if train and grouping_on(group, self.features):
+            b = per_process_batch(batch_size, world)
+            batches = GroupedBatches(self.features.groups(), b, generator, seed, rank, world)
+            return DataLoader(range(n), batch_sampler=batches, collate_fn=collate, num_workers=workers)
         if world == 1:
             return DataLoader(
                 range(n), batch_size=batch_size if train else 2 * batch_size, shuffle=train, collate_fn=collate,
@@ -164,7 +173,8 @@ class StreamRows:
         return chunk, self.pipeline.features(chunk, media, frozen), problems
 
     def loader(self, batch_size: int, train: bool, generator: torch.Generator, rank: int, world: int, seed: int,
-               workers: int | None = None) -> StreamLoader:  # fmt: skip
+               workers: int | None = None, group: str = "auto") -> StreamLoader:  # fmt: skip
+        # `group` is not used: streamed rows are shuffled within a window of chunks, a file's rows not grouped.
         if workers is None:  # decoding in the background, leaving a core per process for the model
             workers = min(4, max(1, (os.cpu_count() or 2) // world - 1))
         b = per_process_batch(batch_size, world) if world > 1 else batch_size

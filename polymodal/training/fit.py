@@ -23,6 +23,7 @@ import torch
 
 from polymodal.data.schema import Modality
 from polymodal.errors import UserError
+from polymodal.model.distinct import expand_batch
 from polymodal.model.network import MultimodalNet
 from polymodal.preprocess.augment import augment_images
 from polymodal.tasks import Task
@@ -50,7 +51,7 @@ class LitMultimodal(pl.LightningModule):
         rows, _, generator = self.data
         t = self.trainer
         return rows.loader(self.cfg.batch_size, True, generator, t.global_rank, t.world_size, self.cfg.seed,
-                           workers=self.cfg.num_workers)  # fmt: skip
+                           workers=self.cfg.num_workers, group=self.cfg.group_batches)  # fmt: skip
 
     def val_dataloader(self):
         _, rows, generator = self.data
@@ -59,9 +60,14 @@ class LitMultimodal(pl.LightningModule):
                            workers=self.cfg.num_workers)  # fmt: skip
 
     def forward(self, batch: dict) -> torch.Tensor:
-        return self.net(batch["inputs"], batch["present"])
+        return self.net(batch["inputs"], batch["present"], **distinct(batch))
+
+    def on_after_batch_transfer(self, batch: dict, _: int) -> dict:
+        # A file shared by rows comes once with each row's index (model/distinct.py); a text network takes rows.
+        return batch if getattr(self.net, "distinct_inputs", False) else expand_batch(batch)
 
     def training_step(self, batch: dict, _: int) -> torch.Tensor:
+        # Augmentation transforms the batch's inputs: a file shared by rows is augmented once for all of them.
         inputs, present = dict(batch["inputs"]), batch["present"]
         if self.cfg.augment:
             for name in self.image_inputs:
@@ -72,7 +78,7 @@ class LitMultimodal(pl.LightningModule):
             present = drop_modalities(present, self.cfg.modality_dropout)
         # A text model is trained with teacher forcing: it reads the target it is asked for.
         teacher = (batch["target"],) if self.task.is_text else ()
-        loss = self.task.loss(self.net(inputs, present, *teacher), batch["target"])
+        loss = self.task.loss(self.net(inputs, present, *teacher, **distinct(batch)), batch["target"])
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=present.shape[0],
                  sync_dist=True)  # fmt: skip
         return loss
@@ -124,6 +130,11 @@ class LitMultimodal(pl.LightningModule):
             for m in self.net.modules():
                 if isinstance(m, FineTuned) and hasattr(m.backbone.model, "gradient_checkpointing_enable"):
                     m.backbone.model.gradient_checkpointing_enable()
+
+
+def distinct(batch: dict) -> dict[str, Any]:
+    """The network's `index` argument when the batch carries one."""
+    return {"index": batch["index"]} if "index" in batch else {}
 
 
 def drop_modalities(present: torch.Tensor, p: float) -> torch.Tensor:
