@@ -145,8 +145,9 @@ class TextNet(nn.Module):
             logits, cache = head.step(p, mem, msk, cache)
             return torch.log_softmax(logits.float(), dim=-1).cpu().numpy(), cache
 
+        cache = head.init_cache(memory, mask).repeat_interleave(k, dim=0)  # once per row, as the ONNX graph does
         ids, scores = beam_search(
-            step, head.init_cache(mem, msk), memory.shape[0], bos=BOS, eos=EOS, pad=PAD, max_len=self.max_len,
+            step, cache, memory.shape[0], bos=BOS, eos=EOS, pad=PAD, max_len=self.max_len,
             beam_size=k, length_penalty=float(g["length_penalty"]), no_repeat_ngram=int(g["no_repeat_ngram"]),
             n_best=int(g["n_best"]), forbidden=(UNK,),
         )  # fmt: skip

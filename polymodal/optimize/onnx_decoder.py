@@ -54,10 +54,20 @@ def output_names(net: Any) -> list[str]:
     return ["frames"] if net.ctc_input is not None else ["memory", "memory_mask", "cache"]
 
 
+def cache_axes(net: Any, rows: str) -> dict[int, str]:
+    """The cache's dynamic axes: its rows, and any that follow the memory's length (a transformer decoder caches
+    the memory's keys and values), found by building the cache for two memory lengths."""
+    import torch
+
+    shapes = [net.head.init_cache(torch.zeros(1, n, net.dim), torch.ones(1, n, dtype=torch.bool)).shape for n in (2, 3)]
+    return {0: rows, **{i: "tokens" for i, (a, b) in enumerate(zip(*shapes, strict=True)) if i and a != b}}
+
+
 def dynamic_axes(net: Any) -> dict[str, dict[int, str]]:
     if net.ctc_input is not None:
         return {"frames": {0: "batch", 1: "frames"}}
-    return {"memory": {0: "batch", 1: "tokens"}, "memory_mask": {0: "batch", 1: "tokens"}, "cache": {0: "batch"}}
+    return {"memory": {0: "batch", 1: "tokens"}, "memory_mask": {0: "batch", 1: "tokens"},
+            "cache": cache_axes(net, "batch")}  # fmt: skip
 
 
 def export_decoder_step(net: Any, path: Path, opset: int) -> dict[str, Any]:
@@ -80,6 +90,7 @@ def export_decoder_step(net: Any, path: Path, opset: int) -> dict[str, Any]:
             return torch.log_softmax(logits.float(), dim=-1), cache
 
     step = Step(net.head).eval()
+    axes = cache_axes(net, "rows")
     b, n = 2, 3
     memory = torch.zeros(b, n, net.dim)
     mask = torch.ones(b, n, dtype=torch.bool)
@@ -89,8 +100,8 @@ def export_decoder_step(net: Any, path: Path, opset: int) -> dict[str, Any]:
         step, (prefix, memory, mask, cache), str(path), dynamo=False, opset_version=opset,
         input_names=["prefix", "memory", "memory_mask", "cache"], output_names=["log_probs", "cache_out"],
         dynamic_axes={"prefix": {0: "rows", 1: "steps"}, "memory": {0: "rows", 1: "tokens"},
-                      "memory_mask": {0: "rows", 1: "tokens"}, "cache": {0: "rows"}, "log_probs": {0: "rows"},
-                      "cache_out": {0: "rows"}},
+                      "memory_mask": {0: "rows", 1: "tokens"}, "cache": axes, "log_probs": {0: "rows"},
+                      "cache_out": axes},
     )  # fmt: skip
     record["cache_shape"] = list(cache.shape[1:])
     return record
