@@ -176,6 +176,17 @@ def test_fit_evaluate_predict_save_load(fitted, tables, tmp_path):
     assert q.evaluate(test)["accuracy"] == metrics["accuracy"]
 
 
+def test_onnx_export_reads_rows(fitted, tables, tmp_path):
+    """The exported graph takes every input per row (the index expanded before it): it answers as PyTorch."""
+    from polymodal.optimize.export import export_model
+
+    _, test = tables
+    folder = fitted["early"].save(tmp_path / "m")
+    graph = export_model(folder, tmp_path / "m.onnx")
+    onnx_p = MultimodalPredictor.load(graph, runtime="onnx").predict_proba(test).to_numpy()
+    np.testing.assert_allclose(onnx_p, fitted["early"].predict_proba(test).to_numpy(), atol=1e-4)
+
+
 def test_grouped_sampler_uses_every_row_once_and_keeps_groups_together():
     groups = np.repeat(np.arange(13), 7)  # 13 pictures x 7 questions, rows in table order
     groups = np.random.default_rng(0).permutation(groups)  # and scattered over the table
