@@ -29,8 +29,6 @@ class OnnxTextDecoder:
             if not step.is_file():
                 raise UserError(f"{graph} is a text model: its decoder-step graph {step.name} must lie beside it")
             self.step_session = ort.InferenceSession(str(step), options, providers=["CPUExecutionProvider"])
-            # a step that reads the memory only through its cached keys and values has no `memory` input
-            self.step_inputs = {i.name for i in self.step_session.get_inputs()}
 
     def run(self, session: Any, feed: dict[str, np.ndarray]) -> np.ndarray:
         """The text task's outputs (rows, n_best, 1 + max_len + 1) for one batch of graph inputs."""
@@ -49,11 +47,9 @@ class OnnxTextDecoder:
         mem, msk = np.repeat(memory, k, axis=0), np.repeat(mask, k, axis=0)
         sess = self.step_session
 
-        names = self.step_inputs
-
         def step(prefix: np.ndarray, c: np.ndarray):
-            feed = {"prefix": prefix, "memory": mem, "memory_mask": msk, "cache": c}
-            logp, c = sess.run(["log_probs", "cache_out"], {n: v for n, v in feed.items() if n in names})
+            logp, c = sess.run(["log_probs", "cache_out"], {"prefix": prefix, "memory": mem, "memory_mask": msk,
+                                                             "cache": c})  # fmt: skip
             return logp, c
 
         ids, scores = beam_search(

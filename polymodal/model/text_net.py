@@ -137,8 +137,10 @@ class TextNet(nn.Module):
         """Batched beam search (greedy at beam size 1) from the memory: the text task's outputs."""
         g = self.generation | {k: v for k, v in overrides.items() if v is not None}
         k = max(1, int(g["beam_size"]))
-        mem, msk = memory.repeat_interleave(k, dim=0), mask.repeat_interleave(k, dim=0)
         head = self.head
+        read = getattr(head, "step_memory", None)  # what the steps read of the memory, computed once per row
+        mem = (read(memory) if read else memory).repeat_interleave(k, dim=0)
+        msk = mask.repeat_interleave(k, dim=0)
 
         def step(prefix: np.ndarray, cache: torch.Tensor):
             p = torch.as_tensor(prefix, device=mem.device)

@@ -1,9 +1,9 @@
 """ONNX export of a text model: two graphs.
 
 - The main graph (`<output>.onnx`): raw inputs (as for every model, see export.py) -> `memory` (batch, tokens,
-  dim), `memory_mask` (batch, tokens): the fused inputs as the decoder reads them, and the decoder's first
-  `cache`. For a CTC head it gives
-  `frames` instead: per-frame log-probabilities (batch, frames, vocab), decoded best-path by the runtime.
+  width), `memory_mask` (batch, tokens): the fused inputs as the decoder step reads them (the transformer's
+  `step_memory`: its cross-attention keys and values, computed once), and the decoder's first `cache`. For a CTC
+  head it gives `frames` instead: per-frame log-probabilities (batch, frames, vocab), decoded best-path by the runtime.
 - The decoder-step graph (`<output>.decoder.onnx`): `prefix` (hypotheses, t) int64 token ids so far, `memory`,
   `memory_mask`, `cache` -> `log_probs` (hypotheses, vocab) of the next token and the new `cache`.
 ONNX Runtime then generates with the same numpy beam search as PyTorch (`polymodal.tasks.beam`), greedy or beam,
@@ -45,7 +45,8 @@ def memory_module(graph: Any):
             if self.net.ctc_input is not None:
                 frames = self.net.head.frames(memory, mask, *spans[self.net.ctc_input])
                 return torch.log_softmax(frames.float(), dim=-1)
-            return memory, mask, self.net.head.init_cache(memory, mask)
+            read = getattr(self.net.head, "step_memory", None)
+            return (read(memory) if read else memory), mask, self.net.head.init_cache(memory, mask)
 
     return MemoryGraph(graph).eval()
 
@@ -54,20 +55,10 @@ def output_names(net: Any) -> list[str]:
     return ["frames"] if net.ctc_input is not None else ["memory", "memory_mask", "cache"]
 
 
-def cache_axes(net: Any, rows: str) -> dict[int, str]:
-    """The cache's dynamic axes: its rows, and any that follow the memory's length (a transformer decoder caches
-    the memory's keys and values), found by building the cache for two memory lengths."""
-    import torch
-
-    shapes = [net.head.init_cache(torch.zeros(1, n, net.dim), torch.ones(1, n, dtype=torch.bool)).shape for n in (2, 3)]
-    return {0: rows, **{i: "tokens" for i, (a, b) in enumerate(zip(*shapes, strict=True)) if i and a != b}}
-
-
 def dynamic_axes(net: Any) -> dict[str, dict[int, str]]:
     if net.ctc_input is not None:
         return {"frames": {0: "batch", 1: "frames"}}
-    return {"memory": {0: "batch", 1: "tokens"}, "memory_mask": {0: "batch", 1: "tokens"},
-            "cache": cache_axes(net, "batch")}  # fmt: skip
+    return {"memory": {0: "batch", 1: "tokens"}, "memory_mask": {0: "batch", 1: "tokens"}, "cache": {0: "batch"}}
 
 
 def export_decoder_step(net: Any, path: Path, opset: int) -> dict[str, Any]:
@@ -90,18 +81,19 @@ def export_decoder_step(net: Any, path: Path, opset: int) -> dict[str, Any]:
             return torch.log_softmax(logits.float(), dim=-1), cache
 
     step = Step(net.head).eval()
-    axes = cache_axes(net, "rows")
     b, n = 2, 3
     memory = torch.zeros(b, n, net.dim)
     mask = torch.ones(b, n, dtype=torch.bool)
     cache = net.head.init_cache(memory, mask)
+    read = getattr(net.head, "step_memory", None)
+    memory = read(memory) if read else memory  # what the step reads
     prefix = torch.ones(b, 2, dtype=torch.long)
     torch.onnx.export(
         step, (prefix, memory, mask, cache), str(path), dynamo=False, opset_version=opset,
         input_names=["prefix", "memory", "memory_mask", "cache"], output_names=["log_probs", "cache_out"],
         dynamic_axes={"prefix": {0: "rows", 1: "steps"}, "memory": {0: "rows", 1: "tokens"},
-                      "memory_mask": {0: "rows", 1: "tokens"}, "cache": axes, "log_probs": {0: "rows"},
-                      "cache_out": axes},
+                      "memory_mask": {0: "rows", 1: "tokens"}, "cache": {0: "rows"}, "log_probs": {0: "rows"},
+                      "cache_out": {0: "rows"}},
     )  # fmt: skip
     record["cache_shape"] = list(cache.shape[1:])
     return record

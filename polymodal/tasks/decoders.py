@@ -6,6 +6,8 @@ Autoregressive (`TransformerDecoder`, `GRUDecoder`):
 - `init_cache(memory, mask) -> cache`: what the decoder carries between steps, one row per hypothesis;
 - `step(prefix, memory, mask, cache) -> (logits (batch, vocab), cache)`: the next token's logits given the tokens
   so far. The ONNX decoder-step graph is exactly this function.
+- optionally `step_memory(memory) -> memory`: the memory as `step` reads it, computed once per decoding (the
+  transformer's cross-attention keys and values); without it `step` reads the memory itself.
 `CTCHead` is not autoregressive: `frames(memory, mask, start, end) -> logits (batch, end - start, vocab)` over
 the memory positions of one input (its time steps), blank = id 0.
 """
@@ -89,23 +91,29 @@ class TransformerDecoder(nn.Module):
 
     def forward(self, memory: torch.Tensor, mask: torch.Tensor, tgt_in: torch.Tensor,
                 memory_kv: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
-        """`memory_kv`: `init_cache(memory, mask)`, the cross-attention keys and values (else computed here)."""
+        """`memory_kv` (batch, n, layers, 2 * dim): each layer's keys and values of the memory, computed
+        beforehand (`step_memory`); else computed here."""
         t = tgt_in.shape[1]
         x = self.embed(tgt_in) * math.sqrt(self.dim) + sinusoid(t, self.dim, tgt_in.device)
         pos = torch.arange(t, device=tgt_in.device)
         causal = (pos[None, :] <= pos[:, None])[None]  # (1, t, t): a token sees itself and those before it
         for i, layer in enumerate(self.layers):
-            x = layer(x, memory, causal, mask, None if memory_kv is None else memory_kv[:, i])
+            x = layer(x, memory, causal, mask, None if memory_kv is None else memory_kv[:, :, i])
         return self.out(self.norm(x))
 
     def init_cache(self, memory: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """(batch, layers, n, 2 * dim): each layer's keys and values of the memory, projected once per decoding
-        instead of at every step (they were 35-50 % of a step at beam 4, batch 32: benchmarks/text_decoding.py).
-        The prefix is still re-read at each step."""
-        return torch.stack([layer.cross_attn.kv(memory) for layer in self.layers], dim=1)
+        return memory.new_zeros(memory.shape[0], 1, 1)  # nothing carried: each step re-reads the prefix
+
+    def step_memory(self, memory: torch.Tensor) -> torch.Tensor:
+        """(batch, n, layers * 2 * dim): each layer's keys and values of the memory, projected once per decoding
+        instead of at every step (35-50 % of a step at beam 4, batch 32: benchmarks/text_decoding.py). Not in the
+        cache: the cache is reordered as hypotheses are kept, and these are the same for every hypothesis of a row."""
+        return torch.cat([layer.cross_attn.kv(memory) for layer in self.layers], dim=-1)
 
     def step(self, prefix: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor, cache: torch.Tensor):
-        return self(memory, mask, prefix, cache)[:, -1], cache
+        """`memory`: `step_memory`'s."""
+        kv = memory.reshape(memory.shape[0], memory.shape[1], len(self.layers), -1)
+        return self(memory, mask, prefix, kv)[:, -1], cache
 
 
 class GRUDecoder(nn.Module):
