@@ -37,6 +37,7 @@ from polymodal.data.schema import Modality
 from polymodal.encoders import ImageCNN, build_encoder
 from polymodal.errors import UserError
 from polymodal.fusion import FUSIONS, build_fusion
+from polymodal.fusion.early import EarlyFusion
 from polymodal.model.network import module_keys
 from polymodal.preprocess import category_key
 from polymodal.rl.wrappers import Vocabulary, is_text_space
@@ -217,12 +218,42 @@ RL_ENCODER_DEFAULTS: dict[Modality, dict[str, Any]] = {
 CNN_NORMS = ("batch", "group", "none")
 
 
-class _CodesCNN(ImageCNN):
-    """ImageCNN over symbolic cells, the same weights computed faster for RL's many small batches: a cell's summed
-    code embeddings as a multi-hot row times the embedding table (an embedding's backward scatters every lookup one
-    by one), and no pooling when the grid is the map's own size."""
+_HASH: dict[tuple[int, str], torch.Tensor] = {}
+
+
+def unique_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The distinct rows of `x` (any shape, rows along dim 0) and each row's index among them; None when every row
+    is distinct. A row's bits hashed to one int64 (multiply-add, wrapping) and `torch.unique` on those keys: several
+    times faster than `torch.unique(dim=0)`'s lexicographic sort. Exact: a hash collision is detected (the rows
+    rebuilt from the distinct ones differ) and the sort is used instead."""
+    n = x.shape[0]
+    bits = x.reshape(n, -1)
+    if bits.is_floating_point():  # compared by their bits: the hash needs integers (-0.0 vs 0.0: two rows, still exact)
+        bits = bits.contiguous().view({2: torch.int16, 4: torch.int32, 8: torch.int64}[bits.element_size()])
+    key = (bits.shape[1], str(x.device))
+    if key not in _HASH:
+        gen = torch.Generator().manual_seed(bits.shape[1])
+        _HASH[key] = torch.randint(-(2**62), 2**62, (bits.shape[1],), generator=gen).to(x.device)
+    uniq_keys, inverse = torch.unique((bits.long() * _HASH[key]).sum(1), return_inverse=True)
+    if len(uniq_keys) == n:
+        return x, None
+    rows = torch.arange(n, device=x.device)
+    first = torch.empty(len(uniq_keys), dtype=torch.long, device=x.device).scatter_(0, inverse, rows)
+    if not torch.equal(bits[first][inverse], bits):  # a collision: astronomically rare, handled exactly anyway
+        uniq_rows, inverse = torch.unique(bits, dim=0, return_inverse=True)
+        first = torch.empty(len(uniq_rows), dtype=torch.long, device=x.device).scatter_(0, inverse, rows)
+    return x[first], inverse
+
+
+class _RLCNN(ImageCNN):
+    """ImageCNN with the same weights, computed faster for RL's small maps and many small batches: conv blocks in
+    the default layout (channels-last pays on large maps; on a 7 x 7 view its conversions cost more than they
+    save), no pooling when the map already has the grid's size, and symbolic cells' summed code embeddings as a
+    multi-hot row times the embedding table (an embedding's backward scatters every lookup one by one)."""
 
     def _cells(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.codes:
+            return x
         ids = x.round().long().clamp(0, self.codes - 1) + self.code_offset[None, :, None, None]
         hot = torch.zeros(x.shape[0], x.shape[2], x.shape[3], self.cell_embed.num_embeddings, device=x.device)
         hot.scatter_(3, ids.permute(0, 2, 3, 1), 1.0)
@@ -236,8 +267,8 @@ class _CodesCNN(ImageCNN):
 
 
 def _renorm(encoder: nn.Module, how: str) -> nn.Module:
-    if type(encoder) is ImageCNN and encoder.codes and isinstance(encoder.pool.output_size, int):
-        encoder.__class__ = _CodesCNN  # same module tree and state dict, faster forward and backward
+    if type(encoder) is ImageCNN and isinstance(encoder.pool.output_size, int):
+        encoder.__class__ = _RLCNN  # same module tree and state dict, faster forward and backward
     if how == "batch":
         return encoder
     for name, child in list(encoder.named_children()):
@@ -303,6 +334,11 @@ class MultimodalExtractor(BaseFeaturesExtractor):
             if getattr(encoders[keys[k]], "codes", 0) and is_image_space(observation_space.spaces[k])
         }  # fmt: skip
         self.encoders = nn.ModuleDict(encoders)
+        # Keys whose rows are deduplicated within a batch (see _encode), and those whose encoder has batch norms.
+        self.dedup = {k for k in names if plans[k].modality in (Modality.IMAGE, Modality.AUDIO)}
+        self.batch_normed = {
+            k for k in names if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in encoders[keys[k]].modules())
+        }  # fmt: skip
         self.fusion = fused
         self.frozen = {keys[k] for k in loaded} if freeze else set()
         for k in self.frozen:
@@ -358,10 +394,7 @@ class MultimodalExtractor(BaseFeaturesExtractor):
         """The pooled embedding of token ids, each distinct row encoded once. A mission rarely changes within an
         episode and a replay batch holds few distinct ones: with gradients, the distinct rows are encoded and
         scattered back; without (acting, TD targets), rows are also remembered while the weights stay the same."""
-        if ids.shape[0] == 1 and not torch.is_grad_enabled():
-            uniq, inverse = ids, None
-        else:
-            uniq, inverse = torch.unique(ids, dim=0, return_inverse=True)
+        uniq, inverse = (ids, None) if ids.shape[0] == 1 else unique_rows(ids)
         if torch.is_grad_enabled():
             out = encoder(uniq)
             return out if inverse is None else out[inverse]
@@ -380,16 +413,26 @@ class MultimodalExtractor(BaseFeaturesExtractor):
         out = torch.stack([seen[r] for r in rows])
         return out if inverse is None else out[inverse]
 
+    def _encode(self, key: str, encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """One key's embedding. Images (and spectrograms) in a batch repeat (a DQN batch holds states and next
+        states; a no-op action leaves the view as it was): each distinct one is encoded once and gathered back, the
+        gradient summed over its copies, which is what encoding every copy gives, unless batch statistics are
+        learnt (BatchNorm in training mode), which the copies would change."""
+        if self.plans[key].modality is Modality.TEXT:
+            return self._text(key, encoder, x)
+        if key not in self.dedup or x.shape[0] < 16 or (encoder.training and key in self.batch_normed):
+            return encoder(x)
+        uniq, inverse = unique_rows(x)
+        out = encoder(uniq)
+        return out if inverse is None else out[inverse]
+
     def forward(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
         emb = {}
         for k in self.names:
             encoder, x = self.encoders[self.keys[k]], self._adapt(k, observations[k])
-            if self.tokens:
-                emb[self.keys[k]] = encoder.forward_tokens(x)
-            elif self.plans[k].modality is Modality.TEXT:
-                emb[self.keys[k]] = self._text(k, encoder, x)
-            else:
-                emb[self.keys[k]] = encoder(x)
+            emb[self.keys[k]] = encoder.forward_tokens(x) if self.tokens else self._encode(k, encoder, x)
+        if type(self.fusion) is EarlyFusion:  # every input is present: its concatenation, without the `where`s
+            return self.fused_norm(torch.cat([emb[k] for k in self.fusion.names], dim=-1))
         first = next(iter(observations.values()))
         present = torch.ones(first.shape[0], len(self.names), dtype=torch.bool, device=first.device)
         return self.fused_norm(self.fusion(emb, present))
