@@ -142,8 +142,25 @@ def main() -> None:
         print(json.dumps(run_entry(a.entry, a.data, a.max_epochs, a.seed)))
         return
     data = build_table(a.shared, a.data)
-    results = []
-    for name in a.entries.split(","):
+    results: list[dict] = []
+    entries = a.entries.split(",")
+
+    def write(complete: bool) -> None:
+        """The record so far: written after every entry, so a long run stopped early keeps what it measured."""
+        record = {
+            "benchmark": "digit_strings",
+            "complete": complete,
+            "goals": {"fused_wer": 0.02, "audio_wer": 0.05},
+            "settings": {"max_epochs": a.max_epochs, "seed": a.seed, "decoder": "transformer, greedy",
+                         "entries": entries,
+                         "table": "make_digit_strings.py defaults (10 dB SNR, image noise 0.25, occlusion 0.3)"},
+            "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg(), "python": platform.python_version()},
+            "results": results,
+        }  # fmt: skip
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(record, indent=2) + "\n")
+
+    for name in entries:
         if name == "pocketsphinx":
             results.append(run_pocketsphinx(data))
         else:
@@ -156,16 +173,7 @@ def main() -> None:
         r = results[-1]
         print(f"{r['entry']:<14} WER {r['wer']:.4f}  CER {r['cer']:.4f}  string accuracy {r['string_accuracy']:.3f}",
               flush=True)  # fmt: skip
-    record = {
-        "benchmark": "digit_strings",
-        "goals": {"fused_wer": 0.02, "audio_wer": 0.05},
-        "settings": {"max_epochs": a.max_epochs, "seed": a.seed, "decoder": "transformer, greedy",
-                     "table": "make_digit_strings.py defaults (10 dB SNR, image noise 0.25, occlusion 0.3)"},
-        "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg(), "python": platform.python_version()},
-        "results": results,
-    }  # fmt: skip
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(record, indent=2) + "\n")
+        write(complete=len(results) == len(entries))
     print(f"wrote {a.out}")
 
 
