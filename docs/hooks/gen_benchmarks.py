@@ -399,6 +399,28 @@ def sort_of_clevr(d: dict) -> str:
     return _table(["fusion", "level", "relational", "non-relational", "all", "epochs", "train s"], rows)
 
 
+def captions(d: dict) -> str:
+    """Sort-of-CLEVR captions: one row per entry (the constant caption is a reference line), then the settings."""
+    rows = []
+    for r in d["results"]:
+        acc = [_f(r[k]) for k in ("attribute_accuracy", "shape_accuracy", "row_accuracy", "column_accuracy")]
+        speed = [_f(r.get("train_seconds"), 0), _f(r.get("ms_per_picture"), 2), r.get("features", "-")]
+        rows.append([r["entry"], *acc, _f(r["exact_match"]), _f(r["cider"]), _f(r["bleu4"], 1), *speed])
+    header = ["entry", "attribute accuracy", "shape", "row", "column", "exact match", "CIDEr", "BLEU-4", "train s"]
+    out = _table(header + ["ms / picture", "what it reads"], _bold_max(_bold_max(rows, 1), 5))
+    s, m = d["settings"], d["machine"]
+    poly = next((r for r in d["results"] if r["entry"] == "polymodal"), None)
+    epochs = f" polymodal trained {poly['epochs']} epochs (the best: epoch {poly['best_epoch'] + 1})." if poly else ""
+    load = " -> ".join(", ".join(_f(v, 2) for v in m[k]) for k in ("load_average_start", "load_average_end"))
+    return (
+        out
+        + f"\n\n{s['train_pictures']:,} training / {s['test_pictures']} test pictures ({d['table']}); the CNN reads "
+        + f"{s['image_size']} px pictures (full size 75), the peers {s['peer_size']} x {s['peer_size']} pixels. "
+        + f"Training budget {_f(s['minutes'], 0)} min or {s['max_epochs']} epochs;{epochs} Goal: attribute accuracy "
+        + f">= {d['goal']['attribute_accuracy']}, met: {_f(d['goal_met'])}. {m['cpus']} CPUs, load average {load}."
+    )
+
+
 def tune(d: dict) -> str:
     startup = (d.get("reduced") or {}).get("pruner_startup")
     labels = {"pruned": f"median pruner, starts after {startup} trials", "unpruned": "no pruner"}
@@ -566,6 +588,7 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "audio_augment": audio_augment,
     "av_digits": av_digits,
     "av_video": av_video,
+    "captions": captions,
     "compare": compare,
     "compress_av_digits": compress,
     "ddp_scaling": ddp_scaling,
