@@ -141,7 +141,7 @@ def test_text_cache_and_codes_cnn_compute_what_the_plain_modules_compute():
     space = spaces.Dict({"image": spaces.Box(0, 255, (7, 7, 3), np.uint8), "mission": spaces.Box(0, 9, (5,), np.int64)})
     torch.manual_seed(0)
     ext = MultimodalExtractor(space, embed_dim=8, hidden=16, encoder_kwargs={"image": {"codes": 12, "grid": 7}})
-    assert type(ext.encoders[ext.keys["image"]]).__name__ == "_RLCNN"
+    assert type(ext.encoders[ext.keys["image"]]).__name__ == "_CodesCNN"
     ext.eval()
     rng = np.random.default_rng(0)
     missions = rng.integers(0, 10, (3, 5))

@@ -1,5 +1,5 @@
-"""The RL extractor's fast paths (polymodal.rl.extractor: distinct rows encoded once, the RL image CNN, early fusion
-as a concatenation) compute what the plain modules compute: same outputs and same gradients for the same weights."""
+"""The RL extractor's fast paths (polymodal.rl.extractor: distinct rows encoded once, the symbolic-cell CNN, early
+fusion as a concatenation) compute what the plain modules compute: same outputs and gradients for the same weights."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def batch(n: int, seed: int) -> dict[str, torch.Tensor]:
 def test_fast_forward_and_backward_match_the_plain_modules(one_torch_thread, kwargs):
     torch.manual_seed(0)
     ext = MultimodalExtractor(SPACE, embed_dim=16, hidden=32, **kwargs)
-    assert type(ext.encoders[ext.keys["image"]]).__name__ == "_RLCNN"
+    assert isinstance(ext.encoders[ext.keys["image"]], ImageCNN)
     ref = copy.deepcopy(ext)
     obs = batch(64, seed=1)
     for training in (True, False):

@@ -245,15 +245,12 @@ def unique_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     return x[first], inverse
 
 
-class _RLCNN(ImageCNN):
-    """ImageCNN with the same weights, computed faster for RL's small maps and many small batches: conv blocks in
-    the default layout (channels-last pays on large maps; on a 7 x 7 view its conversions cost more than they
-    save), no pooling when the map already has the grid's size, and symbolic cells' summed code embeddings as a
-    multi-hot row times the embedding table (an embedding's backward scatters every lookup one by one)."""
+class _CodesCNN(ImageCNN):
+    """ImageCNN over symbolic cells, the same weights computed faster for RL's many small batches: a cell's summed
+    code embeddings as a multi-hot row times the embedding table (an embedding's backward scatters every lookup one
+    by one), and no pooling when the grid is the map's own size."""
 
     def _cells(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.codes:
-            return x
         ids = x.round().long().clamp(0, self.codes - 1) + self.code_offset[None, :, None, None]
         hot = torch.zeros(x.shape[0], x.shape[2], x.shape[3], self.cell_embed.num_embeddings, device=x.device)
         hot.scatter_(3, ids.permute(0, 2, 3, 1), 1.0)
@@ -267,8 +264,8 @@ class _RLCNN(ImageCNN):
 
 
 def _renorm(encoder: nn.Module, how: str) -> nn.Module:
-    if type(encoder) is ImageCNN and isinstance(encoder.pool.output_size, int):
-        encoder.__class__ = _RLCNN  # same module tree and state dict, faster forward and backward
+    if type(encoder) is ImageCNN and encoder.codes and isinstance(encoder.pool.output_size, int):
+        encoder.__class__ = _CodesCNN  # same module tree and state dict, faster forward and backward
     if how == "batch":
         return encoder
     for name, child in list(encoder.named_children()):
@@ -398,7 +395,9 @@ class MultimodalExtractor(BaseFeaturesExtractor):
         if torch.is_grad_enabled():
             out = encoder(uniq)
             return out if inverse is None else out[inverse]
-        params = self._text_params.setdefault(key, list(encoder.parameters()))
+        if key not in self._text_params:  # listed once: walking the module's parameters costs more than the lookup
+            self._text_params[key] = list(encoder.parameters())
+        params = self._text_params[key]
         # The weights' fingerprint: version counters miss fused optimizers and SB3's `.data` target updates.
         version = tuple(torch.stack([p.sum() for p in params]).tolist())
         seen_version, seen = self._text_cache.get(key, ((), {}))
