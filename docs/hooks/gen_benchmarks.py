@@ -421,6 +421,34 @@ def captions(d: dict) -> str:
     )
 
 
+def encode_once(d: dict) -> str:
+    """Epoch time and image-encoder work, each picture encoded per row vs once (shuffled or grouped batches)."""
+    rows = [
+        [r["fusion"], r["mode"].replace("_", " "), _f(r["seconds_per_epoch"], 1),
+         f"{r['image_encoder_rows_per_epoch']:,}", f"{r['train_rows']:,}", _f(r["features_mb"], 1),
+         f"{_f(r['speedup'], 2)}x"]
+        for r in d["entries"]
+    ]  # fmt: skip
+    s = d["settings"]
+    header = ["fusion", "mode", "s / epoch", "image-encoder rows / epoch", "rows", "features MB", "speed-up"]
+    setting = (f"{s['train_pictures']} pictures x {_f(s['questions_per_picture'], 0)} questions at {s['image_size']} "
+               f"px, batch {s['batch_size']}, {s['epochs']} epoch(s). {d['note']}.")  # fmt: skip
+    return _table(header, rows) + "\n\n" + setting
+
+
+def rl_extractor_speed(d: dict) -> str:
+    """Per-step cost of the polymodal RL extractor against SB3's default (bag of words), before and after."""
+    rows = []
+    for label, entry in d["entries"].items():
+        for env, algos in entry["results"].items():
+            for algo, r in algos.items():
+                for name, ratio in r["ratio_vs_bow"].items():
+                    rows.append([label, env, algo.upper(), name, _f(ratio["act"], 2), _f(ratio["train"], 2),
+                                 _f(ratio["learn_time_per_step"], 2)])  # fmt: skip
+    header = ["code", "env", "algo", "extractor", "act x default", "train x default", "learn() time / step x default"]
+    return _table(header, rows) + f"\n\nGoal: {d['goal']}. Ratios are within one run (the machine was shared)."
+
+
 def tune(d: dict) -> str:
     startup = (d.get("reduced") or {}).get("pruner_startup")
     labels = {"pruned": f"median pruner, starts after {startup} trials", "unpruned": "no pruner"}
@@ -592,12 +620,14 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "compare": compare,
     "compress_av_digits": compress,
     "ddp_scaling": ddp_scaling,
+    "encode_once": encode_once,
     "encode_throughput": encode_throughput,
     "index_scale": index_scale,
     "nlvr": nlvr,
     "pii": pii,
     "retrieval_av_digits": retrieval,
     "rl_babyai": rl_babyai,
+    "rl_extractor_speed": rl_extractor_speed,
     "scale_rows": scale_rows,
     "serve_load": serve_load,
     "sort_of_clevr": sort_of_clevr,
