@@ -5,6 +5,7 @@ and FastAPI reads the endpoint annotations as real objects.
 """
 
 import asyncio
+import gc
 import logging
 import os
 import time
@@ -112,6 +113,11 @@ def create_app(config: ServeConfig, service: ModelService | None = None) -> Fast
                 (result,) = await state.batcher.run_now([batch])
                 if isinstance(result, Exception):
                     raise result
+            # The model, the libraries and the app are loaded for good: move their objects out of the garbage
+            # collector's reach, so a full collection walks only what requests allocate (with torch loaded, a
+            # full collection over everything paused the server 100-250 ms: the p99 tail at 100 req/s).
+            gc.collect()
+            gc.freeze()
             state.ready = True
             log.info("model warmed up; ready", extra={"fields": {"event": "ready", "model": config.model}})
         except Exception:
