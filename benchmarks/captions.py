@@ -247,7 +247,7 @@ def main() -> None:
     poly = next((r for r in results if r["entry"] == "polymodal"), None)
     report = {
         "benchmark": "captions",
-        "command": f"nice -n 19 python benchmarks/{Path(sys.argv[0]).name} " + " ".join(sys.argv[1:]),
+        "command": f"nice -n {os.nice(0)} python benchmarks/{Path(sys.argv[0]).name} " + " ".join(sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d"),
         "table": f"make_sort_of_clevr.py --captions --images {a.pictures} --test-images {test_pictures} (seed 0)",
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
