@@ -46,6 +46,9 @@ def _jsonable(v: Any) -> Any:
 
 
 THRESHOLD = 0.5  # multilabel: a label is predicted at this probability or above
+# The special ids of every generated-text vocabulary: the word/character one (tasks/text.py) and a pretrained
+# decoder's tokenizer mapped after them (tasks/hf_decoder.py).
+PAD, BOS, EOS, UNK = 0, 1, 2, 3
 
 
 def split_labels(value: Any) -> list[str]:

@@ -25,9 +25,9 @@ import torch
 from torch import nn
 
 from polymodal.errors import UserError
+from polymodal.tasks.base import BOS, EOS, PAD, UNK
 
 SPECIAL = 4  # polymodal's <pad>, <bos>, <eos>, <unk>: ids 0-3, the tokenizer's ids after them
-PAD, BOS, EOS, UNK = 0, 1, 2, 3
 FOLDER = "decoder"  # in the model folder: the decoder's config.json and tokenizer files (weights: model.safetensors)
 TRAIN_MODES = ("frozen", "finetune", "lora")
 

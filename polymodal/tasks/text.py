@@ -26,7 +26,7 @@ import pandas as pd
 
 from polymodal.data.schema import ProblemType
 from polymodal.errors import UserError
-from polymodal.tasks.base import Task, register
+from polymodal.tasks.base import BOS, EOS, PAD, UNK, Task, register
 from polymodal.tasks.text_metrics import LOWER_IS_BETTER, METRICS, score, text_metrics
 
 if TYPE_CHECKING:
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("polymodal")
 
-PAD, BOS, EOS, UNK = 0, 1, 2, 3
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
 WORD = re.compile(r"\w+|[^\w\s]")
 
