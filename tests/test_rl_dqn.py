@@ -181,3 +181,29 @@ def test_qrdqn_option_trains_records_and_reloads(tmp_path):
     loaded = Agent.load(agent.save(tmp_path / "qr"))
     obs = {k: np.asarray(v)[None] for k, v in agent.make_env().reset(seed=3)[0].items()}
     assert loaded.predict(obs) == agent.predict(obs)
+
+
+def test_n_step_returns_for_dict_observations():
+    """`n_steps` with Dict observations (SB3's own n-step buffer takes flat ones): the discounted sum of up to n
+    rewards, stopping at the episode's end, the observation where it stopped and the discount to bootstrap with."""
+    from polymodal.rl.agent import build_algorithm, build_vocabulary, make_env
+    from polymodal.rl.dqn import NStepDictReplayBuffer
+
+    space = spaces.Dict({"x": spaces.Box(0, 100, (1,), np.float32)})
+    buf = NStepDictReplayBuffer(20, space, spaces.Discrete(2), device="cpu", n_steps=3, gamma=0.5)
+    # an episode of 5 steps paying 1 at its terminal step, then 3 steps of an unfinished one
+    for t, x in enumerate([0, 1, 2, 3, 4, 10, 11, 12]):
+        end = t == 4
+        o, o2 = ({"x": np.array([[v]], np.float32)} for v in (x, x + 1))
+        buf.add(o, o2, np.array([[0]]), np.array([float(end)]), np.array([end]), [{}])
+    s = buf._get_samples(np.arange(8))
+    as_list = lambda t: [round(v, 4) for v in t.flatten().tolist()]  # noqa: E731
+    assert as_list(s.next_observations["x"]) == [3, 4, 5, 5, 5, 13, 13, 13]
+    assert as_list(s.rewards) == [0, 0, 0.25, 0.5, 1, 0, 0, 0]
+    assert as_list(s.dones) == [0, 0, 1, 1, 1, 0, 0, 0]  # the unfinished episode's newest step bootstraps
+    assert as_list(s.discounts) == [0.125, 0.125, 0.125, 0.25, 0.5, 0.125, 0.25, 0.5]
+
+    cfg = _cfg(steps=10, hyperparameters={"n_steps": 3})
+    model = build_algorithm(cfg, make_env(cfg, build_vocabulary(cfg)), cfg.params(), "cpu")
+    assert isinstance(model.replay_buffer, NStepDictReplayBuffer) and model.replay_buffer.n_steps == 3
+    assert model.replay_buffer.gamma == model.gamma

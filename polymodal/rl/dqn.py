@@ -10,6 +10,8 @@ What it adds to SB3's DQN (each one a setting of the `rl` section, see `polymoda
   - diagnostics of every gradient step (Q of the taken actions, TD error, loss, gradient norms per group before
     clipping), read and reset by `take_train_stats`; `probe` adds the replay buffer's make-up, exploration rate,
     greedy-action ties and, with BatchNorm, the gap between its training and acting modes.
+  - n-step returns (`n_steps`) for Dict observations too (`NStepDictReplayBuffer`: SB3's n-step buffer takes
+    flat observations only).
 Huber loss, gradient clipping (`max_grad_norm`) and soft target updates (`tau`) are SB3's own hyper-parameters.
 """
 
@@ -20,7 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from gymnasium import spaces
 from stable_baselines3 import DQN
+from stable_baselines3.common.buffers import DictReplayBuffer
+from stable_baselines3.common.type_aliases import DictReplayBufferSamples
 from stable_baselines3.dqn.policies import MultiInputPolicy as DQNMultiInputPolicy
 
 GROUPS = ("encoders", "fusion", "head")
@@ -64,13 +69,57 @@ def _norm(params: list[torch.nn.Parameter]) -> float:
     return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0
 
 
+class NStepDictReplayBuffer(DictReplayBuffer):
+    """SB3's `NStepReplayBuffer` for Dict observations: the same storage, and at sampling time the discounted sum
+    of up to `n_steps` rewards, stopping at the episode's end (termination or time limit), with the observation
+    and done flag where it stopped and the discount to bootstrap with (`gamma` ** steps taken)."""
+
+    def __init__(self, *args: Any, n_steps: int = 3, gamma: float = 0.99, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.n_steps, self.gamma = n_steps, gamma
+
+    def _get_samples(self, batch_inds: np.ndarray, env: Any = None) -> DictReplayBufferSamples:  # type: ignore[override]
+        envs = np.random.randint(0, self.n_envs, size=batch_inds.shape)
+        # The newest transition's successor is not stored yet: treated as a time limit while sampling (SB3's way).
+        last = self.pos - 1
+        saved = self.timeouts[last].copy()
+        self.timeouts[last] = np.logical_or(saved, np.logical_not(self.dones[last]))
+        idx = (batch_inds[:, None] + np.arange(self.n_steps)[None]) % self.buffer_size
+        ends = np.logical_or(self.dones[idx, envs[:, None]], self.timeouts[idx, envs[:, None]])
+        stop = np.where(ends.any(axis=1), ends.argmax(axis=1), self.n_steps - 1)
+        mask = np.arange(self.n_steps)[None] <= stop[:, None]
+        powers = self.gamma ** np.arange(self.n_steps, dtype=np.float32)[None]
+        rewards = (self._normalize_reward(self.rewards[idx, envs[:, None]], env) * powers * mask).sum(axis=1)
+        end = (batch_inds + stop) % self.buffer_size
+        dones = self.dones[end, envs] * (1.0 - self.timeouts[end, envs])
+        self.timeouts[last] = saved
+        obs = self._normalize_obs({k: o[batch_inds, envs] for k, o in self.observations.items()}, env)
+        nxt = self._normalize_obs({k: o[end, envs] for k, o in self.next_observations.items()}, env)
+        return DictReplayBufferSamples(
+            observations={k: self.to_torch(v) for k, v in obs.items()},  # type: ignore[union-attr]
+            actions=self.to_torch(self.actions[batch_inds, envs]),
+            next_observations={k: self.to_torch(v) for k, v in nxt.items()},  # type: ignore[union-attr]
+            dones=self.to_torch(dones.reshape(-1, 1).astype(np.float32)),
+            rewards=self.to_torch(rewards.reshape(-1, 1).astype(np.float32)),
+            discounts=self.to_torch((self.gamma ** mask.sum(axis=1, keepdims=True)).astype(np.float32)),
+        )
+
+
 class _FusedMixin:
     """Parameter groups with their own learning-rate scale, and the per-step statistics (shared by DQN and QR-DQN)."""
 
     encoder_lr_scale: float = 1.0
 
     def _setup_model(self) -> None:
-        super()._setup_model()  # type: ignore[misc]
+        n_steps = self.n_steps  # type: ignore[attr-defined]
+        if n_steps > 1 and self.replay_buffer_class is None and isinstance(self.observation_space, spaces.Dict):  # type: ignore[attr-defined]
+            self.replay_buffer_class = NStepDictReplayBuffer
+            self.replay_buffer_kwargs.update(n_steps=n_steps, gamma=self.gamma)  # type: ignore[attr-defined]
+            self.n_steps = 1  # SB3 would warn that a custom buffer ignores n_steps: this one is the n-step buffer
+        try:
+            super()._setup_model()  # type: ignore[misc]
+        finally:
+            self.n_steps = n_steps
         policy = self.policy  # type: ignore[attr-defined]
         lr = self.lr_schedule(1.0)  # type: ignore[attr-defined]
         scales = {"encoders": self.encoder_lr_scale, "fusion": 1.0, "head": 1.0}
