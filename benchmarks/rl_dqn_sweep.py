@@ -40,6 +40,18 @@ def summary(diagnostics: list[dict], after: int) -> dict:
             for k in keys if late and all(k in d for d in late)}  # fmt: skip
 
 
+def outcomes(agent, episodes: int, seed: int = 3_000_000) -> dict:
+    """How the greedy policy's episodes end: the named object picked up, the other one, or the step limit."""
+    env, counts = agent.make_env(), {"right": 0, "wrong": 0, "time_limit": 0}
+    for i in range(episodes):
+        obs, done = env.reset(seed=seed + i)[0], False
+        while not done:
+            obs, reward, terminated, truncated, _ = env.step(agent.predict(obs))
+            done = terminated or truncated
+        counts["right" if reward > 0 else "wrong" if terminated else "time_limit"] += 1
+    return {k: v / episodes for k, v in counts.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--label", required=True)
@@ -74,11 +86,12 @@ def main() -> None:
     agent = train(cfg)
     seconds = time.perf_counter() - t0
     final = agent.evaluate(args.episodes)
+    ends = outcomes(agent, args.episodes)
     params = cfg.params()
     explore_end = int(params["exploration_fraction"] * cfg.steps)
     curve = [h["success_rate"] for h in agent.history]
     entry = {
-        "label": args.label, "base": args.base, "seed": args.seed, "steps": cfg.steps, "final": final,
+        "label": args.label, "base": args.base, "seed": args.seed, "steps": cfg.steps, "final": final, "outcomes": ends,
         "best": max(curve), "collapse": bench.collapse(curve), "train_seconds": round(seconds, 1),
         "set": sets, "param": _pairs(args.param), "hyperparameters": params,
         "settings": {k: getattr(cfg, k) for k in ("double_q", "encoder_lr_scale", "fused_norm", "cnn_norm", "text")},
@@ -91,7 +104,8 @@ def main() -> None:
     saved["runs"] = [r for r in saved["runs"] if (r["label"], r["seed"]) != (args.label, args.seed)] + [entry]
     write_json(path, saved)
     print(f"{args.label} seed {args.seed}: success {final['success_rate']:.3f} (best {max(curve):.2f}), "
-          f"{seconds:.0f} s; curve {[round(c, 2) for c in curve]}; after exploration {entry['after_exploration']}",
+          f"{seconds:.0f} s; ends {ends}; curve {[round(c, 2) for c in curve]}; "
+          f"after exploration {entry['after_exploration']}",
           flush=True)  # fmt: skip
 
 
