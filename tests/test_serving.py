@@ -286,6 +286,48 @@ def test_a_lone_request_runs_at_once_and_requests_queued_meanwhile_share_the_nex
     assert calls == [[0], [1, 2, 3, 4, 5]]
 
 
+def test_a_request_alone_at_light_load_runs_inline_and_close_arrivals_batch():
+    """run_inline: a request alone, with the previous one more than a pass ago, runs on the calling thread (no
+    thread hops); one that follows close behind a pass, one with requests queued or a pass running, or any under
+    a set max_wait_ms, is left to the model thread (NOT_RUN) so that batches form under load."""
+    from polymodal.serving.batcher import NOT_RUN
+
+    threads: list[str] = []
+
+    def run(payloads):
+        threads.append(threading.current_thread().name)
+        time.sleep(0.05)  # a pass takes 50 ms
+        return [[x * 10 for x in p] for p in payloads]
+
+    async def go():
+        b = MicroBatcher(run, max_batch_size=32, max_wait_ms=0)
+        b.start()
+        b.reserve(1)
+        first = b.run_inline([1])  # the first request: nothing before it
+        b.release(1)
+        b.reserve(1)  # right after a 50 ms pass: closer than a pass
+        second = b.run_inline([2])
+        third = await b.submit([2]) if second is NOT_RUN else None
+        b.release(1)
+        await asyncio.sleep(0.08)
+        b.reserve(1)  # 80 ms later: light load again
+        fourth = b.run_inline([4])
+        b.release(1)
+        b._pending.append(object())  # something queued: never inline
+        queued = b.run_inline([5])
+        b._pending.clear()
+        await b.close()
+        waiting = MicroBatcher(run, max_wait_ms=5)  # a set wait asks for company: never inline
+        return first, second, third, fourth, queued, waiting.run_inline([6])
+
+    first, second, third, fourth, queued, waiting = asyncio.run(go())
+    assert first == [10] and fourth == [40]
+    assert second is NOT_RUN and third == [20] and queued is NOT_RUN and waiting is NOT_RUN
+    main = threading.current_thread().name
+    assert len(threads) == 3, threads
+    assert threads[0] == threads[2] == main and threads[1].startswith("polymodal-model")
+
+
 def test_admission_is_bounded_503_with_retry_after(service, model_and_test):
     # One row may be admitted; the first request waits 300 ms for company, the second is refused at once.
     config = ServeConfig(model=str(model_and_test[0]), max_queue=1, max_wait_ms=300, warmup=False)

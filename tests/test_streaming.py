@@ -81,6 +81,33 @@ def test_preprocessing_fitted_in_chunks_equals_fitted_whole(table):
                 assert chunked[key][field] == value, (key, field)
 
 
+def test_transform_reads_columns_as_arrays_like_the_table(table):
+    """The server hands the preprocessor one array per column instead of a DataFrame (no pandas per request):
+    the features, raw (the ONNX graph's inputs) or not, equal the table's, empty cells and a number that is not
+    one included."""
+    from polymodal.data.validate import load_media
+    from polymodal.preprocess import PreprocessConfig
+
+    df = pd.read_csv(table[1])
+    schema = infer_schema(pd.read_csv(table[0]), "y", ignore=["score"])
+    df = df[list(schema.columns)]
+    cfg = PreprocessConfig(image_size=16, sample_rate=8000, n_mels=32, n_mfcc=13)
+    media, _ = load_media(df, schema, table[1].parent, cfg.image_size, cfg.sample_rate)
+    pre = Preprocessor(schema, cfg).fit(df, media)
+    columns = {c: df[c].to_numpy(dtype=np.float64 if df[c].dtype.kind == "f" else object) for c in df.columns}
+    odd = df.assign(price=df["price"].astype(object))
+    odd.loc[7, "price"] = "n/a"  # not a number: read as an empty cell either way
+    odd_columns = dict(columns, price=odd["price"].to_numpy(dtype=object))
+    for raw in (False, True):
+        for frame, arrays in ((df, columns), (odd, odd_columns)):
+            want, got = pre.transform(frame, media, raw=raw), pre.transform(arrays, media, raw=raw)
+            assert got.input_names == want.input_names and np.array_equal(got.present, want.present)
+            for name in want.input_names:
+                a, b = want.inputs[name], got.inputs[name]
+                assert a.dtype == b.dtype and a.shape == b.shape, name
+                assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f") if a.dtype != object else list(a) == list(b)
+
+
 def test_auto_switch_streams_only_what_would_not_fit(table):
     assert wants_streaming("auto", table[0], row_bytes=10**6, memory=10**8)  # 260 rows x 1 MB > 25 MB
     assert not wants_streaming("auto", table[0], row_bytes=10**3, memory=10**8)

@@ -14,7 +14,7 @@ import pandas as pd
 from polymodal.data.distinct import load_media_once
 from polymodal.data.schema import Modality, Schema, input_column
 from polymodal.data.validate import Problem
-from polymodal.preprocess import Features, Preprocessor
+from polymodal.preprocess import Features, Preprocessor, Table
 
 Frozen = dict[str, tuple[np.ndarray, np.ndarray]]
 
@@ -89,7 +89,7 @@ class FeaturePipeline:
             problems += [p for p in more if (p.row, p.column) not in seen]
         return decoded, frozen, problems
 
-    def features(self, df: pd.DataFrame, media: dict[str, list], frozen: Frozen) -> Features:
+    def features(self, df: Table, media: dict[str, list], frozen: Frozen) -> Features:
         if self.raw:
             return self.preprocessor.graph_inputs(df, media, frozen)
         return self.preprocessor.transform(df, media, frozen)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -27,6 +28,22 @@ CLIP_SIGMAS = 100.0
 CAT_MISSING, CAT_UNKNOWN = 0, 1
 MEDIA_SAMPLE = 2000  # image/audio statistics: the first this many present files of each column
 _TOKEN = re.compile(r"\w+|[^\w\s]")
+# What `transform` reads: a table, or its columns as arrays of one length (the server builds no pandas frame per
+# request: on a lone request, pandas' construction and indexing cost more than the model).
+Table: TypeAlias = pd.DataFrame | Mapping[str, np.ndarray]
+
+
+def n_rows(table: Table) -> int:
+    return len(table) if isinstance(table, pd.DataFrame) else len(next(iter(table.values()), ()))
+
+
+def _floats(values: Any) -> np.ndarray:
+    """A column as float64, a value that is not a number read as NaN (pandas' `to_numeric(errors="coerce")`)."""
+    if isinstance(values, np.ndarray) and values.dtype.kind == "f":
+        return values.astype(np.float64, copy=False)
+    if isinstance(values, pd.Series):
+        return pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+    return np.asarray(pd.to_numeric(np.asarray(values, dtype=object), errors="coerce"), dtype=np.float64)
 
 
 def category_key(value: Any) -> str:
@@ -143,7 +160,7 @@ class Preprocessor:
     # ---- transforming --------------------------------------------------------------------------
     def transform(
         self,
-        df: pd.DataFrame,
+        df: Table,
         media: dict[str, list[np.ndarray | None]],
         frozen: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
         raw: bool = False,
@@ -153,7 +170,7 @@ class Preprocessor:
         `graph_inputs`). A media input whose rows share decoded files is preprocessed once per distinct file and
         kept as distinct items with a row index (`Features.index`; not in `raw`, the graph takes rows)."""
         names = list(self.schema.inputs)
-        present = np.zeros((len(df), len(names)), dtype=bool)
+        present = np.zeros((n_rows(df), len(names)), dtype=bool)
         inputs: dict[str, np.ndarray] = {}
         index: dict[str, np.ndarray] = {}
         for j, (name, modality) in enumerate(self.schema.inputs.items()):
@@ -165,7 +182,7 @@ class Preprocessor:
                 inputs[name], present[:, j] = self._input(name, modality, df, media, frozen, raw)
         return Features(inputs, present, names, index)
 
-    def _input(self, name: str, modality: Modality, df: pd.DataFrame, media: dict[str, list], frozen: Any,
+    def _input(self, name: str, modality: Modality, df: Table, media: dict[str, list], frozen: Any,
                raw: bool) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
         """(array, present) of one input: per row, or per item of `media[name]` for a media input."""
         p = self.config.pretrained.get(name, {})
@@ -174,14 +191,14 @@ class Preprocessor:
             self.state[name]["dim"] = int(frozen[name][0].shape[-1])
             return frozen[name]
         if mode is not None and modality is not Modality.VIDEO:  # fine-tuned, or frozen inside a graph
-            values = media[name] if modality in (Modality.IMAGE, Modality.AUDIO) else df[name].tolist()
+            values = media[name] if modality in (Modality.IMAGE, Modality.AUDIO) else list(df[name])
             return self._pretrained(modality, values, self.state[name])
         if modality is Modality.TEXT and raw and name in self.text_in_graph:
-            missing = df[name].map(is_missing).to_numpy(dtype=bool)
+            missing = np.array([is_missing(v) for v in df[name]], dtype=bool)
             texts = np.array(["" if m else str(v) for v, m in zip(df[name], missing, strict=True)], object)
             return texts, ~missing  # the graph also hides a row with no token
         if modality is Modality.TEXT:
-            return self._text(df[name], self.state[name])
+            return self._text(name, df[name], self.state[name])
         if modality is Modality.VIDEO:  # uint8 frames, in the graph too: the encoder normalizes them
             return video_frames(media[name], self.config)
         if modality is Modality.IMAGE:
@@ -194,7 +211,7 @@ class Preprocessor:
 
     def graph_inputs(
         self,
-        df: pd.DataFrame,
+        df: Table,
         media: dict[str, list[np.ndarray | None]],
         frozen: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
     ) -> Features:
@@ -217,7 +234,7 @@ class Preprocessor:
         blank = np.zeros(0, np.float32)
         return self._pad_waves([w if w is not None else blank for w in waves], st["n_samples"]), present
 
-    def _raw_numeric(self, df: pd.DataFrame, st: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    def _raw_numeric(self, df: Table, st: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         x = self._numeric_frame(df, st["columns"])
         missing = ~np.isfinite(x)
         return np.where(missing, np.nan, x), ~missing.all(axis=1)
@@ -300,10 +317,10 @@ class Preprocessor:
                 specs[name] = {"cardinalities": [len(v) + 2 for v in st["vocabs"]]}
         return specs
 
-    def _text(self, values: pd.Series, st: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-        if values.name not in self._token_index:
-            self._token_index[values.name] = {t: i + 2 for i, t in enumerate(st["vocab"])}
-        index = self._token_index[values.name]
+    def _text(self, name: str, values: Sequence[Any], st: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        if name not in self._token_index:
+            self._token_index[name] = {t: i + 2 for i, t in enumerate(st["vocab"])}
+        index = self._token_index[name]
         out = np.full((len(values), st["max_len"]), PAD, dtype=np.int64)
         present = np.zeros(len(values), dtype=bool)
         for i, v in enumerate(values):
@@ -347,11 +364,11 @@ class Preprocessor:
         return out, present
 
     @staticmethod
-    def _numeric_frame(df: pd.DataFrame, cols: list[str]) -> np.ndarray:
+    def _numeric_frame(df: Table, cols: list[str]) -> np.ndarray:
         # A value that is not a number is treated like an empty cell: imputed, with its missing flag set.
-        return np.stack([pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=np.float64) for c in cols], axis=1)
+        return np.stack([_floats(df[c]) for c in cols], axis=1)
 
-    def _numeric(self, df: pd.DataFrame, st: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    def _numeric(self, df: Table, st: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         x = self._numeric_frame(df, st["columns"])
         missing = ~np.isfinite(x)
         z = (x - np.asarray(st["mean"])) / np.asarray(st["std"])
@@ -360,8 +377,8 @@ class Preprocessor:
         out = np.concatenate([z, missing.astype(np.float64)], axis=1).astype(np.float32)
         return out, ~missing.all(axis=1)
 
-    def _categorical(self, df: pd.DataFrame, st: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-        out = np.zeros((len(df), len(st["columns"])), dtype=np.int64)
+    def _categorical(self, df: Table, st: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        out = np.zeros((n_rows(df), len(st["columns"])), dtype=np.int64)
         for j, (col, vocab) in enumerate(zip(st["columns"], st["vocabs"], strict=True)):
             index = {v: i + 2 for i, v in enumerate(vocab)}
             out[:, j] = [CAT_MISSING if is_missing(v) else index.get(category_key(v), CAT_UNKNOWN) for v in df[col]]

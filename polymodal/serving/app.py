@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from polymodal.data.schema import Modality
-from polymodal.serving.batcher import MicroBatcher, QueueFull
+from polymodal.serving.batcher import NOT_RUN, MicroBatcher, QueueFull
 from polymodal.serving.common import (
     UNAUTHORIZED,
     add_page,
@@ -180,7 +180,10 @@ def create_app(config: ServeConfig, service: ModelService | None = None) -> Fast
                 decoded = await asyncio.get_running_loop().run_in_executor(state.pool, prepare, instances, form)
             else:  # no files, or a small request with nothing else in flight: the loop is free; a hop costs more
                 decoded = prepare(instances, form)
-            predictions = await batcher.submit(decoded)
+            # Alone in the server, the request runs here: no batch could form, and the loop has nothing else to do.
+            predictions = batcher.run_inline(decoded) if alone else NOT_RUN
+            if predictions is NOT_RUN:
+                predictions = await batcher.submit(decoded)
         finally:
             batcher.release(len(instances))
         return Response(json_bytes({"predictions": predictions}), media_type="application/json")

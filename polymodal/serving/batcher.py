@@ -5,6 +5,11 @@ One model thread runs the batches one after another (the model is never used fro
 is free, whatever is queued (up to `max_batch_size` rows) goes at once: a lone request at light load runs
 immediately, and under load the requests that arrived during a pass form the next one, so batches grow with the
 load by themselves. `max_wait_ms` > 0 adds a fixed wait for a fuller batch (rarely worth its latency).
+`run_inline` lets the caller run a request that has the server to itself on its own thread: with nothing queued,
+nothing running and the previous request more than a pass ago (light load), there is no batch to form, and the
+two thread hops cost more than a small model's pass. Under heavy load requests arrive closer together than that,
+so they keep forming batches (inline passes there halved the saturation throughput and, in a flood, blocked the
+event loop while the model thread idled).
 
 Admission is bounded: `reserve` counts the rows of every request from parsing to its answer (decoding, waiting,
 in a pass) and refuses one that would take the count above `max_queue`, so the caller can answer 503 at once
@@ -20,6 +25,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
+
+NOT_RUN = object()  # run_inline's answer when the model is busy or requests are queued
 
 
 class QueueFull(Exception):
@@ -55,6 +62,10 @@ class MicroBatcher:
         self.admitted = 0  # rows reserved: from parsing to the answer
         self._rows_per_s = 0.0  # recent model throughput, for Retry-After
         self._arrived = asyncio.Event()
+        self._busy = False  # a pass is running (model thread, warm-up or inline)
+        self._last_arrival = 0.0  # when the latest request was admitted or refused
+        self._gap = 0.0  # seconds between the latest request and the one before
+        self._pass_s = 0.0  # recent seconds per pass
         self._closing = False
         self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="polymodal-model")
@@ -71,13 +82,19 @@ class MicroBatcher:
         """Why a request of `rows` rows may not be admitted now, or None. A request alone is always admitted
         (however many rows it has, the instance limit bounds it)."""
         if self.admitted and self.admitted + rows > self.max_queue:
+            self._arrived_now()
             return QueueFull(f"{self.admitted} rows are already admitted (limit {self.max_queue})", self.retry_after())
         return None
+
+    def _arrived_now(self) -> None:
+        now = time.perf_counter()
+        self._gap, self._last_arrival = now - self._last_arrival, now
 
     def reserve(self, rows: int) -> None:
         """Admit a request of `rows` rows, or raise QueueFull."""
         if (refused := self.refusal(rows)) is not None:
             raise refused
+        self._arrived_now()
         self.admitted += rows
 
     def release(self, rows: int) -> None:
@@ -98,7 +115,38 @@ class MicroBatcher:
 
     async def run_now(self, payloads: list[Sequence[Any]]) -> list[Any]:
         """Run on the model thread without waiting to batch (warm-up)."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self.run, payloads)
+        self._busy = True
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, self.run, payloads)
+        finally:
+            self._busy = False
+
+    def run_inline(self, payload: Sequence[Any]) -> Any:
+        """Run one request now, on the calling thread, if the model is idle and nothing is queued; else return
+        `NOT_RUN` (then `submit` it). Called from the event loop, which cannot start a batch meanwhile."""
+        if self._busy or self._pending or self._closing or self.max_wait > 0:  # a set wait asks for company
+            return NOT_RUN
+        if self._gap < self._pass_s:  # requests are coming faster than passes: let them batch
+            return NOT_RUN
+        self._busy = True
+        started = time.perf_counter()
+        try:
+            (result,) = self.run([payload])
+        finally:
+            self._busy = False
+            # Requests that arrived while this pass held the loop are read right after it, close together: they
+            # must not look spaced out (gaps are counted from here), or every one of them would run inline too.
+            self._last_arrival = time.perf_counter()
+        self._observe(1, len(payload), time.perf_counter() - started)
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def _observe(self, requests: int, rows: int, seconds: float) -> None:
+        self._pass_s = 0.8 * self._pass_s + 0.2 * seconds
+        self._rows_per_s = 0.8 * self._rows_per_s + 0.2 * rows / max(seconds, 1e-6)
+        if self.on_batch is not None:
+            self.on_batch(requests, rows, seconds)
 
     async def close(self) -> None:
         """Answer everything already queued, then stop (graceful shutdown)."""
@@ -150,15 +198,14 @@ class MicroBatcher:
             if not batch:
                 continue
             started = time.perf_counter()
+            self._busy = True
             try:
                 results = await loop.run_in_executor(self._executor, self.run, [it.payload for it in batch])
             except Exception as e:  # `run` isolates bad requests itself; this is a last resort
                 results = [e] * len(batch)
-            seconds = time.perf_counter() - started
-            rows = sum(len(it.payload) for it in batch)
-            self._rows_per_s = 0.8 * self._rows_per_s + 0.2 * rows / max(seconds, 1e-6)
-            if self.on_batch is not None:
-                self.on_batch(len(batch), rows, seconds)
+            finally:
+                self._busy = False
+            self._observe(len(batch), sum(len(it.payload) for it in batch), time.perf_counter() - started)
             for item, result in zip(batch, results, strict=True):
                 if not item.future.done():
                     item.future.set_result(result)
