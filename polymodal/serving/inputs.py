@@ -182,7 +182,14 @@ class InstanceChecker:
     def _check_image(self, data: bytes) -> None:
         from PIL import Image
 
+        from polymodal.data.headers import png_size
+
         limit = self.config.max_image_pixels
+        if (size := png_size(data)) is not None:  # a PNG's size is at a fixed place: no Pillow call for it
+            w, h = size
+            if w * h > limit:
+                raise _Bad(f"image is {w}x{h} = {w * h} pixels, above the limit of {limit}", limit)
+            return
         try:
             # Header only, and only the common raster formats: PIL never tries its rarer plugins on a request
             # (EPS, for one, would start Ghostscript).
@@ -204,9 +211,16 @@ class InstanceChecker:
         container libsndfile cannot read) decoded by PyAV and sent on as WAV."""
         import soundfile as sf
 
+        from polymodal.data.headers import wav_layout
         from polymodal.serving.recordings import NotARecording, RecordingTooLong, to_wav
 
         limit = self.config.max_audio_seconds
+        if (layout := wav_layout(data)) is not None:  # plain PCM/float WAV: its header read without libsndfile
+            if layout.frames <= 0:
+                raise _Bad("audio has no samples")
+            if (seconds := layout.frames / layout.sample_rate) > limit:
+                raise _Bad(f"audio is {seconds:.1f} seconds long, above the limit of {limit:g}", limit)
+            return data
         try:
             info = sf.info(io.BytesIO(data))  # reads the header only
         except Exception as e:
