@@ -49,6 +49,7 @@ RUNS = {
     "legacy-dqn": {
         "algo": "dqn",
         "double_q": False,
+        "self_loop_target": False,
         "fused_norm": False,
         "cnn_norm": "batch",
         "encoder_lr_scale": 1.0,
@@ -66,6 +67,7 @@ RUNS = {
     },
 }
 DEFAULT_RUNS = ["polymodal-dqn", "bow-dqn", "polymodal-ppo", "bow-ppo"]
+SETTINGS = ("double_q", "self_loop_target", "encoder_lr_scale", "fused_norm", "cnn_norm")
 COLLAPSE_FROM, COLLAPSE_DROP = 0.8, 0.2
 
 
@@ -116,7 +118,7 @@ def one_run(name: str, seed: int, args: argparse.Namespace) -> dict:
     return {"name": name, "seed": seed, "algo": cfg.algo, "steps": cfg.steps, "train_seconds": train_s,
             "final": final, "steps_to_0.9": reach, "collapse": collapse(curve), "history": agent.history,
             "diagnostics": agent.diagnostics, "hyperparameters": cfg.params(),
-            "settings": {k: getattr(cfg, k) for k in ("double_q", "encoder_lr_scale", "fused_norm", "cnn_norm")},
+            "settings": {k: getattr(cfg, k) for k in SETTINGS},
             "encoder_kwargs": cfg.encoder_kwargs}  # fmt: skip
 
 

@@ -21,6 +21,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
+SETTINGS = ("double_q", "self_loop_target", "encoder_lr_scale", "fused_norm", "cnn_norm", "text", "fusion")
+
+
 def _value(text: str):
     try:
         return json.loads(text)
@@ -94,7 +97,7 @@ def main() -> None:
         "label": args.label, "base": args.base, "seed": args.seed, "steps": cfg.steps, "final": final, "outcomes": ends,
         "best": max(curve), "collapse": bench.collapse(curve), "train_seconds": round(seconds, 1),
         "set": sets, "param": _pairs(args.param), "hyperparameters": params,
-        "settings": {k: getattr(cfg, k) for k in ("double_q", "encoder_lr_scale", "fused_norm", "cnn_norm", "text")},
+        "settings": {k: getattr(cfg, k) for k in SETTINGS},
         "after_exploration": summary(agent.diagnostics, explore_end), "curve": curve, "history": agent.history,
         "diagnostics": agent.diagnostics, "command": "nice -n 19 python " + " ".join(sys.argv),
         "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()],

@@ -207,3 +207,32 @@ def test_n_step_returns_for_dict_observations():
     model = build_algorithm(cfg, make_env(cfg, build_vocabulary(cfg)), cfg.params(), "cpu")
     assert isinstance(model.replay_buffer, NStepDictReplayBuffer) and model.replay_buffer.n_steps == 3
     assert model.replay_buffer.gamma == model.gamma
+
+
+@pytest.mark.parametrize("self_loop", [True, False])
+def test_self_loop_target_values_a_no_op_by_what_it_pays(self_loop):
+    """One state, two stored transitions: action 0 ends the episode with 1, action 2 leaves the observation as
+    it was with 0. The consistent target values the no-op at what repeating it pays (0); the usual target at
+    gamma x the best action's value, one discount below it."""
+    from stable_baselines3.common.logger import Logger
+
+    from polymodal.rl.agent import build_algorithm, build_vocabulary, make_env
+
+    params = {"learning_rate": 3e-3, "target_update_interval": 1, "buffer_size": 100, "batch_size": 32}
+    cfg = _cfg(steps=10, self_loop_target=self_loop, hyperparameters=params)
+    env = make_env(cfg, build_vocabulary(cfg))
+    model = build_algorithm(cfg, env, cfg.params(), "cpu")
+    model.set_logger(Logger(None, []))
+    obs = {k: v[None] for k, v in env.reset(seed=0)[0].items()}
+    model.replay_buffer.add(obs, obs, np.array([[0]]), np.array([1.0]), np.array([True]), [{}])
+    model.replay_buffer.add(obs, obs, np.array([[2]]), np.array([0.0]), np.array([False]), [{}])
+    for _ in range(60):
+        model.train(gradient_steps=5, batch_size=32)
+        model.q_net_target.load_state_dict(model.q_net.state_dict())
+    with torch.no_grad():
+        model.policy.set_training_mode(False)
+        q = model.q_net(model.policy.obs_to_tensor(obs)[0])[0]
+    assert q[0] == pytest.approx(1.0, abs=0.1)
+    assert q[2] == pytest.approx(0.0 if self_loop else model.gamma * float(q[0]), abs=0.1), q
+    # both stored transitions keep the observation (the terminal one's bootstrap is masked by its end)
+    assert model.take_train_stats().get("self_loops") == (1.0 if self_loop else None)

@@ -307,6 +307,9 @@ class RLConfig:
     vocab_resets: int = 200  # env resets sampled to build the vocabulary of Text observations
     # DQN / QR-DQN with the polymodal extractor (polymodal.rl.dqn); None: the algorithm's default
     double_q: bool = True  # DQN: Double-DQN target (the online net picks the next action, the target net values it)
+    # DQN: when an action leaves the observation unchanged, bootstrap from that action's own value (no-ops learn
+    # their worth instead of sitting within the TD error of the best action); None: on for DQN
+    self_loop_target: bool | None = None
     encoder_lr_scale: float | None = None  # encoders' learning rate / the fusion's and Q head's; None: 0.1 (DQN), 1
     fused_norm: bool | None = None  # LayerNorm after the fusion; None: on for DQN/QR-DQN, off for PPO
     cnn_norm: str | None = None  # the scratch CNNs' norm: batch | group | none; None: group (DQN/QR-DQN), batch

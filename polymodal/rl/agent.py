@@ -81,6 +81,8 @@ class AgentConfig(RLConfig):
         value_based = self.algo in VALUE_BASED
         if self.encoder_lr_scale is None:
             self.encoder_lr_scale = 0.1 if value_based else 1.0
+        if self.self_loop_target is None:
+            self.self_loop_target = self.algo == "dqn"
         if self.fused_norm is None:
             self.fused_norm = value_based
         if self.cnn_norm is None:
@@ -196,7 +198,7 @@ def build_algorithm(cfg: AgentConfig, env: Any, params: dict[str, Any], device: 
         from polymodal.rl.dqn import FusedDQN, FusedDQNPolicy
 
         return FusedDQN(FusedDQNPolicy, env, double_q=cfg.double_q, encoder_lr_scale=cfg.encoder_lr_scale,
-                        **kwargs, **params)  # fmt: skip
+                        self_loop_target=cfg.self_loop_target, **kwargs, **params)  # fmt: skip
     from polymodal.rl.dqn import fused_qrdqn_class
 
     try:

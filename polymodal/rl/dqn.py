@@ -10,6 +10,10 @@ What it adds to SB3's DQN (each one a setting of the `rl` section, see `polymoda
   - diagnostics of every gradient step (Q of the taken actions, TD error, loss, gradient norms per group before
     clipping), read and reset by `take_train_stats`; `probe` adds the replay buffer's make-up, exploration rate,
     greedy-action ties and, with BatchNorm, the gap between its training and acting modes.
+  - a consistent target for self-loops (`self_loop_target`, Bellemare et al. 2016's consistent Bellman operator):
+    when an action leaves the observation unchanged (a no-op: a turn into a wall, a pickup with nothing ahead),
+    the target bootstraps from the same action's value instead of the best one, so a no-op's value falls to what
+    it pays forever (0 here) instead of sitting one discount below the state's value, within the TD error of it;
   - n-step returns (`n_steps`) for Dict observations too (`NStepDictReplayBuffer`: SB3's n-step buffer takes
     flat observations only).
 Huber loss, gradient clipping (`max_grad_norm`) and soft target updates (`tau`) are SB3's own hyper-parameters.
@@ -160,8 +164,16 @@ class _FusedMixin:
 class FusedDQN(_FusedMixin, DQN):
     """SB3's DQN with a Double-DQN target, per-group learning rates and training statistics (module docstring)."""
 
-    def __init__(self, *args: Any, double_q: bool = True, encoder_lr_scale: float = 1.0, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        double_q: bool = True,
+        encoder_lr_scale: float = 1.0,
+        self_loop_target: bool = False,
+        **kwargs: Any,
+    ):
         self.double_q = double_q
+        self.self_loop_target = self_loop_target
         self.encoder_lr_scale = encoder_lr_scale
         super().__init__(*args, **kwargs)
 
@@ -185,6 +197,11 @@ class FusedDQN(_FusedMixin, DQN):
                     next_q = next_target.gather(1, q_next_online.argmax(dim=1, keepdim=True))
                 else:
                     next_q = next_target.max(dim=1, keepdim=True).values
+                if self.self_loop_target:
+                    # s' == s: bootstrap from Q(s, a) itself (the target net's, and s' is s), not from max Q(s').
+                    same = _same_rows(obs, data.next_observations)
+                    next_q = torch.where(same, next_target.gather(1, data.actions.long()), next_q)
+                    self._add(self_loops=same.float().mean())
                 target = data.rewards + (1 - data.dones) * discounts * next_q
             q = q_all.gather(1, data.actions.long())
             loss = F.smooth_l1_loss(q, target)
@@ -197,6 +214,15 @@ class FusedDQN(_FusedMixin, DQN):
             self._add(q_taken=q.mean(), td_error=(target - q).abs().mean(), loss=loss.detach(), grad_total=total)
         self._n_updates += gradient_steps
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+
+
+def _same_rows(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(batch, 1) bool: every key's row of `a` equals `b`'s (n-step samples: the observation where it stopped)."""
+    same = None
+    for k, v in a.items():
+        eq = (v == b[k]).reshape(len(v), -1).all(dim=1, keepdim=True)
+        same = eq if same is None else same & eq
+    return same  # type: ignore[return-value]
 
 
 def fused_qrdqn_class() -> type:
