@@ -47,7 +47,7 @@ ACTION_SPACES: dict[str, tuple[type[spaces.Space], ...]] = {
 }
 # Defaults that learn small grid worlds (MiniGrid/BabyAI) in tens of thousands of steps; any can be overridden.
 # DQN: docs/guide/rl.md#dqn-with-fused-extractors says why, and how far they go.
-_DQN = {"learning_rate": 5e-4, "buffer_size": 100_000, "learning_starts": 1_000, "batch_size": 64, "gamma": 0.95,
+_DQN = {"learning_rate": 5e-4, "buffer_size": 100_000, "learning_starts": 1_000, "batch_size": 64, "gamma": 0.9,
         "train_freq": 4, "target_update_interval": 1_000, "exploration_fraction": 0.3,
         "exploration_final_eps": 0.05, "max_grad_norm": 1.0}  # fmt: skip
 DEFAULTS: dict[str, dict[str, Any]] = {
