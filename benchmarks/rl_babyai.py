@@ -7,8 +7,8 @@ reward 0, so an agent that ignores the mission succeeds about half the time at b
 
 Runs (each for every seed):
   polymodal-dqn  MultimodalExtractor (cell codes + mission TextRNN + direction embedding, early fusion) with the
-                 library's DQN defaults (polymodal.rl.dqn: Double-DQN target, LayerNorm after the fusion, GroupNorm
-                 CNN, encoders at 0.1 x the learning rate, gradient clipping at 1)
+                 library's DQN defaults (polymodal.rl.dqn: Double-DQN target, self-loop target, gamma 0.9, LayerNorm
+                 after the fusion, GroupNorm CNN, encoders at 0.1 x the learning rate, gradient clipping at 1)
   bow-dqn        SB3's default MultiInputPolicy extractor (image flattened, mission as word counts), same DQN
   polymodal-ppo  the polymodal extractor with PPO (8 envs)
   bow-ppo        SB3's default extractor with PPO
@@ -44,8 +44,8 @@ RUNS = {
     "bow-dqn": {"algo": "dqn", "extractor": False, "text": "bow"},
     "polymodal-ppo": {"algo": "ppo"},
     "bow-ppo": {"algo": "ppo", "extractor": False, "text": "bow"},
-    # The DQN settings before issue 28 (the diagnosis): SB3's max target, BatchNorm, no norm after the fusion, one
-    # learning rate, the earlier hyper-parameters. Not in the default --runs.
+    # The DQN settings before issue 28 (the diagnosis): SB3's max target, no self-loop target, BatchNorm, no norm
+    # after the fusion, one learning rate, the earlier hyper-parameters. Not in the default --runs.
     "legacy-dqn": {
         "algo": "dqn",
         "double_q": False,
@@ -204,7 +204,7 @@ def main() -> None:
         saved = read_json(RESULTS / f"{args.out}.json")
         report(saved["runs"], saved.get("speed"), args, saved.get("wall_seconds"), saved)
         return
-    command = "nice -n 10 python " + " ".join(sys.argv)
+    command = f"nice -n {os.nice(0)} python " + " ".join(sys.argv)  # the niceness it really ran at
     t0 = time.perf_counter()
     speed_result = speed(args) if args.speed_steps else None
     results: list[dict] = []

@@ -99,7 +99,7 @@ def main() -> None:
         "set": sets, "param": _pairs(args.param), "hyperparameters": params,
         "settings": {k: getattr(cfg, k) for k in SETTINGS},
         "after_exploration": summary(agent.diagnostics, explore_end), "curve": curve, "history": agent.history,
-        "diagnostics": agent.diagnostics, "command": "nice -n 19 python " + " ".join(sys.argv),
+        "diagnostics": agent.diagnostics, "command": f"nice -n {os.nice(0)} python " + " ".join(sys.argv),
         "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()],
     }  # fmt: skip
     path = ROOT / "benchmarks" / "results" / f"{args.out}.json"
