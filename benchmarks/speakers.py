@@ -145,6 +145,10 @@ def run_tune(data: Path, speaker: str, grouped: bool, a: argparse.Namespace) -> 
         "train.lr": {"type": "float", "low": 3e-4, "high": 1e-2, "log": True},
         "train.modality_dropout": {"type": "categorical", "choices": [0.0, 0.25, 0.5]},
         "encoders.embed_dim": {"type": "categorical", "choices": [32, 64, 128]},
+        # tune's default space still applies path by path: its picture sizes (up to 64 px) and fine-tuning the
+        # speech encoder would cost each trial minutes on a CPU, so both are fixed here
+        "preprocess.image_size": a.image_size,
+        "encoders.freeze": True,
     }
     out = Path(tempfile.mkdtemp(prefix=f"speakers_tune_{speaker}_{'grouped' if grouped else 'random'}_"))
     start = time.perf_counter()
@@ -206,6 +210,15 @@ def main() -> None:
         "snr20": previous.get("snr20", []),
         "tune": previous.get("tune", {}),
     }
+    # a resumed run (--parts) keeps the earlier parts' results: each invocation and the parts it ran are listed
+    report["invocations"] = previous.get("invocations", []) + [
+        {
+            "command": report["command"],
+            "parts": sorted(parts),
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+            "load_at_start": report["machine"]["load_at_start"],
+        }
+    ]
 
     def save() -> None:
         from polymodal.model.artifact import write_json

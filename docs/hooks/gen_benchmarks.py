@@ -524,6 +524,11 @@ def speakers(d: dict) -> str:
                  _params(r["best_params"])] for r in tune["runs"]]  # fmt: skip
         out += "\n\n" + _table(["held-out speaker", "tune validation", "best trial's validation accuracy",
                                   "its accuracy on the held-out speaker", "best trial"], runs)  # fmt: skip
+    calls = d.get("invocations", [])
+    if len(calls) > 1:  # a resumed run: which invocation measured which part
+        out += "\n\nParts by invocation: " + "; ".join(
+            f"{', '.join(c['parts'])}: `{c['command']}` ({c['date']}, load {c['load_at_start']:.1f})" for c in calls
+        )
     return out
 
 
