@@ -522,6 +522,7 @@ def test_bad_inputs_are_422_naming_instance_and_field(client, table):
         ({"image": "%%%not base64%%%"}, "image", "not valid base64"),
         ({"image": b64(b"P6\n1 1\n255\n\xff\x00\x00")}, "image", "accepted: PNG, JPEG"),  # PPM: not accepted
         ({"clip": b64(b"RIFF....WAVEfmt garbage")}, "clip", "not an audio file"),
+        ({"clip": b64(wav(0.0))}, "clip", "audio has no samples"),  # a valid header over no data
         ({"price": "3.5"}, "price", "expected a finite number, got a string"),
         ({"price": True}, "price", "expected a finite number, got a boolean"),
         ({"caption": 12}, "caption", "expected a string, got a number"),

@@ -78,7 +78,9 @@ def read_wav(data: bytes, layout: WavLayout, max_frames: int | None = None) -> n
     dtype, scale, offset = _LAYOUTS[(layout.fmt, layout.bits)]
     frames = layout.frames if max_frames is None else min(layout.frames, max_frames)
     x = np.frombuffer(data, dtype=dtype, count=frames * layout.channels, offset=layout.data_offset)
+    x = x.astype(np.float32)  # a copy: frombuffer's array is read-only
     if offset:
-        x = x.astype(np.float32) - offset
-    x = x.astype(np.float32) * np.float32(scale) if scale != 1.0 else x.astype(np.float32)
+        x -= offset
+    if scale != 1.0:
+        x *= np.float32(scale)
     return x.reshape(frames, layout.channels)

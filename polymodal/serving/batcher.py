@@ -143,7 +143,7 @@ class MicroBatcher:
         return result
 
     def _observe(self, requests: int, rows: int, seconds: float) -> None:
-        self._pass_s = 0.8 * self._pass_s + 0.2 * seconds
+        self._pass_s = seconds if not self._pass_s else 0.8 * self._pass_s + 0.2 * seconds  # from the first pass
         self._rows_per_s = 0.8 * self._rows_per_s + 0.2 * rows / max(seconds, 1e-6)
         if self.on_batch is not None:
             self.on_batch(requests, rows, seconds)
