@@ -7,6 +7,7 @@ import os
 import platform
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -172,11 +173,15 @@ class MultimodalPredictor(TreeSettings):
 
         start = time.perf_counter() if start is None else start
         valid_y = task.encode_targets(valid_df[schema.label])
-        result = self._train(schema, preprocessor, task, MemoryRows(train_x, train_y), MemoryRows(valid_x, valid_y),
-                             callbacks)  # fmt: skip
+        valid_rows = MemoryRows(valid_x, valid_y)
+        result = self._train(schema, preprocessor, task, MemoryRows(train_x, train_y), valid_rows, callbacks)
+        valid = task.metrics(valid_df[schema.label], self.engine.outputs(valid_x)) | {"data": fingerprint(valid_df)}
+        if self.train_config.refit:
+            all_x, all_y = train_x.concat(valid_x), np.concatenate([train_y, valid_y])
+            epochs = max(1, result["best_epoch"] + 1)  # 0-based
+            result["refit"] = self._refit(schema, preprocessor, task, all_x, all_y, valid_rows, epochs)
         self.metrics_ = {
-            "valid": task.metrics(valid_df[schema.label], self.engine.outputs(valid_x))
-            | {"data": fingerprint(valid_df)},
+            "valid": valid,
             "train_rows": len(train_x),
             "valid_rows": len(valid_df),
             "dropped_rows": 0,
@@ -187,35 +192,39 @@ class MultimodalPredictor(TreeSettings):
             self.metrics_["valid_groups"] = sorted(valid_df[split_by].astype(str).unique().tolist())
         return self
 
+    def _refit(self, schema: Schema, preprocessor: Preprocessor, task: Any, all_x: Features, all_y: np.ndarray,
+               valid_rows: Any, epochs: int) -> dict[str, Any]:  # fmt: skip
+        """`train.refit`: the network from the same initial weights on the training and validation rows together
+        for the `epochs` validation chose, the last epoch kept. No checkpoint: a killed run redoes it."""
+        from polymodal.training.data import MemoryRows
+
+        cfg = replace(self.train_config, max_epochs=epochs, patience=epochs + 1, checkpoint_dir=None, restart=False)
+        result = self._train(schema, preprocessor, task, MemoryRows(all_x, all_y), valid_rows, None, cfg, "last")
+        return {"rows": len(all_x)} | {k: result[k] for k in ("epochs", "train_seconds", "stopped_by")}
+
     def _train(self, schema: Schema, preprocessor: Preprocessor, task: Any, train_rows: Any, valid_rows: Any,
-               callbacks: list | None) -> dict[str, Any]:  # fmt: skip
-        """Build the network, train it (in one process or as one of many), and make the engine over it."""
+               callbacks: list | None, cfg: Any = None, keep: str = "best") -> dict[str, Any]:  # fmt: skip
+        """Build the network, train it (in one process or as one of many), and make the engine over it. `cfg`: the
+        training settings (default `train_config`); `keep`: which epoch's weights (`training.fit.train`)."""
         import torch
 
         from polymodal.model.folder import build_net
         from polymodal.model.inference import InferenceEngine
         from polymodal.training import train as run_training
+        from polymodal.training.trainer import prefer_bf16
 
         torch.manual_seed(self.train_config.seed)  # the initial weights are part of what the seed fixes
         net = build_net(self.config_, schema, preprocessor.input_specs(), task)
         if any(p["mode"] == "finetune" for p in preprocessor.config.pretrained.values()):
-            self._prefer_bf16()
+            prefer_bf16(self.train_config)
         warps = preprocessor.audio_warps(self.train_config) | preprocessor.video_augmenters()
-        result = run_training(net, task, schema.inputs, train_rows, valid_rows, self.train_config, callbacks, warps)
+        cfg = cfg or self.train_config
+        result = run_training(net, task, schema.inputs, train_rows, valid_rows, cfg, callbacks, warps, keep)
         self.rank_ = result["global_rank"]  # in a distributed run, only rank 0 writes the model folder
         self._checkpoint_done = self.train_config.checkpoint_dir  # removed once the model folder is written
         self.schema = schema
         self.engine = InferenceEngine(schema, preprocessor, task, net, cache_dir=self.cache_dir)
         return result
-
-    def _prefer_bf16(self) -> None:
-        """Fine-tuning on a GPU that supports it trains in bf16 mixed precision unless asked otherwise."""
-        import torch
-
-        cfg = self.train_config
-        if cfg.precision == "32-true" and cfg.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-            if torch.cuda.is_bf16_supported():
-                cfg.precision = "bf16-mixed"
 
     def tune(self, train: Any, output: str | os.PathLike[str], **options: Any) -> MultimodalPredictor:
         """Deprecated: use `polymodal.tune(train, label, output, config=...)`, which returns the study's summary

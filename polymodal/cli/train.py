@@ -109,6 +109,9 @@ def fit(
     finetune_layers: int | None = typer.Option(None, help="With --finetune: train only the top N layers"),
     lora: bool | None = typer.Option(None, "--lora", help="With --finetune: train LoRA adapters instead"),
     encoder_lr: float | None = typer.Option(None, help="Learning rate of fine-tuned encoders (default: lr / 10)"),
+    refit: bool | None = typer.Option(
+        None, "--refit", help="Then train again on training + validation rows for the epochs validation chose"
+    ),
     cache_dir: CacheDir = None,
     anonymize: Anonymize = None,
     privacy_operator: PrivacyOperator = None,
@@ -136,7 +139,7 @@ def fit(
             patience=patience, seed=seed, embed_dim=embed_dim, modality_dropout=modality_dropout,
             on_bad_rows=on_bad_rows, accelerator=accelerator, precision=precision, text_encoder=text_encoder,
             image_encoder=image_encoder, audio_encoder=audio_encoder, preset=preset, finetune_layers=finetune_layers,
-            lora=lora, encoder_lr=encoder_lr, cache_dir=cache_dir,
+            lora=lora, encoder_lr=encoder_lr, refit=refit, cache_dir=cache_dir,
             devices=None if devices is None else int(devices) if devices.isdigit() else devices,
             strategy=strategy, num_nodes=num_nodes,
             freeze=None if finetune is None else not finetune,
@@ -155,6 +158,9 @@ def fit(
         if getattr(p, "rank_", 0) != 0:  # another process of a distributed run: rank 0 reports and writes
             return
         console.print(metrics_table({f"{p.fusion} (validation)": p.metrics_["valid"]}, title="validation metrics"))
+        if "refit" in p.metrics_:
+            r = p.metrics_["refit"]
+            console.print(f"refit on all {r['rows']} rows for {r['epochs']} epochs (the scores above: before it)")
         if p.dropped_:
             console.print(f"[yellow]dropped {len(p.dropped_)} bad row(s); report: {folder / 'dropped_rows.csv'}[/]")
         console.print(f"saved model to {folder}")

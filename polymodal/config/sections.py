@@ -236,6 +236,10 @@ class TrainConfig:
     audio_time_width: int = 10
     progress: bool = True
     encoder_lr: float | None = None  # learning rate of fine-tuned pretrained encoders (default: lr / 10)
+    # After validation has chosen the epoch, train again from the same initial weights on the training and the
+    # validation rows together for that many epochs, and keep that model: more data (with split_by, one more group),
+    # about twice the time. Its validation scores are the first run's (the second one has seen those rows).
+    refit: bool = False
     # Where this run keeps the checkpoint written after each epoch, so a killed run resumes (the CLI: a hidden
     # sibling of the output folder), and whether to discard one found there. The run's, not the model's: never
     # saved with the model.

@@ -64,6 +64,20 @@ class Features:
         inputs = {k: (v if k in self.index else v[idx]) for k, v in self.stored.items()}
         return Features(inputs, self.present[idx], self.input_names, {k: v[idx] for k, v in self.index.items()})
 
+    def concat(self, other: Features) -> Features:
+        """These rows, then `other`'s (same inputs). An input stored as distinct items keeps one item table: the
+        shared one when both came from it (`take`), else both tables one after the other, `other`'s index shifted."""
+        stored, index = {}, {}
+        for k, v in self.stored.items():
+            w = other.stored[k]
+            if k not in self.index:
+                stored[k] = np.concatenate([v, w])
+                continue
+            shared = w is v
+            stored[k] = v if shared else np.concatenate([v, w])
+            index[k] = np.concatenate([self.index[k], other.index[k] + (0 if shared else len(v))])
+        return Features(stored, np.concatenate([self.present, other.present]), self.input_names, index)
+
     def with_present(self, present: np.ndarray) -> Features:
         """The same arrays with another presence mask."""
         return Features(self.stored, present, self.input_names, self.index)

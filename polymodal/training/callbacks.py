@@ -14,8 +14,8 @@ import torch
 class BestWeights(pl.Callback):
     """Keep a copy of the best weights by the monitored metric (ties broken by validation loss); restore at the end."""
 
-    def __init__(self, monitor: str, mode: str):
-        self.monitor, self.sign = monitor, (1.0 if mode == "max" else -1.0)
+    def __init__(self, monitor: str, mode: str, restore: bool = True):
+        self.monitor, self.sign, self.restore = monitor, (1.0 if mode == "max" else -1.0), restore
         self.best: tuple[float, float] | None = None
         self.best_epoch = -1
         self.state: dict[str, torch.Tensor] | None = None
@@ -31,7 +31,7 @@ class BestWeights(pl.Callback):
             self.state = {k: v.detach().cpu().clone() for k, v in module.net.state_dict().items()}
 
     def on_fit_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        if self.state is not None:
+        if self.state is not None and self.restore:
             module.net.load_state_dict(self.state)
 
     def state_dict(self) -> dict[str, Any]:

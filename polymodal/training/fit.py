@@ -255,15 +255,18 @@ def train(
     cfg: TrainConfig,
     callbacks: list[pl.Callback] | None = None,
     augmenters: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+    keep: str = "best",
 ) -> dict[str, Any]:
     """Fit `net` in place on `train_rows` (`MemoryRows` or `StreamRows`), validating on `valid_rows`; returns the
     history, best epoch, epochs run, train seconds and how the run stopped (`Watchers.results`: `stopped_by`,
     `stopped_epoch`, `time_limit`, `time_limited`); the best epoch's weights are loaded however it stopped,
     `cfg.time_limit` included. `callbacks`: extra ones. `augmenters`: input -> a transform of its
-    training batches (with `cfg.augment`), beside the built-in image augmentation. In a distributed run every
-    process calls this and ends with the same weights."""
+    training batches (with `cfg.augment`), beside the built-in image augmentation. `keep`: "best" (the weights of
+    the best validation epoch) or "last" (those of the last epoch: a refit, whose validation rows are training rows).
+    In a distributed run every process calls this and ends with the same weights."""
     name, mode = task.monitor
     watch = begin(cfg, f"val_{name}", mode)
+    watch.best.restore = keep == "best"
     callbacks = [*watch.callbacks(), *(callbacks or [])]
     generator = torch.Generator().manual_seed(cfg.seed)
     checkpointer = None

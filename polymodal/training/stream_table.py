@@ -26,6 +26,8 @@ def prepare_streamed(cfg: Config, table: TrainTable, pipeline: Any, valid: Any |
     Without `valid`, the validation rows are a hashed `data.valid_fraction` of the training table."""
     from polymodal.tasks import Task
 
+    if cfg.train.refit:  # a second pass over a table larger than memory: not offered
+        log.warning("train.refit does not apply to a streamed table: the model kept is the one validation chose")
     train, schema, base = table.source, table.schema, table.base_dir
     preprocessor, label = pipeline.preprocessor, schema.label
     fitting = preprocessor.start_fit()

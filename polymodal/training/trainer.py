@@ -69,6 +69,15 @@ def make_optimizer(module: pl.LightningModule, cfg: TrainConfig) -> Any:
     return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
 
 
+def prefer_bf16(cfg: TrainConfig) -> None:
+    """Fine-tuning on a GPU that supports it trains in bf16 mixed precision unless asked otherwise."""
+    import torch
+
+    if cfg.precision == "32-true" and cfg.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        if torch.cuda.is_bf16_supported():
+            cfg.precision = "bf16-mixed"
+
+
 @dataclass
 class Watchers:
     """The callbacks every run starts with, first in its list."""
