@@ -97,7 +97,10 @@ def test_extractor_shape_and_gradient_flow(fusion):
     obs = {k: torch.as_tensor(np.stack([space[k].sample() for _ in range(6)])) for k in space.spaces}
     feats = ext(preprocess_obs(obs, space))
     assert feats.shape == (6, ext.features_dim)
-    assert {type(e).__name__ for e in ext.encoders.values()} == {"ImageCNN", "TextRNN", "NumericMLP", "CategoricalMLP"}
+    # The light RL encoders by default (polymodal.rl.encoders): a small grid, a short mission, a category.
+    assert {type(e).__name__ for e in ext.encoders.values()} == {
+        "GridEncoder", "MissionEncoder", "NumericMLP", "CategoryEncoder"
+    }  # fmt: skip
     feats.pow(2).sum().backward()
     for key, enc in ext.encoders.items():
         grads = [p.grad for p in enc.parameters() if p.requires_grad]
@@ -127,26 +130,54 @@ def test_extractor_with_token_level_fusion(fusion):
         assert not torch.allclose(ext(preprocess_obs(obs, space)), ext(preprocess_obs(other, space)))
 
 
+def test_encoder_arch_picks_the_library_encoders_and_old_policy_folders_load(tmp_path, one_torch_thread):
+    """`arch` gives the library's ImageCNN / TextRNN / CategoricalMLP (the defaults before the light encoders); a
+    policy folder saved in the format before them (no `arch` in its config) loads into the encoders it was built
+    with; an arch that does not fit the key is refused."""
+    space = _space()
+    legacy = {"image": {"arch": "cnn", "widths": [8]}, "mission": {"arch": "rnn"}, "direction": {"arch": "mlp"}}
+    ext = MultimodalExtractor(space, embed_dim=16, hidden=24, encoder_kwargs=legacy)
+    assert {type(e).__name__ for e in ext.encoders.values()} == {"ImageCNN", "TextRNN", "NumericMLP", "CategoricalMLP"}
+    big = spaces.Dict({"image": spaces.Box(0, 255, (3, 32, 32), np.uint8)})  # beyond a small grid: the CNN
+    assert type(MultimodalExtractor(big).encoders["i0_image"]).__name__ == "ImageCNN"
+    with pytest.raises(ObservationError, match="arch 'rnn'"):
+        MultimodalExtractor(space, encoder_kwargs={"image": {"arch": "rnn"}})
+
+    kw = {"image": {"arch": "cnn", "widths": [8]}, "mission": {"arch": "rnn", "embed_dim": 8, "hidden": 16}}
+    agent = train(_cfg(steps=300, eval_every=300, eval_episodes=5, encoder_kwargs=kw))
+    folder = agent.save(tmp_path / "old")
+    meta = json.loads((folder / "policy.json").read_text())
+    assert meta["format"] == "polymodal-rl/2"
+    meta["format"] = "polymodal-rl/1"
+    meta["config"]["encoder_kwargs"] = {k: {n: v for n, v in d.items() if n != "arch"} for k, d in kw.items()}
+    (folder / "policy.json").write_text(json.dumps(meta))
+    loaded = Agent.load(folder)  # strict: every saved weight fits the rebuilt encoders
+    encoders = loaded.model.policy.q_net.features_extractor.encoders
+    assert {type(e).__name__ for e in encoders.values()} == {"ImageCNN", "TextRNN"}
+    obs = {k: np.asarray(v)[None] for k, v in agent.make_env().reset(seed=3)[0].items()}
+    assert loaded.predict(obs) == agent.predict(obs)
+
+
 def test_symbolic_grid_codes_are_embedded_not_read_as_intensities():
     """MiniGrid's view holds codes (object, colour, state) in a uint8 Box that SB3 divides by 255: with
     `codes`, the extractor gets the integers back and each cell is the sum of its channels' code embeddings."""
     from stable_baselines3.common.preprocessing import preprocess_obs
 
     space = spaces.Dict({"image": spaces.Box(0, 255, (7, 7, 3), np.uint8), "d": spaces.Discrete(4)})
-    ext = MultimodalExtractor(space, encoder_kwargs={"image": {"widths": [8, 16], "codes": 11}})
-    enc = ext.encoders[ext.keys["image"]]
-    grid = np.random.default_rng(0).integers(0, 11, (2, 7, 7, 3)).astype(np.uint8)
-    x = ext._adapt("image", preprocess_obs({"image": torch.as_tensor(grid)}, space)["image"])
-    assert torch.equal(x, torch.as_tensor(grid).permute(0, 3, 1, 2).float())  # the codes, channels first
-    cells = enc._cells(x)
-    table = enc.cell_embed.weight
-    expected = table[grid[1, 4, 2, 0]] + table[11 + grid[1, 4, 2, 1]] + table[22 + grid[1, 4, 2, 2]]
-    assert torch.allclose(cells[1, :, 4, 2], expected)
-    # A key (5) and a ball (6) of the same colour are different embeddings, not intensities 1/255 apart.
-    a, b = x.clone(), x.clone()
-    a[0, 0, 3, 3], b[0, 0, 3, 3] = 5, 6
-    d_codes = (enc._cells(a) - enc._cells(b)).abs().max()
-    assert d_codes > 0.1
+    for arch in ("grid", "cnn"):  # the light grid encoder (cells: b, h, w, e) and ImageCNN (b, e, h, w)
+        ext = MultimodalExtractor(space, encoder_kwargs={"image": {"codes": 11, "arch": arch}})
+        enc = ext.encoders[ext.keys["image"]]
+        cells = enc._map if arch == "grid" else (lambda x, enc=enc: enc._cells(x).permute(0, 2, 3, 1))
+        grid = np.random.default_rng(0).integers(0, 11, (2, 7, 7, 3)).astype(np.uint8)
+        x = ext._adapt("image", preprocess_obs({"image": torch.as_tensor(grid)}, space)["image"])
+        assert torch.equal(x, torch.as_tensor(grid).permute(0, 3, 1, 2).float())  # the codes, channels first
+        table = enc.cell_embed.weight
+        expected = table[grid[1, 4, 2, 0]] + table[11 + grid[1, 4, 2, 1]] + table[22 + grid[1, 4, 2, 2]]
+        assert torch.allclose(cells(x)[1, 4, 2], expected)
+        # A key (5) and a ball (6) of the same colour are different embeddings, not intensities 1/255 apart.
+        a, b = x.clone(), x.clone()
+        a[0, 0, 3, 3], b[0, 0, 3, 3] = 5, 6
+        assert (cells(a) - cells(b)).abs().max() > 0.1
 
 
 def test_channels_last_image_and_discrete_ids():

@@ -140,7 +140,8 @@ def test_text_cache_and_codes_cnn_compute_what_the_plain_modules_compute():
 
     space = spaces.Dict({"image": spaces.Box(0, 255, (7, 7, 3), np.uint8), "mission": spaces.Box(0, 9, (5,), np.int64)})
     torch.manual_seed(0)
-    ext = MultimodalExtractor(space, embed_dim=8, hidden=16, encoder_kwargs={"image": {"codes": 12, "grid": 7}})
+    kw = {"image": {"codes": 12, "grid": 7, "arch": "cnn"}, "mission": {"arch": "rnn"}}  # the library's encoders
+    ext = MultimodalExtractor(space, embed_dim=8, hidden=16, encoder_kwargs=kw)
     assert type(ext.encoders[ext.keys["image"]]).__name__ == "_CodesCNN"
     ext.eval()
     rng = np.random.default_rng(0)

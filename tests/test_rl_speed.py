@@ -46,19 +46,26 @@ def batch(n: int, seed: int) -> dict[str, torch.Tensor]:
     return preprocess_obs(raw, SPACE)
 
 
+LIBRARY = {"image": {"arch": "cnn"}, "mission": {"arch": "rnn"}}  # ImageCNN, TextRNN: the fast paths' subjects
+LIBRARY_CODES = {"image": {"arch": "cnn", "codes": 12, "grid": 7}, "mission": {"arch": "rnn"}}
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"cnn_norm": "batch"},  # PPO's default: batch statistics, so images are not deduplicated in training
-        {"cnn_norm": "group", "fused_norm": True},  # DQN's default
-        {"cnn_norm": "group", "fused_norm": True, "encoder_kwargs": {"image": {"codes": 12, "grid": 7}}},
-        {"cnn_norm": "batch", "fusion": "attention", "encoder_kwargs": {"image": {"codes": 12, "grid": 7}}},
+        {"cnn_norm": "batch", "encoder_kwargs": LIBRARY},  # PPO's: batch statistics, images not deduplicated
+        {"cnn_norm": "group", "fused_norm": True, "encoder_kwargs": LIBRARY},  # DQN's
+        {"cnn_norm": "group", "fused_norm": True, "encoder_kwargs": LIBRARY_CODES},
+        {"cnn_norm": "batch", "fusion": "attention", "encoder_kwargs": LIBRARY_CODES},
+        {"fused_norm": True},  # the light encoders (the defaults): distinct images encoded once
+        {"fused_norm": True, "encoder_kwargs": {"image": {"codes": 12, "widths": [8]}}},
     ],
 )
 def test_fast_forward_and_backward_match_the_plain_modules(one_torch_thread, kwargs):
     torch.manual_seed(0)
     ext = MultimodalExtractor(SPACE, embed_dim=16, hidden=32, **kwargs)
-    assert isinstance(ext.encoders[ext.keys["image"]], ImageCNN)
+    library = "encoder_kwargs" in kwargs and "arch" in kwargs["encoder_kwargs"]["image"]
+    assert isinstance(ext.encoders[ext.keys["image"]], ImageCNN) == library
     ref = copy.deepcopy(ext)
     obs = batch(64, seed=1)
     for training in (True, False):

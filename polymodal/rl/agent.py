@@ -30,6 +30,7 @@ from polymodal.errors import UserError
 from polymodal.files import atomic_folder
 from polymodal.model.artifact import read_json, save_safetensors, write_json
 from polymodal.rl.curves import curve_callback, plot_diagnostics, plot_runs, run_episodes
+from polymodal.rl.encoders import LEGACY_ARCHS
 from polymodal.rl.extractor import MultimodalExtractor, ObservationError, plan_inputs, vocabulary_from_model
 from polymodal.rl.wrappers import AsDict, BagOfWords, DropKeys, TextTokens, Vocabulary, sample_texts, text_keys
 
@@ -37,7 +38,7 @@ POLICY_WEIGHTS, POLICY_JSON, VOCAB, METRICS, CURVE, DIAGNOSTICS, TRANSFER = (
     "policy.safetensors", "policy.json", "vocab.json", "metrics.json", "curve.png", "diagnostics.png",
     "transfer_model",
 )  # fmt: skip
-FORMAT = "polymodal-rl/1"
+FORMAT = "polymodal-rl/2"  # 2: the light encoders are the defaults (polymodal.rl.encoders); 1 loads as it was built
 
 # Which action spaces each algorithm can act in (SB3's own limits).
 ACTION_SPACES: dict[str, tuple[type[spaces.Space], ...]] = {
@@ -277,6 +278,8 @@ class Agent:
             raise FileNotFoundError(f"{folder} is not a polymodal RL policy folder: missing {missing}")
         meta = read_json(folder / POLICY_JSON)
         cfg = AgentConfig(**meta["config"])
+        if meta.get("format") == "polymodal-rl/1":
+            _legacy_archs(cfg, space_from_dict(meta["observation_space"]))
         if cfg.model:
             cfg.model = str(folder / TRANSFER)
         vocab = Vocabulary.from_dict(read_json(folder / VOCAB)) if (folder / VOCAB).exists() else None
@@ -318,6 +321,17 @@ def train(
     agent = Agent(cfg, model, vocab, history, time.perf_counter() - t0, diagnostics)
     model.policy.set_training_mode(False)
     return agent
+
+
+def _legacy_archs(cfg: AgentConfig, space: spaces.Space) -> None:
+    """A policy saved before the light encoders were the defaults: its keys get the encoders it was built with."""
+    if not cfg.extractor:
+        return
+    kwargs = {k: dict(v) for k, v in cfg.encoder_kwargs.items()}
+    for key, plan in plan_inputs(space, cfg.modalities).items():
+        if plan.modality in LEGACY_ARCHS and key not in cfg.transfer:
+            kwargs.setdefault(key, {}).setdefault("arch", LEGACY_ARCHS[plan.modality])
+    cfg.encoder_kwargs = kwargs
 
 
 # ---- spaces as JSON ---------------------------------------------------------------------------------------

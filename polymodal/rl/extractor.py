@@ -34,12 +34,13 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
 from polymodal.data.schema import Modality
-from polymodal.encoders import ImageCNN, build_encoder
+from polymodal.encoders import build_encoder
 from polymodal.errors import UserError
 from polymodal.fusion import FUSIONS, build_fusion
 from polymodal.fusion.early import EarlyFusion
 from polymodal.model.network import module_keys
 from polymodal.preprocess import category_key
+from polymodal.rl.encoders import CNN_NORMS, MissionEncoder, build_rl_encoder
 from polymodal.rl.wrappers import Vocabulary, is_text_space
 
 
@@ -57,6 +58,7 @@ class InputPlan:
     lookup: list[int] = field(default_factory=list)  # categorical: Discrete value index -> category id
     norm: tuple[list[float], list[float]] | None = None  # transferred images/vectors: the model's mean, std
     flags: int = 0  # transferred numeric input: missing-value flags appended (always 0: observations are complete)
+    hw: tuple[int, int] | None = None  # images: (height, width)
 
 
 def _is_channels_last(shape: tuple[int, ...]) -> bool:
@@ -106,7 +108,8 @@ def plan_input(key: str, space: spaces.Space, modality: str | None = None) -> In
             raise ObservationError(f"observation key {key!r}: an image needs a 3-D Box, not shape {shape}")
         last = _is_channels_last(shape)
         c, h, w = (shape[2], shape[0], shape[1]) if last else shape
-        return InputPlan(Modality.IMAGE, {"channels": int(c), "size": int(min(h, w))}, channels_last=last)
+        spec = {"channels": int(c), "size": int(min(h, w))}
+        return InputPlan(Modality.IMAGE, spec, channels_last=last, hw=(int(h), int(w)))
     if chosen is Modality.TEXT:
         if len(shape) != 1:
             raise ObservationError(f"observation key {key!r}: token ids need a 1-D Box, not shape {shape}")
@@ -202,22 +205,6 @@ def _load_encoders(
     return out
 
 
-# RL nets are trained for many small steps on CPU: by default the scratch encoders are narrower than for tables.
-RL_ENCODER_DEFAULTS: dict[Modality, dict[str, Any]] = {
-    Modality.IMAGE: {"widths": (16, 32, 64)},
-    Modality.TEXT: {"embed_dim": 32, "hidden": 64},
-    Modality.AUDIO: {"widths": (8, 16, 32), "hidden": 64},
-    Modality.NUMERIC: {"hidden": 64, "dropout": 0.0},
-    Modality.CATEGORICAL: {"hidden": 64, "dropout": 0.0},
-}
-
-
-# What replaces the scratch CNNs' BatchNorm: "batch" keeps it; "group" one group per channel map's layer norm
-# (GroupNorm(1, c), the same in training and acting); "none" drops it. BatchNorm acts on running statistics but
-# learns on the batch's, a gap that bootstrapped Q targets can amplify.
-CNN_NORMS = ("batch", "group", "none")
-
-
 _HASH: dict[tuple[int, str], torch.Tensor] = {}
 
 
@@ -243,37 +230,6 @@ def unique_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         uniq_rows, inverse = torch.unique(bits, dim=0, return_inverse=True)
         first = torch.empty(len(uniq_rows), dtype=torch.long, device=x.device).scatter_(0, inverse, rows)
     return x[first], inverse
-
-
-class _CodesCNN(ImageCNN):
-    """ImageCNN over symbolic cells, the same weights computed faster for RL's many small batches: a cell's summed
-    code embeddings as a multi-hot row times the embedding table (an embedding's backward scatters every lookup one
-    by one), and no pooling when the grid is the map's own size."""
-
-    def _cells(self, x: torch.Tensor) -> torch.Tensor:
-        ids = x.round().long().clamp(0, self.codes - 1) + self.code_offset[None, :, None, None]
-        hot = torch.zeros(x.shape[0], x.shape[2], x.shape[3], self.cell_embed.num_embeddings, device=x.device)
-        hot.scatter_(3, ids.permute(0, 2, 3, 1), 1.0)
-        return (hot @ self.cell_embed.weight).permute(0, 3, 1, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fmap = self.features(self._cells(x))
-        if tuple(fmap.shape[-2:]) != (self.pool.output_size,) * 2:
-            fmap = self.pool(fmap)
-        return self.proj(fmap)
-
-
-def _renorm(encoder: nn.Module, how: str) -> nn.Module:
-    if type(encoder) is ImageCNN and encoder.codes and isinstance(encoder.pool.output_size, int):
-        encoder.__class__ = _CodesCNN  # same module tree and state dict, faster forward and backward
-    if how == "batch":
-        return encoder
-    for name, child in list(encoder.named_children()):
-        if isinstance(child, nn.BatchNorm2d):
-            setattr(encoder, name, nn.GroupNorm(1, child.num_features) if how == "group" else nn.Identity())
-        else:
-            _renorm(child, how)
-    return encoder
 
 
 class MultimodalExtractor(BaseFeaturesExtractor):
@@ -311,9 +267,9 @@ class MultimodalExtractor(BaseFeaturesExtractor):
         encoders = {}
         for k, plan in plans.items():
             dim = loaded[k].dim if k in loaded else embed_dim
-            spec = {**plan.spec, **RL_ENCODER_DEFAULTS[plan.modality], **(encoder_kwargs or {}).get(k, {})}
-            built = loaded.get(k) or build_encoder(plan.modality, spec, dim, tokens=tokens)
-            encoders[keys[k]] = built if k in loaded else _renorm(built, cnn_norm)
+            kw = (encoder_kwargs or {}).get(k, {})
+            encoders[keys[k]] = loaded.get(k) or build_rl_encoder(plan.modality, plan.spec, kw, dim, tokens,
+                                                                   cnn_norm, plan.hw)  # fmt: skip
         dims = {keys[k]: encoders[keys[k]].dim for k in names}
         # Late fusion returns "logits": here its outputs are the features, so it gets `hidden` outputs.
         fused = build_fusion(fusion, dims, hidden, hidden=hidden, dropout=0.0)
@@ -418,7 +374,8 @@ class MultimodalExtractor(BaseFeaturesExtractor):
         gradient summed over its copies, which is what encoding every copy gives, unless batch statistics are
         learnt (BatchNorm in training mode), which the copies would change."""
         if self.plans[key].modality is Modality.TEXT:
-            return self._text(key, encoder, x)
+            # The light mission encoder costs less than finding the distinct rows: every row is encoded.
+            return encoder(x) if isinstance(encoder, MissionEncoder) else self._text(key, encoder, x)
         if key not in self.dedup or x.shape[0] < 16 or (encoder.training and key in self.batch_normed):
             return encoder(x)
         uniq, inverse = unique_rows(x)
