@@ -22,6 +22,7 @@ from polymodal.tasks import Task
 if TYPE_CHECKING:
     import torch
 
+    from polymodal.model.fast import FastForward
     from polymodal.model.network import MultimodalNet
     from polymodal.model.onnx_runtime import OnnxNet
 
@@ -39,6 +40,7 @@ class InferenceEngine:
         self.pipeline = FeaturePipeline(schema, preprocessor, cache_dir=cache_dir, progress=False)
         self.runtime = getattr(net, "runtime", "torch")
         self.pipeline.raw = self.runtime == "onnx"
+        self.fast: FastForward | None = None  # the index-free forward, traced (`accelerate`)
 
     @property
     def device(self) -> torch.device:
@@ -69,6 +71,27 @@ class InferenceEngine:
             return np.zeros((0, n_out) if n_out else (0,), dtype=np.float32)
         return np.concatenate(chunks)
 
+    def accelerate(self, examples: Features) -> bool:
+        """Serve the forward pass through `model.fast` (traced, BatchNorm folded), checked against the network on
+        batches of `examples`' first row with inputs present and absent. False: the network stays as it is."""
+        if self.runtime != "torch" or self.device.type != "cpu" or not len(examples):
+            return False
+        from polymodal.model.batch import Collate
+        from polymodal.model.fast import accelerate
+
+        one = examples.expand().take(np.zeros(1, dtype=np.int64))
+        n = len(one.input_names)
+        full, odd = one.present[0], np.arange(n) % 2 == 1
+        patterns = [[full], [full, full & odd, full & ~odd], [full & ~odd, np.zeros(n, dtype=bool)]]
+        checks = []
+        for rows in patterns:
+            batch = Collate(one.take(np.zeros(len(rows), dtype=np.int64)).with_present(np.array(rows)))(
+                list(range(len(rows)))
+            )
+            checks.append((batch["inputs"], batch["present"]))
+        self.fast = accelerate(self.net, checks)
+        return self.fast is not None
+
     def predict_table(self, df: pd.DataFrame, base_dir: Path, batch_size: int = 256) -> np.ndarray:
         features, _ = self.features(df, base_dir)
         return self.outputs(features, batch_size)
@@ -88,8 +111,12 @@ class InferenceEngine:
         with torch.inference_mode():
             for batch in iterate_batches(rows, batch_size, distinct=distinct):
                 batch = to_device(batch, self.device)
-                index = {"index": batch["index"]} if "index" in batch else {}
-                chunks.append(self.task.outputs(self.net(batch["inputs"], batch["present"], **index)))
+                if "index" in batch or self.fast is None:  # rows sharing a file: the network itself reads `index`
+                    index = {"index": batch["index"]} if "index" in batch else {}
+                    logits = self.net(batch["inputs"], batch["present"], **index)
+                else:
+                    logits = self.fast(batch["inputs"], batch["present"])
+                chunks.append(self.task.outputs(logits))
         if order is None or not chunks:
             return chunks
         out = np.empty_like(np.concatenate(chunks))

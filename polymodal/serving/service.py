@@ -46,7 +46,9 @@ class Decoded:
 class ModelService:
     """Load a model folder once; answer batches of requests with the engine's pipeline + `engine.outputs`."""
 
-    def __init__(self, folder: str | Path, runtime: str = "torch", threads: int | None = None):
+    def __init__(self, folder: str | Path, runtime: str = "torch", threads: int | None = None, accelerate: bool = True):
+        """`accelerate`: serve a PyTorch network through its traced, BatchNorm-folded forward (model/fast.py) when
+        that gives the network's outputs on a generated example."""
         from polymodal.predictor import MultimodalPredictor
 
         self.folder = Path(folder)
@@ -70,6 +72,20 @@ class ModelService:
         # goes through the engine's own decoding, as in `predict`.
         frozen = set(self.engine.pipeline.frozen_inputs)
         self.fast = all(m in VALUE_KINDS or c in self.decoders or c in frozen for c, m in self._column_modality)
+        self.accelerated = accelerate and runtime == "torch" and self._accelerate()
+
+    def _accelerate(self) -> bool:
+        """Trace the network on the warm-up example (inputs it cannot generate are checked absent)."""
+        pipeline = self.engine.pipeline
+        if not self.fast or pipeline.frozen_inputs:  # frozen pretrained encoders: not a traceable network anyway
+            return False
+        try:
+            one = self.decode([self.example_row()])
+            features = pipeline.features(self.columns(one.rows), one.media, {})
+        except Exception:  # an example this model's preprocessing refuses: serve the network as it is
+            log.warning("no example to trace the network on; serving it eagerly", exc_info=True)
+            return False
+        return self.engine.accelerate(features)
 
     def _decoders(self) -> dict[str, Callable[[bytes], np.ndarray]]:
         """column -> bytes -> array, as `predict` decodes it (frozen encoders read their bytes themselves)."""
