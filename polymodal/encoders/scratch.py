@@ -157,7 +157,9 @@ class AudioCNN(nn.Module):
 
     def _frames(self, x: torch.Tensor) -> torch.Tensor:
         h = run_channels_last(self.features, x.unsqueeze(1))  # (b, c, f, t)
-        h = h.flatten(1, 2).transpose(1, 2)  # (b, t, c*f)
+        # Contiguous: the GRU's input projection is then one matrix product (on the transposed view, at batch 1,
+        # a batched product over time steps that took ~200 us more per call on CPU).
+        h = h.flatten(1, 2).transpose(1, 2).contiguous()  # (b, t, c*f)
         return self.rnn(h)[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
