@@ -104,6 +104,10 @@ def test_only_known_modules_are_traced(services):
         def forward(self, x):
             return x
 
+    head = net.head
     net.head = nn.Sequential(Foreign())
     assert not traceable(net)
+    net.head = nn.Sequential(head, nn.TransformerEncoderLayer(4, 1))  # its eval fast path depends on values
+    assert not traceable(net)
+    net.head = nn.Sequential(Foreign())
     assert accelerate(net, checks(services[2], (1,))) is None

@@ -38,6 +38,8 @@ TRACEABLE_PREFIXES = (
     "polymodal.model.network",
     "polymodal.tasks.",
 )
+# In eval mode these pick a fast path from the values of the padding mask (nested tensors): a trace would keep one.
+UNTRACEABLE = (nn.TransformerEncoder, nn.TransformerEncoderLayer, nn.MultiheadAttention)
 RTOL, ATOL = 1e-4, 1e-5
 
 
@@ -91,7 +93,9 @@ def traceable(net: nn.Module) -> bool:
 
     if type(net) is not MultimodalNet:
         return False
-    return all(type(m).__module__.startswith(TRACEABLE_PREFIXES) for m in net.modules())
+    return all(
+        type(m).__module__.startswith(TRACEABLE_PREFIXES) and not isinstance(m, UNTRACEABLE) for m in net.modules()
+    )
 
 
 Batch = tuple[dict[str, torch.Tensor], torch.Tensor]
