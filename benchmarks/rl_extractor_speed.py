@@ -4,10 +4,13 @@ optionally a BabyAI level), in one process, torch threads = 1.
 Extractors (each built exactly as `polymodal rl train` builds it, `polymodal.rl.agent.build_algorithm`):
   bow        SB3's default MultiInputPolicy extractor on the bag-of-words view (image flattened, mission as word
              counts): rl_babyai.py's baseline
-  polymodal  MultimodalExtractor with the default `rl` settings (image CNN on the view, mission TextRNN, direction
-             embedding, early fusion; DQN: GroupNorm CNN and LayerNorm after the fusion)
-  codes      (--variants) the same with the view as cell codes, rl_babyai.py's agent
-             (`encoder_kwargs={"image": {"codes": 16, "grid": 7}}`, DQN conv widths 16)
+  polymodal  MultimodalExtractor with the default `rl` settings: the light encoders of polymodal.rl.encoders (the
+             7 x 7 view through one linear layer, the mission's words side by side and their max through one linear
+             layer, the direction embedded), early fusion; DQN: LayerNorm after the fusion
+  codes      the same with the view as cell codes, rl_babyai.py's agent
+             (`encoder_kwargs={"image": {"codes": 16, "grid": 7}}`, DQN: one 3 x 3 convolution of width 16)
+  library    (only when named in --variants) the library's encoders, the defaults before the light ones
+             (`arch` cnn / rnn / mlp: ImageCNN, the mission's bidirectional GRU, CategoricalMLP)
 
 Measured per algorithm (DQN, PPO), the median of `--repeats`, the extractors alternated within each repeat:
   act        the network's forward on one observation, no gradients, acting mode (what each env step costs): DQN's
@@ -48,6 +51,8 @@ def config(variant: str, algo: str, env: str, steps: int):
         kw = {"extractor": False, "text": "bow"}
     elif variant == "codes":
         kw = {"encoder_kwargs": {"image": {**CODES, **({"widths": [16]} if algo == "dqn" else {})}}}
+    elif variant == "library":
+        kw = {"encoder_kwargs": {"image": {"arch": "cnn"}, "mission": {"arch": "rnn"}, "direction": {"arch": "mlp"}}}
     return AgentConfig(env_id=env, algo=algo, steps=steps, seed=0, **kw)
 
 
@@ -178,7 +183,7 @@ def print_table(env: str, algo: str, entry: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--envs", default="MiniGrid-Fetch-5x5-N2-v0", help="comma-separated env ids")
-    ap.add_argument("--variants", default="bow,polymodal,codes", help="of bow, polymodal, codes (bow is needed)")
+    ap.add_argument("--variants", default="bow,polymodal,codes", help="of bow, polymodal, codes, library (bow needed)")
     ap.add_argument("--algos", default="dqn,ppo")
     ap.add_argument("--dqn-steps", type=int, default=5_000)
     ap.add_argument("--ppo-steps", type=int, default=4_096)

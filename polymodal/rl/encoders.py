@@ -57,6 +57,7 @@ class GridEncoder(nn.Module):
             layers += [nn.Conv2d(c, w, 3, padding=1), nn.ReLU(inplace=True)]
             c = w
         self.convs = nn.Sequential(*layers) if layers else None
+        self.linear = not layers  # only linear layers: cheaper than any deduplication of its inputs
         self.grid = grid if grid and grid < size else None
         self.pool = nn.AdaptiveAvgPool2d(self.grid) if self.grid else None
         self.cells = (self.grid, self.grid) if self.grid else tuple(hw or (size, size))

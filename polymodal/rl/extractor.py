@@ -287,8 +287,12 @@ class MultimodalExtractor(BaseFeaturesExtractor):
             if getattr(encoders[keys[k]], "codes", 0) and is_image_space(observation_space.spaces[k])
         }  # fmt: skip
         self.encoders = nn.ModuleDict(encoders)
-        # Keys whose rows are deduplicated within a batch (see _encode), and those whose encoder has batch norms.
-        self.dedup = {k for k in names if plans[k].modality in (Modality.IMAGE, Modality.AUDIO)}
+        # Keys whose rows are deduplicated within a batch (see _encode), and those whose encoder has batch norms. A
+        # grid read by one linear layer costs less than finding its distinct rows: not deduplicated.
+        self.dedup = {
+            k for k in names
+            if plans[k].modality in (Modality.IMAGE, Modality.AUDIO) and not getattr(encoders[keys[k]], "linear", False)
+        }  # fmt: skip
         self.batch_normed = {
             k for k in names if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in encoders[keys[k]].modules())
         }  # fmt: skip
