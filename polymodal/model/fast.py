@@ -11,8 +11,9 @@ more than its arithmetic, so the time goes to Python and per-call overhead. `acc
   trace records one path through the code, so it is used only for networks built from known modules, and only
   after it gave the eager network's outputs on check batches of several sizes with inputs present and absent.
 
-TorchScript is deprecated in PyTorch 2.x (`torch.jit.trace` warns) but still works; `torch.compile` was measured
-instead and was no faster here, at 40-60 s of compilation for each new batch size (benchmarks/serve_stages.py).
+TorchScript is deprecated in PyTorch 2.x (`torch.jit.trace` and `torch.jit.freeze` warn) but still works in 2.13.
+`torch.compile` (inductor, freezing, RNNs allowed) was measured on serve_load.py's model instead: no faster than the
+trace at batch 1, and 40-60 s of compilation at start and again for each new batch size the micro-batcher makes.
 """
 
 from __future__ import annotations
