@@ -120,7 +120,7 @@ def test_encoder_learning_rate_is_scaled_and_modes_switch_once():
     vocab = build_vocabulary(cfg)
     model = build_algorithm(cfg, make_env(cfg, vocab), cfg.params(), "cpu")
     lrs = {g["name"]: g["lr"] for g in model.policy.optimizer.param_groups}
-    assert lrs["encoders"] == pytest.approx(0.1 * lrs["head"]) and lrs["fusion"] == lrs["head"]
+    assert lrs["encoders"] == pytest.approx(0.1 * lrs["fusion+head"])  # one optimizer group per learning rate
     from stable_baselines3.common.logger import Logger
 
     model.set_logger(Logger(None, []))
@@ -176,7 +176,7 @@ def test_qrdqn_option_trains_records_and_reloads(tmp_path):
         _cfg(algo="qrdqn", steps=600, eval_every=600, eval_episodes=10, hyperparameters={"learning_starts": 200})
     )
     assert type(agent.model).__name__ == "FusedQRDQN"
-    assert {g["name"] for g in agent.model.policy.optimizer.param_groups} == {"encoders", "fusion", "head"}
+    assert {g["name"] for g in agent.model.policy.optimizer.param_groups} == {"encoders", "fusion+head"}
     late = agent.diagnostics[-1]
     assert np.isfinite(late["q_greedy"]) and late["grad_head"] > 0 and "td_error" not in late
     loaded = Agent.load(agent.save(tmp_path / "qr"))
@@ -237,3 +237,47 @@ def test_self_loop_target_values_a_no_op_by_what_it_pays(self_loop):
     assert q[2] == pytest.approx(0.0 if self_loop else model.gamma * float(q[0]), abs=0.1), q
     # both stored transitions keep the observation (the terminal one's bootstrap is masked by its end)
     assert model.take_train_stats().get("self_loops") == (1.0 if self_loop else None)
+
+
+def test_acting_cache_and_gradient_clipping_match_the_plain_computation():
+    """FusedDQN: acting reuses a mission's encoding until an optimizer step or a load changes the weights; the
+    gradients are clipped as clip_grad_norm_ clips them, from the per-part norms it records."""
+    from polymodal.rl.agent import build_algorithm, build_vocabulary, make_env
+
+    cfg = _cfg(steps=10)
+    vocab = build_vocabulary(cfg)
+    model = build_algorithm(cfg, make_env(cfg, vocab), cfg.params(), "cpu")
+    net = model.policy.q_net
+    ext = net.features_extractor
+    obs, _ = make_env(cfg, vocab).reset(seed=0)
+    x, _ = model.policy.obs_to_tensor(obs)
+    with torch.no_grad():
+        first = net(x)
+        assert len(ext.act_cache) == 1
+        ext.act_cache = None
+        plain = net(x)
+        ext.act_cache = {}
+        assert torch.equal(first, plain) and torch.equal(net(x), plain)
+    batch = {k: v.repeat(8, *[1] * (v.dim() - 1)) for k, v in x.items()}
+    for p in net.parameters():
+        p.grad = torch.randn_like(p) * 10
+    ref = [torch.nn.Parameter(p.detach().clone()) for p in net.parameters()]
+    for r, p in zip(ref, net.parameters(), strict=True):
+        r.grad = p.grad.clone()
+    norm = torch.nn.utils.clip_grad_norm_(ref, model.max_grad_norm)
+    want = [r.grad for r in ref]
+    grads, total = model._grad_norms()
+    torch._foreach_mul_(grads, (model.max_grad_norm / (total + 1e-6)).clamp(max=1.0))
+    assert float(total) == pytest.approx(float(norm), rel=1e-5)
+    assert all(torch.allclose(p.grad, w) for p, w in zip(net.parameters(), want, strict=True))
+    stats = model.take_train_stats()
+    parts = [stats[f"grad_{k}"] for k in ("encoders", "fusion", "head")]
+    assert float(np.sqrt(np.sum(np.square(parts)))) == pytest.approx(float(norm), rel=1e-5)
+    model.policy.optimizer.step()  # new weights: the cache is emptied
+    assert ext.act_cache == {}
+    with torch.no_grad():
+        net(x)
+    model.policy.load_state_dict(model.policy.state_dict())
+    assert ext.act_cache == {}
+    with torch.no_grad():
+        assert net(batch).shape[0] == 8 and ext.act_cache == {}  # a batch is encoded, not cached

@@ -68,11 +68,6 @@ def parameter_groups(policy: Any) -> dict[str, list[torch.nn.Parameter]]:
     return {"encoders": encoders, "fusion": fusion, "head": head}
 
 
-def _norm(params: list[torch.nn.Parameter]) -> float:
-    grads = [p.grad for p in params if p.grad is not None]
-    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0
-
-
 class NStepDictReplayBuffer(DictReplayBuffer):
     """SB3's `NStepReplayBuffer` for Dict observations: the same storage, and at sampling time the discounted sum
     of up to `n_steps` rewards, stopping at the episode's end (termination or time limit), with the observation
@@ -127,18 +122,29 @@ class _FusedMixin:
         policy = self.policy  # type: ignore[attr-defined]
         lr = self.lr_schedule(1.0)  # type: ignore[attr-defined]
         scales = {"encoders": self.encoder_lr_scale, "fusion": 1.0, "head": 1.0}
+        # The gradient norms are recorded per part; the optimizer gets one group per learning rate (each group is
+        # a pass of its Python code at every step: a third of a small agent's optimizer time for a third group).
+        self._grad_groups = {name: ps for name, ps in parameter_groups(policy).items() if ps}
+        by_scale: dict[float, tuple[list[str], list[torch.nn.Parameter]]] = {}
+        for name, ps in self._grad_groups.items():
+            names, params = by_scale.setdefault(scales[name], ([], []))
+            names.append(name)
+            params.extend(ps)
         groups = [
-            {"params": ps, "lr": lr * scales[name], "lr_scale": scales[name], "name": name}
-            for name, ps in parameter_groups(policy).items()
-            if ps
+            {"params": ps, "lr": lr * scale, "lr_scale": scale, "name": "+".join(names)}
+            for scale, (names, ps) in by_scale.items()
         ]
         kwargs = dict(policy.optimizer_kwargs)
         if policy.optimizer_class is torch.optim.Adam and self.device.type == "cpu":
             kwargs.setdefault("fused", True)  # one kernel for all parameters: the per-tensor loop costs more here
         policy.optimizer = policy.optimizer_class(groups, **kwargs)
-        self._stats: dict[str, list[float]] = {}
+        self._stats: dict[str, list[float | torch.Tensor]] = {}
         if not isinstance(self, FusedDQN):  # QR-DQN trains in sb3-contrib's loop: its gradients seen at each step
-            policy.optimizer.register_step_pre_hook(lambda opt, *_: self._record_grads())
+            policy.optimizer.register_step_pre_hook(self._record_grads)
+        extractor = q_network(policy).features_extractor
+        if hasattr(extractor, "act_cache"):  # acting reuses a mission's encoding until the weights change
+            extractor.act_cache = {}
+            policy.optimizer.register_step_post_hook(lambda opt, *_: extractor.act_cache.clear())
 
     def _update_learning_rate(self, optimizers: Any) -> None:
         super()._update_learning_rate(optimizers)  # type: ignore[misc]
@@ -146,17 +152,37 @@ class _FusedMixin:
             for g in opt.param_groups:
                 g["lr"] *= g.get("lr_scale", 1.0)
 
-    def _add(self, **values: float) -> None:
+    def _add(self, **values: float | torch.Tensor) -> None:
+        # Kept as tensors, read at take_train_stats: a float() per statistic per step costs more than the step's
+        # own arithmetic on a small net.
         for k, v in values.items():
-            self._stats.setdefault(k, []).append(float(v))
+            self._stats.setdefault(k, []).append(v.detach() if isinstance(v, torch.Tensor) else v)
 
-    def _record_grads(self) -> None:
-        for g in self.policy.optimizer.param_groups:  # type: ignore[attr-defined]
-            self._add(**{f"grad_{g['name']}": _norm(g["params"])})
+    def _record_grads(self, *_: Any) -> None:  # an optimizer pre-step hook: must return None
+        self._grad_norms()
+
+    def _grad_norms(self) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Every gradient of the online net and their total norm; each part's norm recorded. One foreach norm over
+        all of them (a norm per tensor, per part, then again for clipping would walk them three times)."""
+        grads: list[torch.Tensor] = []
+        bounds = []
+        for name, ps in self._grad_groups.items():
+            start = len(grads)
+            grads += [p.grad for p in ps if p.grad is not None]
+            bounds.append((name, start, len(grads)))
+        if not grads:
+            return grads, torch.zeros(())
+        squares = torch.stack(torch._foreach_norm(grads)).square()
+        self._add(**{f"grad_{name}": squares[a:b].sum().sqrt() for name, a, b in bounds})
+        return grads, squares.sum().sqrt()
 
     def take_train_stats(self) -> dict[str, float]:
         """Means of the per-gradient-step statistics since the last call (empty before learning starts)."""
-        out = {k: float(np.mean(v)) for k, v in self._stats.items() if v}
+        out = {
+            k: float(torch.stack([torch.as_tensor(x, dtype=torch.float32) for x in v]).mean())
+            for k, v in self._stats.items()
+            if v
+        }
         self._stats = {}
         return out
 
@@ -207,8 +233,9 @@ class FusedDQN(_FusedMixin, DQN):
             loss = F.smooth_l1_loss(q, target)
             self.policy.optimizer.zero_grad()
             loss.backward()
-            self._record_grads()
-            total = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+            grads, total = self._grad_norms()  # clipped as clip_grad_norm_ does, from the norms just recorded
+            if grads:
+                torch._foreach_mul_(grads, (self.max_grad_norm / (total + 1e-6)).clamp(max=1.0))
             self.policy.optimizer.step()
             q = q.detach()
             self._add(q_taken=q.mean(), td_error=(target - q).abs().mean(), loss=loss.detach(), grad_total=total)

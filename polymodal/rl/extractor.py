@@ -232,6 +232,11 @@ def unique_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     return x[first], inverse
 
 
+def _clear_act_cache(module: MultimodalExtractor, _: Any) -> None:
+    if module.act_cache:
+        module.act_cache.clear()
+
+
 class MultimodalExtractor(BaseFeaturesExtractor):
     """SB3 features extractor: one polymodal encoder per observation key, then a polymodal fusion.
 
@@ -280,6 +285,11 @@ class MultimodalExtractor(BaseFeaturesExtractor):
         # Token ids -> pooled text embedding of the rows seen since the encoder's weights last changed (see _text).
         self._text_cache: dict[str, tuple[tuple[float, ...], dict[bytes, torch.Tensor]]] = {}
         self._text_params: dict[str, list[torch.Tensor]] = {}
+        # Acting (one observation, no gradients): the light mission encoder's output per mission, while the weights
+        # stay the same. Off (None) unless the trainer clears it at every weight change: FusedDQN does, after each
+        # optimizer step; loading weights clears it too.
+        self.act_cache: dict[tuple[str, bytes], torch.Tensor] | None = None
+        self.register_load_state_dict_post_hook(_clear_act_cache)
         self.names, self.keys, self.plans, self.tokens = names, keys, plans, tokens
         # Symbolic views in a uint8 Box: SB3 divides them by 255, `_adapt` multiplies back (decided once, here).
         self.rescaled = {
@@ -378,8 +388,19 @@ class MultimodalExtractor(BaseFeaturesExtractor):
         gradient summed over its copies, which is what encoding every copy gives, unless batch statistics are
         learnt (BatchNorm in training mode), which the copies would change."""
         if self.plans[key].modality is Modality.TEXT:
-            # The light mission encoder costs less than finding the distinct rows: every row is encoded.
-            return encoder(x) if isinstance(encoder, MissionEncoder) else self._text(key, encoder, x)
+            if not isinstance(encoder, MissionEncoder):
+                return self._text(key, encoder, x)
+            # The light mission encoder costs less than finding the distinct rows: every row is encoded, except
+            # when acting with the cache on.
+            cache = self.act_cache
+            if cache is None or x.shape[0] != 1 or x.device.type != "cpu" or torch.is_grad_enabled():
+                return encoder(x)
+            row = (key, x.numpy().tobytes())
+            if row not in cache:
+                if len(cache) > 4096:
+                    cache.clear()
+                cache[row] = encoder(x)
+            return cache[row]
         if key not in self.dedup or x.shape[0] < 16 or (encoder.training and key in self.batch_normed):
             return encoder(x)
         uniq, inverse = unique_rows(x)
