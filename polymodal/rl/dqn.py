@@ -142,6 +142,9 @@ class _FusedMixin:
         if not isinstance(self, FusedDQN):  # QR-DQN trains in sb3-contrib's loop: its gradients seen at each step
             policy.optimizer.register_step_pre_hook(self._record_grads)
         extractor = q_network(policy).features_extractor
+        # Double DQN: one pass over states and next states when an encoder costs per call more than per row (the
+        # library's mission GRU); else two, the next states without gradients (a backward over half the rows).
+        self._one_pass = bool(getattr(extractor, "costs_per_call", False))
         if hasattr(extractor, "act_cache"):  # acting reuses a mission's encoding until the weights change
             extractor.act_cache = {}
             policy.optimizer.register_step_post_hook(lambda opt, *_: extractor.act_cache.clear())
@@ -210,12 +213,15 @@ class FusedDQN(_FusedMixin, DQN):
             data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
             discounts = data.discounts if data.discounts is not None else self.gamma
             obs, n = data.observations, len(data.actions)
-            if self.double_q:  # one pass of the online net over states and next states (one text encoding)
+            if self.double_q and self._one_pass:  # states and next states in one pass (one text encoding)
                 both = {k: torch.cat([v, data.next_observations[k]]) for k, v in obs.items()}  # type: ignore[union-attr]
                 q_both = self.q_net(both)
                 q_all, q_next_online = q_both[:n], q_both[n:].detach()
             else:
                 q_all = self.q_net(obs)
+                if self.double_q:  # next states without gradients: no backward through rows that do not learn
+                    with torch.no_grad():
+                        q_next_online = self.q_net(data.next_observations)
             with torch.no_grad():
                 next_target = self.q_net_target(data.next_observations)
                 if self.double_q:

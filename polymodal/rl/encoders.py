@@ -192,6 +192,11 @@ class CategoryEncoder(nn.Module):
             out = out + self.embeds[j](ids[:, j])
         return torch.relu(out)
 
+    def from_one_hot(self, hot: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """One column given as a one-hot row (SB3's Discrete observation) whose position p is category index[p]:
+        the same as forward on the ids, in fewer operations."""
+        return torch.relu(hot @ self.embeds[0].weight[index])
+
     def forward_tokens(self, ids: torch.Tensor) -> Tokens:
         return single_token(self(ids))
 
@@ -211,9 +216,11 @@ def build_rl_encoder(
     tokens: bool,
     cnn_norm: str,
     hw: tuple[int, int] | None = None,
+    grid_widths: tuple[int, ...] = (),
 ) -> nn.Module:
     """One key's scratch encoder: `spec` from its space (polymodal.rl.extractor.plan_input), `kwargs` the user's
-    (`encoder_kwargs[key]`, with an optional "arch"), `cnn_norm` for the library's CNNs."""
+    (`encoder_kwargs[key]`, with an optional "arch"), `cnn_norm` for the library's CNNs, `grid_widths` the
+    GridEncoder's convolutions unless `kwargs` names them."""
     kwargs = dict(kwargs)
     arch = kwargs.pop("arch", None)
     allowed = ARCHS.get(modality, ())
@@ -224,7 +231,7 @@ def build_rl_encoder(
             f"encoder arch {arch!r} does not fit a {modality.value} key: choose one of {list(allowed) or 'none'}"
         )
     if modality is Modality.IMAGE and (arch == "grid" or (arch is None and spec["size"] <= GRID_MAX)):
-        kwargs.setdefault("widths", ())
+        kwargs.setdefault("widths", grid_widths)
         kwargs["widths"] = tuple(kwargs["widths"])
         return GridEncoder(**spec, **kwargs, hw=hw, dim=dim, tokens=tokens)
     if modality is Modality.TEXT and arch != "rnn":

@@ -40,7 +40,7 @@ from polymodal.fusion import FUSIONS, build_fusion
 from polymodal.fusion.early import EarlyFusion
 from polymodal.model.network import module_keys
 from polymodal.preprocess import category_key
-from polymodal.rl.encoders import CNN_NORMS, MissionEncoder, build_rl_encoder
+from polymodal.rl.encoders import CNN_NORMS, CategoryEncoder, MissionEncoder, build_rl_encoder
 from polymodal.rl.wrappers import Vocabulary, is_text_space
 
 
@@ -258,6 +258,7 @@ class MultimodalExtractor(BaseFeaturesExtractor):
         freeze: bool = True,
         fused_norm: bool = False,
         cnn_norm: str = "batch",
+        grid_widths: tuple[int, ...] = (),
     ):
         if fusion not in FUSIONS:
             raise ObservationError(f"unknown fusion {fusion!r}; choose one of {sorted(FUSIONS)}")
@@ -274,7 +275,7 @@ class MultimodalExtractor(BaseFeaturesExtractor):
             dim = loaded[k].dim if k in loaded else embed_dim
             kw = (encoder_kwargs or {}).get(k, {})
             encoders[keys[k]] = loaded.get(k) or build_rl_encoder(plan.modality, plan.spec, kw, dim, tokens,
-                                                                   cnn_norm, plan.hw)  # fmt: skip
+                                                                   cnn_norm, plan.hw, tuple(grid_widths))  # fmt: skip
         dims = {keys[k]: encoders[keys[k]].dim for k in names}
         # Late fusion returns "logits": here its outputs are the features, so it gets `hidden` outputs.
         fused = build_fusion(fusion, dims, hidden, hidden=hidden, dropout=0.0)
@@ -289,6 +290,11 @@ class MultimodalExtractor(BaseFeaturesExtractor):
         # stay the same. Off (None) unless the trainer clears it at every weight change: FusedDQN does, after each
         # optimizer step; loading weights clears it too.
         self.act_cache: dict[tuple[str, bytes], torch.Tensor] | None = None
+        # An encoder whose cost hardly grows with the batch (the library's mission GRU, run through time): callers
+        # that can should encode one large batch rather than two (FusedDQN's Double-DQN pass).
+        self.costs_per_call = any(
+            plans[k].modality is Modality.TEXT and not isinstance(encoders[keys[k]], MissionEncoder) for k in names
+        )
         self.register_load_state_dict_post_hook(_clear_act_cache)
         self.names, self.keys, self.plans, self.tokens = names, keys, plans, tokens
         # Symbolic views in a uint8 Box: SB3 divides them by 255, `_adapt` multiplies back (decided once, here).
@@ -297,6 +303,11 @@ class MultimodalExtractor(BaseFeaturesExtractor):
             if getattr(encoders[keys[k]], "codes", 0) and is_image_space(observation_space.spaces[k])
         }  # fmt: skip
         self.encoders = nn.ModuleDict(encoders)
+        self.one_hot = {
+            k for k in names
+            if isinstance(encoders[keys[k]], CategoryEncoder) and not tokens and plans[k].lookup
+            and isinstance(observation_space.spaces[k], spaces.Discrete)
+        }  # fmt: skip
         # Keys whose rows are deduplicated within a batch (see _encode), and those whose encoder has batch norms. A
         # grid read by one linear layer costs less than finding its distinct rows: not deduplicated.
         self.dedup = {
@@ -410,6 +421,10 @@ class MultimodalExtractor(BaseFeaturesExtractor):
     def forward(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
         emb = {}
         for k in self.names:
+            if k in self.one_hot:  # SB3's one-hot of a Discrete key times the embedding table: no ids rebuilt
+                mk = self.keys[k]
+                emb[mk] = self.encoders[mk].from_one_hot(observations[k].flatten(1), getattr(self, f"lookup_{mk}"))
+                continue
             encoder, x = self.encoders[self.keys[k]], self._adapt(k, observations[k])
             emb[self.keys[k]] = encoder.forward_tokens(x) if self.tokens else self._encode(k, encoder, x)
         if type(self.fusion) is EarlyFusion:  # every input is present: its concatenation, without the `where`s
