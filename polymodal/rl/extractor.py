@@ -1,17 +1,18 @@
 """`MultimodalExtractor`: polymodal's encoders and fusions as a Stable-Baselines3 features extractor.
 
-One encoder per key of a gymnasium `Dict` observation space, chosen from the key's space:
-  image `Box` (H x W x C or C x H x W)       -> ImageCNN          (modality image)
-  token ids: 1-D integer `Box` (TextTokens)  -> TextRNN           (modality text)
-  vector: 1-D float `Box` (or any, flattened) -> NumericMLP       (modality numeric)
-  `Discrete` / `MultiDiscrete`                -> CategoricalMLP   (modality categorical: an embedding)
-  spectrogram: 2-D float `Box` (features x frames) -> AudioCNN    (modality audio)
+One encoder per key of a gymnasium `Dict` observation space, chosen from the key's space (the light encoders of
+polymodal.rl.encoders by default; `encoder_kwargs={key: {"arch": ...}}` picks the library's instead):
+  image `Box` (H x W x C or C x H x W)       -> GridEncoder up to 16 cells a side, else ImageCNN  (modality image)
+  token ids: 1-D integer `Box` (TextTokens)  -> MissionEncoder (arch "rnn": TextRNN)              (modality text)
+  vector: 1-D float `Box` (or any, flattened) -> NumericMLP                                       (modality numeric)
+  `Discrete` / `MultiDiscrete`                -> CategoryEncoder (arch "mlp": CategoricalMLP)    (categorical)
+  spectrogram: 2-D float `Box` (features x frames) -> AudioCNN                                    (modality audio)
 then any fusion of `polymodal.fusion.FUSIONS` over the embeddings, with every input present. A token-level fusion
 (relation, film, token_transformer) reads each encoder's tokens instead: the image's grid of regions, the
 mission's words, one token for a vector or a category.
 
 Symbolic grid views (MiniGrid/BabyAI's `image`: object, colour and state codes per cell, not pixels) are encoded
-best as codes: `encoder_kwargs={"image": {"codes": 16}}` embeds each cell's codes (ImageCNN's `codes`).
+best as codes: `encoder_kwargs={"image": {"codes": 16}}` embeds each cell's codes (GridEncoder's / ImageCNN's).
 
 SB3 preprocesses observations before the extractor sees them (uint8 images / 255, `Discrete` one-hot, every
 `Box` to float): `_adapt` turns each back into what the polymodal encoder takes (channels first, ids, ...).
