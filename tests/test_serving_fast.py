@@ -111,3 +111,12 @@ def test_only_known_modules_are_traced(services):
     assert not traceable(net)
     net.head = nn.Sequential(Foreign())
     assert accelerate(net, checks(services[2], (1,))) is None
+
+
+def test_serve_config_trace_switch(services):
+    from polymodal.serving.app import create_app
+    from polymodal.serving.config import ServeConfig
+
+    folder = str(services[0].folder)
+    assert create_app(ServeConfig(model=folder)).state.service.accelerated
+    assert not create_app(ServeConfig(model=folder, trace=False)).state.service.accelerated

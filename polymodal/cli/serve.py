@@ -40,6 +40,9 @@ def serve(
     ),
     log_level: str = typer.Option("info", help="debug | info | warning | error"),
     runtime: Runtime = "torch",
+    trace: bool = typer.Option(
+        True, help="PyTorch runtime: a traced, BatchNorm-folded forward pass where it gives the network's outputs"
+    ),
 ) -> None:
     """Serve a model over HTTP: JSON and form prediction endpoints, metrics, and a page to try it at /."""
     from polymodal.serving import ServeConfig, resolve_host
@@ -50,7 +53,7 @@ def serve(
             model=str(model), max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, api_key_env=api_key_env,
             max_body_bytes=int(max_body_mb * 1024 * 1024), max_instances=max_instances,
             max_image_pixels=max_image_pixels, max_audio_seconds=max_audio_seconds, max_text_chars=max_text_chars,
-            max_queue=max_queue, public_docs=public_docs, runtime=runtime, threads=threads,
+            max_queue=max_queue, public_docs=public_docs, runtime=runtime, threads=threads, trace=trace,
         )  # fmt: skip
         bind, notice = resolve_host(host, api_key_env is not None)
         err.print(f"polymodal serve: {notice}; http://{bind}:{port}/", highlight=False)

@@ -96,7 +96,9 @@ def create_app(config: ServeConfig, service: ModelService | None = None) -> Fast
     if service is None and is_aligned_folder(config.model):  # an aligned model: search its index instead
         return create_search_app(config)
     configure_logs()
-    service = service or ModelService(config.model, runtime=config.runtime, threads=config.threads)
+    service = service or ModelService(
+        config.model, runtime=config.runtime, threads=config.threads, accelerate=config.trace
+    )
     schema = service.schema
     metrics = Metrics()
     checker = InstanceChecker(schema, config)
