@@ -61,7 +61,7 @@ DEFAULT_ENVS = {"dqn": 1, "qrdqn": 1, "ppo": 8}
 # A small grid's convolutions (GridEncoder) unless encoder_kwargs name them: PPO gets one, DQN none. On
 # MiniGrid-Fetch-5x5-N2 at 100k steps PPO ended at 0.535 with none, 0.74 with one of width 16, 0.76 with the library's
 # three-layer CNN (docs/benchmarks/rl.md, "Extractor speed"); DQN acts and trains at every step, where a convolution
-# is most of its extractor's cost, and learns that level with or without one.
+# is most of its extractor's cost, and ended at 0.86 there after 100k steps without one, 0.85 with one (one seed).
 GRID_WIDTHS: dict[str, tuple[int, ...]] = {"ppo": (16,)}
 VALUE_BASED = ("dqn", "qrdqn")
 
