@@ -297,7 +297,8 @@ class RLConfig:
     text: str = field(default="tokens", metadata=_choices("tokens", "bow"))  # Text obs -> token ids | word counts
     hide: list[str] = field(default_factory=list)  # observation keys the agent does not see
     modalities: dict[str, str] = field(default_factory=dict)  # observation key -> modality, over the inferred one
-    # per key, e.g. {"image": {"widths": [8]}}; MiniGrid/BabyAI views: {"image": {"codes": 16, "grid": 7}}
+    # per key, e.g. {"image": {"widths": [8]}}; MiniGrid/BabyAI views: {"image": {"codes": 16, "grid": 7}};
+    # {"arch": "cnn" | "rnn" | "mlp"}: the library's encoder instead of the light one (polymodal/rl/encoders.py)
     encoder_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     env_kwargs: dict[str, Any] = field(default_factory=dict)  # gymnasium.make keywords
     hyperparameters: dict[str, Any] = field(default_factory=dict)  # SB3's, over polymodal's defaults per algorithm
@@ -316,5 +317,7 @@ class RLConfig:
     self_loop_target: bool | None = None
     encoder_lr_scale: float | None = None  # encoders' learning rate / the fusion's and Q head's; None: 0.1 (DQN), 1
     fused_norm: bool | None = None  # LayerNorm after the fusion; None: on for DQN/QR-DQN, off for PPO
-    cnn_norm: str | None = None  # the scratch CNNs' norm: batch | group | none; None: group (DQN/QR-DQN), batch
+    # the library's scratch CNNs' norm (arch "cnn"; the light GridEncoder has none): batch | group | none; None:
+    # group (DQN/QR-DQN), batch
+    cnn_norm: str | None = None
     diagnostics_every: int = 1_000  # DQN: steps between diagnostics (Q values, TD error, gradients, replay buffer)
