@@ -21,6 +21,12 @@ from torch import nn
 from polymodal.data.schema import Modality
 from polymodal.encoders import ImageCNN, build_encoder
 from polymodal.encoders.tokens import Tokens, grid_coords, single_token
+from polymodal.errors import UserError
+
+
+class ObservationError(UserError):
+    """An observation (key or space) that the extractor cannot encode; raised before any training."""
+
 
 # Images at most this many cells a side get the GridEncoder by default; larger ones the library's ImageCNN.
 GRID_MAX = 16
@@ -225,8 +231,6 @@ def build_rl_encoder(
     arch = kwargs.pop("arch", None)
     allowed = ARCHS.get(modality, ())
     if arch is not None and arch not in allowed:
-        from polymodal.rl.extractor import ObservationError
-
         raise ObservationError(
             f"encoder arch {arch!r} does not fit a {modality.value} key: choose one of {list(allowed) or 'none'}"
         )

@@ -36,17 +36,12 @@ from torch import nn
 
 from polymodal.data.schema import Modality
 from polymodal.encoders import build_encoder
-from polymodal.errors import UserError
 from polymodal.fusion import FUSIONS, build_fusion
 from polymodal.fusion.early import EarlyFusion
 from polymodal.model.network import module_keys
 from polymodal.preprocess import category_key
-from polymodal.rl.encoders import CNN_NORMS, CategoryEncoder, MissionEncoder, build_rl_encoder
+from polymodal.rl.encoders import CNN_NORMS, CategoryEncoder, MissionEncoder, ObservationError, build_rl_encoder
 from polymodal.rl.wrappers import Vocabulary, is_text_space
-
-
-class ObservationError(UserError):
-    """An observation (key or space) that the extractor cannot encode; raised before any training."""
 
 
 @dataclass
