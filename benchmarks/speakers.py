@@ -15,8 +15,12 @@ the peer); image alone; the average of the fold's two unimodal models (not train
 20 dB table audio alone with each encoder. Then `tune` with grouped validation (`--split-by speaker`) against
 tune with random validation, the best model of each scored on the held-out speaker.
 
+With `--refit` every trained entry uses `train.refit`: once the validation speaker has chosen the epoch, the
+model trains again on all four speakers for that many epochs (by default the validation speaker never trains).
+The `tune` part does not refit: it compares how the two validations choose.
+
     nice -n 10 python benchmarks/speakers.py [--shared ../shared] [--max-epochs 50] [--patience 15]
-        [--image-size 16] [--tune-trials 6] [--tune-folds 5] [--parts loso,snr20,tune] [--entries A,B]
+        [--image-size 16] [--tune-trials 6] [--tune-folds 5] [--parts loso,snr20,tune] [--entries A,B] [--refit]
 
 Prints tables and writes benchmarks/results/speakers.json. Attribution: Free Spoken Digit Dataset, Zohar Jackson
 et al. (CC BY-SA 4.0).
@@ -84,6 +88,7 @@ def options(inputs: list[str], audio_encoder: str | None, a: argparse.Namespace,
         "label": "digit", "fusion": fusion, "ignore": drop, "split_by": "speaker", "modality_dropout": modality_dropout,
         "preprocess": {"image_size": a.image_size, "sample_rate": 8000}, "max_epochs": a.max_epochs,
         "patience": a.patience, "seed": seed, "progress": False, "cache_dir": str(a.cache_dir),
+        "refit": a.refit,
     }  # fmt: skip
     if audio_encoder:
         opts["audio_encoder"] = audio_encoder
@@ -173,6 +178,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tune-trials", type=int, default=6)
     ap.add_argument("--tune-folds", type=int, default=5, help="held-out speakers the tune comparison runs on")
+    refit_help = "train.refit in every fold: the validation speaker trains too, for the epochs it chose"
+    ap.add_argument("--refit", action="store_true", help=refit_help)
     ap.add_argument("--parts", default="loso,snr20,tune")
     ap.add_argument("--entries", default=",".join(ENTRIES), help="comma-separated entry names (none holds a comma)")
     a = ap.parse_args()
@@ -200,6 +207,7 @@ def main() -> None:
             "seed": a.seed,
             "speakers": speakers,
             "patience": a.patience,
+            "refit": a.refit,
             "image_size": a.image_size,
             "entries": entry_settings(),
             "ensemble": {"entry": ENSEMBLE, "members": list(MEMBERS), "combine": "mean of class probabilities"},
