@@ -90,3 +90,13 @@ def test_fit_command_refit_flag(tmp_path):
     assert "refit on all 240 rows" in result.output
     metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
     assert metrics["refit"]["rows"] == 240 and metrics["refit"]["epochs"] == metrics["best_epoch"] + 1
+
+
+def test_refit_on_a_streamed_table_says_it_is_not_applied(tmp_path, caplog):
+    import logging
+
+    table = grouped_table(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="polymodal"):
+        p = MultimodalPredictor(label="y", streaming="on", refit=True, **FAST | {"max_epochs": 1}).fit(table)
+    assert "train.refit does not apply to a streamed table" in caplog.text
+    assert "refit" not in p.metrics_ and p.metrics_["streaming"] is True

@@ -28,7 +28,8 @@ class BestWeights(pl.Callback):
         score = (self.sign * float(m[self.monitor]), -float(m["val_loss"]))
         if self.best is None or score > self.best:
             self.best, self.best_epoch = score, trainer.current_epoch
-            self.state = {k: v.detach().cpu().clone() for k, v in module.net.state_dict().items()}
+            if self.restore:  # a refit keeps its last epoch: no copy to make
+                self.state = {k: v.detach().cpu().clone() for k, v in module.net.state_dict().items()}
 
     def on_fit_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if self.state is not None and self.restore:
