@@ -136,6 +136,10 @@ class EncodersConfig:
     # for the token-level fusions; None: when the fusion reads tokens (a pooled fusion then pools them itself).
     frozen_tokens: bool | None = None
     columns: dict[str, str] = field(default_factory=dict)  # column -> pretrained encoder, over the modality's
+    # Input name -> a fitted model folder: the input's encoder starts from that folder's weights for the same input
+    # (e.g. {"clip:frames": runs/shown}, a branch pre-trained on its own target); same sizes and preprocessing.
+    init_from: dict[str, str] = field(default_factory=dict)
+    init_freeze: bool = False  # encoders started from init_from keep their weights (only the rest trains)
     text: ModalityEncoderConfig = field(default_factory=ModalityEncoderConfig)
     image: ModalityEncoderConfig = field(default_factory=ModalityEncoderConfig)
     audio: ModalityEncoderConfig = field(default_factory=ModalityEncoderConfig)

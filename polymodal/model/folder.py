@@ -37,8 +37,9 @@ def _tree(config: dict[str, Any], preprocess: dict[str, Any], cache_dir: str | o
     return tree
 
 
-def build_net(cfg: Config, schema: Schema, input_specs: dict[str, dict], task: Any) -> Any:
-    """The network a config describes, for a fitted schema and preprocessing."""
+def build_net(cfg: Config, schema: Schema, input_specs: dict[str, dict], task: Any, init: bool = False) -> Any:
+    """The network a config describes, for a fitted schema and preprocessing. `init`: a new fit's network, whose
+    encoders start from `encoders.init_from` (polymodal/model/init_from.py)."""
     from polymodal.model.network import MultimodalNet
 
     dims = {name: cfg.encoders.dim(m.value) for name, m in schema.inputs.items()}
@@ -48,12 +49,18 @@ def build_net(cfg: Config, schema: Schema, input_specs: dict[str, dict], task: A
     if getattr(task, "is_text", False):  # a decoder in place of the head (polymodal/model/text_net.py)
         from polymodal.model.text_net import TextNet
 
-        return TextNet(schema.inputs, input_specs, task, cfg.decoder, cfg.fusion.name, dims, cfg.fusion.hidden,
-                       cfg.fusion.dropout, fusion_options=cfg.fusion.options)  # fmt: skip
-    return MultimodalNet(
-        schema.inputs, input_specs, task, cfg.fusion.name, dims, cfg.fusion.hidden, cfg.fusion.dropout,
-        fusion_options=cfg.fusion.options,
-    )  # fmt: skip
+        net = TextNet(schema.inputs, input_specs, task, cfg.decoder, cfg.fusion.name, dims, cfg.fusion.hidden,
+                      cfg.fusion.dropout, fusion_options=cfg.fusion.options)  # fmt: skip
+    else:
+        net = MultimodalNet(
+            schema.inputs, input_specs, task, cfg.fusion.name, dims, cfg.fusion.hidden, cfg.fusion.dropout,
+            fusion_options=cfg.fusion.options,
+        )  # fmt: skip
+    if init and cfg.encoders.init_from:
+        from polymodal.model.init_from import init_encoders
+
+        init_encoders(net, cfg)
+    return net
 
 
 def load_model(
