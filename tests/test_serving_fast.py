@@ -120,3 +120,49 @@ def test_serve_config_trace_switch(services):
     folder = str(services[0].folder)
     assert create_app(ServeConfig(model=folder)).state.service.accelerated
     assert not create_app(ServeConfig(model=folder, trace=False)).state.service.accelerated
+
+
+def test_the_network_runs_in_onnx_runtime_where_installed(services):
+    fast, plain, features = services
+    assert fast.engine.fast.executor == "onnxruntime" and fast.executor == "onnxruntime"
+    assert fast.describe()["executor"] == "onnxruntime" and fast.describe()["runtime"] == "torch"
+    assert plain.describe()["executor"] == "pytorch"
+    for caption in ("red", "a small red square on a grey ground with two lines", None):  # token axis: dynamic
+        rows = [{**fast.example_row(), "caption": caption}]
+        (got,), (want,) = fast.run([fast.decode(rows)]), plain.run([plain.decode(rows)])
+        np.testing.assert_allclose(list(got[0]["probabilities"].values()), list(want[0]["probabilities"].values()),
+                                   rtol=1e-5, atol=1e-6)  # fmt: skip
+    for i in range(len(features)):  # lone rows of the test table
+        one = features.take(np.array([i]))
+        np.testing.assert_allclose(fast.engine.outputs(one), plain.engine.outputs(one), rtol=1e-5, atol=1e-6)
+
+
+def test_a_batch_onnx_runtime_refuses_runs_through_pytorch(services, caplog):
+    fast, plain, features = services
+    runner = fast.engine.fast.onnx
+
+    class Refusing:
+        def run(self, *args, **kwargs):
+            raise RuntimeError("a shape the graph does not take")
+
+    session, runner.session, runner._warned = runner.session, Refusing(), False
+    try:
+        with caplog.at_level("WARNING", logger="polymodal.model.fast_onnx"):
+            got = fast.engine.outputs(features, 4)
+            fast.engine.outputs(features, 4)
+    finally:
+        runner.session = session
+    np.testing.assert_allclose(got, plain.engine.outputs(features, 4), rtol=1e-5, atol=1e-6)
+    assert sum("refused a batch" in r.getMessage() for r in caplog.records) == 1  # said once, not per batch
+
+
+def test_without_onnx_runtime_the_trace_serves(services, monkeypatch):
+    import sys
+
+    _, plain, features = services
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` raises ImportError
+    fast = accelerate(plain.engine.net, checks(features, (1, 3)))
+    assert fast is not None and fast.onnx is None and fast.executor == "torchscript"
+    with torch.inference_mode():
+        for inputs, present in checks(features, (2,)):
+            torch.testing.assert_close(fast(inputs, present), plain.engine.net(inputs, present), rtol=1e-5, atol=1e-6)

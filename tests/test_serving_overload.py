@@ -59,8 +59,9 @@ def floods(tmp_path_factory):
     results = {}
     for name, queue in (("bounded", "4"), ("unbounded", "100000")):
         log = tmp_path_factory.mktemp(f"overload-{name}") / "server.log"
-        # One row per pass, so that the model, not the HTTP layer, is what the requests queue for.
-        proc, url = start_server(model, log, "--max-queue", queue, "--max-batch-size", "1")
+        # One row per pass through the eager network (no ONNX Runtime or trace), so that the model, not the HTTP
+        # layer, is what the requests queue for.
+        proc, url = start_server(model, log, "--max-queue", queue, "--max-batch-size", "1", "--no-trace")
         try:
             answers = asyncio.run(flood(url, body))
             after = httpx.post(url + "/v1/predict", content=body, headers={"content-type": "application/json"})

@@ -41,7 +41,9 @@ def serve(
     log_level: str = typer.Option("info", help="debug | info | warning | error"),
     runtime: Runtime = "torch",
     trace: bool = typer.Option(
-        True, help="PyTorch runtime: a traced, BatchNorm-folded forward pass where it gives the network's outputs"
+        True,
+        help="PyTorch runtime: a faster forward pass where it gives the network's outputs (BatchNorm folded; the "
+        "network exported in memory to ONNX Runtime with the onnx extra, else traced); --no-trace: the network as is",
     ),
 ) -> None:
     """Serve a model over HTTP: JSON and form prediction endpoints, metrics, and a page to try it at /."""

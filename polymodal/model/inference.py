@@ -71,9 +71,10 @@ class InferenceEngine:
             return np.zeros((0, n_out) if n_out else (0,), dtype=np.float32)
         return np.concatenate(chunks)
 
-    def accelerate(self, examples: Features) -> bool:
-        """Serve the forward pass through `model.fast` (traced, BatchNorm folded), checked against the network on
-        batches of `examples`' first row with inputs present and absent. False: the network stays as it is."""
+    def accelerate(self, examples: Features, threads: int | None = None) -> bool:
+        """Serve the forward pass through `model.fast` (BatchNorm folded; ONNX Runtime with `threads` threads, or a
+        trace), checked against the network on batches of `examples`' first row with inputs present and absent.
+        False: the network stays as it is."""
         if self.runtime != "torch" or self.device.type != "cpu" or not len(examples):
             return False
         from polymodal.model.batch import Collate
@@ -89,7 +90,7 @@ class InferenceEngine:
                 list(range(len(rows)))
             )
             checks.append((batch["inputs"], batch["present"]))
-        self.fast = accelerate(self.net, checks)
+        self.fast = accelerate(self.net, checks, onnx_threads=threads)
         return self.fast is not None
 
     def predict_table(self, df: pd.DataFrame, base_dir: Path, batch_size: int = 256) -> np.ndarray:

@@ -86,6 +86,8 @@ class ModelInfo(BaseModel):
     metrics: dict[str, Any] = Field(description="Validation (and test, after evaluate) metrics of the model folder")
     limits: dict[str, int | float] = Field(description="What one request may send")
     batching: dict[str, int | float]
+    runtime: str = Field(description="torch or onnx: what the model folder holds")
+    executor: str = Field(description="What runs the network: onnxruntime, torchscript or pytorch")
     polymodal_version: str
 
 

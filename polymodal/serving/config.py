@@ -41,8 +41,8 @@ class ServeConfig:
     warmup: bool = True
     runtime: str = "torch"  # or "onnx": `model` is an exported .onnx (or a folder with model.onnx); no torch
     threads: int = 1  # intra-op threads of the model per worker (small batches gain nothing from more)
-    # PyTorch runtime: the network's forward through a traced, BatchNorm-folded copy where one gives the same outputs
-    # (polymodal/model/fast.py); False: the network as it is
+    # PyTorch runtime: the network's forward through a BatchNorm-folded copy, exported in memory to ONNX Runtime (with
+    # the onnx extra) or traced, where it gives the same outputs (polymodal/model/fast.py); False: the network as it is
     trace: bool = True
     decode_threads: int | None = None  # threads checking and decoding requests' files; None: one per core
 

@@ -47,11 +47,13 @@ class ModelService:
     """Load a model folder once; answer batches of requests with the engine's pipeline + `engine.outputs`."""
 
     def __init__(self, folder: str | Path, runtime: str = "torch", threads: int | None = None, accelerate: bool = True):
-        """`accelerate`: serve a PyTorch network through its traced, BatchNorm-folded forward (model/fast.py) when
-        that gives the network's outputs on a generated example."""
+        """`accelerate`: serve a PyTorch network through a faster forward pass with the same outputs on generated
+        examples (model/fast.py): ONNX Runtime on the network exported in memory (with the `onnx` extra), else its
+        TorchScript trace, BatchNorm folded either way. `threads`: per process (ONNX Runtime: 1 unless given, as
+        for the ONNX runtime)."""
         from polymodal.predictor import MultimodalPredictor
 
-        self.folder = Path(folder)
+        self.folder, self.threads = Path(folder), threads
         if runtime == "onnx":  # ONNX Runtime's own thread pool spins; one thread per worker is the fast default
             self.predictor = MultimodalPredictor._load_onnx(self.folder, None, threads=threads or 1)
         else:
@@ -85,7 +87,7 @@ class ModelService:
         except Exception:  # an example this model's preprocessing refuses: serve the network as it is
             log.warning("no example to trace the network on; serving it eagerly", exc_info=True)
             return False
-        return self.engine.accelerate(features)
+        return self.engine.accelerate(features, threads=self.threads or 1)
 
     def _decoders(self) -> dict[str, Callable[[bytes], np.ndarray]]:
         """column -> bytes -> array, as `predict` decodes it (frozen encoders read their bytes themselves)."""
@@ -297,4 +299,15 @@ class ModelService:
             "fusion_inputs": {n: groups.get(n, [n]) for n in self.input_names},
             "categories": self.categories(),
             "metrics": metrics,
+            "runtime": self.engine.runtime,
+            "executor": self.executor,
         }
+
+    @property
+    def executor(self) -> str:
+        """What runs the network: "onnxruntime" (the ONNX runtime, or a PyTorch network exported in memory and
+        checked), "torchscript" (traced), or "pytorch" (eager, or folded only)."""
+        if self.engine.runtime == "onnx":
+            return "onnxruntime"
+        fast = self.engine.fast
+        return fast.executor if fast is not None else "pytorch"
