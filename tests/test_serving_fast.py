@@ -18,7 +18,10 @@ from polymodal.serving.service import ModelService
 @pytest.fixture(scope="module")
 def services(tmp_path_factory):
     model, test = fit_model(tmp_path_factory)
-    fast, plain = ModelService(model), ModelService(model, accelerate=False)
+    with pytest.MonkeyPatch.context() as mp:  # the network's own fast paths, not the exported graph (serving/graph.py)
+        mp.setattr("polymodal.serving.graph.serve_graph", lambda service: False)
+        fast = ModelService(model)
+    plain = ModelService(model, accelerate=False)
     features, _ = plain.engine.features(pd.read_csv(test), test.parent)
     return fast, plain, features
 
@@ -118,14 +121,16 @@ def test_serve_config_trace_switch(services):
     from polymodal.serving.config import ServeConfig
 
     folder = str(services[0].folder)
-    assert create_app(ServeConfig(model=folder)).state.service.accelerated
-    assert not create_app(ServeConfig(model=folder, trace=False)).state.service.accelerated
+    service = create_app(ServeConfig(model=folder)).state.service
+    assert service.accelerated and service.executor == "onnx-graph"
+    service = create_app(ServeConfig(model=folder, trace=False)).state.service
+    assert not service.accelerated and service.executor == "pytorch"
 
 
 def test_the_network_runs_in_onnx_runtime_where_installed(services):
     fast, plain, features = services
-    assert fast.engine.fast.executor == "onnxruntime" and fast.executor == "onnxruntime"
-    assert fast.describe()["executor"] == "onnxruntime" and fast.describe()["runtime"] == "torch"
+    assert fast.engine.fast.executor == "onnx-network" and fast.executor == "onnx-network"
+    assert fast.describe()["executor"] == "onnx-network" and fast.describe()["runtime"] == "torch"
     assert plain.describe()["executor"] == "pytorch"
     for caption in ("red", "a small red square on a grey ground with two lines", None):  # token axis: dynamic
         rows = [{**fast.example_row(), "caption": caption}]

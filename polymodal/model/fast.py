@@ -147,7 +147,7 @@ class FastForward:
 
     def __init__(self, net: nn.Module, traced: nn.Module | None, onnx: Any = None):
         self.net, self.traced, self.onnx = net, traced, onnx
-        self.executor = "onnxruntime" if onnx is not None else "torchscript" if traced is not None else "pytorch"
+        self.executor = "onnx-network" if onnx is not None else "torchscript" if traced is not None else "pytorch"
 
     def torch_forward(self, inputs: dict[str, torch.Tensor], present: torch.Tensor) -> torch.Tensor:
         if self.traced is not None:
@@ -179,5 +179,5 @@ def accelerate(
 
         runner = onnx_for_inference(folded, checks, fast.torch_forward, onnx_threads)
         if runner is not None:
-            fast.onnx, fast.executor = runner, "onnxruntime"
+            fast.onnx, fast.executor = runner, "onnx-network"
     return fast

@@ -87,7 +87,7 @@ class ModelInfo(BaseModel):
     limits: dict[str, int | float] = Field(description="What one request may send")
     batching: dict[str, int | float]
     runtime: str = Field(description="torch or onnx: what the model folder holds")
-    executor: str = Field(description="What runs the network: onnxruntime, torchscript or pytorch")
+    executor: str = Field(description="What answers: onnx-graph, onnx-network, torchscript or pytorch")
     polymodal_version: str
 
 

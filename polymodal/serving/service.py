@@ -47,13 +47,14 @@ class ModelService:
     """Load a model folder once; answer batches of requests with the engine's pipeline + `engine.outputs`."""
 
     def __init__(self, folder: str | Path, runtime: str = "torch", threads: int | None = None, accelerate: bool = True):
-        """`accelerate`: serve a PyTorch network through a faster forward pass with the same outputs on generated
-        examples (model/fast.py): ONNX Runtime on the network exported in memory (with the `onnx` extra), else its
-        TorchScript trace, BatchNorm folded either way. `threads`: per process (ONNX Runtime: 1 unless given, as
-        for the ONNX runtime)."""
+        """`accelerate`: serve a PyTorch model the fastest way that gives its answers on generated examples: its
+        ONNX graph, exported at start (serving/graph.py; with the `onnx` extra), else a faster forward pass of the
+        network (model/fast.py: ONNX Runtime on the network alone, else its TorchScript trace). `threads`: per
+        process (ONNX Runtime: 1 unless given, as for the ONNX runtime)."""
         from polymodal.predictor import MultimodalPredictor
 
-        self.folder, self.threads = Path(folder), threads
+        self.folder, self.threads, self.runtime = Path(folder), threads, runtime
+        self._graph_folder = None  # serving/graph.py: the exported graph's temporary folder
         if runtime == "onnx":  # ONNX Runtime's own thread pool spins; one thread per worker is the fast default
             self.predictor = MultimodalPredictor._load_onnx(self.folder, None, threads=threads or 1)
         else:
@@ -77,7 +78,12 @@ class ModelService:
         self.accelerated = accelerate and runtime == "torch" and self._accelerate()
 
     def _accelerate(self) -> bool:
-        """Trace the network on the warm-up example (inputs it cannot generate are checked absent)."""
+        """Serve the model through its ONNX graph (serving/graph.py), else a faster forward pass of the network
+        checked on the warm-up example (inputs it cannot generate are checked absent)."""
+        from polymodal.serving.graph import serve_graph
+
+        if serve_graph(self):
+            return True
         pipeline = self.engine.pipeline
         if not self.fast or pipeline.frozen_inputs:  # frozen pretrained encoders: not a traceable network anyway
             return False
@@ -299,15 +305,15 @@ class ModelService:
             "fusion_inputs": {n: groups.get(n, [n]) for n in self.input_names},
             "categories": self.categories(),
             "metrics": metrics,
-            "runtime": self.engine.runtime,
+            "runtime": self.runtime,
             "executor": self.executor,
         }
 
     @property
     def executor(self) -> str:
-        """What runs the network: "onnxruntime" (the ONNX runtime, or a PyTorch network exported in memory and
-        checked), "torchscript" (traced), or "pytorch" (eager, or folded only)."""
+        """What answers: "onnx-graph" (an exported graph, or the folder's model exported at start), "onnx-network"
+        (the network alone in ONNX Runtime), "torchscript" (traced) or "pytorch" (eager, or folded only)."""
         if self.engine.runtime == "onnx":
-            return "onnxruntime"
+            return "onnx-graph"
         fast = self.engine.fast
         return fast.executor if fast is not None else "pytorch"
