@@ -3,7 +3,9 @@
 Fits a small scratch-encoder model (early fusion over image, text, audio, numeric and categorical inputs; default
 encoder sizes, `make demo`'s preprocessing: 32 px images, 8 kHz audio) on the generated test table, exports it to
 ONNX, then measures, one server at a time, with single-instance JSON requests carrying every modality:
-  - polymodal serve (PyTorch), polymodal serve --runtime onnx, and polymodal serve --workers 2;
+  - polymodal serve on the model folder (which answers through the model's ONNX graph, exported at start, when it
+    answers as the model does: serving/graph.py), polymodal serve --runtime onnx on the exported graph,
+    polymodal serve --workers 2, and polymodal serve --no-trace (the PyTorch network as it is);
   - the peer: the same model behind a minimal FastAPI endpoint that calls `predict_proba` per request (what a user
     would write by hand), served by the same uvicorn;
 each at 10 and 100 req/s open loop (requests sent on schedule whatever the answers; latency counted from the
@@ -46,6 +48,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 RATES = (10, 100)  # requests per second, open loop
 RATE_SECONDS = {10: 10.0, 100: 6.0}
 SATURATION_CLIENTS = 32
+# uvicorn closes a keep-alive connection idle for 5 s; clients (httpx: keepalive_expiry 5 s) drop theirs before
+KEEPALIVE_S = 4.0
 SPIN_S = 0.0015  # the open-loop sender spins this long before each scheduled send
 SATURATION_SECONDS = 6.0
 MIXED_CLIENTS = 32
@@ -260,10 +264,23 @@ class Pool:
     def __init__(self, url: str):
         host, port = url.removeprefix("http://").split(":")
         self.host, self.port, self.idle = host, int(port), []
+        self.used: dict[int, float] = {}  # id(writer) -> when its connection last finished a request
+
+    async def connect(self, n: int = 1) -> None:
+        for _ in range(n):
+            reader, writer = await asyncio.open_connection(self.host, self.port)
+            self.idle.append((reader, writer))
+            self.used[id(writer)] = time.monotonic()
 
     async def post(self, path: str, body: bytes, ctype: str) -> tuple[int, dict | None]:
         """(status, JSON answer); status -1 with {"transport_error": ...} when the connection failed."""
-        reader, writer = self.idle.pop() if self.idle else await asyncio.open_connection(self.host, self.port)
+        while self.idle:  # a connection idle longer than the server keeps it open is closed, not reused
+            reader, writer = self.idle.pop()
+            if time.monotonic() - self.used.pop(id(writer), 0.0) < KEEPALIVE_S:
+                break
+            writer.close()
+        else:
+            reader, writer = await asyncio.open_connection(self.host, self.port)
         head = (
             f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n"
         )
@@ -280,6 +297,7 @@ class Pool:
             writer.close()
         else:
             self.idle.append((reader, writer))
+            self.used[id(writer)] = time.monotonic()
         try:
             return int(lines[0].split()[1]), json.loads(data)
         except ValueError:
@@ -310,7 +328,7 @@ async def saturate(url: str, bodies: list[bytes], expected: np.ndarray, clients:
     statuses: list[int] = []
     correct = 0
     pool = Pool(url)
-    pool.idle = [await asyncio.open_connection(pool.host, pool.port) for _ in range(clients)]
+    await pool.connect(clients)
     counter = iter(range(10**9))
     start = time.perf_counter()
     deadline = start + seconds
@@ -341,7 +359,7 @@ async def open_loop(url: str, bodies: list[bytes], expected: np.ndarray, rate: f
 
     pool = Pool(url)
     # Open a few connections first, so that connection setup is not in the numbers.
-    pool.idle = [await asyncio.open_connection(pool.host, pool.port) for _ in range(8)]
+    await pool.connect(8)
 
     async def one(i: int, at: float) -> None:
         nonlocal correct
@@ -419,8 +437,10 @@ def run_suite(server: Server, name: str, bodies: list[bytes], expected: np.ndarr
                  "clients": SATURATION_CLIENTS, **r, "mean_batch_rows": batch})  # fmt: skip
     print(format_row(rows[-1]), flush=True)
     memory = server.rss_mb()
+    info = httpx.get(server.url + "/v1/model")  # what answered (the peer has no such endpoint)
+    executor = info.json().get("executor") if info.status_code == 200 else "pytorch (predict_proba)"
     for row in rows:
-        row["rss_mb"] = memory
+        row["rss_mb"], row["executor"] = memory, executor
     return rows
 
 
@@ -515,6 +535,7 @@ def main() -> None:
         for name, srv in (
             ("polymodal (onnx)", lambda: Server.polymodal(graph, work / "onnx.log", "--runtime", "onnx")),
             ("polymodal (torch, 2 workers)", lambda: Server.polymodal(model, work / "w2.log", "--workers", "2")),
+            ("polymodal (torch, --no-trace)", lambda: Server.polymodal(model, work / "eager.log", "--no-trace")),
             ("peer: FastAPI + predict_proba", lambda: Server.peer(model, work)),
         ):
             server = srv()
@@ -527,8 +548,8 @@ def main() -> None:
         "command": f"nice -n {os.nice(0)} python benchmarks/serve_load.py" + (" --quick" if args.quick else ""),
         "what": "single-instance JSON requests with every modality (PNG 16x16, WAV 0.25 s at 8 kHz, caption, price, "
         "shade) on 127.0.0.1; early fusion, scratch encoders of default size, 32 px images, 8 kHz audio; defaults "
-        "of polymodal serve (adaptive batching up to 32 rows, one model thread, one worker unless stated); the peer "
-        "is a FastAPI endpoint calling predict_proba per request",
+        "of polymodal serve (adaptive batching up to 32 rows, one model thread, one worker unless stated; each row's "
+        "executor: what answered, from /v1/model); the peer is a FastAPI endpoint calling predict_proba per request",
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
