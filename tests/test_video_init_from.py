@@ -65,7 +65,7 @@ def test_mistakes_are_named(folders):
     folder, _ = folders
     opts = FAST | {"max_epochs": 1, "ignore": ["photo", "note", "x", "kind", "bright"]}
     for init, words in [
-        ({"clip:pictures": str(folder / "pre")}, "which this model does not have"),
+        ({"clip:pictures": str(folder / "pre")}, "none of which this model has"),
         ({"clip:frames": str(folder / "nowhere")}, "not a fitted model folder"),
     ]:
         with pytest.raises(UserError, match=words):

@@ -24,12 +24,14 @@ def init_encoders(net: Any, cfg: Any) -> dict[str, int]:
     from polymodal.model.artifact import load_folder
     from polymodal.model.network import module_keys
 
+    init = cfg.encoders.init_from
+    if not any(name in net.keys for name in init):
+        raise UserError(f"encoders.init_from names {list(init)}, none of which this model has: {list(net.keys)}")
     copied: dict[str, int] = {}
-    for name, folder in cfg.encoders.init_from.items():
-        if name not in net.keys:
-            raise UserError(
-                f"encoders.init_from names input {name!r}, which this model does not have: {list(net.keys)}"
-            )
+    for name, folder in init.items():
+        if name not in net.keys:  # left out of this fit (compare's single-input entries leave the others out)
+            log.warning("encoders.init_from: %r is not an input of this model; skipped", name)
+            continue
         if not (Path(folder) / "config.json").is_file():
             raise UserError(f"encoders.init_from[{name!r}]: {folder} is not a fitted model folder (no config.json)")
         config, state, _, _ = load_folder(Path(folder))
