@@ -177,7 +177,7 @@ def accelerate(
     if onnx:
         from polymodal.model.fast_onnx import onnx_for_inference
 
-        runner = onnx_for_inference(folded, checks, fast.torch_forward, onnx_threads)
+        runner = onnx_for_inference(folded, checks, fast.torch_forward, same_outputs, onnx_threads)
         if runner is not None:
             fast.onnx, fast.executor = runner, "onnx-network"
     return fast

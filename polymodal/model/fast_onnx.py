@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import logging
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -79,15 +80,15 @@ def _export(net: nn.Module, example: Batch) -> tuple[bytes, list[str]]:
     return buffer.getvalue(), names
 
 
-def onnx_for_inference(net: nn.Module, checks: list[Batch], fallback: Any, threads: int | None = None):
-    """An `OnnxForward` of `net` (folded, eval mode) whose outputs equal `fallback`'s on every check batch; None
-    without onnxruntime, or when the export or a check fails."""
+def onnx_for_inference(
+    net: nn.Module, checks: list[Batch], fallback: Any, same: Callable[[Any, Any], bool], threads: int | None = None
+) -> OnnxForward | None:
+    """An `OnnxForward` of `net` (folded, eval mode) whose outputs are `same` as `fallback`'s on every check batch;
+    None without onnxruntime, or when the export or a check fails."""
     try:
         import onnxruntime as ort
     except ImportError:
         return None
-    from polymodal.model.fast import same_outputs
-
     try:
         graph, names = _export(net, checks[0])
         options = ort.SessionOptions()
@@ -102,7 +103,7 @@ def onnx_for_inference(net: nn.Module, checks: list[Batch], fallback: Any, threa
             for inputs, present in checks:
                 feed = {f"x{i}": inputs[n].numpy() for i, n in enumerate(names)} | {"present": present.numpy()}
                 (out,) = session.run(None, feed)
-                if not same_outputs(torch.from_numpy(np.asarray(out)), fallback(inputs, present)):
+                if not same(torch.from_numpy(np.asarray(out)), fallback(inputs, present)):
                     log.warning("the ONNX Runtime graph's outputs differ from the network's; not using it")
                     return None
     except Exception:  # noqa: BLE001  (an operator the exporter or ONNX Runtime lacks: the trace serves it)
