@@ -95,9 +95,12 @@ def _check_paths(model_dir: Path, output: Path) -> None:
         raise UserError(f"the output must be a .onnx file, not {output}")
 
 
-def export_onnx(model_dir: str | os.PathLike[str], output: str | os.PathLike[str], tokenize: bool = True) -> Path:
+def export_onnx(
+    model_dir: str | os.PathLike[str], output: str | os.PathLike[str], tokenize: bool = True, predictor: Any = None
+) -> Path:
     """Export the model folder to `output` (.onnx), atomically; returns its path. A JSON file with the text
-    tokenization (vocabularies and the rule) is written beside it as <output>.text.json when the model has text."""
+    tokenization (vocabularies and the rule) is written beside it as <output>.text.json when the model has text.
+    `predictor`: the folder's model already loaded (the server's), so it is not read again."""
     import onnx
     import torch
 
@@ -107,7 +110,7 @@ def export_onnx(model_dir: str | os.PathLike[str], output: str | os.PathLike[str
 
     model_dir, output = Path(model_dir), Path(output)
     _check_paths(model_dir, output)
-    predictor = MultimodalPredictor.load(model_dir)
+    predictor = predictor or MultimodalPredictor.load(model_dir)
     engine = predictor.engine
     graph = graph_module(predictor)
     text = engine.task.is_text  # two graphs: inputs -> memory, and a decoder step (optimize/onnx_decoder.py)

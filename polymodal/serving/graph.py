@@ -63,7 +63,7 @@ def serve_graph(service: Any) -> bool:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's notes are for whoever exports, not for the server's log
-            path = export_onnx(service.folder, Path(folder.name) / "model.onnx")
+            path = export_onnx(service.folder, Path(folder.name) / "model.onnx", predictor=service.predictor)
         graph = MultimodalPredictor._load_onnx(path, None, threads=service.threads or 1)
         full = service.example_row()
         cols = list(full)
