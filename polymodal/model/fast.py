@@ -13,7 +13,7 @@ more than its arithmetic, so the time goes to Python and per-call overhead. `acc
 - `onnx_for_inference` (model/fast_onnx.py): that copy exported in memory and run by ONNX Runtime, checked the
   same way, where onnxruntime is installed: a recurrent layer is one kernel there, not a dozen operations per
   step (serve_load.py's model: 1.1 ms instead of 1.8 ms per lone request back to back, 2.2 instead of 3.7 after
-  100 ms idle; /tmp-free, nothing is written).
+  100 ms idle; nothing is written to disk).
 
 TorchScript is deprecated in PyTorch 2.x (`torch.jit.trace` and `torch.jit.freeze` warn) but still works in 2.13.
 `torch.compile` (inductor, freezing, RNNs allowed) was measured on serve_load.py's model instead: no faster than the

@@ -3,12 +3,13 @@
 The exported graph (optimize/export.py) holds the network and most of the preprocessing: image scaling, the audio
 features, the numeric standardization and the text tokenization run inside ONNX Runtime, where the PyTorch runtime
 runs them as dozens of small numpy calls per request and the network as hundreds of PyTorch operations. On
-serve_load.py's every-kind model a lone request after 100 ms idle took 4.3 ms inside the PyTorch server against
-3.6 ms through the graph (benchmarks/serve_stages.py). So `polymodal serve` on a model folder exports it to a
-temporary file, loads it as `--runtime onnx` would, and keeps it only if it answers example requests (every input
-present, and some absent) as the PyTorch model does; otherwise the server keeps PyTorch (model/fast.py). Only for
-models whose every input has a scratch encoder and whose output is a class, classes or a number: a pretrained
-encoder would make the start slow, and int8 folders and text outputs have their own paths.
+serve_load.py's every-kind model a lone request after 100 ms idle took 4.3 ms inside the server with numpy
+preprocessing and the network alone in ONNX Runtime, against 3.6 ms through the graph
+(benchmarks/serve_stages.py). So `polymodal serve` on a model folder exports it to a temporary file, loads it as
+`--runtime onnx` would, and keeps it only if it answers example requests (every input present, and some absent)
+as the PyTorch model does; otherwise the server keeps PyTorch (model/fast.py). Only for models whose every input
+has a scratch encoder and whose output is a class, classes or a number: a pretrained encoder would make the start
+slow, and int8 folders and text outputs have their own paths.
 """
 
 from __future__ import annotations
