@@ -37,9 +37,12 @@ def _tree(config: dict[str, Any], preprocess: dict[str, Any], cache_dir: str | o
     return tree
 
 
-def build_net(cfg: Config, schema: Schema, input_specs: dict[str, dict], task: Any, init: bool = False) -> Any:
+def build_net(
+    cfg: Config, schema: Schema, input_specs: dict[str, dict], task: Any, init: bool = False, state: dict | None = None
+) -> Any:
     """The network a config describes, for a fitted schema and preprocessing. `init`: a new fit's network, whose
-    encoders start from `encoders.init_from` (polymodal/model/init_from.py)."""
+    encoders start from `encoders.init_from` (polymodal/model/init_from.py), matched to the vocabularies of its
+    fitted preprocessing `state`."""
     from polymodal.model.network import MultimodalNet
 
     dims = {name: cfg.encoders.dim(m.value) for name, m in schema.inputs.items()}
@@ -59,7 +62,7 @@ def build_net(cfg: Config, schema: Schema, input_specs: dict[str, dict], task: A
     if init and cfg.encoders.init_from:
         from polymodal.model.init_from import init_encoders
 
-        init_encoders(net, cfg)
+        init_encoders(net, cfg, state)
     return net
 
 
