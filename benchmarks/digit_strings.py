@@ -8,8 +8,18 @@ the test split. Peer in the same run: PocketSphinx 5 (its bundled US English aco
 of the ten digit words, the audio resampled to 16 kHz.
 
     python benchmarks/digit_strings.py [--shared ../shared] [--max-epochs 30] [--entries audio,image,fused,pocketsphinx]
+        [--fusion attention] [--modality-dropout P] [--spec-augment FREQ,TIME] [--refit] [--stop-after N]
+        [--checkpoint-dir DIR]
 
-Prints a table and writes benchmarks/results/digit_strings.json. Attribution: Free Spoken Digit Dataset, Zohar
+Prints a table and writes benchmarks/results/digit_strings.json. Benchmark-only settings (issue 24's search for
+what closes the fused gap; the library defaults are untouched): `--modality-dropout` hides each input of a
+training row with that probability (train.modality_dropout), so the decoder must also read the handwriting;
+`--spec-augment` adds SpecAugment masks to the audio (train.audio_freq_masks, audio_time_masks); `--refit`
+trains again on train + validation rows (train.refit). `--stop-after N` ends training after N epochs (a probe:
+with a constant learning rate it is the first N epochs of the full run) and `--checkpoint-dir` keeps each
+epoch's state there, so the full run with the same settings resumes from the probe instead of starting over.
+A multi-input entry is also scored with each input hidden (its cells left empty: an absent modality), which
+shows how much of the fused model's accuracy each input carries. Attribution: Free Spoken Digit Dataset, Zohar
 Jackson et al. (CC BY-SA 4.0); scikit-learn's copy of the UCI handwritten digits.
 """
 
@@ -46,17 +56,54 @@ def build_table(shared: Path, data: Path) -> Path:
     return data
 
 
-def run_entry(name: str, data: Path, max_epochs: int, seed: int) -> dict:
+def epoch_watch(stop_after: int | None):
+    """A Lightning callback that prints each epoch's validation WER to stderr (so a long run can be followed) and,
+    with `stop_after`, ends training after that many epochs (a probe of the full run's first epochs)."""
+    import lightning.pytorch as pl
+
+    class EpochWatch(pl.Callback):
+        def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+            m = trainer.callback_metrics
+            print(f"epoch {trainer.current_epoch} val_wer {float(m.get('val_wer', float('nan'))):.4f} "
+                  f"train_loss {float(m.get('train_loss', float('nan'))):.4f} {time.strftime('%H:%M:%S')}",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            if stop_after and trainer.current_epoch + 1 >= stop_after:
+                trainer.should_stop = True
+
+    return EpochWatch()
+
+
+def hidden_scores(p, data: Path, inputs: list[str]) -> dict[str, float]:
+    """Test WER with each input hidden in turn (its column emptied: a missing modality for every row)."""
+    import pandas as pd
+
+    out = {}
+    for name in inputs:
+        test = pd.read_csv(data / "test.csv")
+        test[name] = ""
+        path = data / f"test_without_{name}.csv"  # beside test.csv, so the other media paths still resolve
+        test.to_csv(path, index=False)
+        m = p.evaluate(path)
+        out[f"wer_without_{name}"] = m["wer"]
+        out[f"string_accuracy_without_{name}"] = m["exact_match"]
+    return out
+
+
+def run_entry(name: str, data: Path, max_epochs: int, seed: int, a: argparse.Namespace) -> dict:
     """Fit and evaluate one entry in this process."""
     import pandas as pd
 
     from polymodal import MultimodalPredictor
 
     spec = ENTRIES[name]
+    freq, time_masks = (int(v) for v in a.spec_augment.split(",")) if a.spec_augment else (0, 0)
+    extra = {}
+    if a.checkpoint_dir:
+        extra["checkpoint_dir"] = str(Path(a.checkpoint_dir) / name)
     p = MultimodalPredictor(
         label="transcript",
         problem_type="text",
-        fusion=spec["fusion"],
+        fusion=a.fusion or spec["fusion"],
         ignore=spec["ignore"],
         preprocess={"image_size": 64, "sample_rate": 8000},
         decoder={"dim": 128, "layers": 2, "heads": 4, "max_length": 8, "metric": "wer", "label_smoothing": 0.1},
@@ -65,17 +112,24 @@ def run_entry(name: str, data: Path, max_epochs: int, seed: int) -> dict:
         seed=seed,
         batch_size=32,
         progress=False,
+        modality_dropout=a.modality_dropout,
+        audio_freq_masks=freq,
+        audio_time_masks=time_masks,
+        refit=a.refit,
+        **extra,
     )
     start = time.perf_counter()
-    p.fit(data / "train.csv")
+    p.fit(data / "train.csv", callbacks=[epoch_watch(a.stop_after)])
     fit_s = time.perf_counter() - start
     start = time.perf_counter()
     m = p.evaluate(data / "test.csv")
     eval_s = time.perf_counter() - start
     test = pd.read_csv(data / "test.csv")
+    inputs = list(p.engine.schema.inputs)
+    history = [round(float(r["val_wer"]), 4) for r in p.metrics_.get("history", []) if "val_wer" in r]
     return {
         "entry": name,
-        "inputs": list(p.engine.schema.inputs),
+        "inputs": inputs,
         "wer": m["wer"],
         "cer": m["cer"],
         "string_accuracy": m["exact_match"],
@@ -88,6 +142,9 @@ def run_entry(name: str, data: Path, max_epochs: int, seed: int) -> dict:
         "parameters": p.info()["parameters"],
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "test_rows": m["n"],
+        "valid_wer_by_epoch": history,
+        "resumed_from_epoch": p.metrics_.get("resumed_from_epoch", 0),
+        **(hidden_scores(p, data, inputs) if len(inputs) > 1 else {}),
     }
 
 
@@ -136,11 +193,20 @@ def main() -> None:
     ap.add_argument("--max-epochs", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--entries", default="pocketsphinx,audio,image,fused")
+    ap.add_argument("--fusion", help="fusion of every entry (default: attention)")
+    ap.add_argument("--modality-dropout", type=float, default=0.0)
+    ap.add_argument("--spec-augment", help="FREQ,TIME: SpecAugment masks per clip (e.g. 2,2)")
+    ap.add_argument("--refit", action="store_true")
+    ap.add_argument("--stop-after", type=int, help="end training after this many epochs (a probe)")
+    ap.add_argument("--checkpoint-dir", help="a folder for each entry's per-epoch state (resumable)")
+    ap.add_argument("--note", help="a sentence stored in the JSON")
     ap.add_argument("--entry", help=argparse.SUPPRESS)  # one entry, in a child process
     a = ap.parse_args()
     if a.entry:
-        print(json.dumps(run_entry(a.entry, a.data, a.max_epochs, a.seed)))
+        print(json.dumps(run_entry(a.entry, a.data, a.max_epochs, a.seed, a)))
         return
+    flags = {"fusion": a.fusion or "attention", "modality_dropout": a.modality_dropout, "spec_augment": a.spec_augment,
+             "refit": a.refit, "stop_after": a.stop_after}  # fmt: skip
     data = build_table(a.shared, a.data)
     results: list[dict] = []
     entries = a.entries.split(",")
@@ -152,11 +218,14 @@ def main() -> None:
             "complete": complete,
             "goals": {"fused_wer": 0.02, "audio_wer": 0.05},
             "settings": {"max_epochs": a.max_epochs, "seed": a.seed, "decoder": "transformer, greedy",
-                         "entries": entries,
+                         "entries": entries, **flags,
                          "table": "make_digit_strings.py defaults (10 dB SNR, image noise 0.25, occlusion 0.3)"},
             "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg(), "python": platform.python_version()},
+            "command": "python " + " ".join(sys.argv),
             "results": results,
         }  # fmt: skip
+        if a.note:
+            record["note"] = a.note
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(record, indent=2) + "\n")
 
@@ -165,14 +234,20 @@ def main() -> None:
             results.append(run_pocketsphinx(data))
         else:
             cmd = [sys.executable, __file__, "--entry", name, "--data", str(data), "--max-epochs", str(a.max_epochs),
-                   "--seed", str(a.seed)]  # fmt: skip
+                   "--seed", str(a.seed), "--modality-dropout", str(a.modality_dropout)]  # fmt: skip
+            for flag, value in (("--fusion", a.fusion), ("--spec-augment", a.spec_augment),
+                                ("--stop-after", a.stop_after), ("--checkpoint-dir", a.checkpoint_dir)):  # fmt: skip
+                if value:
+                    cmd += [flag, str(value)]
+            cmd += ["--refit"] if a.refit else []
             done = subprocess.run(
-                cmd, check=True, capture_output=True, text=True, env=os.environ | {"PYTHONPATH": str(ROOT)}
+                cmd, check=True, stdout=subprocess.PIPE, text=True, env=os.environ | {"PYTHONPATH": str(ROOT)}
             )
             results.append(json.loads(done.stdout.strip().splitlines()[-1]))
         r = results[-1]
-        print(f"{r['entry']:<14} WER {r['wer']:.4f}  CER {r['cer']:.4f}  string accuracy {r['string_accuracy']:.3f}",
-              flush=True)  # fmt: skip
+        hidden = "  ".join(f"{k} {v:.4f}" for k, v in r.items() if k.startswith("wer_without_"))
+        print(f"{r['entry']:<14} WER {r['wer']:.4f}  CER {r['cer']:.4f}  string accuracy {r['string_accuracy']:.3f}  "
+              f"{hidden}", flush=True)  # fmt: skip
         write(complete=len(results) == len(entries))
     print(f"wrote {a.out}")
 
