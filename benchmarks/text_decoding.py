@@ -147,11 +147,11 @@ class StepCounter:
 
     def wrap(self, search):
         def counted(step, cache, n_rows, **kw):
-            def inner(prefix, c):
+            def inner(prefix, c, *shared):
                 self.steps += 1
                 self.hyp_steps += prefix.shape[0]
                 start = time.perf_counter()
-                out = step(prefix, c)
+                out = step(prefix, c, *shared)
                 self.step_s += time.perf_counter() - start
                 return out
 

@@ -89,3 +89,33 @@ def test_ctc_greedy_merges_repeats_and_drops_blanks():
     lp[0, np.arange(len(path)), path] = -0.01
     ids, _ = ctc_greedy(lp, blank=0)
     assert [t for t in ids[0].tolist() if t] == [3, 3, 4]
+
+
+def test_rows_that_have_ended_leave_the_batch():
+    """Row r's text has r + 1 words (a `shared` value per hypothesis tells the step which row it is): the batch
+    shrinks as rows end, each row's result equals decoding it alone, and `shared` follows the rows still live."""
+    seen = []
+
+    def step_len(prefix, cache, shared):
+        seen.append((prefix.shape[0], shared.tolist()))
+        logp = np.full((prefix.shape[0], V), -5.0)
+        words = prefix.shape[1] - 1
+        for h, r in enumerate(shared):
+            logp[h, EOS if words > r else WORDS[(r + words) % 3]] = -0.1
+        return logp, cache
+
+    k, rows = 2, 3
+    shared = np.repeat(np.arange(rows), k)
+    ids, scores = beam_search(step_len, None, rows, bos=BOS, eos=EOS, pad=PAD, max_len=6, beam_size=k,
+                              shared=shared)  # fmt: skip
+    sizes = [n for n, _ in seen]
+    assert sizes == sorted(sizes, reverse=True) and sizes[0] == 6 and sizes[-1] == 2  # row 2 (longest) ends last
+    for _, live in seen:  # whole rows, in order, each with its k hypotheses
+        assert live == sorted(live) and all(live.count(r) == k for r in set(live))
+    assert seen[-1][1] == [2, 2]
+    for r in range(rows):
+        alone = beam_search(step_len, None, 1, bos=BOS, eos=EOS, pad=PAD, max_len=6, beam_size=k,
+                            shared=np.full(k, r))  # fmt: skip
+        np.testing.assert_array_equal(ids[r], alone[0][0])
+        np.testing.assert_allclose(scores[r], alone[1][0])
+        assert [int(t) for t in ids[r, 0] if t != PAD] == [WORDS[(r + i) % 3] for i in range(r + 1)] + [EOS]

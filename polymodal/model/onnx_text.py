@@ -47,14 +47,14 @@ class OnnxTextDecoder:
         mem, msk = np.repeat(memory, k, axis=0), np.repeat(mask, k, axis=0)
         sess = self.step_session
 
-        def step(prefix: np.ndarray, c: np.ndarray):
-            logp, c = sess.run(["log_probs", "cache_out"], {"prefix": prefix, "memory": mem, "memory_mask": msk,
-                                                             "cache": c})  # fmt: skip
+        def step(prefix: np.ndarray, c: np.ndarray, shared: tuple[np.ndarray, np.ndarray]):
+            feed = {"prefix": prefix, "memory": shared[0], "memory_mask": shared[1], "cache": c}
+            logp, c = sess.run(["log_probs", "cache_out"], feed)
             return logp, c
 
         ids, scores = beam_search(
             step, np.repeat(cache, k, axis=0), len(memory), bos=BOS, eos=EOS, pad=PAD, max_len=self.max_len,
             beam_size=k, length_penalty=float(g["length_penalty"]), no_repeat_ngram=int(g["no_repeat_ngram"]),
-            n_best=int(g["n_best"]), forbidden=(UNK,),
+            n_best=int(g["n_best"]), forbidden=(UNK,), shared=(mem, msk),
         )  # fmt: skip
         return pack(ids, scores)

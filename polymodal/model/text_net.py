@@ -142,15 +142,15 @@ class TextNet(nn.Module):
         mem = (read(memory) if read else memory).repeat_interleave(k, dim=0)
         msk = mask.repeat_interleave(k, dim=0)
 
-        def step(prefix: np.ndarray, cache: torch.Tensor):
+        def step(prefix: np.ndarray, cache: torch.Tensor, shared: tuple[torch.Tensor, torch.Tensor]):
             p = torch.as_tensor(prefix, device=mem.device)
-            logits, cache = head.step(p, mem, msk, cache)
+            logits, cache = head.step(p, *shared, cache)
             return torch.log_softmax(logits.float(), dim=-1).cpu().numpy(), cache
 
         cache = head.init_cache(memory, mask).repeat_interleave(k, dim=0)  # once per row, as the ONNX graph does
         ids, scores = beam_search(
             step, cache, memory.shape[0], bos=BOS, eos=EOS, pad=PAD, max_len=self.max_len,
             beam_size=k, length_penalty=float(g["length_penalty"]), no_repeat_ngram=int(g["no_repeat_ngram"]),
-            n_best=int(g["n_best"]), forbidden=(UNK,),
+            n_best=int(g["n_best"]), forbidden=(UNK,), shared=(mem, msk),
         )  # fmt: skip
         return pack(ids, scores)

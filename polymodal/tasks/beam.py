@@ -63,25 +63,41 @@ def beam_search(
     no_repeat_ngram: int = 0,
     n_best: int = 1,
     forbidden: tuple[int, ...] = (),
+    shared: Any = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decode `n_rows` rows. `step(prefix, cache) -> (log_probs, cache)`: `prefix` int64 (rows * beam_size, t) of
     each hypothesis's tokens so far (<bos> first), `log_probs` (rows * beam_size, vocab); `cache` holds per
     hypothesis whatever the decoder carries (given for rows * beam_size hypotheses, row r's at r * beam_size + k),
-    reordered with `reorder_rows` as hypotheses are kept. `forbidden`: tokens never generated (besides <bos> and
-    padding). Returns the token ids (rows, n_best, max_len + 1), padded with `pad`, <eos> included, and their
-    scores (rows, n_best), best first."""
+    reordered with `reorder_rows` as hypotheses are kept. `shared`: per hypothesis too, but the same for every
+    hypothesis of a row (the memory), so never reordered within rows; when given, `step(prefix, cache, shared)`.
+    A row whose hypotheses have all ended leaves the batch: later steps run on the rows still decoding, with their
+    cache and `shared` rows. `forbidden`: tokens never generated (besides <bos> and padding). Returns the token ids
+    (rows, n_best, max_len + 1), padded with `pad`, <eos> included, and their scores (rows, n_best), best first."""
     k = max(1, int(beam_size))
     n_best = max(1, min(int(n_best), k))
-    b, m = n_rows, n_rows * k
-    prefix = np.full((m, 1), bos, dtype=np.int64)
+    b = n_rows
+    prefix = np.full((b * k, 1), bos, dtype=np.int64)
     scores = np.zeros((b, k))
     scores[:, 1:] = NEG  # one live hypothesis per row at the start, or the beam would hold k copies of it
     finished = np.zeros((b, k), dtype=bool)
     lengths = np.zeros((b, k))
+    rows = np.arange(b)  # the rows still decoding, by their index in the input
+    ids = np.full((n_rows, n_best, max_len + 1), pad, dtype=np.int64)
+    best = np.zeros((n_rows, n_best))
+
+    def settle(done: np.ndarray) -> None:  # rows whose hypotheses have all ended: their n best, kept aside
+        final = scores[done] / np.maximum(lengths[done], 1.0) ** length_penalty
+        rank = np.argsort(-final, axis=1, kind="stable")[:, :n_best]
+        gen = prefix[:, 1:].reshape(len(rows), k, -1)[done]
+        chosen = np.take_along_axis(gen, rank[..., None], axis=1)
+        ids[rows[done], :, : chosen.shape[2]] = chosen
+        best[rows[done]] = np.take_along_axis(final, rank, axis=1)
+
     for t in range(max_len + 1):
-        if b == 0:
+        if len(rows) == 0:
             break
-        logp, cache = step(prefix, cache)
+        logp, cache = step(prefix, cache) if shared is None else step(prefix, cache, shared)
+        b = len(rows)
         logp = np.array(logp, dtype=np.float64).reshape(b, k, -1)
         v = logp.shape[-1]
         logp[..., [bos, pad, *forbidden]] = NEG
@@ -104,16 +120,17 @@ def beam_search(
         finished = np.take_along_axis(finished, beam, axis=1) | (tok == eos)
         parents = (np.arange(b)[:, None] * k + beam).reshape(-1)
         prefix = np.concatenate([prefix[parents], tok.reshape(-1, 1)], axis=1)
+        done = finished.all(axis=1)
+        if done.any() or t == max_len:
+            settle(done | (t == max_len))
+            live = np.flatnonzero(~done)
+            hyps = (live[:, None] * k + np.arange(k)).reshape(-1)
+            parents, prefix = parents[hyps], prefix[hyps]
+            scores, lengths, finished, rows = scores[live], lengths[live], finished[live], rows[live]
+            if shared is not None and len(live) < len(done):
+                shared = reorder_rows(shared, hyps)
         cache = reorder_rows(cache, parents)
-        if finished.all():
-            break
-    final = scores / np.maximum(lengths, 1.0) ** length_penalty
-    rank = np.argsort(-final, axis=1, kind="stable")[:, :n_best]
-    gen = prefix[:, 1:].reshape(b, k, -1)
-    ids = np.full((b, n_best, max_len + 1), pad, dtype=np.int64)
-    chosen = np.take_along_axis(gen, rank[..., None], axis=1)
-    ids[:, :, : chosen.shape[2]] = chosen
-    return ids, np.take_along_axis(final, rank, axis=1)
+    return ids, best
 
 
 def pack(ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
