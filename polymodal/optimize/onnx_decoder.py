@@ -85,17 +85,23 @@ def export_decoder_step(net: Any, path: Path, opset: int) -> dict[str, Any]:
     memory = torch.zeros(b, n, net.dim)
     mask = torch.ones(b, n, dtype=torch.bool)
     cache = net.head.init_cache(memory, mask)
+    # A cache that grows with the steps (the transformer's keys and values of the tokens so far) starts empty:
+    # traced at the second step, holding the first token's, with its length dynamic.
+    grows = cache.shape[1] == 0
+    if grows:
+        cache = cache.new_zeros(b, 1, cache.shape[2])
     read = getattr(net.head, "step_memory", None)
     memory = read(memory) if read else memory  # what the step reads
     prefix = torch.ones(b, 2, dtype=torch.long)
+    cache_axes = {0: "rows", 1: "past"} if grows else {0: "rows"}
     torch.onnx.export(
         step, (prefix, memory, mask, cache), str(path), dynamo=False, opset_version=opset,
         input_names=["prefix", "memory", "memory_mask", "cache"], output_names=["log_probs", "cache_out"],
         dynamic_axes={"prefix": {0: "rows", 1: "steps"}, "memory": {0: "rows", 1: "tokens"},
-                      "memory_mask": {0: "rows", 1: "tokens"}, "cache": {0: "rows"}, "log_probs": {0: "rows"},
-                      "cache_out": {0: "rows"}},
+                      "memory_mask": {0: "rows", 1: "tokens"}, "cache": cache_axes, "log_probs": {0: "rows"},
+                      "cache_out": {0: "rows", 1: "steps"} if grows else {0: "rows"}},
     )  # fmt: skip
-    record["cache_shape"] = list(cache.shape[1:])
+    record["cache_shape"] = [0 if grows else cache.shape[1], *cache.shape[2:]]
     return record
 
 

@@ -75,6 +75,16 @@ class DecoderLayer(nn.Module):
         x = x + self.drop(self.cross_attn(self.norms[1](x), memory, mask[:, None, :], memory_kv))
         return x + self.drop(self.ff(self.norms[2](x)))
 
+    def step(self, x: torch.Tensor, past: torch.Tensor, mask: torch.Tensor, memory_kv: torch.Tensor):
+        """One new token `x` (batch, 1, dim) given `past` (batch, t, 2 * dim), the keys and values of the tokens
+        before it: (its output, `past` with its own keys and values appended)."""
+        y = self.norms[0](x)
+        past = torch.cat([past, self.self_attn.kv(y)], dim=1)
+        everything = torch.ones_like(past[:1, None, :, 0], dtype=torch.bool)  # (1, 1, t + 1): all are before it
+        x = x + self.self_attn(y, y, everything, past)
+        x = x + self.cross_attn(self.norms[1](x), memory_kv, mask[:, None, :], memory_kv)
+        return x + self.ff(self.norms[2](x)), past
+
 
 class TransformerDecoder(nn.Module):
     """Pre-norm transformer decoder: causal self-attention over the tokens so far, cross-attention to the memory."""
@@ -102,7 +112,8 @@ class TransformerDecoder(nn.Module):
         return self.out(self.norm(x))
 
     def init_cache(self, memory: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return memory.new_zeros(memory.shape[0], 1, 1)  # nothing carried: each step re-reads the prefix
+        """(batch, 0, layers * 2 * dim): the self-attention keys and values of the tokens so far, none yet."""
+        return memory.new_zeros(memory.shape[0], 0, len(self.layers) * 2 * self.dim)
 
     def step_memory(self, memory: torch.Tensor) -> torch.Tensor:
         """(batch, n, layers * 2 * dim): each layer's keys and values of the memory, projected once per decoding
@@ -111,9 +122,18 @@ class TransformerDecoder(nn.Module):
         return torch.cat([layer.cross_attn.kv(memory) for layer in self.layers], dim=-1)
 
     def step(self, prefix: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor, cache: torch.Tensor):
-        """`memory`: `step_memory`'s."""
+        """`memory`: `step_memory`'s; `cache`: the keys and values of every token of `prefix` but the last, one
+        slice per layer. Only the last token goes through the layers: each step costs the same at any length,
+        instead of re-reading the whole prefix (the same logits as `forward`'s last position: tested)."""
+        t = prefix.shape[1]
+        x = self.embed(prefix[:, -1:]) * math.sqrt(self.dim) + sinusoid(t, self.dim, prefix.device)[-1:]
         kv = memory.reshape(memory.shape[0], memory.shape[1], len(self.layers), -1)
-        return self(memory, mask, prefix, kv)[:, -1], cache
+        past = cache.reshape(cache.shape[0], cache.shape[1], len(self.layers), 2 * self.dim)
+        new = []
+        for i, layer in enumerate(self.layers):
+            x, kept = layer.step(x, past[:, :, i], mask, kv[:, :, i])
+            new.append(kept)
+        return self.out(self.norm(x))[:, -1], torch.cat(new, dim=-1)
 
 
 class GRUDecoder(nn.Module):
