@@ -212,6 +212,45 @@ def step_memory_kv(engine: Any, features: Any) -> dict[str, Any] | None:
     return out
 
 
+def self_attention_cache(engine: Any, features: Any) -> dict[str, Any] | None:
+    """One transformer decoder step at beam 4 on 32 rows (128 hypotheses), at prefix lengths 1, 5 and 9: the whole
+    prefix through the layers (the step before the self-attention cache) vs the last token with the keys and values
+    of the others cached (`TransformerDecoder.step`). Alternated, medians of 20 after a warm-up pair."""
+    import torch
+
+    from polymodal.model.batch import iterate_batches
+
+    head = engine.net.head
+    if not hasattr(head, "step_memory") or head.init_cache(torch.zeros(1, 1, head.dim), None).shape[1] != 0:
+        return None  # a decoder without the growing cache (e.g. the code before it)
+    out: dict[str, Any] = {}
+    with torch.inference_mode():
+        batch = next(iter(iterate_batches(features, 32)))
+        memory, mask, _ = engine.net.memory(batch["inputs"], batch["present"])
+        msk = mask.repeat_interleave(4, 0)
+        flat = head.step_memory(memory).repeat_interleave(4, 0)
+        kv = flat.reshape(flat.shape[0], flat.shape[1], len(head.layers), -1)
+        for t in (1, 5, 9):
+            prefix = torch.ones(flat.shape[0], t, dtype=torch.long)
+            cache = head.init_cache(flat, msk)
+            for i in range(t - 1):  # the keys and values of the first t - 1 tokens
+                _, cache = head.step(prefix[:, : i + 1], flat, msk, cache)
+            runs: dict[str, list[float]] = {"whole_prefix_ms": [], "cached_ms": []}
+            for i in range(22):
+                for key in runs:
+                    start = time.perf_counter()
+                    if key == "cached_ms":
+                        head.step(prefix, flat, msk, cache)
+                    else:
+                        head(flat, msk, prefix, kv)
+                    if i >= 2:
+                        runs[key].append(1000 * (time.perf_counter() - start))
+            whole, cached = statistics.median(runs["whole_prefix_ms"]), statistics.median(runs["cached_ms"])
+            out[f"prefix_{t}"] = {"whole_prefix_ms": round(whole, 2), "cached_ms": round(cached, 2),
+                                  "speedup": round(whole / cached, 2)}  # fmt: skip
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=Path("/tmp/polymodal_digit_strings"))
@@ -296,6 +335,7 @@ def main() -> None:
                       f"{r['ms_per_row']:8.2f} ms/row", flush=True)  # fmt: skip
 
     step_ab = step_memory_kv(runtimes["pytorch"], features["pytorch"])
+    cache_ab = self_attention_cache(runtimes["pytorch"], features["pytorch"])
     same = []
     for beam in BEAMS:
         for b in BATCHES:
@@ -327,6 +367,7 @@ def main() -> None:
         "decode_tokens_per_s": "tokens / (total time - the encoder + fusion pass alone, timed separately); null "
         "when the load made the difference negative. tokens_per_s_best: from the fastest repeat",
         "step_memory_kv": step_ab,
+        "self_attention_cache": cache_ab,
         "step_memory_kv_method": "the PyTorch decoder step at beam 4 on 32 rows (128 hypotheses), the memory's "
         "cross-attention keys and values recomputed in the step (as before step_memory) vs computed once "
         "beforehand, alternated, median of 20 each after 2 warm-ups, at prefix lengths 1, 5 and 9",
@@ -363,6 +404,9 @@ def main() -> None:
     if step_ab:
         ab = [f"{k} {v['recomputed_ms']} vs {v['cached_ms']}" for k, v in step_ab.items() if k != "memory_tokens"]
         print("\ndecoder step, beam 4 x 32 rows, memory keys/values recomputed vs cached (ms): " + ", ".join(ab))
+    if cache_ab:
+        ab = [f"{k} {v['whole_prefix_ms']} vs {v['cached_ms']}" for k, v in cache_ab.items()]
+        print("decoder step, beam 4 x 32 rows, whole prefix vs self-attention cache (ms): " + ", ".join(ab))
     print(f"\nall strings identical (PyTorch vs ONNX Runtime): {doc['all_strings_identical']}; "
           f"load average {load_start} -> {doc['machine']['load_average_end']}")  # fmt: skip
     from polymodal.files import write_text
