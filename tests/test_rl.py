@@ -26,6 +26,7 @@ from polymodal.rl import (
     Vocabulary,
     train,
 )
+from polymodal.rl.agent import build_algorithm, build_vocabulary, make_env
 
 COLOURS = {"red": (255, 0, 0), "blue": (0, 0, 255)}
 # Small encoders keep the tests fast on 2 CPU cores.
@@ -357,3 +358,26 @@ def test_transfer_encoders_from_a_polymodal_model(tmp_path):
         MultimodalExtractor(
             agent.make_env().observation_space, model=str(tmp_path / "model"), transfer={"mission": "caption"}
         )
+
+
+def _env(cfg: AgentConfig) -> gym.Env:
+    return make_env(cfg, build_vocabulary(cfg))
+
+
+def test_linear_learning_rate_schedule_and_relu_policy_build_and_reload(tmp_path, one_torch_thread):
+    hp = {"lr_schedule": "linear", "activation": "relu", "n_steps": 64, "batch_size": 32, "n_epochs": 1}
+    cfg = _cfg(algo="ppo", steps=256, n_envs=1, eval_every=10**6, hyperparameters=hp)
+    agent = train(cfg)
+    assert agent.model.lr_schedule(0.5) == pytest.approx(7e-4 * 0.5)  # progress remaining 1 -> 0
+    assert agent.model.policy.optimizer.param_groups[0]["lr"] == 0.0  # SB3's last update comes at progress 0
+    loaded = Agent.load(agent.save(tmp_path / "p"))
+    assert loaded.model.lr_schedule(0.25) == pytest.approx(7e-4 * 0.25)
+    for a in (agent, loaded):
+        acts = {type(m).__name__ for m in a.model.policy.mlp_extractor.modules()}
+        assert "ReLU" in acts and "Tanh" not in acts
+    tanh = _cfg(algo="ppo", hyperparameters={**hp, "activation": "tanh"})
+    assert "Tanh" in {type(m).__name__ for m in build_algorithm(tanh, _env(tanh), tanh.params()).policy.modules()}
+    with pytest.raises(RLSetupError, match="lr_schedule must be 'constant' or 'linear'"):
+        AgentConfig("CartPole-v1", algo="ppo", hyperparameters={"lr_schedule": "cosine"})
+    with pytest.raises(RLSetupError, match="activation must be one of"):
+        AgentConfig("CartPole-v1", algo="ppo", hyperparameters={"activation": "gelu"})

@@ -98,6 +98,7 @@ class AgentConfig(RLConfig):
             self.cnn_norm = "group" if value_based else "batch"
         if self.cnn_norm not in ("batch", "group", "none"):
             raise RLSetupError(f"cnn_norm must be batch, group or none, not {self.cnn_norm!r}")
+        resolve_schedules(self.params())  # an unknown lr_schedule / activation fails here, before any env is built
 
     def params(self) -> dict[str, Any]:
         return {**DEFAULTS[self.algo], **self.hyperparameters}
@@ -197,9 +198,44 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+class LinearSchedule:
+    """SB3 schedule: `start` at the first step, falling linearly to 0 at the last (`progress` goes 1 -> 0)."""
+
+    def __init__(self, start: float):
+        self.start = float(start)
+
+    def __call__(self, progress: float) -> float:
+        return self.start * progress
+
+
+ACTIVATIONS = {"tanh": "Tanh", "relu": "ReLU"}  # the policy MLP's activation (`activation` hyper-parameter)
+
+
+def resolve_schedules(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The JSON-friendly hyper-parameters that SB3 takes otherwise: `lr_schedule` ("constant" or "linear") as its
+    callable learning rate, `activation` ("tanh" or "relu") as the policy's `activation_fn`. Returns the algorithm's
+    parameters and the policy kwargs to add. A policy saved without `activation` keeps SB3's default (PPO: tanh)."""
+    from torch import nn
+
+    params, extra = dict(params), {}
+    schedule = params.pop("lr_schedule", "constant")
+    if schedule == "linear":
+        params["learning_rate"] = LinearSchedule(params["learning_rate"])
+    elif schedule != "constant":
+        raise RLSetupError(f"lr_schedule must be 'constant' or 'linear', not {schedule!r}")
+    activation = params.pop("activation", None)
+    if activation is not None:
+        if activation not in ACTIVATIONS:
+            raise RLSetupError(f"activation must be one of {sorted(ACTIVATIONS)}, not {activation!r}")
+        extra["activation_fn"] = getattr(nn, ACTIVATIONS[activation])
+    return params, extra
+
+
 def build_algorithm(cfg: AgentConfig, env: Any, params: dict[str, Any], device: str = "auto", model_dir=None) -> Any:
     """The SB3 algorithm of `cfg.algo`: PPO as it is, DQN / QR-DQN as polymodal's subclasses (polymodal.rl.dqn)."""
-    kwargs = {"policy_kwargs": policy_kwargs(cfg, model_dir), "seed": cfg.seed, "device": device, "verbose": 0}
+    params, extra = resolve_schedules(params)
+    kwargs = {"policy_kwargs": {**policy_kwargs(cfg, model_dir), **extra}, "seed": cfg.seed, "device": device,
+              "verbose": 0}  # fmt: skip
     if cfg.algo == "ppo":
         from stable_baselines3 import PPO
 
