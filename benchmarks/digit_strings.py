@@ -9,7 +9,7 @@ of the ten digit words, the audio resampled to 16 kHz.
 
     python benchmarks/digit_strings.py [--shared ../shared] [--max-epochs 30] [--entries audio,image,fused,pocketsphinx]
         [--fusion attention] [--modality-dropout P] [--spec-augment FREQ,TIME] [--refit] [--stop-after N]
-        [--checkpoint-dir DIR]
+        [--checkpoint-dir DIR] [--time-limit SECONDS]
 
 Prints a table and writes benchmarks/results/digit_strings.json. Benchmark-only settings (issue 24's search for
 what closes the fused gap; the library defaults are untouched): `--modality-dropout` hides each input of a
@@ -100,6 +100,8 @@ def run_entry(name: str, data: Path, max_epochs: int, seed: int, a: argparse.Nam
     extra = {}
     if a.checkpoint_dir:
         extra["checkpoint_dir"] = str(Path(a.checkpoint_dir) / name)
+    if a.time_limit:  # a deadline on a shared machine: the best epoch so far is kept and scored
+        extra["time_limit"] = a.time_limit
     p = MultimodalPredictor(
         label="transcript",
         problem_type="text",
@@ -199,6 +201,7 @@ def main() -> None:
     ap.add_argument("--refit", action="store_true")
     ap.add_argument("--stop-after", type=int, help="end training after this many epochs (a probe)")
     ap.add_argument("--checkpoint-dir", help="a folder for each entry's per-epoch state (resumable)")
+    ap.add_argument("--time-limit", type=float, help="seconds of training per entry (train.time_limit)")
     ap.add_argument("--note", help="a sentence stored in the JSON")
     ap.add_argument("--entry", help=argparse.SUPPRESS)  # one entry, in a child process
     a = ap.parse_args()
@@ -206,7 +209,7 @@ def main() -> None:
         print(json.dumps(run_entry(a.entry, a.data, a.max_epochs, a.seed, a)))
         return
     flags = {"fusion": a.fusion or "attention", "modality_dropout": a.modality_dropout, "spec_augment": a.spec_augment,
-             "refit": a.refit, "stop_after": a.stop_after}  # fmt: skip
+             "refit": a.refit, "stop_after": a.stop_after, "time_limit": a.time_limit}  # fmt: skip
     data = build_table(a.shared, a.data)
     results: list[dict] = []
     entries = a.entries.split(",")
@@ -236,7 +239,8 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--entry", name, "--data", str(data), "--max-epochs", str(a.max_epochs),
                    "--seed", str(a.seed), "--modality-dropout", str(a.modality_dropout)]  # fmt: skip
             for flag, value in (("--fusion", a.fusion), ("--spec-augment", a.spec_augment),
-                                ("--stop-after", a.stop_after), ("--checkpoint-dir", a.checkpoint_dir)):  # fmt: skip
+                                ("--stop-after", a.stop_after), ("--checkpoint-dir", a.checkpoint_dir),
+                                ("--time-limit", a.time_limit)):  # fmt: skip
                 if value:
                     cmd += [flag, str(value)]
             cmd += ["--refit"] if a.refit else []
