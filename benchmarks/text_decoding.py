@@ -28,6 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +180,20 @@ def count_steps(engine: Any, features: Any, batch: int) -> dict[str, Any]:
             "step_share_of_search": round(counter.step_s / max(counter.search_s, 1e-9), 3)}  # fmt: skip
 
 
+def alternated(calls: dict[str, Any], repeats: int = 20) -> dict[str, float]:
+    """Median ms of each of two calls, run alternately (a change of load hits both) after a warm-up pair; with the
+    first's median over the second's as `speedup`."""
+    runs: dict[str, list[float]] = {key: [] for key in calls}
+    for i in range(repeats + 2):
+        for key, call in calls.items():
+            start = time.perf_counter()
+            call()
+            if i >= 2:
+                runs[key].append(1000 * (time.perf_counter() - start))
+    first, second = (statistics.median(runs[key]) for key in calls)
+    return {key: round(statistics.median(runs[key]), 2) for key in calls} | {"speedup": round(first / second, 2)}
+
+
 def step_memory_kv(engine: Any, features: Any) -> dict[str, Any] | None:
     """The transformer decoder step with the memory's keys and values recomputed vs cached, at beam 4, 32 rows
     (None for a decoder without that cache, e.g. the code before it existed)."""
@@ -198,16 +213,8 @@ def step_memory_kv(engine: Any, features: Any) -> dict[str, Any] | None:
         kv = kv.reshape(kv.shape[0], kv.shape[1], len(head.layers), -1)
         for t in (1, 5, 9):
             prefix = torch.ones(mem.shape[0], t, dtype=torch.long)
-            runs: dict[str, list[float]] = {"recomputed_ms": [], "cached_ms": []}
-            for i in range(22):  # alternated, so a change of load hits both; the first pair is a warm-up
-                for key, cached in (("recomputed_ms", None), ("cached_ms", kv)):
-                    start = time.perf_counter()
-                    head(mem, msk, prefix, cached)
-                    if i >= 2:
-                        runs[key].append(1000 * (time.perf_counter() - start))
-            rec, cached = statistics.median(runs["recomputed_ms"]), statistics.median(runs["cached_ms"])
-            out[f"prefix_{t}"] = {"recomputed_ms": round(rec, 2), "cached_ms": round(cached, 2),
-                                  "speedup": round(rec / cached, 2)}  # fmt: skip
+            calls = {"recomputed_ms": partial(head, mem, msk, prefix), "cached_ms": partial(head, mem, msk, prefix, kv)}
+            out[f"prefix_{t}"] = alternated(calls)
         out["memory_tokens"] = int(memory.shape[1])
     return out
 
@@ -235,19 +242,9 @@ def self_attention_cache(engine: Any, features: Any) -> dict[str, Any] | None:
             cache = head.init_cache(flat, msk)
             for i in range(t - 1):  # the keys and values of the first t - 1 tokens
                 _, cache = head.step(prefix[:, : i + 1], flat, msk, cache)
-            runs: dict[str, list[float]] = {"whole_prefix_ms": [], "cached_ms": []}
-            for i in range(22):
-                for key in runs:
-                    start = time.perf_counter()
-                    if key == "cached_ms":
-                        head.step(prefix, flat, msk, cache)
-                    else:
-                        head(flat, msk, prefix, kv)
-                    if i >= 2:
-                        runs[key].append(1000 * (time.perf_counter() - start))
-            whole, cached = statistics.median(runs["whole_prefix_ms"]), statistics.median(runs["cached_ms"])
-            out[f"prefix_{t}"] = {"whole_prefix_ms": round(whole, 2), "cached_ms": round(cached, 2),
-                                  "speedup": round(whole / cached, 2)}  # fmt: skip
+            calls = {"whole_prefix_ms": partial(head, flat, msk, prefix, kv),
+                     "cached_ms": partial(head.step, prefix, flat, msk, cache)}  # fmt: skip
+            out[f"prefix_{t}"] = alternated(calls)
     return out
 
 
