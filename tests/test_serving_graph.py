@@ -2,7 +2,6 @@
 (serving/graph.py), only when the graph answers as the model does; otherwise PyTorch serves it."""
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -43,7 +42,7 @@ def test_the_model_is_served_through_its_graph(model_and_rows):
     for batch in (rows[:1], rows[1:2], rows):  # lone requests and a batch, inputs present and absent
         np.testing.assert_allclose(probabilities(service, batch), probabilities(plain, batch), rtol=1e-4, atol=1e-5)
     assert not list(model.glob("*.onnx"))  # nothing written into the user's folder: a temporary one
-    assert any(p.suffix == ".onnx" for p in Path(service._graph_folder.name).iterdir())
+    assert service._graph_path.suffix == ".onnx" and not service._graph_path.parent.exists()  # removed once read
 
 
 def test_a_graph_that_answers_otherwise_is_not_used(model_and_rows, monkeypatch, caplog):
@@ -53,7 +52,7 @@ def test_a_graph_that_answers_otherwise_is_not_used(model_and_rows, monkeypatch,
         service = ModelService(model)
     assert service.engine.runtime == "torch" and service.executor in ("onnx-network", "torchscript")
     assert any("does not answer as the model does" in r.getMessage() for r in caplog.records)
-    assert service._graph_folder is None
+    assert not service._graph_path.parent.exists()
     np.testing.assert_allclose(probabilities(service, rows), probabilities(plain, rows), rtol=1e-5, atol=1e-6)
 
 

@@ -54,18 +54,20 @@ def _same(want: list[dict[str, Any]], got: list[dict[str, Any]]) -> bool:
 
 def serve_graph(service: Any) -> bool:
     """Export `service`'s folder, swap its engine for the graph's if their answers agree; True when swapped.
-    The graph's temporary folder lives as long as the service."""
+    The graph's temporary folder is removed as soon as ONNX Runtime has read it (these models need no file beside
+    the graph afterwards), so a server killed later leaves nothing behind."""
     from polymodal.optimize.export import export_onnx
     from polymodal.predictor import MultimodalPredictor
 
     if not graph_eligible(service):
         return False
-    folder = tempfile.TemporaryDirectory(prefix="polymodal-serve-")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the exporter's notes are for whoever exports, not for the server's log
-            path = export_onnx(service.folder, Path(folder.name) / "model.onnx", predictor=service.predictor)
-        graph = MultimodalPredictor._load_onnx(path, None, threads=service.threads or 1)
+        with tempfile.TemporaryDirectory(prefix="polymodal-serve-") as folder:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the exporter's notes are for whoever exports, not the server's log
+                path = export_onnx(service.folder, Path(folder) / "model.onnx", predictor=service.predictor)
+            graph = MultimodalPredictor._load_onnx(path, None, threads=service.threads or 1)
+            service._graph_path = path  # where it was read from (gone after this block)
         full = service.example_row()
         cols = list(full)
         rows = [full, *({c: (v if i % 2 == k else None) for i, (c, v) in enumerate(full.items())} for k in (0, 1))]
@@ -76,12 +78,9 @@ def serve_graph(service: Any) -> bool:
         if isinstance(want, Exception) or isinstance(got, Exception) or not _same(want, got):
             service.engine = torch_engine
             log.warning("the exported graph does not answer as the model does; serving it through PyTorch")
-            folder.cleanup()
             return False
     except Exception:  # noqa: BLE001  (an input or layer the export does not take: PyTorch serves it)
         log.info("the model could not be served through its ONNX graph; serving it through PyTorch", exc_info=True)
-        folder.cleanup()
         return False
-    service._graph_folder = folder
     log.info("serving the model through its ONNX graph, exported at start", extra={"fields": {"columns": cols}})
     return True

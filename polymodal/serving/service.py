@@ -54,7 +54,7 @@ class ModelService:
         from polymodal.predictor import MultimodalPredictor
 
         self.folder, self.threads, self.runtime = Path(folder), threads, runtime
-        self._graph_folder = None  # serving/graph.py: the exported graph's temporary folder
+        self._graph_path = None  # serving/graph.py: where the graph exported at start was read from
         if runtime == "onnx":  # ONNX Runtime's own thread pool spins; one thread per worker is the fast default
             self.predictor = MultimodalPredictor._load_onnx(self.folder, None, threads=threads or 1)
         else:
