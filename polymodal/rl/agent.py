@@ -384,11 +384,17 @@ def _legacy_archs(cfg: AgentConfig, space: spaces.Space) -> None:
 
 # ---- spaces as JSON ---------------------------------------------------------------------------------------
 def _array(a: np.ndarray) -> Any:
-    """A Box bound as JSON: one number when all entries agree (images), else a nested list."""
+    """A Box bound as JSON: one number when all entries agree (images), else a nested list. Unbounded entries
+    (CartPole's velocities) as "inf" / "-inf": strict JSON has no infinity (write_json would make them null)."""
     flat = np.asarray(a).ravel()
     if flat.size and np.all(flat == flat[0]):
-        return flat[0].item()
-    return np.asarray(a).tolist()
+        return _number(flat[0])
+    return np.vectorize(_number, otypes=[object])(np.asarray(a)).tolist()
+
+
+def _number(x: Any) -> Any:
+    v = x.item() if isinstance(x, np.generic) else x
+    return v if np.isfinite(v) else str(float(v))
 
 
 def space_to_dict(space: spaces.Space) -> dict[str, Any]:
@@ -412,7 +418,8 @@ def space_from_dict(d: dict[str, Any]) -> spaces.Space:
         return spaces.Dict({k: space_from_dict(s) for k, s in d["spaces"].items()})
     if t == "Box":
         dtype, shape = np.dtype(d["dtype"]), tuple(d["shape"])
-        low, high = (np.broadcast_to(np.asarray(d[b], dtype), shape) for b in ("low", "high"))
+        wide = np.float64 if dtype.kind == "f" else dtype  # "inf" / "-inf" parse as floats
+        low, high = (np.broadcast_to(np.asarray(d[b], wide).astype(dtype), shape) for b in ("low", "high"))
         return spaces.Box(low, high, shape, dtype)
     if t == "Discrete":
         return spaces.Discrete(d["n"], start=d.get("start", 0))
