@@ -276,7 +276,18 @@ def test_cli_train_and_evaluate_on_a_tiny_env(tmp_path):
     assert meta["config"]["fusion"] == "attention" and meta["hyperparameters"]["n_steps"] == 64
     r = CliRunner().invoke(app, ["rl", "evaluate", str(out), "--episodes", "20"])
     assert r.exit_code == 0, r.output
-    assert '"episodes": 20' in r.output and "success" in r.output
+    assert '"episodes": 20' in r.output and "success" in r.output and "deterministic actions" in r.output
+    sampled = [CliRunner().invoke(app, ["rl", "evaluate", str(out), "--episodes", "20", "--sample"]) for _ in "ab"]
+    assert sampled[0].exit_code == 0 and "sampled actions" in sampled[0].output, sampled[0].output
+    assert sampled[0].output == sampled[1].output  # seeded: the same episodes and the same sampled actions
+    from polymodal.rl import Agent
+
+    agent = Agent.load(out)
+    torch.manual_seed(5), np.random.seed(5)
+    untouched = (torch.rand(1).item(), np.random.rand())
+    torch.manual_seed(5), np.random.seed(5)
+    agent.evaluate(5, seed=7, deterministic=False)
+    assert (torch.rand(1).item(), np.random.rand()) == untouched  # evaluation leaves training's randomness alone
 
     # The same settings from the config tree's rl section; a flag and --set override the file.
     cfg = tmp_path / "rl.yaml"

@@ -130,7 +130,26 @@ def test_encoder_learning_rate_is_scaled_and_modes_switch_once():
     model.policy.q_net.train = lambda mode=True: calls.append(mode)  # what SB3's set_training_mode walks
     for mode in (False, False, True, True, False):
         model.policy.set_training_mode(mode)
-    assert len(calls) <= 3
+    assert len(calls) <= 1  # the light encoders compute the same in both modes: switched once at most
+
+
+def test_modes_switch_when_they_compute_differently():
+    """A batch norm (the library's CNN with cnn_norm "batch") or a dropout makes the modes differ: every change of
+    mode reaches the net, and acting uses the running statistics."""
+    from polymodal.rl.agent import build_algorithm, build_vocabulary, make_env
+    from polymodal.rl.dqn import modes_differ
+
+    assert not modes_differ(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.0), torch.nn.LayerNorm(2)))
+    assert modes_differ(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.1)))
+    assert modes_differ(torch.nn.MultiheadAttention(4, 2, dropout=0.1))
+    cfg = _cfg(steps=10, cnn_norm="batch", encoder_kwargs={"image": {"arch": "cnn"}})
+    vocab = build_vocabulary(cfg)
+    model = build_algorithm(cfg, make_env(cfg, vocab), cfg.params(), "cpu")
+    calls = []
+    model.policy.q_net.train = lambda mode=True: calls.append(mode)
+    for mode in (False, False, True, True, False):
+        model.policy.set_training_mode(mode)
+    assert calls == [False, True, False]
 
 
 def test_text_cache_and_codes_cnn_compute_what_the_plain_modules_compute():

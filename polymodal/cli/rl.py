@@ -107,8 +107,11 @@ def rl_train(
 @rl_app.command("evaluate")
 def rl_evaluate(
     policy: Path = typer.Argument(..., help="Policy folder written by `polymodal rl train`"),
-    episodes: int = typer.Option(100, help="Evaluation episodes (seeded, deterministic actions)"),
-    seed: int = typer.Option(1_000_000, help="Seed of the first episode"),
+    episodes: int = typer.Option(100, help="Evaluation episodes (seeded)"),
+    seed: int = typer.Option(1_000_000, help="Seed of the first episode (and of the sampled actions)"),
+    sample: bool = typer.Option(
+        False, "--sample", help="Sample the actions from the policy (PPO's distribution) instead of its most probable"
+    ),
 ) -> None:
     """Success rate, mean return and episode length of a saved policy on its env."""
 
@@ -116,10 +119,11 @@ def rl_evaluate(
         from polymodal.rl import Agent
 
         agent = Agent.load(policy)
-        r = agent.evaluate(episodes, seed)
+        r = agent.evaluate(episodes, seed, deterministic=not sample)
         console.print(
             f"{agent.config.env_id}: success {r['success_rate']:.3f}, return {r['mean_return']:.3f}, "
-            f"length {r['mean_length']:.1f} over {episodes} episodes"
+            f"length {r['mean_length']:.1f} over {episodes} episodes ({'sampled' if sample else 'deterministic'} "
+            "actions)"
         )
         console.print_json(json.dumps(r))
 

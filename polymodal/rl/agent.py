@@ -270,9 +270,12 @@ class Agent:
     def make_env(self) -> gym.Env:
         return make_env(self.config, self.vocab)
 
-    def evaluate(self, episodes: int = 100, seed: int = 1_000_000) -> dict[str, float]:
+    def evaluate(self, episodes: int = 100, seed: int = 1_000_000, deterministic: bool = True) -> dict[str, float]:
+        """Success rate, mean return and length over seeded episodes; `deterministic=False` samples the actions
+        (a PPO policy is the distribution it learnt: its most probable action can cycle where it is unsure, see
+        docs/guide/rl.md#evaluating-a-ppo-policy)."""
         with torch_threads(self.config.threads):
-            return run_episodes(self.model, self.make_env, episodes, seed)
+            return run_episodes(self.model, self.make_env, episodes, seed, deterministic=deterministic)
 
     def predict(self, obs: dict, deterministic: bool = True) -> Any:
         return self.model.predict(obs, deterministic=deterministic)[0]

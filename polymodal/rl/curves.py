@@ -20,11 +20,35 @@ import numpy as np
 
 
 def run_episodes(
-    model: Any, make: Callable[[], gym.Env], episodes: int, seed: int = 1_000_000, batch: int = 50
+    model: Any,
+    make: Callable[[], gym.Env],
+    episodes: int,
+    seed: int = 1_000_000,
+    batch: int = 50,
+    deterministic: bool = True,
 ) -> dict[str, float]:
-    """Deterministic actions for `episodes` seeded episodes (episode i resets with seed + i), `batch` envs stepped
-    together so the policy runs on batches. Success: the env's `is_success` when it reports one, otherwise a
-    positive final reward at termination (MiniGrid/BabyAI reward only success)."""
+    """`episodes` seeded episodes (episode i resets with seed + i), `batch` envs stepped together so the policy
+    runs on batches. Success: the env's `is_success` when it reports one, otherwise a positive final reward at
+    termination (MiniGrid/BabyAI reward only success). Actions: the policy's most probable (greedy for DQN), or
+    with `deterministic=False` sampled from it (PPO's own distribution; DQN's epsilon-greedy at its current rate),
+    from random generators seeded with `seed` and restored afterwards, so training's randomness is untouched."""
+    if deterministic:
+        return _run_episodes(model, make, episodes, seed, batch, True)
+    import torch
+
+    state = np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            np.random.seed(seed % 2**32)
+            return _run_episodes(model, make, episodes, seed, batch, False)
+    finally:
+        np.random.set_state(state)
+
+
+def _run_episodes(
+    model: Any, make: Callable[[], gym.Env], episodes: int, seed: int, batch: int, deterministic: bool
+) -> dict[str, float]:
     returns, successes, lengths = [], [], []
     envs = [make() for _ in range(min(batch, episodes))]
     for start in range(0, episodes, len(envs)):
@@ -33,7 +57,7 @@ def run_episodes(
         while active:
             idx = list(active)
             obs = {k: np.stack([active[j][k] for j in idx]) for k in active[idx[0]]}
-            actions, _ = model.predict(obs, deterministic=True)
+            actions, _ = model.predict(obs, deterministic=deterministic)
             for j, action in zip(idx, actions, strict=True):
                 o, reward, terminated, truncated, info = envs[j].step(action)
                 total[j], steps[j] = total[j] + float(reward), steps[j] + 1

@@ -6,7 +6,8 @@ What it adds to SB3's DQN (each one a setting of the `rl` section, see `polymoda
   - one optimizer with three parameter groups, the encoders at `encoder_lr_scale` x the learning rate of the
     fusion and the Q head (SB3's learning-rate schedule is applied to every group, times its scale);
   - the acting policy switches between training and acting mode only when the mode changes (SB3 switches on
-    every rollout, which walks every module of a deep extractor: a quarter of a small agent's time);
+    every rollout, which walks every module of a deep extractor: a quarter of a small agent's time), and never
+    again after the first when nothing in the net computes differently in the two modes;
   - diagnostics of every gradient step (Q of the taken actions, TD error, loss, gradient norms per group before
     clipping), read and reset by `take_train_stats`; `probe` adds the replay buffer's make-up, exploration rate,
     greedy-action ties and, with BatchNorm, the gap between its training and acting modes.
@@ -35,13 +36,29 @@ from stable_baselines3.dqn.policies import MultiInputPolicy as DQNMultiInputPoli
 GROUPS = ("encoders", "fusion", "head")
 
 
+def modes_differ(module: torch.nn.Module) -> bool:
+    """Whether `module` computes differently in training and acting mode: a batch norm, or a dropout that drops."""
+    for m in module.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            return True
+        if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0:
+            return True
+        if isinstance(m, torch.nn.MultiheadAttention) and m.dropout > 0:
+            return True
+    return False
+
+
 class _ModeOnce:
-    """Policy mixin: `set_training_mode` only when the mode changes."""
+    """Policy mixin: `set_training_mode` only when the mode changes, and only once when the two modes compute the
+    same (the light encoders: no batch norm, no dropout), since each switch walks every module twice a DQN step."""
 
     _mode: bool | None = None
+    _modes_differ: bool | None = None
 
     def set_training_mode(self, mode: bool) -> None:
-        if self._mode is not mode:
+        if self._modes_differ is None:
+            self._modes_differ = modes_differ(self)  # type: ignore[arg-type]
+        if self._mode is None or (self._modes_differ and self._mode is not mode):
             super().set_training_mode(mode)  # type: ignore[misc]
             self._mode = mode
 
