@@ -300,3 +300,26 @@ def test_acting_cache_and_gradient_clipping_match_the_plain_computation():
     assert ext.act_cache == {}
     with torch.no_grad():
         assert net(batch).shape[0] == 8 and ext.act_cache == {}  # a batch is encoded, not cached
+
+
+def test_evaluation_tells_time_limits_from_bad_endings():
+    """`time_limit_rate`: the share of episodes that ran out of steps without success (a policy going round in
+    circles), apart from ones that ended badly; sampled actions come from a seeded generator."""
+    from polymodal.rl.curves import run_episodes
+
+    class Fixed:  # stands in for an SB3 model: always the same action, or uniformly random when sampled
+        def __init__(self, action: int):
+            self.action = action
+
+        def predict(self, obs, deterministic=True):
+            n = len(obs["mission"])
+            if deterministic:
+                return np.full(n, self.action), None
+            return torch.randint(0, 3, (n,)).numpy(), None
+
+    stay = run_episodes(Fixed(2), Corridor, 20, batch=7)
+    assert stay["time_limit_rate"] == 1.0 and stay["success_rate"] == 0.0 and stay["mean_length"] == Corridor.LIMIT
+    right = run_episodes(Fixed(1), Corridor, 40)
+    assert right["time_limit_rate"] == 0.0 and 0.2 < right["success_rate"] < 0.8 and right["mean_length"] == 3
+    walks = [run_episodes(Fixed(2), Corridor, 40, seed=3, deterministic=False) for _ in "ab"]
+    assert walks[0] == walks[1] and 0.0 < walks[0]["time_limit_rate"] < 1.0

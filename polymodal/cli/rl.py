@@ -122,8 +122,8 @@ def rl_evaluate(
         r = agent.evaluate(episodes, seed, deterministic=not sample)
         console.print(
             f"{agent.config.env_id}: success {r['success_rate']:.3f}, return {r['mean_return']:.3f}, "
-            f"length {r['mean_length']:.1f} over {episodes} episodes ({'sampled' if sample else 'deterministic'} "
-            "actions)"
+            f"length {r['mean_length']:.1f}, cut by the time limit {r['time_limit_rate']:.3f} over {episodes} "
+            f"episodes ({'sampled' if sample else 'deterministic'} actions)"
         )
         console.print_json(json.dumps(r))
 

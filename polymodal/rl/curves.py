@@ -49,7 +49,7 @@ def run_episodes(
 def _run_episodes(
     model: Any, make: Callable[[], gym.Env], episodes: int, seed: int, batch: int, deterministic: bool
 ) -> dict[str, float]:
-    returns, successes, lengths = [], [], []
+    returns, successes, lengths, cut = [], [], [], []
     envs = [make() for _ in range(min(batch, episodes))]
     for start in range(0, episodes, len(envs)):
         active = {j: envs[j].reset(seed=seed + start + j)[0] for j in range(min(len(envs), episodes - start))}
@@ -65,10 +65,13 @@ def _run_episodes(
                     del active[j]
                     ok = info.get("is_success", terminated and float(reward) > 0)
                     returns.append(total[j]), successes.append(float(bool(ok))), lengths.append(steps[j])
+                    cut.append(float(truncated and not terminated and not ok))
                 else:
                     active[j] = o
+    # time_limit_rate: failures that ran out of steps (a policy going round in circles), not ones that ended badly
     return {"success_rate": float(np.mean(successes)), "mean_return": float(np.mean(returns)),
-            "mean_length": float(np.mean(lengths)), "episodes": episodes}  # fmt: skip
+            "mean_length": float(np.mean(lengths)), "time_limit_rate": float(np.mean(cut)),
+            "episodes": episodes}  # fmt: skip
 
 
 def curve_callback(
