@@ -123,6 +123,8 @@ def run_entry(name: str, data: Path, max_epochs: int, seed: int, a: argparse.Nam
     start = time.perf_counter()
     p.fit(data / "train.csv", callbacks=[epoch_watch(a.stop_after)])
     fit_s = time.perf_counter() - start
+    if a.save_dir:  # kept for the late entry, which decodes with the audio and image models together
+        p.save(Path(a.save_dir) / name)
     start = time.perf_counter()
     m = p.evaluate(data / "test.csv")
     eval_s = time.perf_counter() - start
@@ -202,6 +204,7 @@ def main() -> None:
     ap.add_argument("--stop-after", type=int, help="end training after this many epochs (a probe)")
     ap.add_argument("--checkpoint-dir", help="a folder for each entry's per-epoch state (resumable)")
     ap.add_argument("--time-limit", type=float, help="seconds of training per entry (train.time_limit)")
+    ap.add_argument("--save-dir", help="a folder where each trained entry's model is saved (the late entry reads them)")
     ap.add_argument("--note", help="a sentence stored in the JSON")
     ap.add_argument("--entry", help=argparse.SUPPRESS)  # one entry, in a child process
     a = ap.parse_args()
@@ -240,7 +243,7 @@ def main() -> None:
                    "--seed", str(a.seed), "--modality-dropout", str(a.modality_dropout)]  # fmt: skip
             for flag, value in (("--fusion", a.fusion), ("--spec-augment", a.spec_augment),
                                 ("--stop-after", a.stop_after), ("--checkpoint-dir", a.checkpoint_dir),
-                                ("--time-limit", a.time_limit)):  # fmt: skip
+                                ("--time-limit", a.time_limit), ("--save-dir", a.save_dir)):  # fmt: skip
                 if value:
                     cmd += [flag, str(value)]
             cmd += ["--refit"] if a.refit else []

@@ -154,3 +154,42 @@ class TextNet(nn.Module):
             n_best=int(g["n_best"]), forbidden=(UNK,), shared=(mem, msk),
         )  # fmt: skip
         return pack(ids, scores)
+
+
+@torch.no_grad()
+def generate_together(
+    nets: list[TextNet], memories: list[tuple[torch.Tensor, torch.Tensor]], weights: torch.Tensor, **overrides: Any
+) -> np.ndarray:
+    """Late fusion of generated text (a product of experts): several text networks trained apart, each reading its
+    own memory, decoded by one beam search whose step scores are the weighted mean of the networks' log-probabilities,
+    normalized again. `weights` (rows, networks): a row's weight of each network, 0 for one whose input the row
+    lacks (rows are normalized to sum 1). The networks must share the vocabulary; the first one's generation
+    settings apply. Returns the text task's outputs, as `TextNet.generate`."""
+    g = nets[0].generation | {k: v for k, v in overrides.items() if v is not None}
+    k = max(1, int(g["beam_size"]))
+    shared, caches = [], []
+    for net, (memory, mask) in zip(nets, memories, strict=True):
+        read = getattr(net.head, "step_memory", None)
+        shared.append(((read(memory) if read else memory).repeat_interleave(k, 0), mask.repeat_interleave(k, 0)))
+        caches.append(net.head.init_cache(memory, mask).repeat_interleave(k, 0))
+    w = weights.float()
+    w = torch.where(w.sum(1, keepdim=True) > 0, w, torch.ones_like(w))  # no member present: every one speaks
+    w = (w / w.sum(1, keepdim=True)).repeat_interleave(k, 0).to(memories[0][0].device)
+
+    def step(prefix: np.ndarray, cache: tuple, rows: tuple):
+        p = torch.as_tensor(prefix, device=w.device)
+        *mems, weight = rows
+        total, new = None, []
+        for j, net in enumerate(nets):
+            logits, c = net.head.step(p, *mems[j], cache[j])
+            part = weight[:, j : j + 1] * torch.log_softmax(logits.float(), dim=-1)
+            total = part if total is None else total + part
+            new.append(c)
+        return torch.log_softmax(total, dim=-1).cpu().numpy(), tuple(new)
+
+    ids, scores = beam_search(
+        step, tuple(caches), memories[0][0].shape[0], bos=BOS, eos=EOS, pad=PAD, max_len=nets[0].max_len,
+        beam_size=k, length_penalty=float(g["length_penalty"]), no_repeat_ngram=int(g["no_repeat_ngram"]),
+        n_best=int(g["n_best"]), forbidden=(UNK,), shared=(*shared, w),
+    )  # fmt: skip
+    return pack(ids, scores)

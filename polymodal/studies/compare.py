@@ -138,6 +138,9 @@ def compare(
     if schema.problem_type.is_multilabel and any(f in ENSEMBLES for f in selected):
         say("multilabel: the late ensembles (softmax averaging and stacking) are left out")
         selected = [f for f in selected if f not in ENSEMBLES]
+    if schema.problem_type.is_text and "ensemble-stack" in selected:
+        say("text: ensemble-stack is left out (ensemble-average decodes the unimodal models as a product of experts)")
+        selected = [f for f in selected if f != "ensemble-stack"]
     entries = plan_entries(list(schema.inputs), selected, Modality.VIDEO in schema.inputs.values())
     folds = None
     if cv is not None:

@@ -1,5 +1,9 @@
 """Late ensembles of separately trained unimodal models (average, or stacking fitted on validation outputs).
 
+For generated text (a `text` label) `average` is a product of experts: the members' decoders step together in one
+beam search on the mean of their log-probabilities (`polymodal.model.text_net.generate_together`), a member whose
+input a row lacks left out of that row; the members must share the target vocabulary. Stacking has no meaning there.
+
 An `EnsembleModel` behaves like an `InferenceEngine` for evaluation: `schema`, `task`, `preprocessor`,
 `features(df, base_dir)` and `outputs(features, present=...)`. Its folder holds `ensemble.json` (the mode, the
 combiner's few numbers, and the members' model folders as relative paths) and `metrics.json`; no pickle.
@@ -52,6 +56,8 @@ class EnsembleModel:
         self.members, self.mode = dict(members), mode
         first = next(iter(members.values()))
         self.task: Task = first.task
+        if self.task.is_text:
+            _check_text_members(self.members, mode)
         self.schema = _union_schema([e.schema for e in members.values()])
         self.members = {n: members[n] for n in self.schema.inputs}  # the fusion order of the inputs
         config = first.preprocessor.config
@@ -83,9 +89,34 @@ class EnsembleModel:
 
     @torch.inference_mode()
     def outputs(self, features: Features, batch_size: int = 256, present: np.ndarray | None = None) -> np.ndarray:
+        if self.task.is_text:
+            return self._text_outputs(features, batch_size, present)
         x, mask = self.member_outputs(features, present)
         emb = {n: torch.from_numpy(x[:, j]) for j, n in enumerate(self.members)}
         return self.task.outputs(self.combiner(emb, torch.from_numpy(mask)))
+
+    def _text_outputs(self, features: Features, batch_size: int, present: np.ndarray | None) -> np.ndarray:
+        from polymodal.model.batch import iterate_batches, to_device
+        from polymodal.model.text_net import generate_together
+
+        feats = select_features(features, list(self.members))
+        mask = feats.present if present is None else feats.present & present
+        engines = list(self.members.values())
+        parts = [
+            iterate_batches(select_features(feats, [n]).with_present(mask[:, [j]]), batch_size)
+            for j, n in enumerate(self.members)
+        ]
+        chunks = []
+        for batches in zip(*parts, strict=True):
+            memories, weights = [], []
+            for engine, batch in zip(engines, batches, strict=True):
+                batch = to_device(batch, engine.device)
+                memory, real, _ = engine.net.memory(batch["inputs"], batch["present"])
+                memories.append((memory, real))
+                weights.append(batch["present"][:, 0].float().cpu())
+            generated = generate_together([e.net for e in engines], memories, torch.stack(weights, 1))
+            chunks.append(self.task.outputs(torch.from_numpy(generated)))
+        return np.concatenate(chunks) if chunks else np.zeros((0, 1, self.task.max_length + 2))
 
     def features(self, df: pd.DataFrame, base_dir: Path, on_bad_rows: str = "error") -> tuple[Features, list[Problem]]:
         """Each member's own features of the table (decoded by each member), side by side."""
@@ -184,6 +215,28 @@ class EnsembleModel:
         c = spec["combiner"]
         model.combiner.set_linear(np.asarray(c["weight"]), np.asarray(c["bias"]), np.asarray(c["impute"]))
         return model
+
+
+def _check_text_members(members: dict[str, Any], mode: str) -> None:
+    """Text members decode together: the same vocabulary, step-by-step decoders (not CTC), PyTorch networks."""
+    if mode != "average":
+        raise UserError(
+            "a text ensemble is a product of experts (ensemble-average); stacking has no meaning for generated text"
+        )
+    first_name, first = next(iter(members.items()))
+    for name, engine in members.items():
+        if engine.runtime != "torch" or not hasattr(engine.net, "memory"):
+            raise UserError(f"text ensemble member {name!r} must be a PyTorch model folder, not an exported graph")
+        if engine.task.ctc:
+            raise UserError(
+                f"text ensemble member {name!r} has a CTC head, which scores frames, not next tokens: train it with "
+                "decoder.name transformer or gru to decode it together with the others"
+            )
+        if engine.task.vocabulary.to_dict() != first.task.vocabulary.to_dict():
+            raise UserError(
+                f"text ensemble members {first_name!r} and {name!r} have different target vocabularies: train them "
+                "on the same training rows with the same decoder.tokens / max_vocab / min_count settings"
+            )
 
 
 def is_ensemble_folder(folder: str | os.PathLike[str]) -> bool:
