@@ -3,11 +3,13 @@ SNR) and the same digits handwritten (noisy, occluded) -> the transcript as word
 
 Builds the table with ../shared/bench/make_digit_strings.py (FSDD's split: 4,000 train / 400 test), then fits a
 text model (problem type text, transformer decoder over the encoders' tokens, greedy decoding) on audio alone,
-image alone and both fused, each in its own process, and scores WER, CER and string accuracy (exact match) on
+image alone and both fused, each in its own process (and `late`: the audio and image models saved with
+`--save-dir` decoded together as a product of experts), and scores WER, CER and string accuracy (exact match) on
 the test split. Peer in the same run: PocketSphinx 5 (its bundled US English acoustic model) with a JSGF grammar
 of the ten digit words, the audio resampled to 16 kHz.
 
-    python benchmarks/digit_strings.py [--shared ../shared] [--max-epochs 30] [--entries audio,image,fused,pocketsphinx]
+    python benchmarks/digit_strings.py [--shared ../shared] [--max-epochs 30]
+        [--entries pocketsphinx,audio,image,fused,late] [--save-dir DIR]
         [--fusion attention] [--modality-dropout P] [--spec-augment FREQ,TIME] [--refit] [--stop-after N]
         [--checkpoint-dir DIR] [--time-limit SECONDS]
 
@@ -152,6 +154,42 @@ def run_entry(name: str, data: Path, max_epochs: int, seed: int, a: argparse.Nam
     }
 
 
+def run_late(data: Path, save_dir: Path) -> dict:
+    """The audio and image models (saved by their entries in --save-dir) decoded together: a product of experts,
+    each step's log-probabilities averaged (polymodal.studies.ensemble.EnsembleModel, ensemble-average)."""
+    import numpy as np
+    import pandas as pd
+
+    from polymodal import MultimodalPredictor
+    from polymodal.studies.ensemble import EnsembleModel
+    from polymodal.tasks.text_metrics import cer, exact_match, wer
+
+    members = {}
+    for name in ("audio", "image"):
+        if not (save_dir / name).exists():
+            raise SystemExit(
+                f"the late entry needs the {name} model in {save_dir / name}: run --entries audio,image,late "
+                "--save-dir DIR (or those entries with the same --save-dir before)"
+            )
+        members[name] = MultimodalPredictor.load(save_dir / name).engine
+    ens = EnsembleModel(members, "average")
+    test = pd.read_csv(data / "test.csv")
+    refs = test["transcript"].tolist()
+    start = time.perf_counter()
+    features, _ = ens.features(test, data)
+    hyps = list(ens.task.decode(ens.outputs(features, batch_size=64)))
+    seconds = time.perf_counter() - start
+    out = {"entry": "late", "inputs": list(members), "wer": wer(refs, hyps), "cer": cer(refs, hyps),
+           "string_accuracy": exact_match(refs, hyps), "ms_per_utterance": round(1000 * seconds / len(test), 2),
+           "test_rows": len(test), "members": {n: str(save_dir / n) for n in members}}  # fmt: skip
+    for j, name in enumerate(members):  # each member hidden in turn: the other decodes alone
+        keep = np.ones((len(test), len(members)), dtype=bool)
+        keep[:, j] = False
+        alone = list(ens.task.decode(ens.outputs(features, batch_size=64, present=keep)))
+        out[f"wer_without_{name}"] = wer(refs, alone)
+    return out
+
+
 def run_pocketsphinx(data: Path) -> dict:
     """PocketSphinx with the digit grammar on the test audio (16 kHz: at 8 kHz its bundled model refuses)."""
     import numpy as np
@@ -238,6 +276,10 @@ def main() -> None:
     for name in entries:
         if name == "pocketsphinx":
             results.append(run_pocketsphinx(data))
+        elif name == "late":
+            if not a.save_dir:
+                raise SystemExit("the late entry decodes the saved audio and image models together: pass --save-dir")
+            results.append(run_late(data, Path(a.save_dir)))
         else:
             cmd = [sys.executable, __file__, "--entry", name, "--data", str(data), "--max-epochs", str(a.max_epochs),
                    "--seed", str(a.seed), "--modality-dropout", str(a.modality_dropout)]  # fmt: skip
