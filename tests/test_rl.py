@@ -272,6 +272,8 @@ def test_cli_train_and_evaluate_on_a_tiny_env(tmp_path):
     assert (out / "curve.png").stat().st_size > 1000
     metrics = json.loads((out / "metrics.json").read_text())
     assert [h["steps"] for h in metrics["history"]][0] == 0 and metrics["history"][-1]["steps"] >= 256
+    # PPO: the last evaluation's episodes again with sampled actions, beside the most probable ones
+    assert metrics["final_sampled"]["episodes"] == 10 and "sampled actions" in r.output
     meta = json.loads((out / "policy.json").read_text())
     assert meta["config"]["fusion"] == "attention" and meta["hyperparameters"]["n_steps"] == 64
     r = CliRunner().invoke(app, ["rl", "evaluate", str(out), "--episodes", "20"])

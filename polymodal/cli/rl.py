@@ -96,8 +96,10 @@ def rl_train(
         agent = train(cfg, progress_bar=progress)
         folder = agent.save(output)
         last = agent.history[-1]
+        sampled = agent.final_sampled
+        also = f" (sampled actions {sampled['success_rate']:.2f})" if sampled else ""
         console.print(
-            f"{cfg.algo} on {cfg.env_id}: success {last['success_rate']:.2f}, return {last['mean_return']:.3f} "
+            f"{cfg.algo} on {cfg.env_id}: success {last['success_rate']:.2f}{also}, return {last['mean_return']:.3f} "
             f"after {last['steps']} steps ({agent.train_seconds:.0f} s); saved policy to {folder}"
         )
 

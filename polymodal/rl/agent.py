@@ -29,7 +29,7 @@ from polymodal.config import RLConfig
 from polymodal.errors import UserError
 from polymodal.files import atomic_folder
 from polymodal.model.artifact import read_json, save_safetensors, write_json
-from polymodal.rl.curves import curve_callback, plot_diagnostics, plot_runs, run_episodes
+from polymodal.rl.curves import EVAL_SEED, curve_callback, plot_diagnostics, plot_runs, run_episodes
 from polymodal.rl.encoders import LEGACY_ARCHS
 from polymodal.rl.extractor import MultimodalExtractor, ObservationError, plan_inputs, vocabulary_from_model
 from polymodal.rl.wrappers import AsDict, BagOfWords, DropKeys, TextTokens, Vocabulary, sample_texts, text_keys
@@ -266,6 +266,8 @@ class Agent:
     history: list[dict] = field(default_factory=list)
     train_seconds: float = 0.0
     diagnostics: list[dict] = field(default_factory=list)  # DQN: Q values, TD error, gradients, buffer vs steps
+    # PPO: the last evaluation's episodes again with sampled actions (docs/guide/rl.md#evaluating-a-ppo-policy)
+    final_sampled: dict[str, float] = field(default_factory=dict)
 
     def make_env(self) -> gym.Env:
         return make_env(self.config, self.vocab)
@@ -306,7 +308,9 @@ class Agent:
             if self.vocab is not None:
                 write_json(tmp / VOCAB, self.vocab.to_dict())
             final = self.history[-1] if self.history else {}
-            write_json(tmp / METRICS, {"history": self.history, "final": final, "diagnostics": self.diagnostics})
+            sampled = {"final_sampled": self.final_sampled} if self.final_sampled else {}
+            write_json(tmp / METRICS, {"history": self.history, "final": final, **sampled,
+                                       "diagnostics": self.diagnostics})  # fmt: skip
             if self.history:
                 plot_runs({f"{cfg.algo} ({cfg.fusion})": self.run_record()}, tmp / CURVE, cfg.env_id)
             if self.diagnostics:
@@ -371,6 +375,8 @@ def train(
         model.learn(cfg.steps, callback=callback, progress_bar=progress_bar)
     agent = Agent(cfg, model, vocab, history, time.perf_counter() - t0, diagnostics)
     model.policy.set_training_mode(False)
+    if cfg.algo == "ppo":  # its most probable action can go round in circles where it is unsure: both are shown
+        agent.final_sampled = agent.evaluate(cfg.eval_episodes, seed=EVAL_SEED, deterministic=False)
     return agent
 
 

@@ -18,6 +18,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+EVAL_SEED = 2_000_000  # the seed of the first episode of the evaluations during training
+
 
 def run_episodes(
     model: Any,
@@ -96,7 +98,7 @@ def curve_callback(
             self._evaluate()
 
         def _evaluate(self) -> None:
-            r = run_episodes(self.model, make_eval_env, cfg.eval_episodes, seed=2_000_000)
+            r = run_episodes(self.model, make_eval_env, cfg.eval_episodes, seed=EVAL_SEED)
             history.append({"steps": int(self.num_timesteps), "seconds": time.perf_counter() - self.t0, **r})
             if on_eval:
                 on_eval(history[-1])
