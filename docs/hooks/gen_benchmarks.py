@@ -279,6 +279,7 @@ RL_EXTRACTORS = {
 
 def rl_babyai(d: dict) -> str:
     seeded = any("seed" in r for r in d["runs"])
+    sampled = any("final_sampled" in r for r in d["runs"])  # runs since the sampled-action evaluation
     rows = []
     for r in d["runs"]:
         extractor, sees = RL_EXTRACTORS.get(r["name"].split("-")[0], ("-", "-"))
@@ -287,13 +288,14 @@ def rl_babyai(d: dict) -> str:
         row = [r["name"], r["algo"].upper(), extractor, sees]
         row += [r["seed"]] if seeded else []
         row += [f"{r['steps']:,}", _f(final["success_rate"])]
+        row += [_f(r["final_sampled"]["success_rate"]) if "final_sampled" in r else "-"] if sampled else []
         if seeded:  # the best curve point and the largest fall after first reaching 0.8 (the no-collapse rule)
             c = r.get("collapse") or {}
             row += [_f(max(h["success_rate"] for h in r["history"]), 2), _f(c.get("max_drop"), 2)]
         row += [_f(final["mean_return"]), "not reached" if to09 is None else f"{to09:,}", round(r["train_seconds"])]
         rows.append(row)
     header = ["run", "algorithm", "extractor", "sees mission"] + (["seed"] if seeded else [])
-    header += ["steps", f"success ({d.get('episodes', '?')} ep.)"]
+    header += ["steps", f"success ({d.get('episodes', '?')} ep.)"] + (["sampled actions"] if sampled else [])
     header += ["best point", "max fall after 0.8"] if seeded else []
     table = _table(header + ["mean return", "steps to 0.9", "train s"], rows)
     speed = d.get("speed")
