@@ -77,6 +77,15 @@ def test_product_of_experts_reads_both_inputs(members, table):
     )
 
 
+def test_text_ensemble_folder_round_trip(members, table, tmp_path):
+    folders = {n: p.save(tmp_path / n) for n, p in members.items()}
+    ens = EnsembleModel({n: p.engine for n, p in members.items()}, "average")
+    saved = ens.save(tmp_path / "ens", folders)
+    test = pd.read_csv(table / "test.csv")
+    again = EnsembleModel.load(saved)
+    assert _decode(again, again.features(test, table)[0]) == _decode(ens, ens.features(test, table)[0])
+
+
 def test_text_ensemble_refusals(members, table):
     engines = {n: p.engine for n, p in members.items()}
     with pytest.raises(UserError, match="product of experts"):
@@ -84,3 +93,6 @@ def test_text_ensemble_refusals(members, table):
     chars = _member(table, "caption", tokens="char", max_length=16)
     with pytest.raises(UserError, match="different target vocabularies"):
         EnsembleModel({"image": engines["image"], "caption": chars.engine}, "average")
+    ctc = _member(table, "clip", name="ctc")
+    with pytest.raises(UserError, match="CTC head"):
+        EnsembleModel({"image": engines["image"], "clip": ctc.engine}, "average")
