@@ -105,3 +105,91 @@ def test_unique_rows_is_exact_even_when_the_hash_collides(one_torch_thread, monk
     ids = torch.as_tensor(rng.integers(0, 5, (30, 4)))
     uniq, inverse = unique_rows(ids)
     assert torch.equal(uniq[inverse], ids)
+
+
+RAW_SPACE = spaces.Dict({
+    "direction": spaces.Discrete(4),
+    "image": spaces.Box(0, 255, (7, 7, 3), np.uint8),  # channels last: SB3's VecTransposeImage is not applied here
+    "pixels": spaces.Box(0, 255, (3, 10, 10), np.uint8),  # intensities: SB3 divides them by 255
+    "mission": spaces.Box(0, 11, (6,), np.int64),
+    "flags": spaces.MultiDiscrete([3, 2]),
+    "speed": spaces.Box(-1.0, 1.0, (2,), np.float32),
+})  # fmt: skip
+
+
+def raw_batch(n: int, seed: int) -> dict[str, torch.Tensor]:
+    """What a replay buffer hands back: each key in its space's dtype (Discrete as (n, 1))."""
+    rng = np.random.default_rng(seed)
+    return {
+        "direction": torch.as_tensor(rng.integers(0, 4, (n, 1))),
+        "image": torch.as_tensor(rng.integers(0, 11, (n, 7, 7, 3)).astype(np.uint8)),
+        "pixels": torch.as_tensor(rng.integers(0, 256, (n, 3, 10, 10)).astype(np.uint8)),
+        "mission": torch.as_tensor(rng.integers(0, 12, (n, 6))),
+        "flags": torch.as_tensor(rng.integers(0, 2, (n, 2))),
+        "speed": torch.as_tensor(rng.uniform(-1, 1, (n, 2)).astype(np.float32)),
+    }
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"fused_norm": True, "encoder_kwargs": {"image": {"codes": 12}}},  # the DQN defaults' light encoders
+        {"fusion": "attention", "encoder_kwargs": {"image": {"codes": 12, "widths": [8]}}},
+        {"fusion": "relation", "encoder_kwargs": {"image": {"codes": 12}}},  # tokens: no one-hot shortcut
+        {"encoder_kwargs": {"image": {"arch": "cnn", "codes": 12, "grid": 7}, "mission": {"arch": "rnn"}}},
+    ],
+)
+def test_raw_observations_give_the_features_of_preprocessed_ones(one_torch_thread, kwargs):
+    """forward_raw (what the DQN policies call: no preprocess_obs) equals forward after SB3's preprocessing, in
+    values and gradients, with and without gradients enabled."""
+    torch.manual_seed(0)
+    ext = MultimodalExtractor(RAW_SPACE, embed_dim=16, hidden=32, cnn_norm="group", **kwargs)
+    raw = raw_batch(32, seed=3)
+    pre = preprocess_obs(raw, RAW_SPACE)
+    for grad in (True, False):
+        ext.zero_grad()
+        with torch.set_grad_enabled(grad):
+            got, want = ext.forward_raw(raw), ext(pre)
+        assert torch.allclose(got, want, atol=1e-5, rtol=1e-4), (got - want).abs().max()
+        if grad:
+            weights = torch.randn(got.shape, generator=torch.Generator().manual_seed(4))
+            (got * weights).sum().backward()
+            from_raw = {n: p.grad.clone() for n, p in ext.named_parameters() if p.grad is not None}
+            ext.zero_grad()
+            (want * weights).sum().backward()
+            for name, p in ext.named_parameters():
+                if p.grad is None:
+                    assert name not in from_raw
+                    continue
+                scale = float(p.grad.abs().max()) + 1e-3
+                assert (from_raw[name] - p.grad).abs().max() <= 1e-5 * scale, name
+
+
+def test_dqn_policy_reads_raw_observations_and_vectorized_ones_fast(one_torch_thread):
+    """The DQN policy's Q-network feeds the extractor raw observations; its obs_to_tensor fast path (a VecEnv's
+    arrays) gives SB3's tensors, and anything else still goes through SB3's checks."""
+    from stable_baselines3.common.policies import BasePolicy
+
+    from polymodal.rl.dqn import FusedDQNPolicy, FusedQNetwork
+
+    space = spaces.Dict({k: RAW_SPACE[k] for k in ("direction", "mission", "speed")})
+    policy = FusedDQNPolicy(space, spaces.Discrete(3), lambda _: 1e-3, features_extractor_class=MultimodalExtractor)
+    assert isinstance(policy.q_net, FusedQNetwork)
+    raw = {k: v[:5] for k, v in raw_batch(5, seed=5).items() if k in space.spaces}
+    ext = policy.q_net.features_extractor
+    with torch.no_grad():
+        want = policy.q_net.q_net(ext(preprocess_obs(raw, space)))
+        assert torch.allclose(policy.q_net(raw), want, atol=1e-6)
+    arrays = {
+        "direction": np.array([2, 0]),
+        "mission": np.ones((2, 6), np.int64),
+        "speed": np.zeros((2, 2), np.float32),
+    }
+    fast, vectorized = policy.obs_to_tensor(arrays)
+    slow, slow_vectorized = BasePolicy.obs_to_tensor(policy, arrays)
+    assert vectorized and slow_vectorized
+    for k in arrays:
+        assert fast[k].dtype == slow[k].dtype and torch.equal(fast[k], slow[k]), k
+    single = {"direction": np.array(1), "mission": np.ones(6, np.int64), "speed": np.zeros(2, np.float32)}
+    tensors, vectorized = policy.obs_to_tensor(single)  # one observation, no batch axis: SB3's path adds it
+    assert not vectorized and tensors["mission"].shape == (1, 6) and tensors["direction"].shape == (1,)

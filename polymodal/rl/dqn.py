@@ -32,6 +32,7 @@ from stable_baselines3 import DQN
 from stable_baselines3.common.buffers import DictReplayBuffer
 from stable_baselines3.common.type_aliases import DictReplayBufferSamples
 from stable_baselines3.dqn.policies import MultiInputPolicy as DQNMultiInputPolicy
+from stable_baselines3.dqn.policies import QNetwork
 
 GROUPS = ("encoders", "fusion", "head")
 
@@ -49,11 +50,29 @@ def modes_differ(module: torch.nn.Module) -> bool:
 
 
 class _ModeOnce:
-    """Policy mixin: `set_training_mode` only when the mode changes, and only once when the two modes compute the
-    same (the light encoders: no batch norm, no dropout), since each switch walks every module twice a DQN step."""
+    """Policy mixin for acting at every step: `set_training_mode` only when the mode changes, and only once when
+    the two modes compute the same (the light encoders: no batch norm, no dropout), since each switch walks every
+    module twice a DQN step; and `obs_to_tensor` without SB3's checks when the observation is what a VecEnv
+    returns (SB3 checks each key's space again at every call, numpy reductions over a uint8 image's bounds
+    included)."""
 
     _mode: bool | None = None
     _modes_differ: bool | None = None
+
+    def obs_to_tensor(self, observation: Any) -> tuple[Any, bool]:
+        space = self.observation_space  # type: ignore[attr-defined]
+        if (
+            isinstance(space, spaces.Dict)
+            and isinstance(observation, dict)
+            and observation.keys() == space.spaces.keys()
+        ):
+            shapes = {k: s.shape for k, s in space.spaces.items()}
+            if all(
+                isinstance(v, np.ndarray) and v.ndim == len(shapes[k]) + 1 and v.shape[1:] == shapes[k]
+                for k, v in observation.items()
+            ):  # (n_envs, *space): vectorized, channels as in the space, nothing to reshape or transpose
+                return {k: torch.tensor(v, device=self.device) for k, v in observation.items()}, True  # type: ignore[attr-defined]
+        return super().obs_to_tensor(observation)  # type: ignore[misc]
 
     def set_training_mode(self, mode: bool) -> None:
         if self._modes_differ is None:
@@ -63,8 +82,25 @@ class _ModeOnce:
             self._mode = mode
 
 
-class FusedDQNPolicy(_ModeOnce, DQNMultiInputPolicy):
+class _RawObservations:
+    """Q-network mixin: a MultimodalExtractor gets the observations before SB3's `preprocess_obs`; its
+    `forward_raw` computes the same features for less (polymodal.rl.extractor). Other extractors as SB3 does."""
+
+    def extract_features(self, obs: Any, features_extractor: Any) -> torch.Tensor:
+        raw = getattr(features_extractor, "forward_raw", None)
+        if raw is None:
+            return super().extract_features(obs, features_extractor)  # type: ignore[misc]
+        return raw(obs, normalize_images=self.normalize_images)  # type: ignore[attr-defined]
+
+
+class FusedQNetwork(_RawObservations, QNetwork):
     pass
+
+
+class FusedDQNPolicy(_ModeOnce, DQNMultiInputPolicy):
+    def make_q_net(self) -> QNetwork:
+        net_args = self._update_features_extractor(self.net_args, features_extractor=None)
+        return FusedQNetwork(**net_args).to(self.device)
 
 
 def q_network(policy: Any) -> torch.nn.Module:
@@ -279,9 +315,15 @@ def fused_qrdqn_class() -> type:
     """QR-DQN (sb3-contrib) with the same parameter groups and statistics (its own loss and target)."""
     from sb3_contrib import QRDQN
     from sb3_contrib.qrdqn.policies import MultiInputPolicy as QRMultiInputPolicy
+    from sb3_contrib.qrdqn.policies import QuantileNetwork
+
+    class FusedQuantileNetwork(_RawObservations, QuantileNetwork):
+        pass
 
     class FusedQRDQNPolicy(_ModeOnce, QRMultiInputPolicy):
-        pass
+        def make_quantile_net(self) -> QuantileNetwork:
+            net_args = self._update_features_extractor(self.net_args, features_extractor=None)
+            return FusedQuantileNetwork(**net_args).to(self.device)
 
     class FusedQRDQN(_FusedMixin, QRDQN):
         def __init__(self, *args: Any, encoder_lr_scale: float = 1.0, **kwargs: Any):

@@ -34,8 +34,9 @@ GRID_MAX = 16
 
 class GridEncoder(nn.Module):
     """(b, channels, h, w) -> (b, dim). `codes` > 0: each channel holds integer codes in [0, codes) (object,
-    colour, state), a cell is the sum of its (channel, code) embeddings (as ImageCNN's `codes`, computed as a
-    multi-hot row times the table: an embedding's backward scatters lookups one by one). `widths`: 3 x 3
+    colour, state), a cell is the sum of its (channel, code) embeddings (as ImageCNN's `codes`; with gradients
+    computed as a multi-hot row times the table, since an embedding's backward scatters lookups one by one; without,
+    as the lookups summed). `widths`: 3 x 3
     convolutions (ReLU, no norm) before the flattening; none by default. `grid`: average-pool a map larger than
     `grid` x `grid` cells down to it (None: never). `hw`: the map's (height, width) when it is not `size` square."""
 
@@ -75,11 +76,16 @@ class GridEncoder(nn.Module):
         """(b, c, h, w) cells (channels last in memory when there are no convolutions: the flattening reads them
         so, and a linear layer does not care about the order as long as it is fixed)."""
         if self.codes:
-            ids = x.round().long().clamp(0, self.codes - 1) + self.code_offset[None, :, None, None]
-            b, _, h, w = x.shape
-            hot = torch.zeros(b, h, w, self.cell_embed.num_embeddings, device=x.device)
-            hot.scatter_(3, ids.permute(0, 2, 3, 1), 1.0)
-            cells = hot @ self.cell_embed.weight  # (b, h, w, embed)
+            ids = (x.round().long() if x.is_floating_point() else x.long()).clamp(0, self.codes - 1)
+            ids = ids + self.code_offset[None, :, None, None]
+            table = self.cell_embed.weight
+            if torch.is_grad_enabled() and table.requires_grad:
+                b, _, h, w = x.shape
+                hot = torch.zeros(b, h, w, self.cell_embed.num_embeddings, device=x.device)
+                hot.scatter_(3, ids.permute(0, 2, 3, 1), 1.0)
+                cells = hot @ table  # (b, h, w, embed)
+            else:  # no backward to pay for: the lookups, summed (half the multi-hot's time at batch 1)
+                cells = nn.functional.embedding(ids, table).sum(1)
             if self.convs is None and self.pool is None:
                 return cells
             x = cells.permute(0, 3, 1, 2)

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 from gymnasium import spaces
-from stable_baselines3.common.preprocessing import is_image_space
+from stable_baselines3.common.preprocessing import is_image_space, preprocess_obs
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
@@ -415,14 +415,44 @@ class MultimodalExtractor(BaseFeaturesExtractor):
         return out if inverse is None else out[inverse]
 
     def forward(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
+        """SB3's contract: observations after `preprocess_obs`."""
         emb = {}
         for k in self.names:
             if k in self.one_hot:  # SB3's one-hot of a Discrete key times the embedding table: no ids rebuilt
                 mk = self.keys[k]
                 emb[mk] = self.encoders[mk].from_one_hot(observations[k].flatten(1), getattr(self, f"lookup_{mk}"))
+            else:
+                emb[self.keys[k]] = self._embed(k, self._adapt(k, observations[k]))
+        return self._fuse(emb, observations)
+
+    def forward_raw(self, observations: dict[str, torch.Tensor], normalize_images: bool = True) -> torch.Tensor:
+        """The same features from the observations before SB3's `preprocess_obs` (as policies call it with
+        `extract_features`, polymodal.rl.dqn): cell codes are read as they are (not / 255, then x 255 back), a
+        `Discrete` key's ids index its table (no one-hot), token ids stay ids; every other key is preprocessed
+        as SB3 would. Preprocessing costs more than these encoders on small batches (each call checks the space
+        again, numpy included)."""
+        emb = {}
+        for k in self.names:
+            x, mk = observations[k], self.keys[k]
+            if k in self.one_hot:  # CategoryEncoder.forward on one column of ids
+                ids = getattr(self, f"lookup_{mk}")[x.long().reshape(-1)]
+                emb[mk] = torch.relu(nn.functional.embedding(ids, self.encoders[mk].embeds[0].weight))
                 continue
-            encoder, x = self.encoders[self.keys[k]], self._adapt(k, observations[k])
-            emb[self.keys[k]] = encoder.forward_tokens(x) if self.tokens else self._encode(k, encoder, x)
+            if k in self.rescaled:  # the codes as integers (GridEncoder reads them so)
+                x = x.permute(0, 3, 1, 2) if self.plans[k].channels_last else x
+            elif self.plans[k].modality is Modality.TEXT:
+                x = x.long()
+            else:
+                space = self._observation_space.spaces[k]
+                x = self._adapt(k, preprocess_obs(x, space, normalize_images=normalize_images))
+            emb[mk] = self._embed(k, x)
+        return self._fuse(emb, observations)
+
+    def _embed(self, key: str, x: torch.Tensor) -> torch.Tensor | Any:
+        encoder = self.encoders[self.keys[key]]
+        return encoder.forward_tokens(x) if self.tokens else self._encode(key, encoder, x)
+
+    def _fuse(self, emb: dict[str, Any], observations: dict[str, torch.Tensor]) -> torch.Tensor:
         if type(self.fusion) is EarlyFusion:  # every input is present: its concatenation, without the `where`s
             return self.fused_norm(torch.cat([emb[k] for k in self.fusion.names], dim=-1))
         first = next(iter(observations.values()))
