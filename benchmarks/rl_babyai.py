@@ -211,7 +211,7 @@ def main() -> None:
     ap.add_argument("--curve-episodes", type=int, default=30)
     ap.add_argument("--points", type=int, default=25, help="learning-curve points per run")
     ap.add_argument("--speed-steps", type=int, default=1_000, help="DQN steps per speed round (0: no speed phase)")
-    ap.add_argument("--speed-rounds", type=int, default=3)
+    ap.add_argument("--speed-rounds", type=int, default=6, help="alternating rounds (more: less noise in the ratio)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--runs", default=",".join(DEFAULT_RUNS), help=f"of {', '.join(RUNS)}")
     ap.add_argument("--out", default="rl_babyai")
