@@ -70,6 +70,18 @@ def test_matches_onnx_runtime_on_the_original_files(encoder):
     assert np.abs(got - expected).max() < 1e-3 * np.abs(expected).max()
 
 
+def test_frames_in_one_pass_equal_the_windows_one_by_one(encoder):
+    """The layers run once over the whole sequence give each 76-frame window's embedding, for lengths on and off
+    the 80 ms grid (one window, a few, a 3 s clip)."""
+    rng = np.random.default_rng(3)
+    for n_samples in (speech.MIN_SAMPLES, speech.MIN_SAMPLES + 3 * speech.STEP_SAMPLES + 700, 48000):
+        wave = torch.from_numpy(rng.normal(0, 0.1, (2, n_samples)).astype(np.float32))
+        with torch.no_grad():
+            dense, windowed = encoder.frames(wave), encoder.frames_windowed(wave)
+        assert dense.shape == windowed.shape == (2, speech.n_windows(n_samples), 96)
+        assert torch.allclose(dense, windowed, atol=1e-5, rtol=1e-5), (dense - windowed).abs().max()
+
+
 def test_short_long_and_silent_clips(encoder):
     """A 0.3 s clip is padded to one window (centred), a 3 s clip gives one frame per 80 ms, silence stays finite;
     padding windows are left out of the pooled embedding and zeroed among the tokens."""

