@@ -28,32 +28,18 @@ def main() -> None:
     ap.add_argument("--show", type=int, default=20, help="first actions shown per failed episode")
     a = ap.parse_args()
 
-    import torch
-
     from polymodal.rl import Agent
+    from polymodal.rl.agent import torch_threads
+    from polymodal.rl.curves import episode_records
 
-    torch.set_num_threads(1)
     agent = Agent.load(a.policy, device="cpu")
-    env = agent.make_env()
-    torch.manual_seed(a.seed)  # sampled actions: seeded, as rl evaluate --sample seeds them
-    kinds: Counter[str] = Counter()
+    with torch_threads(agent.config.threads):  # the episodes rl evaluate runs: same seeds, batches and draws
+        records = episode_records(agent.model, agent.make_env, a.episodes, a.seed, deterministic=not a.sample)
     print(f"{'episode':>7s} {'ended by':>10s} {'steps':>5s}  mission / first actions")
-    for i in range(a.episodes):
-        obs, _ = env.reset(seed=a.seed + i)
-        actions, ok, cut = [], False, False
-        while True:
-            action = agent.predict({k: v[None] for k, v in obs.items()}, deterministic=not a.sample)[0]
-            actions.append(int(action))
-            obs, reward, terminated, truncated, info = env.step(action)
-            if terminated or truncated:
-                ok = bool(info.get("is_success", terminated and float(reward) > 0))
-                cut = truncated and not terminated
-                break
-        kind = "success" if ok else ("time limit" if cut else "bad ending")
-        kinds[kind] += 1
-        if not ok:
-            mission = getattr(env.unwrapped, "mission", "")
-            print(f"{a.seed + i:7d} {kind:>10s} {len(actions):5d}  {mission!s} / {actions[: a.show]}")
+    for r in records:
+        if r["ended"] != "success":
+            print(f"{r['seed']:7d} {r['ended']:>10s} {r['steps']:5d}  {r['mission']} / {r['actions'][: a.show]}")
+    kinds = Counter(r["ended"] for r in records)
     mode = "sampled" if a.sample else "most probable"
     print(f"{a.episodes} episodes, {mode} actions: " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())))
 

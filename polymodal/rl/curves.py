@@ -29,13 +29,35 @@ def run_episodes(
     batch: int = 50,
     deterministic: bool = True,
 ) -> dict[str, float]:
+    """Success rate, mean return and length, and `time_limit_rate` (the failures that ran out of steps: a policy
+    going round in circles, not one that ended badly) over `episode_records`."""
+    records = episode_records(model, make, episodes, seed, batch, deterministic)
+    return {
+        "success_rate": float(np.mean([r["ended"] == "success" for r in records])),
+        "mean_return": float(np.mean([r["return"] for r in records])),
+        "mean_length": float(np.mean([r["steps"] for r in records])),
+        "time_limit_rate": float(np.mean([r["ended"] == "time limit" for r in records])),
+        "episodes": episodes,
+    }
+
+
+def episode_records(
+    model: Any,
+    make: Callable[[], gym.Env],
+    episodes: int,
+    seed: int = 1_000_000,
+    batch: int = 50,
+    deterministic: bool = True,
+) -> list[dict[str, Any]]:
     """`episodes` seeded episodes (episode i resets with seed + i), `batch` envs stepped together so the policy
-    runs on batches. Success: the env's `is_success` when it reports one, otherwise a positive final reward at
-    termination (MiniGrid/BabyAI reward only success). Actions: the policy's most probable (greedy for DQN), or
-    with `deterministic=False` sampled from it (PPO's own distribution; DQN's epsilon-greedy at its current rate),
-    from random generators seeded with `seed` and restored afterwards, so training's randomness is untouched."""
+    runs on batches; per episode its `seed`, `mission` (the env's, if any), `ended` ("success", "time limit" or
+    "bad ending"), `steps`, `return` and `actions`. Success: the env's `is_success` when it reports one, otherwise
+    a positive final reward at termination (MiniGrid/BabyAI reward only success). Actions: the policy's most
+    probable (greedy for DQN), or with `deterministic=False` sampled from it (PPO's own distribution; DQN's
+    epsilon-greedy at its current rate), from random generators seeded with `seed` and restored afterwards, so
+    training's randomness is untouched."""
     if deterministic:
-        return _run_episodes(model, make, episodes, seed, batch, True)
+        return _episodes(model, make, episodes, seed, batch, True)
     import torch
 
     state = np.random.get_state()
@@ -43,37 +65,40 @@ def run_episodes(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             np.random.seed(seed % 2**32)
-            return _run_episodes(model, make, episodes, seed, batch, False)
+            return _episodes(model, make, episodes, seed, batch, False)
     finally:
         np.random.set_state(state)
 
 
-def _run_episodes(
+def _episodes(
     model: Any, make: Callable[[], gym.Env], episodes: int, seed: int, batch: int, deterministic: bool
-) -> dict[str, float]:
-    returns, successes, lengths, cut = [], [], [], []
+) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = []
     envs = [make() for _ in range(min(batch, episodes))]
     for start in range(0, episodes, len(envs)):
         active = {j: envs[j].reset(seed=seed + start + j)[0] for j in range(min(len(envs), episodes - start))}
-        total, steps = dict.fromkeys(active, 0.0), dict.fromkeys(active, 0)
+        runs = {
+            j: {"seed": seed + start + j, "mission": str(getattr(envs[j].unwrapped, "mission", "")), "actions": [],
+                "return": 0.0}
+            for j in active
+        }  # fmt: skip
         while active:
             idx = list(active)
             obs = {k: np.stack([active[j][k] for j in idx]) for k in active[idx[0]]}
             actions, _ = model.predict(obs, deterministic=deterministic)
             for j, action in zip(idx, actions, strict=True):
                 o, reward, terminated, truncated, info = envs[j].step(action)
-                total[j], steps[j] = total[j] + float(reward), steps[j] + 1
+                run = runs[j]
+                run["return"] += float(reward)
+                run["actions"].append(np.asarray(action).tolist())
                 if terminated or truncated:
                     del active[j]
                     ok = info.get("is_success", terminated and float(reward) > 0)
-                    returns.append(total[j]), successes.append(float(bool(ok))), lengths.append(steps[j])
-                    cut.append(float(truncated and not terminated and not ok))
+                    ended = "success" if ok else "time limit" if truncated and not terminated else "bad ending"
+                    records.append(run | {"ended": ended, "steps": len(run["actions"])})
                 else:
                     active[j] = o
-    # time_limit_rate: failures that ran out of steps (a policy going round in circles), not ones that ended badly
-    return {"success_rate": float(np.mean(successes)), "mean_return": float(np.mean(returns)),
-            "mean_length": float(np.mean(lengths)), "time_limit_rate": float(np.mean(cut)),
-            "episodes": episodes}  # fmt: skip
+    return sorted(records, key=lambda r: r["seed"])
 
 
 def curve_callback(
