@@ -86,8 +86,14 @@ def test_text_ensemble_folder_round_trip(members, table, tmp_path):
     assert _decode(again, again.features(test, table)[0]) == _decode(ens, ens.features(test, table)[0])
 
 
-def test_text_ensemble_refusals(members, table):
+def test_text_ensemble_refusals(members, table, tmp_path):
+    from polymodal.optimize.export import export_model
+
     engines = {n: p.engine for n, p in members.items()}
+    graph = export_model(members["caption"].save(tmp_path / "caption"), tmp_path / "caption.onnx")
+    exported = MultimodalPredictor.load(graph, runtime="onnx")
+    with pytest.raises(UserError, match="not an exported graph"):  # its decoder steps run in ONNX Runtime
+        EnsembleModel({"image": engines["image"], "caption": exported.engine}, "average")
     with pytest.raises(UserError, match="product of experts"):
         EnsembleModel(engines, "stack")
     chars = _member(table, "caption", tokens="char", max_length=16)
