@@ -135,36 +135,22 @@ class TextNet(nn.Module):
     @torch.no_grad()
     def generate(self, memory: torch.Tensor, mask: torch.Tensor, **overrides: Any) -> np.ndarray:
         """Batched beam search (greedy at beam size 1) from the memory: the text task's outputs."""
-        g = self.generation | {k: v for k, v in overrides.items() if v is not None}
-        k = max(1, int(g["beam_size"]))
-        head = self.head
-        read = getattr(head, "step_memory", None)  # what the steps read of the memory, computed once per row
-        mem = (read(memory) if read else memory).repeat_interleave(k, dim=0)
-        msk = mask.repeat_interleave(k, dim=0)
-
-        def step(prefix: np.ndarray, cache: torch.Tensor, shared: tuple[torch.Tensor, torch.Tensor]):
-            p = torch.as_tensor(prefix, device=mem.device)
-            logits, cache = head.step(p, *shared, cache)
-            return torch.log_softmax(logits.float(), dim=-1).cpu().numpy(), cache
-
-        cache = head.init_cache(memory, mask).repeat_interleave(k, dim=0)  # once per row, as the ONNX graph does
-        ids, scores = beam_search(
-            step, cache, memory.shape[0], bos=BOS, eos=EOS, pad=PAD, max_len=self.max_len,
-            beam_size=k, length_penalty=float(g["length_penalty"]), no_repeat_ngram=int(g["no_repeat_ngram"]),
-            n_best=int(g["n_best"]), forbidden=(UNK,), shared=(mem, msk),
-        )  # fmt: skip
-        return pack(ids, scores)
+        return generate_together([self], [(memory, mask)], None, **overrides)
 
 
 @torch.no_grad()
 def generate_together(
-    nets: list[TextNet], memories: list[tuple[torch.Tensor, torch.Tensor]], weights: torch.Tensor, **overrides: Any
+    nets: list[TextNet],
+    memories: list[tuple[torch.Tensor, torch.Tensor]],
+    weights: torch.Tensor | None,
+    **overrides: Any,
 ) -> np.ndarray:
     """Late fusion of generated text (a product of experts): several text networks trained apart, each reading its
     own memory, decoded by one beam search whose step scores are the weighted mean of the networks' log-probabilities,
     normalized again. `weights` (rows, networks): a row's weight of each network, 0 for one whose input the row
-    lacks (rows are normalized to sum 1). The networks must share the vocabulary; the first one's generation
-    settings apply. Returns the text task's outputs, as `TextNet.generate`."""
+    lacks (rows are normalized to sum 1); None with one network: its own log-probabilities (`TextNet.generate`).
+    The networks must share the vocabulary; the first one's generation settings apply. Returns the text task's
+    outputs."""
     g = nets[0].generation | {k: v for k, v in overrides.items() if v is not None}
     k = max(1, int(g["beam_size"]))
     shared, caches = [], []
@@ -172,12 +158,21 @@ def generate_together(
         read = getattr(net.head, "step_memory", None)
         shared.append(((read(memory) if read else memory).repeat_interleave(k, 0), mask.repeat_interleave(k, 0)))
         caches.append(net.head.init_cache(memory, mask).repeat_interleave(k, 0))
-    w = weights.float()
-    w = torch.where(w.sum(1, keepdim=True) > 0, w, torch.ones_like(w))  # no member present: every one speaks
-    w = (w / w.sum(1, keepdim=True)).repeat_interleave(k, 0).to(memories[0][0].device)
+    device = memories[0][0].device
+    if weights is None:
+        if len(nets) != 1:
+            raise ValueError("generate_together needs the weights of several networks")
+        w = None
+    else:
+        w = weights.float()
+        w = torch.where(w.sum(1, keepdim=True) > 0, w, torch.ones_like(w))  # no member present: every one speaks
+        w = (w / w.sum(1, keepdim=True)).repeat_interleave(k, 0).to(device)
 
     def step(prefix: np.ndarray, cache: tuple, rows: tuple):
-        p = torch.as_tensor(prefix, device=w.device)
+        p = torch.as_tensor(prefix, device=device)
+        if w is None:  # one network: its log-probabilities as they are (what the exported decoder step computes)
+            logits, c = nets[0].head.step(p, *rows[0], cache[0])
+            return torch.log_softmax(logits.float(), dim=-1).cpu().numpy(), (c,)
         *mems, weight = rows
         total, new = None, []
         for j, net in enumerate(nets):
@@ -190,6 +185,6 @@ def generate_together(
     ids, scores = beam_search(
         step, tuple(caches), memories[0][0].shape[0], bos=BOS, eos=EOS, pad=PAD, max_len=nets[0].max_len,
         beam_size=k, length_penalty=float(g["length_penalty"]), no_repeat_ngram=int(g["no_repeat_ngram"]),
-        n_best=int(g["n_best"]), forbidden=(UNK,), shared=(*shared, w),
+        n_best=int(g["n_best"]), forbidden=(UNK,), shared=tuple(shared) if w is None else (*shared, w),
     )  # fmt: skip
     return pack(ids, scores)
