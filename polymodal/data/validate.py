@@ -137,7 +137,7 @@ def load_media(
     without sound); `video` holds `decode_video`'s frame settings (n_frames, fps, max_seconds, max_pixels).
 
     `sizes`/`rates`/`fits` override the image size / sample rate / image fit per column (pretrained encoders
-    have their own);
+    have their own; a video's sound track: `rates["COL:sound"]`);
     columns in `skip` are left alone (frozen encoders read them through the feature cache).
     """
     sizes, rates, fits = sizes or {}, rates or {}, fits or {}
@@ -152,9 +152,10 @@ def load_media(
             decoders[col] = lambda p, r=rates.get(col, sample_rate): decode_audio(p, r)
 
     videos = [c for c in schema.columns_of(Modality.VIDEO) if c not in skip]
-    for col in videos:
-        decoders[col] = lambda p, v=dict(video or {}): decode_video(p, size=image_size, sample_rate=sample_rate,
-                                                                     fit=image_fit, **v)  # fmt: skip
+    for col in videos:  # the sound track at its input's rate (a pretrained audio encoder's own)
+        decoders[col] = lambda p, v=dict(video or {}), r=rates.get(col + SOUND, sample_rate): decode_video(
+            p, size=image_size, sample_rate=r, fit=image_fit, **v
+        )
 
     def one(col: str, i: int, value: object) -> tuple[np.ndarray | None, Problem | None]:
         if is_missing(value):

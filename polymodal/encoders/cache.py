@@ -31,6 +31,7 @@ from polymodal.errors import UserError
 from polymodal.preprocess.pretrained import PretrainedInputs
 
 log = logging.getLogger("polymodal")
+NOTHING = np.zeros(0, np.float32)  # the cache's entry for a file with nothing to embed (a video without sound)
 
 
 class FeatureCache:
@@ -168,6 +169,12 @@ class FrozenExtractor:
     def _decode(self, data: bytes) -> Any:
         if self.modality is Modality.IMAGE:
             return decode_image(data, self.st["size"], fit=self.st.get("fit", "squash"))
+        if self.modality is Modality.AUDIO and self.st.get("track"):  # a video's sound track (None: it has none)
+            from polymodal.data.video import decode_video
+
+            st = self.st
+            return decode_video(data, 1, 8, st["sample_rate"], max_seconds=st["max_seconds"],
+                                max_pixels=st["max_pixels"]).sound  # fmt: skip
         if self.modality is Modality.AUDIO:
             return decode_audio(data, self.st["sample_rate"])
         if self.modality is Modality.VIDEO:  # the frames at the encoder's size; the sound track is another input
@@ -242,7 +249,7 @@ class FrozenExtractor:
         self.stats["misses"] += misses
         new = self._encode_missing(column, list(first.values()), load, keys, problems)
         self.cache.put(new)
-        found |= new
+        found = {k: v for k, v in (found | new).items() if v.size}  # NOTHING: the row is absent
         dim = next(iter(found.values())).shape[-1] if found else int(self.st.get("dim", 0))
         present = np.zeros(n, dtype=bool)
         if self.tokens:  # zero-padded to the longest row seen (a text: its fitted length)
@@ -279,7 +286,10 @@ class FrozenExtractor:
             for s in range(0, len(todo), step):
                 chunk = todo[s : s + step]
                 decoded = list(pool.map(load, chunk))
-                ok = [(i, d) for i, d in zip(chunk, decoded, strict=True) if not isinstance(d, Problem)]
+                ok = [(i, d) for i, d in zip(chunk, decoded, strict=True) if not isinstance(d, Problem | None)]
+                # None: read, and nothing to embed (a video without a sound track): cached as such, an empty
+                # array, so the row is absent again without decoding the file
+                new |= {keys[i]: NOTHING for i, d in zip(chunk, decoded, strict=True) if d is None}
                 problems += [d for d in decoded if isinstance(d, Problem)]
                 if ok and self.modality is Modality.VIDEO:  # every frame normalized like an image
                     arr = np.stack([self.inputs(list(d)) for _, d in ok])

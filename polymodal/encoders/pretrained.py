@@ -78,19 +78,22 @@ def pretrained_settings(
 ) -> dict[str, dict[str, Any]]:
     """The pretrained encoder of each media column, from the encoders section (resolved, nothing loaded):
     column -> {"ref", "mode": frozen | finetune, "layers", "lora"[, "runtime"][, "tokens"]}. `tokens`: frozen
-    encoders cache their token outputs (a token-level fusion reads them)."""
+    encoders cache their token outputs (a token-level fusion reads them). A video's sound track ("COL:sound", an
+    audio input) gets the audio encoder too (`encoders.columns["COL:sound"]`, else `encoders.audio`), marked
+    "track"; its frames are video_pretrained.py's."""
     from polymodal.config import ConfigError
-    from polymodal.data.schema import SchemaError
+    from polymodal.data.schema import SOUND, SchemaError
 
     media = [c for c, m in columns.items() if m in (Modality.TEXT, Modality.IMAGE, Modality.AUDIO)]
     videos = [c for c, m in columns.items() if m is Modality.VIDEO]  # their frames: video_pretrained.py
-    unknown = [c for c in enc.columns if c not in media + videos]
+    tracks = [c + SOUND for c in videos]  # their sound tracks: audio inputs, given the audio encoder
+    unknown = [c for c in enc.columns if c not in media + videos + tracks]
     if unknown:
         raise SchemaError(f"encoders given for {unknown}, which are not text/image/audio/video input columns "
-                          f"({media + videos})")  # fmt: skip
+                          f"or video sound tracks ({media + videos + tracks})")  # fmt: skip
     out = {}
-    for col in media:
-        modality = columns[col]
+    for col in media + tracks:
+        modality = Modality.AUDIO if col in tracks else columns[col]
         name = enc.columns.get(col) or getattr(enc, modality.value).name
         if name is None and enc.preset == "pretrained":
             name = PRESET_PRETRAINED.get(modality)
@@ -106,6 +109,8 @@ def pretrained_settings(
                 "fine-tune it without encoders.lora (encoders.finetune_layers N trains its last N convolutions)"
             )
         out[col] = {"ref": ref.to_dict(), "mode": mode, "layers": enc.finetune_layers, "lora": enc.lora}
+        if col in tracks:  # decoded from the video file (polymodal.encoders.cache: the clip's sound track)
+            out[col]["track"] = True
         if mode == "frozen" and enc.frozen_runtime != "torch":
             if ref.kind == "speech-embedding":  # int8 would quantize only its mel matrix, on a power spectrum
                 log.info("column %r: speech-embedding runs in torch (frozen_runtime=%s is for text and image encoders)",

@@ -82,6 +82,8 @@ class FeaturePipeline:
                 cfg, st, frames = self.preprocessor.config, extractor.st, decoded.pop(name, None)
                 alike = (st["size"], st.get("fit", "squash")) == (cfg.image_size, cfg.image_fit)
                 again = frames if alike else None
+            elif name in decoded:  # a sound track decoded with the frames, at this encoder's rate (media_options)
+                again = decoded.pop(name)
             col = input_column(name, columns)  # problems name the table's column
             emb, present, more = extractor(col, df[col].tolist(), base_dir, decoded=again)
             frozen[name] = (emb, present)

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from polymodal.config import PreprocessConfig
-from polymodal.data.schema import CATEGORICAL_INPUT, NUMERIC_INPUT, Modality, ProblemType, Schema
+from polymodal.data.schema import CATEGORICAL_INPUT, NUMERIC_INPUT, Modality, ProblemType, Schema, input_column
 from polymodal.data.validate import is_missing
 from polymodal.preprocess.audio import log_mel_mfcc
 from polymodal.preprocess.features import Features, distinct_items
@@ -101,7 +101,7 @@ class Preprocessor:
 
         Called before media is decoded, since it decides the image size and sample rate to decode at.
         """
-        from polymodal.preprocess.pretrained import PretrainedInputs, settings, speech_length
+        from polymodal.preprocess.pretrained import PretrainedInputs, file_seconds, settings, speech_length
 
         for name, p in self.config.pretrained.items():
             modality = self.schema.inputs[name]
@@ -109,12 +109,17 @@ class Preprocessor:
                 self.state[name] = frames_settings(p, self.config)
                 continue
             st = settings(modality, p["ref"]["kind"], p["ref"]["path"])
-            values = [v for v in df[name] if not is_missing(v)][:5000]
+            values = [v for v in df[input_column(name, self.schema.columns)] if not is_missing(v)][:5000]
             if modality is Modality.TEXT:
                 lengths = PretrainedInputs(modality, st).token_lengths([str(v) for v in values])
                 st["max_len"] = int(np.clip(np.percentile(lengths, 95) if lengths else 8, 8, st["model_max"]))
             elif modality is Modality.AUDIO:
-                st["n_samples"] = self._audio_length(values[:300], base_dir, st["sample_rate"])
+                if p.get("track"):  # a video's sound track, decoded from the file within the video limits
+                    st |= {"track": True, "max_seconds": self.config.video_max_seconds,
+                           "max_pixels": self.config.video_max_pixels}  # fmt: skip
+                seconds = file_seconds(values[:300], base_dir, bool(p.get("track")))
+                typical = np.percentile(seconds, self.audio_percentile) if seconds else self.config.max_audio_seconds
+                st["n_samples"] = int(st["sample_rate"] * float(np.clip(typical, 0.1, self.config.max_audio_seconds)))
                 if "min_samples" in st:  # speech-embedding: whole windows, at least speech_seconds long
                     shortest = int(self.config.speech_seconds * st["sample_rate"])
                     st["n_samples"] = speech_length(max(st["n_samples"], shortest), st["min_samples"],
@@ -124,21 +129,6 @@ class Preprocessor:
                 st["fit"] = self.config.image_fit
             self.state[name] = st
         return self
-
-    def _audio_length(self, values: list, base_dir: Path, sample_rate: int) -> int:
-        """A percentile (`audio_percentile`) of the durations of a sample of clips, read from file headers."""
-        import soundfile as sf
-
-        from polymodal.data.io import resolve_path
-
-        seconds = []
-        for v in values:
-            try:
-                seconds.append(sf.info(str(resolve_path(str(v), base_dir))).duration)
-            except Exception:
-                continue  # broken files are reported by validation, not here
-        typical = np.percentile(seconds, self.audio_percentile) if seconds else self.config.max_audio_seconds
-        return int(sample_rate * float(np.clip(typical, 0.1, self.config.max_audio_seconds)))
 
     @property
     def audio_percentile(self) -> float:

@@ -6,6 +6,7 @@ torchvision) and stored as plain JSON, so a saved model re-creates its inputs ex
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -129,3 +130,23 @@ class PretrainedInputs:
         out = self._load_tool()(list(waves), sampling_rate=self.st["sample_rate"], return_tensors="np")
         key = "input_values" if "input_values" in out else "input_features"
         return np.asarray(out[key], dtype=np.float32)
+
+
+def file_seconds(values: list, base_dir: Path, video: bool = False) -> list[float]:
+    """The durations of the sound files (`video`: of the videos) named by `values`, read from their headers;
+    files that do not open are skipped (validation reports them)."""
+    import soundfile as sf
+
+    from polymodal.data.io import resolve_path
+    from polymodal.data.video import video_seconds
+
+    seconds = []
+    for v in values:
+        try:
+            path = resolve_path(str(v), base_dir)
+            duration = video_seconds(path) if video else sf.info(str(path)).duration
+        except Exception:  # noqa: BLE001 - broken files are reported by validation, not here
+            continue
+        if duration is not None:
+            seconds.append(float(duration))
+    return seconds

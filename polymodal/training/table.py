@@ -110,7 +110,8 @@ def pretrained_config(cfg: Config, schema: Schema) -> dict[str, dict[str, Any]]:
     from polymodal.encoders.video_pretrained import video_frames_settings
 
     pretrained = pretrained_settings(cfg.encoders, schema.columns, tokens=frozen_tokens(cfg))
-    return pretrained | video_frames_settings(cfg.encoders, schema.columns)  # a video's frames: "COL:frames"
+    pretrained |= video_frames_settings(cfg.encoders, schema.columns)  # a video's frames: "COL:frames"
+    return {k: v for k, v in pretrained.items() if k in schema.inputs}  # not a video part left out (--ignore)
 
 
 def start_pipeline(cfg: Config, table: TrainTable, cache_dir: Any, progress: bool) -> Any:
