@@ -125,3 +125,11 @@ def test_served_clips_answer_as_predict(table, tmp_path):
     np.testing.assert_allclose(got, expected.to_numpy(), atol=1e-5)
     sound = ["clip:sound" in p["inputs_used"] for p in preds]
     assert sound == [i not in (*SILENT, EMPTY) for i in range(12)]
+
+
+def test_fine_tuned_track_encoder_fits_and_round_trips(table, tmp_path):
+    p = fit(table, tmp_path, max_epochs=1, **{"encoders.freeze": False, "encoders.finetune_layers": 1})
+    assert p.engine.preprocessor.config.pretrained["clip:sound"]["mode"] == "finetune"
+    assert "clip:sound" not in p.metrics_.get("feature_cache", {})  # decoded with the frames, encoded in the net
+    loaded = MultimodalPredictor.load(p.save(tmp_path / "m"))
+    pd.testing.assert_frame_equal(p.predict_proba(table / "train.csv"), loaded.predict_proba(table / "train.csv"))
