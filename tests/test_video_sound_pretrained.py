@@ -133,3 +133,16 @@ def test_fine_tuned_track_encoder_fits_and_round_trips(table, tmp_path):
     assert "clip:sound" not in p.metrics_.get("feature_cache", {})  # decoded with the frames, encoded in the net
     loaded = MultimodalPredictor.load(p.save(tmp_path / "m"))
     pd.testing.assert_frame_equal(p.predict_proba(table / "train.csv"), loaded.predict_proba(table / "train.csv"))
+
+
+def test_a_text_decoder_reading_tokens_gets_the_frozen_tokens(table, tmp_path):
+    """`decoder.memory: tokens` reads each input's tokens: a frozen encoder then caches its tokens (one per 80 ms
+    window of the track), as for a token-level fusion; with `pooled` memory, its pooled embedding."""
+    df = pd.read_csv(table / "train.csv").assign(words=lambda d: d["y"] + " tone").drop(columns="y")
+    df["clip"] = [None if pd.isna(c) else str(table / c) for c in df["clip"]]
+    df.to_csv(tmp_path / "words.csv", index=False)
+    common = dict(label="words", problem_type="text", audio_encoder="speech-embedding", max_epochs=1, **FAST)
+    for memory, tokens in (("tokens", True), ("pooled", False)):
+        p = MultimodalPredictor(**common, decoder={"memory": memory, "dim": 16, "layers": 1, "heads": 2})
+        p.fit(tmp_path / "words.csv")
+        assert bool(p.engine.preprocessor.config.pretrained["clip:sound"].get("tokens")) is tokens, memory

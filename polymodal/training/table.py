@@ -21,7 +21,7 @@ import pandas as pd
 
 from polymodal.config import Config
 from polymodal.data.io import read_table, table_name
-from polymodal.data.schema import Modality, Schema, infer_schema
+from polymodal.data.schema import Modality, ProblemType, Schema, infer_schema
 from polymodal.data.validate import (
     BadRowsError,
     Problem,
@@ -96,12 +96,17 @@ def open_train_table(cfg: Config, source: Any) -> TrainTable:
     return TrainTable(source, df, base_dir, infer(cfg, df), False)
 
 
-def frozen_tokens(cfg: Config) -> bool:
-    """Whether frozen encoders cache their token outputs: as set, or when the fusion reads tokens."""
+def frozen_tokens(cfg: Config, schema: Schema | None = None) -> bool:
+    """Whether frozen encoders cache their token outputs: as set; else when the fusion reads tokens, or a text
+    decoder does (`decoder.memory: tokens`, or a CTC head over an input's tokens)."""
     from polymodal.fusion import FUSIONS
 
     wanted = cfg.encoders.frozen_tokens
-    return bool(getattr(FUSIONS[cfg.fusion.name], "consumes_tokens", False)) if wanted is None else wanted
+    if wanted is not None:
+        return wanted
+    text = schema is not None and schema.problem_type is ProblemType.TEXT
+    decoder_reads = text and (cfg.decoder.memory == "tokens" or cfg.decoder.name == "ctc")
+    return decoder_reads or bool(getattr(FUSIONS[cfg.fusion.name], "consumes_tokens", False))
 
 
 def pretrained_config(cfg: Config, schema: Schema) -> dict[str, dict[str, Any]]:
@@ -109,7 +114,7 @@ def pretrained_config(cfg: Config, schema: Schema) -> dict[str, dict[str, Any]]:
     from polymodal.encoders.pretrained import pretrained_settings
     from polymodal.encoders.video_pretrained import video_frames_settings
 
-    pretrained = pretrained_settings(cfg.encoders, schema.columns, tokens=frozen_tokens(cfg))
+    pretrained = pretrained_settings(cfg.encoders, schema.columns, tokens=frozen_tokens(cfg, schema))
     pretrained |= video_frames_settings(cfg.encoders, schema.columns)  # a video's frames: "COL:frames"
     return {k: v for k, v in pretrained.items() if k in schema.inputs}  # not a video part left out (--ignore)
 
