@@ -73,18 +73,24 @@ BRANCHES = {"frames": ("shown", "video:sound"), "sound": ("spoken", "video:frame
 
 
 def pretrain(data: Path, train: pd.DataFrame, folder: Path, epochs: int, order_epochs: int, patience: int,
-             lr: float) -> dict:  # fmt: skip
+             lr: float, branches: tuple[str, ...] = ("frames", "sound"), stages: tuple[str, ...] = ("set", "order"),
+             memory: str = "pooled") -> dict:  # fmt: skip
     """--pretrain-branches: each branch learns the digits its captions name, in two fits (a curriculum):
     1. "set": which digits it shows / speaks, as a multilabel target (frames averaged over time: every frame is
        supervised alike, so the per-frame CNN learns digits fast);
     2. "order": the three digits in order, as a text target (a GRU decoder reads the branch's pooled embedding, so
        that embedding must hold them in order), its encoder started from fit 1 (encoders.init_from).
-    The compare's encoders then start from fit 2."""
+    The compare's encoders then start from the last fit. `branches`: the branches to fit (a branch read by a frozen
+    pretrained encoder has nothing to learn); `stages`: which of the two fits; `memory`: what the order fit's
+    decoder reads of the branch (pooled: one embedding, which must hold the digits in order; tokens: the frames or
+    windows one by one, what a token-level fusion reads next)."""
     from polymodal import MultimodalPredictor
 
     captions = {s: pd.read_csv(data / f"captions_{s}.csv").set_index("video") for s in ("train", "test")}
     out: dict = {}
     for branch, (caption, left_out) in BRANCHES.items():
+        if branch not in branches:
+            continue
         name = "video:sound" if branch == "sound" else "video:frames"
         for split, rows in (("train", train), ("test", pd.read_csv(data / "test.csv"))):
             words = captions[split].loc[rows["video"], caption]
@@ -93,14 +99,15 @@ def pretrain(data: Path, train: pd.DataFrame, folder: Path, epochs: int, order_e
         # No augmentation: these fits are short and the branches were far from over-fitting (probe: 12 epochs)
         common = dict(preprocess=PREPROCESS, embed_dim=64, hidden=64, batch_size=32, lr=lr, patience=patience,
                       progress=False, modalities={"video": "video"}, augment=False)  # fmt: skip
-        stages = {
+        fits = {
             "set": dict(label="digits", problem_type="multilabel", ignore=[left_out, "caption"], max_epochs=epochs,
                         **{"encoders.video.temporal": "mean"}),
             "order": dict(label="caption", problem_type="text", ignore=[left_out, "digits"], max_epochs=order_epochs,
-                          **DECODER, **{"encoders.init_from": {name: str(folder / f"{branch}_set")}}),
+                          **DECODER | {"decoder.memory": memory},
+                          **({"encoders.init_from": {name: str(folder / f"{branch}_set")}} if "set" in stages else {})),
         }  # fmt: skip
         out[branch] = {}
-        for stage, settings in stages.items():
+        for stage, settings in [(k, v) for k, v in fits.items() if k in stages]:
             start = time.perf_counter()
             p = MultimodalPredictor(**common, **settings)
             p.fit(data / f"pretrain_{branch}_train.csv")
@@ -145,6 +152,18 @@ def main() -> None:
     ap.add_argument("--order-epochs", type=int, default=15)
     ap.add_argument("--pretrain-lr", type=float, default=3e-3)
     ap.add_argument("--freeze-branches", action="store_true", help="with --pretrain-branches: encoders.init_freeze")
+    ap.add_argument("--pretrain-stages", default="set,order", help="of set,order (with --pretrain-branches)")
+    ap.add_argument(
+        "--order-memory",
+        default="pooled",
+        choices=("pooled", "tokens"),
+        help="what the order fit's decoder reads of the branch",
+    )
+    ap.add_argument(
+        "--sound-encoder",
+        default=None,
+        help="a pretrained audio encoder for the sound track (speech-embedding), frozen: not pre-trained",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "av_video.json")
     a = ap.parse_args()
     import torch
@@ -172,15 +191,21 @@ def main() -> None:
     out = ROOT / "benchmarks" / "runs" / "av_video"
     settings: dict = {}
     report["pretrain_branches"], report["freeze_branches"] = a.pretrain_branches, a.freeze_branches
+    report["sound_encoder"] = a.sound_encoder
+    if a.sound_encoder:
+        settings["audio_encoder"] = a.sound_encoder
     if a.pretrain_branches:
         start = time.perf_counter()
+        branches = ("frames",) if a.sound_encoder else ("frames", "sound")
+        stages = tuple(a.pretrain_stages.split(","))
         report["pretrained"] = pretrain(data, train, out.with_name("av_video_branches"), a.pretrain_epochs,
-                                        a.order_epochs, a.patience, a.pretrain_lr)  # fmt: skip
-        report |= {"pretrain_epochs": a.pretrain_epochs, "order_epochs": a.order_epochs, "pretrain_lr": a.pretrain_lr}
+                                        a.order_epochs, a.patience, a.pretrain_lr, branches, stages,
+                                        a.order_memory)  # fmt: skip
+        report |= {"pretrain_epochs": a.pretrain_epochs, "order_epochs": a.order_epochs, "pretrain_lr": a.pretrain_lr,
+                   "pretrain_stages": list(stages), "order_memory": a.order_memory}  # fmt: skip
         report["pretrain_seconds"] = round(time.perf_counter() - start, 1)
-        init = {"video:frames": report["pretrained"]["frames"]["order"]["folder"],
-                "video:sound": report["pretrained"]["sound"]["order"]["folder"]}  # fmt: skip
-        settings = {"encoders.init_from": init, "encoders.init_freeze": a.freeze_branches}
+        init = {f"video:{b}": report["pretrained"][b][stages[-1]]["folder"] for b in branches}
+        settings |= {"encoders.init_from": init, "encoders.init_freeze": a.freeze_branches}
     start = time.perf_counter()
     board = polymodal.compare(
         train_csv, "label", out, test=data / "test.csv", fusions=a.fusions, seeds=1, noise_levels=0,

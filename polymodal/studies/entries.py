@@ -229,9 +229,17 @@ def prepare_seed(
     return sd
 
 
+def keep_own_init(p: Any, inputs: list[str]) -> None:
+    """`encoders.init_from` restricted to an entry's inputs: the sound-only entry starts its sound encoder from the
+    sound branch's fit and has no frames to start (a plain fit naming none of its inputs is an error)."""
+    enc = p.config_.encoders
+    enc.init_from = {k: v for k, v in enc.init_from.items() if k in inputs}
+
+
 def fit_on_features(p: Any, sd: SeedData, inputs: list[str]) -> Any:
     """`MultimodalPredictor.fit` from the point where the data is decoded and preprocessed, on the seed's shared
     arrays restricted to `inputs`. The predictor ends up exactly as `fit` leaves it (saveable, loadable)."""
+    keep_own_init(p, inputs)
     schema = sub_schema(sd.schema, inputs)
     pre = sub_preprocessor(sd.preprocessor, schema)
     names = list(schema.inputs)

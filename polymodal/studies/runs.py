@@ -24,6 +24,7 @@ from polymodal.studies.entries import (
     encoder_pass_seconds,
     evaluate_model,
     fit_on_features,
+    keep_own_init,
     load_data,
     prepare_seed,
 )
@@ -284,6 +285,7 @@ class StreamRun(Run):
 
         p = MultimodalPredictor(config=self.template.config_, fusion=entry.fusion, seed=seed, streaming="on",
                                 **entry.settings, **self.time_share())  # fmt: skip
+        keep_own_init(p, entry.inputs)
         d = p.config_.data
         d.modalities = {c: m.value for c, m in self.schema.columns.items()}
         others = [n for n in self.schema.inputs if n not in entry.inputs]
