@@ -74,3 +74,17 @@ def test_mistakes_are_named(folders):
     with pytest.raises(UserError, match="do not fit this encoder"):
         init = {"encoders.init_from": {"clip:frames": str(folder / "pre")}}
         MultimodalPredictor(label="y", **other, **init).fit(folder / "t.csv")
+
+
+def test_compare_entries_start_only_their_own_inputs(folders, tmp_path):
+    """init_from naming the frames alone: the frames entries start from it, the sound-only entry starts fresh
+    (naming none of its inputs is no mistake there)."""
+    import polymodal
+
+    folder, pre = folders
+    opts = FAST | {"max_epochs": 1, "ignore": ["photo", "note", "x", "kind", "bright"]}
+    settings = {"encoders.init_from": {"clip:frames": str(folder / "pre")}, "encoders.init_freeze": True}
+    board = polymodal.compare(folder / "t.csv", "y", tmp_path / "cmp", fusions="early", seeds=1, noise_levels=0,
+                              permutations=1, report=False, **opts, **settings)  # fmt: skip
+    entries = {r["entry"] for r in board["results"]}
+    assert {"clip:frames only", "clip:sound only", "early"} <= entries, entries
