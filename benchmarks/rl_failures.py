@@ -30,11 +30,13 @@ def main() -> None:
 
     from polymodal.rl import Agent
     from polymodal.rl.agent import torch_threads
-    from polymodal.rl.curves import episode_records
+    from polymodal.rl.curves import run_episodes
 
     agent = Agent.load(a.policy, device="cpu")
     with torch_threads(agent.config.threads):  # the episodes rl evaluate runs: same seeds, batches and draws
-        records = episode_records(agent.model, agent.make_env, a.episodes, a.seed, deterministic=not a.sample)
+        records = run_episodes(
+            agent.model, agent.make_env, a.episodes, a.seed, deterministic=not a.sample, records=True
+        )["records"]
     print(f"{'episode':>7s} {'ended by':>10s} {'steps':>5s}  mission / first actions")
     for r in records:
         if r["ended"] != "success":

@@ -305,7 +305,7 @@ def test_acting_cache_and_gradient_clipping_match_the_plain_computation():
 def test_evaluation_tells_time_limits_from_bad_endings():
     """`time_limit_rate`: the share of episodes that ran out of steps without success (a policy going round in
     circles), apart from ones that ended badly; sampled actions come from a seeded generator."""
-    from polymodal.rl.curves import episode_records, run_episodes
+    from polymodal.rl.curves import run_episodes
 
     class Fixed:  # stands in for an SB3 model: always the same action, or uniformly random when sampled
         def __init__(self, action: int):
@@ -324,10 +324,10 @@ def test_evaluation_tells_time_limits_from_bad_endings():
     walks = [run_episodes(Fixed(2), Corridor, 40, seed=3, deterministic=False) for _ in "ab"]
     assert walks[0] == walks[1] and 0.0 < walks[0]["time_limit_rate"] < 1.0
     # Per episode (what benchmarks/rl_failures.py prints): its seed, how it ended, its actions.
-    records = episode_records(Fixed(1), Corridor, 10, seed=5, batch=4)
+    records = run_episodes(Fixed(1), Corridor, 10, seed=5, batch=4, records=True)["records"]
     assert [r["seed"] for r in records] == list(range(5, 15))
     assert all(r["actions"] == [1, 1, 1] and r["steps"] == 3 for r in records)
     assert {r["ended"] for r in records} == {"success", "bad ending"}
     assert all((r["return"] > 0) == (r["ended"] == "success") for r in records)
-    stuck = episode_records(Fixed(2), Corridor, 3)
+    stuck = run_episodes(Fixed(2), Corridor, 3, records=True)["records"]
     assert all(r["ended"] == "time limit" and r["actions"] == [2] * Corridor.LIMIT for r in stuck)

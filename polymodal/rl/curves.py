@@ -28,46 +28,38 @@ def run_episodes(
     seed: int = 1_000_000,
     batch: int = 50,
     deterministic: bool = True,
-) -> dict[str, float]:
-    """Success rate, mean return and length, and `time_limit_rate` (the failures that ran out of steps: a policy
-    going round in circles, not one that ended badly) over `episode_records`."""
-    records = episode_records(model, make, episodes, seed, batch, deterministic)
-    return {
-        "success_rate": float(np.mean([r["ended"] == "success" for r in records])),
-        "mean_return": float(np.mean([r["return"] for r in records])),
-        "mean_length": float(np.mean([r["steps"] for r in records])),
-        "time_limit_rate": float(np.mean([r["ended"] == "time limit" for r in records])),
-        "episodes": episodes,
-    }
-
-
-def episode_records(
-    model: Any,
-    make: Callable[[], gym.Env],
-    episodes: int,
-    seed: int = 1_000_000,
-    batch: int = 50,
-    deterministic: bool = True,
-) -> list[dict[str, Any]]:
+    records: bool = False,
+) -> dict[str, Any]:
     """`episodes` seeded episodes (episode i resets with seed + i), `batch` envs stepped together so the policy
-    runs on batches; per episode its `seed`, `mission` (the env's, if any), `ended` ("success", "time limit" or
-    "bad ending"), `steps`, `return` and `actions`. Success: the env's `is_success` when it reports one, otherwise
-    a positive final reward at termination (MiniGrid/BabyAI reward only success). Actions: the policy's most
-    probable (greedy for DQN), or with `deterministic=False` sampled from it (PPO's own distribution; DQN's
+    runs on batches: success rate, mean return and length, and `time_limit_rate` (the failures that ran out of
+    steps: a policy going round in circles, not one that ended badly). `records`: also each episode's `seed`,
+    `mission` (the env's, if any), `ended` ("success", "time limit" or "bad ending"), `steps`, `return` and
+    `actions` (benchmarks/rl_failures.py prints them). Success: the env's `is_success` when it reports one,
+    otherwise a positive final reward at termination (MiniGrid/BabyAI reward only success). Actions: the policy's
+    most probable (greedy for DQN), or with `deterministic=False` sampled from it (PPO's own distribution; DQN's
     epsilon-greedy at its current rate), from random generators seeded with `seed` and restored afterwards, so
     training's randomness is untouched."""
     if deterministic:
-        return _episodes(model, make, episodes, seed, batch, True)
-    import torch
+        runs = _episodes(model, make, episodes, seed, batch, True)
+    else:
+        import torch
 
-    state = np.random.get_state()
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            np.random.seed(seed % 2**32)
-            return _episodes(model, make, episodes, seed, batch, False)
-    finally:
-        np.random.set_state(state)
+        state = np.random.get_state()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                np.random.seed(seed % 2**32)
+                runs = _episodes(model, make, episodes, seed, batch, False)
+        finally:
+            np.random.set_state(state)
+    out: dict[str, Any] = {
+        "success_rate": float(np.mean([r["ended"] == "success" for r in runs])),
+        "mean_return": float(np.mean([r["return"] for r in runs])),
+        "mean_length": float(np.mean([r["steps"] for r in runs])),
+        "time_limit_rate": float(np.mean([r["ended"] == "time limit" for r in runs])),
+        "episodes": episodes,
+    }
+    return out | {"records": runs} if records else out
 
 
 def _episodes(
