@@ -133,9 +133,11 @@ class EncodersConfig:
     # int8 ONNX graph and run by ONNX Runtime: faster on a CPU; its embeddings have their own cache namespace).
     frozen_runtime: str = field(default="torch", metadata=_choices("torch", "onnx-int8"))
     # Cache a frozen encoder's token outputs (word, patch or frame tokens, fp16) instead of its pooled embedding,
-    # for the token-level fusions; None: when the fusion reads tokens (a pooled fusion then pools them itself).
+    # for the token-level fusions; None: when the fusion or a text decoder reads tokens (decoder.memory tokens, CTC;
+    # a pooled fusion then pools them itself).
     frozen_tokens: bool | None = None
-    columns: dict[str, str] = field(default_factory=dict)  # column -> pretrained encoder, over the modality's
+    # column (or a video's sound track, "COL:sound") -> pretrained encoder, over the modality's
+    columns: dict[str, str] = field(default_factory=dict)
     # Input name -> a fitted model folder: the input's encoder starts from that folder's weights for the same input
     # (e.g. {"clip:frames": runs/shown}, a branch pre-trained on its own target); same sizes and preprocessing.
     init_from: dict[str, str] = field(default_factory=dict)
