@@ -146,3 +146,11 @@ def test_a_text_decoder_reading_tokens_gets_the_frozen_tokens(table, tmp_path):
         p = MultimodalPredictor(**common, decoder={"memory": memory, "dim": 16, "layers": 1, "heads": 2})
         p.fit(tmp_path / "words.csv")
         assert bool(p.engine.preprocessor.config.pretrained["clip:sound"].get("tokens")) is tokens, memory
+
+
+def test_an_encoder_for_an_unknown_input_is_named_with_the_choices(table):
+    from polymodal.data.schema import SchemaError
+
+    p = MultimodalPredictor(label="y", encoders={"clip:voice": "speech-embedding"}, max_epochs=1, **FAST)
+    with pytest.raises(SchemaError, match=r"encoders given for \['clip:voice'\].*video sound tracks.*'clip:sound'"):
+        p.fit(table / "train.csv")
