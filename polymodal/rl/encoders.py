@@ -35,9 +35,9 @@ GRID_MAX = 16
 class GridEncoder(nn.Module):
     """(b, channels, h, w) -> (b, dim). `codes` > 0: each channel holds integer codes in [0, codes) (object,
     colour, state), a cell is the sum of its (channel, code) embeddings (as ImageCNN's `codes`; with gradients
-    computed as a multi-hot row times the table, since an embedding's backward scatters lookups one by one; without,
-    as the lookups summed). `widths`: 3 x 3
-    convolutions (ReLU, no norm) before the flattening; none by default. `grid`: average-pool a map larger than
+    computed as a multi-hot row times the table, since an embedding's backward scatters lookups one by one;
+    without, as the lookups summed). `widths`: 3 x 3 convolutions (ReLU, no norm) before the flattening; none by
+    default. `grid`: average-pool a map larger than
     `grid` x `grid` cells down to it (None: never). `hw`: the map's (height, width) when it is not `size` square."""
 
     def __init__(

@@ -434,9 +434,8 @@ class MultimodalExtractor(BaseFeaturesExtractor):
         emb = {}
         for k in self.names:
             x, mk = observations[k], self.keys[k]
-            if k in self.one_hot:  # CategoryEncoder.forward on one column of ids
-                ids = getattr(self, f"lookup_{mk}")[x.long().reshape(-1)]
-                emb[mk] = torch.relu(nn.functional.embedding(ids, self.encoders[mk].embeds[0].weight))
+            if k in self.one_hot:  # the Discrete value -> its category id, one column
+                emb[mk] = self.encoders[mk](getattr(self, f"lookup_{mk}")[x.long().reshape(-1, 1)])
                 continue
             if k in self.rescaled:  # the codes as integers (GridEncoder reads them so)
                 x = x.permute(0, 3, 1, 2) if self.plans[k].channels_last else x
