@@ -16,7 +16,9 @@ Runs (each for every seed):
   bow-ppo        SB3's default extractor with PPO
   legacy-dqn     (only when named) the polymodal extractor with the DQN settings before issue 28
 Each run: success of deterministic actions (and of sampled ones) over `--episodes` episodes after its budget, the
-curve every `--points`-th of the budget (30 episodes a point), DQN diagnostics. Before the runs, the speed of both
+curve every `--points`-th of the budget (`--curve-episodes` a point, their own episode seeds), DQN diagnostics. Each
+run ends on the weights of its best curve point (the `rl` default `keep_best`), then is scored on the final
+evaluation's episodes, which the choice never saw. Before the runs, the speed of both
 extractors is measured in the same process, alternating (DQN training steps per second after learning starts).
 
 Goals: polymodal DQN >= 0.90 success in every seed, with no collapse (after the curve first reaches 0.8 it never
@@ -125,6 +127,7 @@ def one_run(name: str, seed: int, args: argparse.Namespace) -> dict:
           f" after {cfg.steps} steps ({train_s:.0f} s)", flush=True)  # fmt: skip
     return {"name": name, "seed": seed, "algo": cfg.algo, "steps": cfg.steps, "train_seconds": train_s,
             "final": final, "final_sampled": sampled, "steps_to_0.9": reach, "collapse": collapse(curve),
+            "kept_steps": agent.kept.get("point", {}).get("steps"),
             "history": agent.history,
             "diagnostics": agent.diagnostics, "hyperparameters": cfg.params(),
             "settings": {k: getattr(cfg, k) for k in SETTINGS},
@@ -208,7 +211,8 @@ def main() -> None:
     ap.add_argument("--grid", type=int, default=7, help="pooled image grid of the polymodal encoder (7: every cell)")
     ap.add_argument("--dqn-widths", default="", help="conv widths of the DQN's cell grid ('': the rl default, none)")
     ap.add_argument("--episodes", type=int, default=200, help="final evaluation episodes")
-    ap.add_argument("--curve-episodes", type=int, default=30)
+    # 100 a point (30 before keep_best): the best point picks the weights the run ends on, so it must tell 0.95 from 1
+    ap.add_argument("--curve-episodes", type=int, default=100)
     ap.add_argument("--points", type=int, default=25, help="learning-curve points per run")
     ap.add_argument("--speed-steps", type=int, default=1_000, help="DQN steps per speed round (0: no speed phase)")
     ap.add_argument("--speed-rounds", type=int, default=6, help="alternating rounds (more: less noise in the ratio)")
@@ -252,15 +256,17 @@ def report(results: list[dict], speed_result: dict | None, args, wall: float | N
 
     minutes = f"{wall / 60:.1f} min" if wall else "cut short"
     print(f"\n{args.env}: success over {args.episodes} episodes (deterministic), wall {minutes}")
-    head = ("run", "seed", "steps", "success", "sampled", "best", "max drop", "to 0.9", "s")
-    print("{:14s} {:>4s} {:>7s} {:>8s} {:>8s} {:>5s} {:>8s} {:>7s} {:>6s}".format(*head))
+    head = ("run", "seed", "steps", "kept", "success", "sampled", "best", "max drop", "to 0.9", "s")
+    print("{:14s} {:>4s} {:>7s} {:>7s} {:>8s} {:>8s} {:>5s} {:>8s} {:>7s} {:>6s}".format(*head))
     for r in results:
         c = r["collapse"]
         best = max(h["success_rate"] for h in r["history"])
         drop = "-" if c["max_drop"] is None else f"{c['max_drop']:.2f}"
         sampled = r.get("final_sampled", {}).get("success_rate")
         sampled = "-" if sampled is None else f"{sampled:.3f}"
-        print(f"{r['name']:14s} {r['seed']:4d} {r['steps']:7d} {r['final']['success_rate']:8.3f} {sampled:>8s} "
+        kept = str(r.get("kept_steps", "-"))
+        print(f"{r['name']:14s} {r['seed']:4d} {r['steps']:7d} {kept:>7s} {r['final']['success_rate']:8.3f} "
+              f"{sampled:>8s} "
               f"{best:5.2f} {drop:>8s} {str(r['steps_to_0.9']):>7s} {r['train_seconds']:6.0f}")  # fmt: skip
     met = goals(results, speed_result)
     for g, ok in met.items():

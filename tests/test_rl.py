@@ -394,3 +394,42 @@ def test_linear_learning_rate_schedule_and_relu_policy_build_and_reload(tmp_path
         AgentConfig("CartPole-v1", algo="ppo", hyperparameters={"lr_schedule": "cosine"})
     with pytest.raises(RLSetupError, match="activation must be one of"):
         AgentConfig("CartPole-v1", algo="ppo", hyperparameters={"activation": "gelu"})
+
+
+def test_keep_best_ends_on_the_best_evaluations_weights(tmp_path, one_torch_thread, monkeypatch):
+    """Training's last weights can sit in a dip: with `keep_best` (the default) the policy ends on the weights of its
+    best periodic evaluation, which evaluate to that point again; `keep_best=False` keeps the last ones."""
+    import polymodal.rl.agent as agent_module
+    from polymodal.rl.curves import EVAL_SEED
+
+    built = []
+
+    def capture(*args, **kwargs):
+        built.append(agent_module_build(*args, **kwargs))
+        return built[-1]
+
+    def spoil(point: dict) -> None:
+        # After the evaluation at 1,000 steps the Q-network's weights turn to NaN: every later point is worse.
+        if point["steps"] == 1000:
+            with torch.no_grad():
+                for p in built[-1].policy.parameters():
+                    p.fill_(float("nan"))
+
+    agent_module_build = agent_module.build_algorithm
+    monkeypatch.setattr(agent_module, "build_algorithm", capture)
+    cfg = dict(steps=1500, eval_every=500, eval_episodes=40)
+    agent = train(_cfg(**cfg), on_eval=spoil)
+    points = [(h["steps"], h["success_rate"]) for h in agent.history]
+    assert points[2] == (1000, 1.0) and points[-1][1] < 1.0, points
+    assert agent.kept["restored"] is True and agent.kept["point"]["steps"] == 1000  # the later of two 1.0 points
+    again = agent.evaluate(40, seed=EVAL_SEED)
+    assert again["success_rate"] == 1.0 and again["mean_return"] == agent.kept["point"]["mean_return"]
+    folder = agent.save(tmp_path / "best")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["final"]["steps"] == 1000 and metrics["kept"]["restored"] is True
+    loaded = Agent.load(folder)
+    assert loaded.kept == agent.kept and loaded.evaluate(40, seed=EVAL_SEED) == again
+
+    last = train(_cfg(keep_best=False, **cfg), on_eval=spoil)
+    assert last.kept == {} and last.evaluate(40, seed=EVAL_SEED)["success_rate"] == last.history[-1]["success_rate"]
+    assert last.history[-1]["success_rate"] < 1.0

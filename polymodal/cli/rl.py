@@ -53,6 +53,9 @@ def rl_train(
     embed_dim: EmbedDimRL = None,
     eval_every: int | None = typer.Option(None, help="Evaluate every this many steps (the learning curve) [5000]"),
     eval_episodes: int | None = typer.Option(None, help="Episodes per periodic evaluation [50]"),
+    keep_best: bool | None = typer.Option(
+        None, "--keep-best/--keep-last", help="End on the weights of the best periodic evaluation, or the last [best]"
+    ),
     hide: list[str] | None = typer.Option(None, help="Observation key the agent does not see (repeatable)"),
     modality: list[str] | None = typer.Option(None, help="KEY=MODALITY: encode this key as text/image/... "),
     param: list[str] | None = typer.Option(None, help="NAME=VALUE: an SB3 hyper-parameter (JSON value)"),
@@ -86,7 +89,8 @@ def rl_train(
 
         flags = _settings(
             env_id=env, algo=algo, steps=steps, fusion=fusion, seed=seed, n_envs=n_envs, embed_dim=embed_dim,
-            eval_every=eval_every, eval_episodes=eval_episodes, hide=hide, modalities=_pairs(modality, "--modality"),
+            eval_every=eval_every, eval_episodes=eval_episodes, keep_best=keep_best, hide=hide,
+            modalities=_pairs(modality, "--modality"),
             hyperparameters=values(param, "--param"), env_kwargs=values(env_kwarg, "--env-kwarg"),
             model=str(from_model) if from_model else None, transfer=_pairs(transfer, "--transfer"), freeze=freeze,
         )  # fmt: skip
@@ -95,12 +99,14 @@ def rl_train(
         cfg = AgentConfig(**asdict(tree.rl))
         agent = train(cfg, progress_bar=progress)
         folder = agent.save(output)
-        last = agent.history[-1]
+        last = agent.kept.get("point") or agent.history[-1]
         sampled = agent.final_sampled
         also = f" (sampled actions {sampled['success_rate']:.2f})" if sampled else ""
+        kept = (f"the weights of step {last['steps']} (its best evaluation), not the last step's"
+                if agent.kept.get("restored") else f"after {agent.history[-1]['steps']} steps")  # fmt: skip
         console.print(
             f"{cfg.algo} on {cfg.env_id}: success {last['success_rate']:.2f}{also}, return {last['mean_return']:.3f} "
-            f"after {last['steps']} steps ({agent.train_seconds:.0f} s); saved policy to {folder}"
+            f"with {kept} ({agent.train_seconds:.0f} s); saved policy to {folder}"
         )
 
     _rl_run(go)

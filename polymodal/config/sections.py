@@ -315,6 +315,10 @@ class RLConfig:
     threads: int = 1  # torch CPU threads: RL runs many tiny batches, where more threads only add contention
     eval_every: int = 5_000  # steps between evaluations (the learning curve)
     eval_episodes: int = 50
+    # at the end, the policy takes the weights of its best periodic evaluation (success rate, then mean return; the
+    # later one on a tie): training's last weights can sit in a dip. Those evaluations use their own episode seeds,
+    # not `rl evaluate`'s, so the final score stays unbiased by the choice.
+    keep_best: bool = True
     vocab_resets: int = 200  # env resets sampled to build the vocabulary of Text observations
     # DQN / QR-DQN with the polymodal extractor (polymodal.rl.dqn); None: the algorithm's default
     double_q: bool = True  # DQN: Double-DQN target (the online net picks the next action, the target net values it)

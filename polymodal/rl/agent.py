@@ -268,6 +268,8 @@ class Agent:
     diagnostics: list[dict] = field(default_factory=list)  # DQN: Q values, TD error, gradients, buffer vs steps
     # PPO: the last evaluation's episodes again with sampled actions (docs/guide/rl.md#evaluating-a-ppo-policy)
     final_sampled: dict[str, float] = field(default_factory=dict)
+    # the periodic evaluation whose weights the policy holds (`keep_best`): its point, and whether it is not the last
+    kept: dict[str, Any] = field(default_factory=dict)
 
     def make_env(self) -> gym.Env:
         return make_env(self.config, self.vocab)
@@ -307,9 +309,9 @@ class Agent:
             })  # fmt: skip
             if self.vocab is not None:
                 write_json(tmp / VOCAB, self.vocab.to_dict())
-            final = self.history[-1] if self.history else {}
+            final = self.kept.get("point") or (self.history[-1] if self.history else {})
             sampled = {"final_sampled": self.final_sampled} if self.final_sampled else {}
-            write_json(tmp / METRICS, {"history": self.history, "final": final, **sampled,
+            write_json(tmp / METRICS, {"history": self.history, "final": final, **sampled, "kept": self.kept,
                                        "diagnostics": self.diagnostics})  # fmt: skip
             if self.history:
                 plot_runs({f"{cfg.algo} ({cfg.fusion})": self.run_record()}, tmp / CURVE, cfg.env_id)
@@ -349,7 +351,8 @@ class Agent:
         model.policy.set_training_mode(False)
         metrics = read_json(folder / METRICS) if (folder / METRICS).exists() else {}
         return cls(cfg, model, vocab, metrics.get("history", []), meta.get("train_seconds", 0.0),
-                   metrics.get("diagnostics", []))  # fmt: skip
+                   metrics.get("diagnostics", []), metrics.get("final_sampled", {}),
+                   metrics.get("kept", {}))  # fmt: skip
 
 
 def train(
@@ -359,7 +362,7 @@ def train(
     on_eval: Callable[[dict], None] | None = None,
 ) -> Agent:
     """Check the setting, build the envs, learn for `cfg.steps` steps with periodic evaluation (each point is
-    also passed to `on_eval`)."""
+    also passed to `on_eval`); with `cfg.keep_best`, end on the weights of the best evaluation."""
     from stable_baselines3.common.env_util import make_vec_env
 
     vocab = build_vocabulary(cfg)
@@ -369,11 +372,15 @@ def train(
     model = build_algorithm(cfg, vec, cfg.params(), device)
     history: list[dict] = []
     diagnostics: list[dict] = []
+    best: dict | None = {} if cfg.keep_best else None
     t0 = time.perf_counter()
     with torch_threads(cfg.threads):
-        callback = curve_callback(lambda: make_env(cfg, vocab), cfg, history, on_eval, diagnostics)
+        callback = curve_callback(lambda: make_env(cfg, vocab), cfg, history, on_eval, diagnostics, best)
         model.learn(cfg.steps, callback=callback, progress_bar=progress_bar)
     agent = Agent(cfg, model, vocab, history, time.perf_counter() - t0, diagnostics)
+    if best:
+        model.policy.load_state_dict(best["state"])
+        agent.kept = {"point": best["point"], "restored": best["point"] is not history[-1]}
     model.policy.set_training_mode(False)
     if cfg.algo == "ppo":  # its most probable action can go round in circles where it is unsure: both are shown
         agent.final_sampled = agent.evaluate(cfg.eval_episodes, seed=EVAL_SEED, deterministic=False)

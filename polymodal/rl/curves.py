@@ -99,7 +99,10 @@ def curve_callback(
     history: list[dict],
     on_eval: Callable[[dict], None] | None = None,
     diagnostics: list[dict] | None = None,
+    best: dict | None = None,
 ):
+    """The callback of `train`. `best`, when given, holds the best evaluation's point ("point") and a copy of the
+    policy's weights then ("state"): success rate first, then mean return, the later one on a tie."""
     from stable_baselines3.common.callbacks import BaseCallback
 
     from polymodal.rl.dqn import probe
@@ -117,6 +120,11 @@ def curve_callback(
         def _evaluate(self) -> None:
             r = run_episodes(self.model, make_eval_env, cfg.eval_episodes, seed=EVAL_SEED)
             history.append({"steps": int(self.num_timesteps), "seconds": time.perf_counter() - self.t0, **r})
+            if best is not None:
+                rank = (r["success_rate"], r["mean_return"])
+                if "point" not in best or rank >= (best["point"]["success_rate"], best["point"]["mean_return"]):
+                    state = self.model.policy.state_dict()
+                    best.update(point=history[-1], state={k: v.detach().clone() for k, v in state.items()})
             if on_eval:
                 on_eval(history[-1])
             self.next = self.num_timesteps + cfg.eval_every
