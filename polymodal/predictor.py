@@ -215,6 +215,7 @@ class MultimodalPredictor(TreeSettings):
 
         torch.manual_seed(self.train_config.seed)  # the initial weights are part of what the seed fixes
         net = build_net(self.config_, schema, preprocessor.input_specs(), task, init=True, state=preprocessor.state)
+        self.input_specs_ = getattr(net, "resolved_specs", None)  # readouts: their text models, for the folder
         if any(p["mode"] == "finetune" for p in preprocessor.config.pretrained.values()):
             prefer_bf16(self.train_config)
         warps = preprocessor.audio_warps(self.train_config) | preprocessor.video_augmenters()

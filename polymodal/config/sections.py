@@ -142,6 +142,10 @@ class EncodersConfig:
     # (e.g. {"clip:frames": runs/shown}, a branch pre-trained on its own target); same sizes and preprocessing.
     init_from: dict[str, str] = field(default_factory=dict)
     init_freeze: bool = False  # encoders started from init_from keep their weights (only the rest trains)
+    # Input name -> a fitted text model of that input alone (e.g. {"clip:sound": runs/spoken}): the input is read
+    # through it, frozen, as the word distributions it decodes step by step (polymodal/model/readout.py)
+    readout: dict[str, str] = field(default_factory=dict)
+    readout_steps: int | None = None  # decoded steps per readout input; None: its text model's decoder.max_length
     text: ModalityEncoderConfig = field(default_factory=ModalityEncoderConfig)
     image: ModalityEncoderConfig = field(default_factory=ModalityEncoderConfig)
     audio: ModalityEncoderConfig = field(default_factory=ModalityEncoderConfig)

@@ -42,10 +42,17 @@ def build_net(
 ) -> Any:
     """The network a config describes, for a fitted schema and preprocessing. `init`: a new fit's network, whose
     encoders start from `encoders.init_from` (polymodal/model/init_from.py), matched to the vocabularies of its
-    fitted preprocessing `state`."""
+    fitted preprocessing `state`, and whose `encoders.readout` inputs read their text models
+    (polymodal/model/readout.py): their descriptions are then in `net.resolved_specs`."""
     from polymodal.model.network import MultimodalNet
 
     dims = {name: cfg.encoders.dim(m.value) for name, m in schema.inputs.items()}
+    readout_weights: dict[str, Any] = {}
+    if init and cfg.encoders.readout:  # the text models' descriptions go into the specs (and the saved config)
+        from polymodal.model.readout import readout_specs
+
+        input_specs, readout_weights = readout_specs(cfg, schema, input_specs)
+    resolved = input_specs
     video = cfg.encoders.video  # the temporal model of video frames is an encoder setting, not a fitted size
     input_specs = {n: s | ({"temporal": video.temporal, "layers": video.layers, "heads": video.heads}
                            if schema.inputs[n].value == "video" else {}) for n, s in input_specs.items()}  # fmt: skip
@@ -63,6 +70,10 @@ def build_net(
         from polymodal.model.init_from import init_encoders
 
         init_encoders(net, cfg, state)
+    for name, weights in readout_weights.items():
+        net.encoders[net.keys[name]].net.load_state_dict(weights, strict=True)
+    if readout_weights:
+        net.resolved_specs = resolved  # what the model folder must record to rebuild the readouts
     return net
 
 

@@ -27,10 +27,16 @@ def build_encoders(
     Shared by `MultimodalNet` and the text network, so both save their encoders under the same names."""
     keys = module_keys(list(inputs))
     dims = embed_dim if isinstance(embed_dim, dict) else dict.fromkeys(inputs, embed_dim)
-    encoders = nn.ModuleDict(
-        {keys[n]: build_encoder(m, input_specs[n], dims[n], tokens=tokens) for n, m in inputs.items()}
-    )
+    encoders = nn.ModuleDict({keys[n]: _encoder(m, input_specs[n], dims[n], tokens) for n, m in inputs.items()})
     return keys, encoders, {keys[n]: encoders[keys[n]].dim for n in inputs}
+
+
+def _encoder(modality: Modality, spec: dict[str, Any], dim: int, tokens: bool) -> nn.Module:
+    if "readout" in spec:  # a fitted text model of the input, frozen (polymodal/model/readout.py)
+        from polymodal.model.readout import Readout
+
+        return Readout(**spec, dim=dim, tokens=tokens)
+    return build_encoder(modality, spec, dim, tokens=tokens)
 
 
 class MultimodalNet(nn.Module):

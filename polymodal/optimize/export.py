@@ -31,6 +31,7 @@ traced graph), `onnx_quantize` (int8).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -129,10 +130,15 @@ def export_onnx(
     tmp = str(tmp)
     os.close(fd)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.ExitStack() as stack:
             # torch.stft(return_complex=False) is deprecated, but it is the form the exporter turns into the ONNX
             # STFT operator (which has no complex tensors); the parity tests catch a torch where it stops working.
             warnings.filterwarnings("ignore", message="stft with return_complex=False is deprecated")
+            fast_path = torch.backends.mha.get_fastpath_enabled()
+            # A frozen transformer layer (no parameter wants a gradient) would take torch's fused fast path, an
+            # operator ONNX does not have.
+            torch.backends.mha.set_fastpath_enabled(False)
+            stack.callback(torch.backends.mha.set_fastpath_enabled, fast_path)
             torch.onnx.export(
                 graph, tuple(torch.from_numpy(example.inputs[n]) for n in engine.schema.inputs)
                 + (torch.from_numpy(example.present),), tmp, dynamo=False, opset_version=OPSET,

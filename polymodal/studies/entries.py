@@ -230,10 +230,12 @@ def prepare_seed(
 
 
 def keep_own_init(p: Any, inputs: list[str]) -> None:
-    """`encoders.init_from` restricted to an entry's inputs: the sound-only entry starts its sound encoder from the
-    sound branch's fit and has no frames to start (a plain fit naming none of its inputs is an error)."""
+    """`encoders.init_from` and `encoders.readout` restricted to an entry's inputs: the sound-only entry starts its
+    sound encoder from the sound branch's fit and has no frames to start (a plain fit naming none of its inputs is
+    an error)."""
     enc = p.config_.encoders
     enc.init_from = {k: v for k, v in enc.init_from.items() if k in inputs}
+    enc.readout = {k: v for k, v in enc.readout.items() if k in inputs}
 
 
 def fit_on_features(p: Any, sd: SeedData, inputs: list[str]) -> Any:
