@@ -15,12 +15,14 @@ pass per file: the kept frames and the sound track) and the share of a streamed 
 
     nice -n 10 python benchmarks/av_video.py [--data DIR] [--fusions early,attention] [--max-epochs 40]
         [--time-limit SECONDS] [--train-rows N] [--pretrain-branches [--freeze-branches] [--pretrain-epochs N]
-        [--order-epochs N] [--pretrain-lr LR]]
+        [--order-epochs N] [--pretrain-lr LR] [--readout [--readout-steps N]]]
 
 --pretrain-branches (stated in the JSON as pretrain_branches): before the compare, each branch is fitted on the
 digits the dataset's captions name (frames: the shown digits, sound: the spoken ones; `pretrain`), and every
 compare entry's encoders start from those fits (encoders.init_from; --freeze-branches: encoders.init_freeze).
-Without it the compare learns from the 3-way label alone.
+Without it the compare learns from the 3-way label alone. --readout: each compare entry reads each branch through
+its fitted text model instead (encoders.readout: the word distributions of the three decoded steps; the sound
+branch is fitted too when --sound-encoder names a frozen encoder, reading its tokens).
 
 Prints a table and writes benchmarks/results/av_video.json. Attribution: Free Spoken Digit Dataset (CC BY-SA 4.0),
 scikit-learn's digits (UCI, CC BY 4.0).
@@ -74,7 +76,7 @@ BRANCHES = {"frames": ("shown", "video:sound"), "sound": ("spoken", "video:frame
 
 def pretrain(data: Path, train: pd.DataFrame, folder: Path, epochs: int, order_epochs: int, patience: int,
              lr: float, branches: tuple[str, ...] = ("frames", "sound"), stages: tuple[str, ...] = ("set", "order"),
-             memory: str = "pooled") -> dict:  # fmt: skip
+             memory: str = "pooled", sound_encoder: str | None = None, reuse: bool = False) -> dict:  # fmt: skip
     """--pretrain-branches: each branch learns the digits its captions name, in two fits (a curriculum):
     1. "set": which digits it shows / speaks, as a multilabel target (frames averaged over time: every frame is
        supervised alike, so the per-frame CNN learns digits fast);
@@ -83,7 +85,9 @@ def pretrain(data: Path, train: pd.DataFrame, folder: Path, epochs: int, order_e
     The compare's encoders then start from the last fit. `branches`: the branches to fit (a branch read by a frozen
     pretrained encoder has nothing to learn); `stages`: which of the two fits; `memory`: what the order fit's
     decoder reads of the branch (pooled: one embedding, which must hold the digits in order; tokens: the frames or
-    windows one by one, what a token-level fusion reads next)."""
+    windows one by one, what a token-level fusion reads next). `sound_encoder`: the sound branch reads the track
+    through that pretrained encoder, frozen: only its "order" fit, reading the encoder's tokens. `reuse`: a fit whose
+    folder exists is loaded, not fitted again (for trying fusions on the same branches; stated in the JSON)."""
     from polymodal import MultimodalPredictor
 
     captions = {s: pd.read_csv(data / f"captions_{s}.csv").set_index("video") for s in ("train", "test")}
@@ -106,19 +110,27 @@ def pretrain(data: Path, train: pd.DataFrame, folder: Path, epochs: int, order_e
                           **DECODER | {"decoder.memory": memory},
                           **({"encoders.init_from": {name: str(folder / f"{branch}_set")}} if "set" in stages else {})),
         }  # fmt: skip
+        if branch == "sound" and sound_encoder:
+            common |= {"audio_encoder": sound_encoder, "lr": 2e-3}  # benchmarks/av_video_sound.py's settings
+            fits = {"order": fits["order"] | DECODER | {"decoder.memory": "tokens"}}
+            fits["order"].pop("encoders.init_from", None)
         out[branch] = {}
         for stage, settings in [(k, v) for k, v in fits.items() if k in stages]:
             start = time.perf_counter()
-            p = MultimodalPredictor(**common, **settings)
-            p.fit(data / f"pretrain_{branch}_train.csv")
-            p.save(folder / f"{branch}_{stage}")
+            reused = reuse and (folder / f"{branch}_{stage}" / "config.json").is_file()
+            if reused:
+                p = MultimodalPredictor.load(folder / f"{branch}_{stage}")
+            else:
+                p = MultimodalPredictor(**common, **settings)
+                p.fit(data / f"pretrain_{branch}_train.csv")
+                p.save(folder / f"{branch}_{stage}")
             test = p.evaluate(data / f"pretrain_{branch}_test.csv")
             keep = ("wer", "exact_match") if stage == "order" else ("accuracy", "f1_micro")
             out[branch][stage] = {
                 "target": f"captions' {caption} digits" + (" in order" if stage == "order" else " (a set)"),
                 "folder": str(folder / f"{branch}_{stage}"), "test": {k: test.get(k) for k in keep},
                 "epochs": p.metrics_.get("epochs"), "seconds": round(time.perf_counter() - start, 1),
-                "history": p.metrics_.get("history"),
+                "history": p.metrics_.get("history"), "reused": reused,
             }  # fmt: skip
             print(branch, stage, {k: v for k, v in out[branch][stage].items() if k != "history"}, flush=True)
     return out
@@ -164,6 +176,14 @@ def main() -> None:
         default=None,
         help="a pretrained audio encoder for the sound track (speech-embedding), frozen: not pre-trained",
     )
+    ap.add_argument(
+        "--readout",
+        action="store_true",
+        help="with --pretrain-branches: each branch read through its fitted text model (encoders.readout)",
+    )
+    ap.add_argument("--readout-steps", type=int, default=3, help="decoded steps per branch (the caption's words)")
+    ap.add_argument("--reuse-branches", action="store_true", help="load branch fits whose folders exist")
+    ap.add_argument("--lr", type=float, default=2e-3, help="the compare's learning rate")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "av_video.json")
     a = ap.parse_args()
     import torch
@@ -196,21 +216,28 @@ def main() -> None:
         settings["audio_encoder"] = a.sound_encoder
     if a.pretrain_branches:
         start = time.perf_counter()
-        branches = ("frames",) if a.sound_encoder else ("frames", "sound")
+        # A frozen pretrained sound encoder has nothing to learn, unless its text model is to be read out.
+        branches = ("frames",) if a.sound_encoder and not a.readout else ("frames", "sound")
         stages = tuple(a.pretrain_stages.split(","))
         report["pretrained"] = pretrain(data, train, out.with_name("av_video_branches"), a.pretrain_epochs,
                                         a.order_epochs, a.patience, a.pretrain_lr, branches, stages,
-                                        a.order_memory)  # fmt: skip
+                                        a.order_memory, a.sound_encoder, a.reuse_branches)  # fmt: skip
         report |= {"pretrain_epochs": a.pretrain_epochs, "order_epochs": a.order_epochs, "pretrain_lr": a.pretrain_lr,
                    "pretrain_stages": list(stages), "order_memory": a.order_memory}  # fmt: skip
         report["pretrain_seconds"] = round(time.perf_counter() - start, 1)
-        init = {f"video:{b}": report["pretrained"][b][stages[-1]]["folder"] for b in branches}
-        settings |= {"encoders.init_from": init, "encoders.init_freeze": a.freeze_branches}
+        last = {b: report["pretrained"][b][list(report["pretrained"][b])[-1]]["folder"] for b in branches}
+        if a.readout:
+            report |= {"readout": True, "readout_steps": a.readout_steps}
+            settings |= {"encoders.readout": {f"video:{b}": f for b, f in last.items()},
+                         "encoders.readout_steps": a.readout_steps}  # fmt: skip
+        else:
+            init = {f"video:{b}": f for b, f in last.items()}
+            settings |= {"encoders.init_from": init, "encoders.init_freeze": a.freeze_branches}
     start = time.perf_counter()
     board = polymodal.compare(
         train_csv, "label", out, test=data / "test.csv", fusions=a.fusions, seeds=1, noise_levels=0,
         permutations=1, report=False, time_limit=a.time_limit, ignore=["speaker"], preprocess=PREPROCESS,
-        max_epochs=a.max_epochs, patience=a.patience, embed_dim=64, hidden=64, batch_size=32, lr=2e-3,
+        max_epochs=a.max_epochs, patience=a.patience, embed_dim=64, hidden=64, batch_size=32, lr=a.lr,
         progress=False, **settings,
     )  # fmt: skip
     report["compare_seconds"] = round(time.perf_counter() - start, 1)

@@ -176,3 +176,23 @@ def test_mistakes_are_named(branches):
     for settings, words in cases:
         with pytest.raises(UserError, match=words):
             MultimodalPredictor(label="y", **(opts | settings)).fit(branches / "train.csv")
+
+
+def test_a_readout_over_a_frozen_encoders_tokens(branches, tmp_path):
+    """The text model read a frozen pretrained encoder's cached tokens: a pooled fusion's fit caches tokens too, so
+    the input is prepared as the readout needs it."""
+    from polymodal import MultimodalPredictor
+
+    frozen = dict(audio_encoder="speech-embedding", cache_dir=tmp_path / "cache")
+    text = MultimodalPredictor(label="spoken", ignore=["clip:frames", "shown", "y"], on_bad_rows="skip",
+                               **BRANCH | {"max_epochs": 2}, **frozen)  # fmt: skip
+    text.fit(branches / "train.csv").save(tmp_path / "spoken")
+    assert text.input_specs_ is None and text.engine.preprocessor.input_specs()["clip:sound"]["sequence"]
+    p = MultimodalPredictor(label="y", fusion="early", ignore=["clip:frames", "shown", "spoken"],
+                            **FAST | {"max_epochs": 1}, **frozen,
+                            **{"encoders.readout": {"clip:sound": str(tmp_path / "spoken")}})  # fmt: skip
+    p.fit(branches / "train.csv")
+    net = p.engine.net
+    assert type(net.encoders[net.keys["clip:sound"]]).__name__ == "Readout"
+    assert p.input_specs_["clip:sound"]["readout"]["input_specs"]["clip:sound"]["sequence"]
+    assert len(p.predict(branches / "test.csv")) == 24
