@@ -28,6 +28,8 @@ def quiet_lightning() -> None:
         ".*litlogger.*",
         ".*has `__len__` defined.*",
         ".*all_gather is deprecated.*",
+        # frozen readouts (polymodal/model/readout.py) stay in eval mode on purpose
+        ".*module\\(s\\) in eval mode at the start of training.*",
     ):
         warnings.filterwarnings("ignore", message=pattern)
 
