@@ -420,6 +420,7 @@ def test_keep_best_ends_on_the_best_evaluations_weights(tmp_path, one_torch_thre
     cfg = dict(steps=1500, eval_every=500, eval_episodes=40)
     agent = train(_cfg(**cfg), on_eval=spoil)
     points = [(h["steps"], h["success_rate"]) for h in agent.history]
+    assert built[-1].logger.get_dir() is None  # SB3's default logger would have made a /tmp/SB3-<time> folder
     assert points[2] == (1000, 1.0) and points[-1][1] < 1.0, points
     assert agent.kept["restored"] is True and agent.kept["point"]["steps"] == 1000  # the later of two 1.0 points
     again = agent.evaluate(40, seed=EVAL_SEED)

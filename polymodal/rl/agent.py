@@ -235,7 +235,16 @@ def resolve_schedules(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str,
 
 
 def build_algorithm(cfg: AgentConfig, env: Any, params: dict[str, Any], device: str = "auto", model_dir=None) -> Any:
-    """The SB3 algorithm of `cfg.algo`: PPO as it is, DQN / QR-DQN as polymodal's subclasses (polymodal.rl.dqn)."""
+    """The SB3 algorithm of `cfg.algo`: PPO as it is, DQN / QR-DQN as polymodal's subclasses (polymodal.rl.dqn),
+    with a logger that writes nothing: SB3's own makes a /tmp/SB3-<time> folder at every `learn()`."""
+    from stable_baselines3.common.logger import Logger
+
+    model = _algorithm(cfg, env, params, device, model_dir)
+    model.set_logger(Logger(folder=None, output_formats=[]))
+    return model
+
+
+def _algorithm(cfg: AgentConfig, env: Any, params: dict[str, Any], device: str, model_dir: Any) -> Any:
     params, extra = resolve_schedules(params)
     kwargs = {"policy_kwargs": {**policy_kwargs(cfg, model_dir), **extra}, "seed": cfg.seed, "device": device,
               "verbose": 0}  # fmt: skip
