@@ -74,6 +74,10 @@ def test_the_agreement_is_learnt_and_the_saved_model_stands_alone(branches, fuse
     from polymodal.optimize.export import export_onnx
 
     assert fused.evaluate(branches / "test.csv")["accuracy"] >= 0.85, fused.metrics_
+    # Each readout input is prepared as its text model's fit prepared it (sound length, statistics), not refitted.
+    for name, caption in (("clip:frames", "shown"), ("clip:sound", "spoken")):
+        folder_state = json.loads((branches / caption / "preprocess.json").read_text())["state"][name]
+        assert fused.engine.preprocessor.state[name] == folder_state
     net = fused.engine.net
     for name in ("clip:frames", "clip:sound"):
         readout = net.encoders[net.keys[name]]
@@ -195,4 +199,5 @@ def test_a_readout_over_a_frozen_encoders_tokens(branches, tmp_path):
     net = p.engine.net
     assert type(net.encoders[net.keys["clip:sound"]]).__name__ == "Readout"
     assert p.input_specs_["clip:sound"]["readout"]["input_specs"]["clip:sound"]["sequence"]
+    assert p.engine.preprocessor.state["clip:sound"] == text.engine.preprocessor.state["clip:sound"]
     assert len(p.predict(branches / "test.csv")) == 24

@@ -85,6 +85,9 @@ class PreprocessConfig:
     # Filled by `fit` from the encoders section, not a user setting: input -> {"ref": EncoderRef as dict,
     # "mode": "frozen" | "finetune", "layers": N or None, "lora": bool}.
     pretrained: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"internal": True})
+    # Filled by `fit` from encoders.readout, not a user setting: input -> the fitted preparation its text model's
+    # folder holds (sound length, vocabulary, statistics), which this fit takes instead of fitting its own.
+    fixed: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"internal": True})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

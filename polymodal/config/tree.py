@@ -113,6 +113,7 @@ class Config:
         d = asdict(self)
         if not internal:
             d["preprocess"].pop("pretrained", None)
+            d["preprocess"].pop("fixed", None)
             d["train"] = self.train.to_dict()
         return d
 

@@ -127,7 +127,7 @@ class Preprocessor:
                     st["pad"] = self.config.speech_pad
             elif self.config.image_fit != "squash":  # only then: feature caches made before the option still match
                 st["fit"] = self.config.image_fit
-            self.state[name] = st
+            self.state[name] = dict(self.config.fixed.get(name, st))
         return self
 
     @property
@@ -478,6 +478,7 @@ class Fitting:
                 "columns": self.cat_cols,
                 "vocabs": [[v for v, _ in c.most_common(cfg.max_categories)] for c in self.categories],
             }
+        st |= {k: dict(v) for k, v in cfg.fixed.items() if k in p.schema.inputs}  # a readout's, as its folder has it
         p.state = st
         p._token_index = {}
         return p

@@ -72,7 +72,7 @@ from polymodal.studies.trials import (
     trial_rows,
     update_best,
 )
-from polymodal.training.table import pretrained_config, split_rows
+from polymodal.training.table import pretrained_config, readout_states, split_rows
 from polymodal.version import __version__
 
 log = logging.getLogger("polymodal")
@@ -136,7 +136,10 @@ class SharedData:
     def _decode_key(self, p: Any) -> tuple[str, Schema, PreprocessConfig]:
         schema = self.schema(p)
         config = PreprocessConfig(
-            **(p.config_.preprocess.to_dict() | {"pretrained": pretrained_config(p.config_, schema)})
+            **(
+                p.config_.preprocess.to_dict()
+                | {"pretrained": pretrained_config(p.config_, schema), "fixed": readout_states(p.config_, schema)}
+            )  # fmt: skip
         )
         key = json.dumps([schema.to_dict(), config.to_dict(), p.config_.data.on_bad_rows], sort_keys=True, default=str)
         return key, schema, config

@@ -121,6 +121,21 @@ def _readout_reads_tokens(cfg: Config) -> bool:
     return False
 
 
+def readout_states(cfg: Config, schema: Schema) -> dict[str, dict[str, Any]]:
+    """The fitted preparation of each `encoders.readout` input, as its text model's folder holds it: the input must
+    reach the text model as it did in that fit (a folder that is not there is named later, by the network)."""
+    from polymodal.model.artifact import read_json
+
+    out = {}
+    for name, folder in cfg.encoders.readout.items():
+        path = Path(folder) / "preprocess.json"
+        if name in schema.inputs and path.is_file():
+            state = read_json(path).get("state", {})
+            if name in state:
+                out[name] = state[name]
+    return out
+
+
 def pretrained_config(cfg: Config, schema: Schema) -> dict[str, dict[str, Any]]:
     """Resolve the pretrained encoder of each media column (nothing is loaded yet)."""
     from polymodal.encoders.pretrained import pretrained_settings
@@ -141,7 +156,8 @@ def start_pipeline(cfg: Config, table: TrainTable, cache_dir: Any, progress: boo
     if cfg.data.split_by is None and (hint := group_column_hint(table.df, cfg.data.left_out())):
         log.warning(hint)
     check_columns(table.df, table.schema, training=True)
-    config = PreprocessConfig(**(cfg.preprocess.to_dict() | {"pretrained": pretrained_config(cfg, table.schema)}))
+    config = PreprocessConfig(**(cfg.preprocess.to_dict() | {"pretrained": pretrained_config(cfg, table.schema),
+                                                             "fixed": readout_states(cfg, table.schema)}))  # fmt: skip
     preprocessor = Preprocessor(table.schema, config).fit_pretrained(table.df, table.base_dir)
     return FeaturePipeline(table.schema, preprocessor, cache_dir, progress=progress)
 
