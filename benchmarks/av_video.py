@@ -241,6 +241,12 @@ def main() -> None:
         progress=False, **settings,
     )  # fmt: skip
     report["compare_seconds"] = round(time.perf_counter() - start, 1)
+    if a.pretrain_branches and a.readout:  # the same readouts under fixed rules: what a fusion could reach
+        from av_video_bayes import reference
+
+        start = time.perf_counter()
+        report["readout_reference"] = reference(data, Path(last["frames"]), Path(last["sound"]))
+        report["readout_reference_seconds"] = round(time.perf_counter() - start, 1)
     rows = []
     for r in board["results"]:
         epochs = r.get("epochs") or 0
