@@ -219,6 +219,9 @@ class MultimodalPredictor(TreeSettings):
         if any(p["mode"] == "finetune" for p in preprocessor.config.pretrained.values()):
             prefer_bf16(self.train_config)
         warps = preprocessor.audio_warps(self.train_config) | preprocessor.video_augmenters()
+        # A readout is frozen: augmenting its input teaches it nothing and shows the fusion readouts that no
+        # test row gives (polymodal/model/readout.py).
+        warps = {k: v for k, v in warps.items() if k not in self.config_.encoders.readout}
         cfg = cfg or self.train_config
         result = run_training(net, task, schema.inputs, train_rows, valid_rows, cfg, callbacks, warps, keep)
         self.rank_ = result["global_rank"]  # in a distributed run, only rank 0 writes the model folder

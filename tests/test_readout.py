@@ -201,3 +201,21 @@ def test_a_readout_over_a_frozen_encoders_tokens(branches, tmp_path):
     assert p.input_specs_["clip:sound"]["readout"]["input_specs"]["clip:sound"]["sequence"]
     assert p.engine.preprocessor.state["clip:sound"] == text.engine.preprocessor.state["clip:sound"]
     assert len(p.predict(branches / "test.csv")) == 24
+
+
+def test_readout_inputs_are_not_augmented(branches, monkeypatch):
+    """Training-time augmentation is for encoders that learn: a frozen readout's input is read as at test time."""
+    import polymodal.training as training
+    from polymodal import MultimodalPredictor
+
+    seen, real = [], training.train
+
+    def spy(net, task, inputs, train_rows, valid_rows, cfg, callbacks, warps, keep):
+        seen.append(set(warps))
+        return real(net, task, inputs, train_rows, valid_rows, cfg, callbacks, warps, keep)
+
+    monkeypatch.setattr(training, "train", spy)
+    opts = FAST | {"max_epochs": 1, "ignore": ["shown", "spoken"], "augment": True}
+    MultimodalPredictor(label="y", fusion="early", **opts).fit(branches / "train.csv")
+    MultimodalPredictor(label="y", fusion="early", **opts, **readout_settings(branches)).fit(branches / "train.csv")
+    assert "clip:frames" in seen[0] and not seen[1] & {"clip:frames", "clip:sound"}, seen
