@@ -219,9 +219,6 @@ class MultimodalPredictor(TreeSettings):
         if any(p["mode"] == "finetune" for p in preprocessor.config.pretrained.values()):
             prefer_bf16(self.train_config)
         warps = preprocessor.audio_warps(self.train_config) | preprocessor.video_augmenters()
-        # A readout is frozen: augmenting its input teaches it nothing and shows the fusion readouts that no
-        # test row gives (polymodal/model/readout.py).
-        warps = {k: v for k, v in warps.items() if k not in self.config_.encoders.readout}
         cfg = cfg or self.train_config
         result = run_training(net, task, schema.inputs, train_rows, valid_rows, cfg, callbacks, warps, keep)
         self.rank_ = result["global_rank"]  # in a distributed run, only rank 0 writes the model folder
@@ -399,11 +396,9 @@ class MultimodalPredictor(TreeSettings):
                 "revision": p["ref"]["revision"], "path": p["ref"]["path"], "lora": p.get("lora", False)}  # fmt: skip
 
     def save(self, folder: str | os.PathLike[str]) -> Path:
-        """Write the model folder atomically (temporary sibling folder, then rename).
-
-        Fine-tuned encoders' weights are in model.safetensors; their config and tokenizer/processor files are
-        copied to encoders/<column>/ so the folder rebuilds them without the original download.
-        """
+        """Write the model folder atomically (temporary sibling folder, then rename). Fine-tuned encoders' weights
+        are in model.safetensors; their config and tokenizer/processor files are copied to encoders/<column>/ so
+        the folder rebuilds them without the original download."""
         from polymodal.model.artifact import save_folder
 
         engine = self._require_fitted()

@@ -64,7 +64,7 @@ def fused(branches):
     from polymodal import MultimodalPredictor
 
     opts = FAST | {"max_epochs": 40, "lr": 3e-3, "patience": 40, "ignore": ["shown", "spoken"]}
-    return MultimodalPredictor(label="y", fusion="relation", **opts, **readout_settings(branches)).fit(
+    return MultimodalPredictor(label="y", fusion="early", **opts, **readout_settings(branches)).fit(
         branches / "train.csv"
     )
 
@@ -104,7 +104,7 @@ def test_the_agreement_is_learnt_and_the_saved_model_stands_alone(branches, fuse
 def test_tokens_are_word_distributions_by_step(branches, fused):
     """One token per step, the step's probabilities over the shared words in the step's own block; the two text
     models' vocabularies are aligned by word; after <eos> a step is padding; order-blind: one block."""
-    from polymodal.model.readout import Readout
+    from polymodal.model.folder import build_readout
 
     config = json.loads((branches / "shown" / "config.json").read_text())
     net = fused.engine.net
@@ -134,7 +134,7 @@ def test_tokens_are_word_distributions_by_step(branches, fused):
     kept = p_steps * real[..., None]
     assert torch.allclose(t.pooled.reshape(len(df), 2, -1), kept)  # the steps side by side
 
-    order_blind = Readout(readout=specs["clip:frames"]["readout"], temporal="mean")
+    order_blind = build_readout(specs["clip:frames"]["readout"], temporal="mean")
     order_blind.net.load_state_dict(readout.net.state_dict())
     assert order_blind.dim == len(words)
     assert torch.allclose(order_blind.forward_tokens(x).pooled, kept.sum(1))  # the bag of words

@@ -56,15 +56,16 @@ def build_net(
     video = cfg.encoders.video  # the temporal model of video frames is an encoder setting, not a fitted size
     input_specs = {n: s | ({"temporal": video.temporal, "layers": video.layers, "heads": video.heads}
                            if schema.inputs[n].value == "video" else {}) for n, s in input_specs.items()}  # fmt: skip
+    given = {n: build_readout(s["readout"], s.get("temporal")) for n, s in input_specs.items() if "readout" in s}
     if getattr(task, "is_text", False):  # a decoder in place of the head (polymodal/model/text_net.py)
         from polymodal.model.text_net import TextNet
 
         net = TextNet(schema.inputs, input_specs, task, cfg.decoder, cfg.fusion.name, dims, cfg.fusion.hidden,
-                      cfg.fusion.dropout, fusion_options=cfg.fusion.options)  # fmt: skip
+                      cfg.fusion.dropout, fusion_options=cfg.fusion.options, encoders=given)  # fmt: skip
     else:
         net = MultimodalNet(
             schema.inputs, input_specs, task, cfg.fusion.name, dims, cfg.fusion.hidden, cfg.fusion.dropout,
-            fusion_options=cfg.fusion.options,
+            fusion_options=cfg.fusion.options, encoders=given,
         )  # fmt: skip
     if init and cfg.encoders.init_from:
         from polymodal.model.init_from import init_encoders
@@ -75,6 +76,18 @@ def build_net(
     if readout_weights:
         net.resolved_specs = resolved  # what the model folder must record to rebuild the readouts
     return net
+
+
+def build_readout(described: dict[str, Any], temporal: str | None = None) -> Any:
+    """The encoder of an `encoders.readout` input: its text model's network, built from the description the model
+    folder records (polymodal/model/readout.py); the weights come with the folder's own, or from `readout_specs`."""
+    from polymodal.model.readout import Readout
+    from polymodal.tasks import Task
+
+    task = Task.from_dict(described["task"])
+    inner = build_net(Config.from_dict(described["config"]), Schema.from_dict(described["schema"]),
+                      described["input_specs"], task)  # fmt: skip
+    return Readout(inner, task.vocabulary.tokens, int(described["steps"]), described["words"], temporal)
 
 
 def load_model(

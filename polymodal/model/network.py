@@ -21,22 +21,22 @@ def module_keys(names: list[str]) -> dict[str, str]:
 
 
 def build_encoders(
-    inputs: dict[str, Modality], input_specs: dict[str, dict[str, Any]], embed_dim: int | dict[str, int], tokens: bool
+    inputs: dict[str, Modality],
+    input_specs: dict[str, dict[str, Any]],
+    embed_dim: int | dict[str, int],
+    tokens: bool,
+    given: dict[str, nn.Module] | None = None,
 ) -> tuple[dict[str, str], nn.ModuleDict, dict[str, int]]:
     """One encoder per input: (input name -> module key, the encoders by key, each encoder's output size by key).
-    Shared by `MultimodalNet` and the text network, so both save their encoders under the same names."""
+    Shared by `MultimodalNet` and the text network, so both save their encoders under the same names. `given`:
+    encoders built elsewhere, by input name (readouts, polymodal/model/readout.py)."""
+    given = given or {}
     keys = module_keys(list(inputs))
     dims = embed_dim if isinstance(embed_dim, dict) else dict.fromkeys(inputs, embed_dim)
-    encoders = nn.ModuleDict({keys[n]: _encoder(m, input_specs[n], dims[n], tokens) for n, m in inputs.items()})
+    encoders = nn.ModuleDict(
+        {keys[n]: given.get(n) or build_encoder(m, input_specs[n], dims[n], tokens=tokens) for n, m in inputs.items()}
+    )
     return keys, encoders, {keys[n]: encoders[keys[n]].dim for n in inputs}
-
-
-def _encoder(modality: Modality, spec: dict[str, Any], dim: int, tokens: bool) -> nn.Module:
-    if "readout" in spec:  # a fitted text model of the input, frozen (polymodal/model/readout.py)
-        from polymodal.model.readout import Readout
-
-        return Readout(**spec, dim=dim, tokens=tokens)
-    return build_encoder(modality, spec, dim, tokens=tokens)
 
 
 class MultimodalNet(nn.Module):
@@ -52,13 +52,15 @@ class MultimodalNet(nn.Module):
         hidden: int = 128,
         dropout: float = 0.1,
         fusion_options: dict[str, Any] | None = None,
+        encoders: dict[str, nn.Module] | None = None,
     ):
-        """`embed_dim`: one size for every encoder, or {input name: size}; `fusion_options`: the fusion's own."""
+        """`embed_dim`: one size for every encoder, or {input name: size}; `fusion_options`: the fusion's own;
+        `encoders`: encoders built elsewhere, by input name (`build_encoders`' `given`)."""
         super().__init__()
         self.input_names = list(inputs)
         # A token-level fusion reads each encoder's tokens (`forward_tokens`) instead of its pooled embedding.
         self.tokens = bool(getattr(FUSIONS.get(fusion), "consumes_tokens", False))
-        self.keys, self.encoders, dims = build_encoders(inputs, input_specs, embed_dim, self.tokens)
+        self.keys, self.encoders, dims = build_encoders(inputs, input_specs, embed_dim, self.tokens, encoders)
         options = fusion_options or {}
         self.fusion = build_fusion(fusion, dims, task.n_outputs, hidden=hidden, dropout=dropout, **options)
         self.dropout = nn.Dropout(dropout)

@@ -93,29 +93,22 @@ def _inputs(config: dict[str, Any]) -> list[str]:
 
 class Readout(nn.Module):
     """The encoder of a readout input (see the module docstring): `forward` the pooled embedding, `forward_tokens`
-    one token per decoded step. Frozen: its text model stays in eval mode and takes no gradient."""
+    one token per decoded step. Frozen: its text model stays in eval mode and takes no gradient. `net`: the text
+    model's network (reading one input), `vocabulary`: its tokens by id, `words`: the shared features' words;
+    `temporal` "mean": the steps share one block (order-blind)."""
 
-    def __init__(self, readout: dict[str, Any], dim: int = 0, tokens: bool = False, temporal: str | None = None,
-                 **_: Any) -> None:  # fmt: skip
+    def __init__(self, net: nn.Module, vocabulary: list[str], steps: int, words: list[str],
+                 temporal: str | None = None) -> None:  # fmt: skip
         super().__init__()
-        from polymodal.config import Config
-        from polymodal.data.schema import Schema
-        from polymodal.model.folder import build_net
-        from polymodal.tasks import Task
-
-        schema = Schema.from_dict(readout["schema"])
-        task = Task.from_dict(readout["task"])
-        self.net = build_net(Config.from_dict(readout["config"]), schema, readout["input_specs"], task)
+        self.net = net
         self.net.requires_grad_(False)
         self.net.eval()
-        self.input = next(iter(schema.inputs))
-        self.steps = int(readout["steps"])
-        words = readout["words"]
+        self.input = net.input_names[0]
+        self.steps = steps
         at = {w: i for i, w in enumerate(words)}
-        mine = task.vocabulary.tokens
         # (their vocabulary, the shared words): their probabilities as the shared features, by matrix product
-        self.register_buffer("to_words", torch.zeros(len(mine), len(words)), persistent=False)
-        for i, w in enumerate(mine):
+        self.register_buffer("to_words", torch.zeros(len(vocabulary), len(words)), persistent=False)
+        for i, w in enumerate(vocabulary):
             self.to_words[i, at[w]] = 1.0
         self.width = len(words)
         self.ordered = temporal != "mean"

@@ -41,6 +41,7 @@ class TextNet(nn.Module):
         hidden: int = 128,
         dropout: float = 0.1,
         fusion_options: dict[str, Any] | None = None,
+        encoders: dict[str, nn.Module] | None = None,
     ):
         """`decoder`: the config's decoder section; the rest as `MultimodalNet`."""
         super().__init__()
@@ -49,7 +50,7 @@ class TextNet(nn.Module):
         self.fusion_tokens = bool(getattr(FUSIONS.get(fusion), "consumes_tokens", False))
         self.memory_kind = decoder.memory
         self.tokens = self.fusion_tokens or self.memory_kind == "tokens"
-        self.keys, self.encoders, dims = build_encoders(inputs, input_specs, embed_dim, self.tokens)
+        self.keys, self.encoders, dims = build_encoders(inputs, input_specs, embed_dim, self.tokens, encoders)
         d = decoder.dim
         self.fusion = build_fusion(fusion, dims, d, hidden=hidden, dropout=dropout, **(fusion_options or {}))
         self.fused_proj = nn.Linear(self.fusion.out_dim, d)

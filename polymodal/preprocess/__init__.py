@@ -258,7 +258,9 @@ class Preprocessor:
         strength = train if isinstance(train, int | float) else train.audio_warp
         out = {}
         for name, m in self.schema.inputs.items():
-            if m is not Modality.AUDIO or name in cfg.pretrained:
+            # a readout's input (cfg.fixed) is not augmented: its text model is frozen and learns nothing from it,
+            # and the fusion would see readouts that no test row gives (polymodal/model/readout.py)
+            if m is not Modality.AUDIO or name in cfg.pretrained or name in cfg.fixed:
                 continue
             args = (self.state[name]["mean"], self.state[name]["std"], cfg.n_mels, cfg.n_mfcc, cfg.sample_rate)
             augment = AudioAugment(*args, strength, **extra)
@@ -269,11 +271,13 @@ class Preprocessor:
         return out
 
     def video_augmenters(self) -> dict[str, Any]:
-        """A training-time `ClipAugment` for each video's frames: temporal jitter, image augmentation per clip."""
+        """A training-time `ClipAugment` for each video's frames: temporal jitter, image augmentation per clip (not
+        for a frozen encoder's, nor a readout's: see `audio_warps`)."""
         from polymodal.preprocess.video import ClipAugment
 
         return {n: ClipAugment(self.config.video_jitter) for n, m in self.schema.inputs.items()
-                if m is Modality.VIDEO and self.config.pretrained.get(n, {}).get("mode") != "frozen"}  # fmt: skip
+                if m is Modality.VIDEO and self.config.pretrained.get(n, {}).get("mode") != "frozen"
+                and n not in self.config.fixed}  # fmt: skip
 
     def input_specs(self) -> dict[str, dict[str, Any]]:
         """What each encoder needs to know about its input (sizes, vocabularies)."""
