@@ -34,14 +34,14 @@ def readouts(data: Path, split: str, folder: Path, name: str, steps: int = 3) ->
 
     from polymodal import MultimodalPredictor
     from polymodal.model.artifact import load_folder
-    from polymodal.model.readout import Readout
+    from polymodal.model.folder import build_readout
     from polymodal.tasks.text import SPECIALS
 
     df = pd.read_csv(data / f"{split}.csv")
     config, state, _, _ = load_folder(folder)
     words = [*SPECIALS, *sorted(DIGITS)]
     described = {k: config[k] for k in ("config", "schema", "input_specs", "task")}
-    readout = Readout(readout=described | {"steps": steps, "words": words})
+    readout = build_readout(described | {"steps": steps, "words": words})
     readout.net.load_state_dict(state)
     pipeline = MultimodalPredictor.load(folder).engine.pipeline
     parts = []

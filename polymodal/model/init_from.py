@@ -62,7 +62,7 @@ def init_encoders(net: Any, cfg: Any, state: dict[str, Any] | None = None) -> di
                 "with the same embed_dim, image_size, video_frames and audio settings"
             )
         ours = config.get("config", {}).get("preprocess")
-        if ours is not None and {k: v for k, v in ours.items() if k != "pretrained"} != _preprocess(cfg):
+        if ours is not None and {k: v for k, v in ours.items() if k not in ("pretrained", "fixed")} != _preprocess(cfg):
             log.warning("encoders.init_from[%r]: %s was fitted with other preprocess settings", name, folder)
         encoder.load_state_dict(weights, strict=False)
         if cfg.encoders.init_freeze:
@@ -110,4 +110,4 @@ def _match_vocabularies(name: str, weights: dict, own: dict, theirs: Any, ours: 
 def _preprocess(cfg: Any) -> dict[str, Any]:
     from dataclasses import asdict
 
-    return {k: v for k, v in asdict(cfg.preprocess).items() if k != "pretrained"}
+    return {k: v for k, v in asdict(cfg.preprocess).items() if k not in ("pretrained", "fixed")}

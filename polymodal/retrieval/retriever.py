@@ -445,7 +445,7 @@ def _legacy_tree(config: dict[str, Any], preprocess: dict[str, Any]) -> Config:
                   "hidden": config["hidden"], "dropout": config["dropout"], "temperature": config["temperature"]},
         "encoders": {"embed_dim": config["embed_dim"]},
         "train": {k: v for k, v in config["train"].items() if k in known},
-        "preprocess": {k: v for k, v in preprocess["config"].items() if k != "pretrained"},
+        "preprocess": {k: v for k, v in preprocess["config"].items() if k not in ("pretrained", "fixed")},
     })  # fmt: skip
 
 
