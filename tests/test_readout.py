@@ -177,6 +177,10 @@ def test_mistakes_are_named(branches):
     classifier = MultimodalPredictor(label="shown", ignore=["clip:sound", "spoken", "y"], **FAST | {"max_epochs": 1})
     classifier.fit(branches / "train.csv").save(branches / "classifier")
     cases.append(({"encoders.readout": {"clip:frames": str(branches / "classifier")}}, "not a text model"))
+    ctc_settings = BRANCH | {"max_epochs": 1, "decoder.name": "ctc", "decoder.memory": "tokens"}
+    ctc = MultimodalPredictor(label="spoken", ignore=["clip:frames", "shown", "y"], on_bad_rows="skip", **ctc_settings)
+    ctc.fit(branches / "train.csv").save(branches / "ctc")
+    cases.append(({"encoders.readout": {"clip:sound": str(branches / "ctc")}}, "decodes step by step"))
     for settings, words in cases:
         with pytest.raises(UserError, match=words):
             MultimodalPredictor(label="y", **(opts | settings)).fit(branches / "train.csv")

@@ -8,7 +8,7 @@ from dataclasses import asdict, fields
 from typing import Any
 
 from polymodal.config.checks import _accepts, _accepts_str
-from polymodal.config.sections import EncodersConfig, PreprocessConfig, TrainConfig
+from polymodal.config.sections import PREPROCESS_INTERNAL, EncodersConfig, PreprocessConfig, TrainConfig
 from polymodal.config.tree import FLAT_KEYWORDS, Config, leaf_type
 
 
@@ -47,7 +47,7 @@ def build_config(config: Config | dict | str | os.PathLike[str] | None = None, *
         elif key == "encoders" and isinstance(value, dict) and not set(value) & _ENCODER_FIELDS:
             cfg.set("encoders.columns", value)  # the flat keyword: {column: encoder name}
         elif key == "preprocess" and isinstance(value, PreprocessConfig):
-            cfg.set("preprocess", {k: v for k, v in asdict(value).items() if k not in ("pretrained", "fixed")})
+            cfg.set("preprocess", {k: v for k, v in asdict(value).items() if k not in PREPROCESS_INTERNAL})
         elif key in FLAT_KEYWORDS:
             if value is None:
                 continue  # None: keep the default (or the base's value)
@@ -72,7 +72,5 @@ def from_legacy(saved: dict[str, Any], preprocess: dict[str, Any] | None = None)
     cfg.update({"train": train})
     if preprocess is not None:
         known = {f.name for f in fields(PreprocessConfig)}
-        cfg.update(
-            {"preprocess": {k: v for k, v in preprocess.items() if k in known and k not in ("pretrained", "fixed")}}
-        )
+        cfg.update({"preprocess": {k: v for k, v in preprocess.items() if k in known and k not in PREPROCESS_INTERNAL}})
     return cfg

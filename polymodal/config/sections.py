@@ -93,6 +93,10 @@ class PreprocessConfig:
         return asdict(self)
 
 
+# The preprocess fields `fit` fills (not settings): left out wherever the section is read from a user or a folder.
+PREPROCESS_INTERNAL = tuple(f.name for f in fields(PreprocessConfig) if f.metadata.get("internal"))
+
+
 @dataclass
 class ModalityEncoderConfig:
     """The encoder of one modality's columns."""

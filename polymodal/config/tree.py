@@ -13,6 +13,7 @@ from typing import Any
 
 from polymodal.config.checks import ConfigError, _check, _hints
 from polymodal.config.sections import (
+    PREPROCESS_INTERNAL,
     AlignConfig,
     DataConfig,
     DecoderConfig,
@@ -112,8 +113,8 @@ class Config:
     def to_dict(self, internal: bool = False) -> dict[str, Any]:
         d = asdict(self)
         if not internal:
-            d["preprocess"].pop("pretrained", None)
-            d["preprocess"].pop("fixed", None)
+            for name in PREPROCESS_INTERNAL:
+                d["preprocess"].pop(name, None)
             d["train"] = self.train.to_dict()
         return d
 

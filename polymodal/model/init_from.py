@@ -17,6 +17,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from polymodal.config.sections import PREPROCESS_INTERNAL
 from polymodal.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ def init_encoders(net: Any, cfg: Any, state: dict[str, Any] | None = None) -> di
                 "with the same embed_dim, image_size, video_frames and audio settings"
             )
         ours = config.get("config", {}).get("preprocess")
-        if ours is not None and {k: v for k, v in ours.items() if k not in ("pretrained", "fixed")} != _preprocess(cfg):
+        if ours is not None and {k: v for k, v in ours.items() if k not in PREPROCESS_INTERNAL} != _preprocess(cfg):
             log.warning("encoders.init_from[%r]: %s was fitted with other preprocess settings", name, folder)
         encoder.load_state_dict(weights, strict=False)
         if cfg.encoders.init_freeze:
@@ -110,4 +111,4 @@ def _match_vocabularies(name: str, weights: dict, own: dict, theirs: Any, ours: 
 def _preprocess(cfg: Any) -> dict[str, Any]:
     from dataclasses import asdict
 
-    return {k: v for k, v in asdict(cfg.preprocess).items() if k not in ("pretrained", "fixed")}
+    return {k: v for k, v in asdict(cfg.preprocess).items() if k not in PREPROCESS_INTERNAL}

@@ -105,6 +105,9 @@ class Preprocessor:
 
         for name, p in self.config.pretrained.items():
             modality = self.schema.inputs[name]
+            if name in self.config.fixed:  # a readout's input: prepared as its text model's fit prepared it
+                self.state[name] = dict(self.config.fixed[name])
+                continue
             if modality is Modality.VIDEO:  # a video's frames: decoded by the encoder's settings, checked here
                 self.state[name] = frames_settings(p, self.config)
                 continue
@@ -127,7 +130,7 @@ class Preprocessor:
                     st["pad"] = self.config.speech_pad
             elif self.config.image_fit != "squash":  # only then: feature caches made before the option still match
                 st["fit"] = self.config.image_fit
-            self.state[name] = dict(self.config.fixed.get(name, st))
+            self.state[name] = st
         return self
 
     @property

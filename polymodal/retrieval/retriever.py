@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from polymodal.config import Config, EncodersConfig, TrainConfig, TreeSettings, build_config
+from polymodal.config.sections import PREPROCESS_INTERNAL
 from polymodal.data.io import read_table, table_name
 from polymodal.data.schema import Modality, ProblemType, Schema, SchemaError, infer_modality
 from polymodal.data.validate import BadRowsError, Problem, check_columns, is_missing
@@ -445,7 +446,7 @@ def _legacy_tree(config: dict[str, Any], preprocess: dict[str, Any]) -> Config:
                   "hidden": config["hidden"], "dropout": config["dropout"], "temperature": config["temperature"]},
         "encoders": {"embed_dim": config["embed_dim"]},
         "train": {k: v for k, v in config["train"].items() if k in known},
-        "preprocess": {k: v for k, v in preprocess["config"].items() if k not in ("pretrained", "fixed")},
+        "preprocess": {k: v for k, v in preprocess["config"].items() if k not in PREPROCESS_INTERNAL},
     })  # fmt: skip
 
 
