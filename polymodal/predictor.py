@@ -218,7 +218,7 @@ class MultimodalPredictor(TreeSettings):
         self.input_specs_ = getattr(net, "resolved_specs", None)  # readouts: their text models, for the folder
         if any(p["mode"] == "finetune" for p in preprocessor.config.pretrained.values()):
             prefer_bf16(self.train_config)
-        warps = preprocessor.audio_warps(self.train_config) | preprocessor.video_augmenters()
+        warps = preprocessor.audio_warps(self.train_config) | preprocessor.video_augmenters(self.train_config)
         cfg = cfg or self.train_config
         result = run_training(net, task, schema.inputs, train_rows, valid_rows, cfg, callbacks, warps, keep)
         self.rank_ = result["global_rank"]  # in a distributed run, only rank 0 writes the model folder

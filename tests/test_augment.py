@@ -174,3 +174,64 @@ def test_augmented_utterance_normalized_model_trains_and_exports(synth_split, tm
     torch_p = MultimodalPredictor.load(tmp_path / "m").predict_proba(test).to_numpy()
     onnx_p = MultimodalPredictor.load(graph, runtime="onnx").predict_proba(test).to_numpy()
     assert onnx_p.shape == (len(pd.read_csv(test)), 4) and np.abs(onnx_p - torch_p).max() <= 1e-4
+
+
+# ---- images: rotation and zoom (train.image_rotate, train.image_scale) -----------------------------------------------
+def _bar_angle(picture: torch.Tensor) -> float:
+    """The orientation (degrees) of the bright pixels' main axis, from their second moments."""
+    ys, xs = torch.nonzero(picture > 0.5, as_tuple=True)
+    x, y = xs.float() - xs.float().mean(), ys.float() - ys.float().mean()
+    return float(torch.rad2deg(0.5 * torch.atan2(2 * (x * y).mean(), (x * x).mean() - (y * y).mean())))
+
+
+def test_images_rotate_and_zoom_within_their_ranges_per_sample(one_torch_thread):
+    from polymodal.preprocess.augment import augment_images
+
+    torch.manual_seed(0)
+    bar = torch.zeros(64, 1, 48, 48)
+    bar[:, :, 23:25, 8:40] = 1.0  # a horizontal bar through the centre
+    angles = [_bar_angle(p[0]) for p in augment_images(bar, max_shift=0.0, jitter=0.0, rotate=30.0)]
+    assert max(abs(a) for a in angles) <= 30 + 4  # within the range (a pixel grid's margin) ...
+    assert min(angles) < -15 and max(angles) > 15  # ... both ways, drawn per sample
+    plain = [_bar_angle(p[0]) for p in augment_images(bar, max_shift=0.0, jitter=0.0)]
+    assert max(abs(a) for a in plain) < 1  # no rotation unless asked for
+
+    square = torch.zeros(64, 1, 48, 48)
+    square[:, :, 16:32, 16:32] = 1.0
+    area = (augment_images(square, max_shift=0.0, jitter=0.0, scale=0.3) > 0.5).sum(dim=(1, 2, 3)).float() / 256
+    assert area.min() >= 0.7**2 - 0.1 and area.max() <= 1.3**2 + 0.1
+    assert area.min() < 0.8 and area.max() > 1.2  # smaller and larger both drawn
+
+
+def test_a_clip_rotates_alike_in_every_frame(one_torch_thread):
+    from polymodal.preprocess.video import ClipAugment
+
+    torch.manual_seed(0)
+    clip = torch.zeros(16, 1, 3, 32, 32)
+    clip[..., 15:17, 4:28] = 1.0
+    clip = clip.expand(16, 6, 3, 32, 32).contiguous()
+    out = ClipAugment(jitter=0.0, rotate=40.0, scale=0.2)(clip)
+    torch.testing.assert_close(out, out[:, :1].expand_as(out))  # one transform per clip, every frame alike
+    angles = [_bar_angle(c[0, 0]) for c in out]
+    assert max(angles) - min(angles) > 20  # and another one per clip
+
+
+def test_image_rotation_reaches_training_and_bad_ranges_are_refused(synth_split, monkeypatch, one_torch_thread):
+    import synth
+
+    import polymodal.training.fit as fit_module
+    from polymodal import MultimodalPredictor
+    from polymodal.config.checks import ConfigError
+
+    seen = []
+    original = fit_module.augment_images
+    monkeypatch.setattr(fit_module, "augment_images", lambda x, **kw: seen.append(kw) or original(x, **kw))
+    train, _ = synth_split
+    p = MultimodalPredictor(label="y", fusion="early", ignore=["caption", "clip", "price", "shade", "score"],
+                            image_rotate=15.0, image_scale=0.1, **synth.FAST | {"max_epochs": 1})  # fmt: skip
+    p.fit(train)
+    assert seen and all(kw == {"rotate": 15.0, "scale": 0.1} for kw in seen)
+    with pytest.raises(ConfigError, match=r"train.image_rotate must be from 0.0 to 180.0, not -5"):
+        MultimodalPredictor(label="y", image_rotate=-5)
+    with pytest.raises(ConfigError, match=r"train.image_scale"):
+        MultimodalPredictor(label="y", image_scale=1.5)

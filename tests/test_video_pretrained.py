@@ -201,7 +201,7 @@ def test_jitter_stays_within_the_clip_and_one_transform_per_clip(monkeypatch, on
     x = torch.zeros(b, t, 3, 8, 8)
     x[:, :, 0] = (torch.arange(b)[:, None, None, None] / b).float()
     x[:, :, 1] = (torch.arange(t)[None, :, None, None] / t).float()
-    monkeypatch.setattr(augment, "augment_images", lambda v: v)  # jitter alone
+    monkeypatch.setattr(augment, "augment_images", lambda v, **_: v)  # jitter alone
     out = ClipAugment(jitter=0.5)(x)
     clip, frame = (out[:, :, 0, 4, 4] * b).round().long(), (out[:, :, 1, 4, 4] * t).round().long()
     assert (clip == torch.arange(b)[:, None]).all()  # never a frame of another clip

@@ -235,6 +235,10 @@ class TrainConfig:
     precision: str = "32-true"
     modality_dropout: float = 0.0
     augment: bool = True  # light augmentation of training batches (images: shifts, brightness; audio: audio_warp)
+    # With augment, each training image (a video: each clip, all its frames alike) also rotated by up to
+    # +-image_rotate degrees and zoomed by 1 +- image_scale; 0: off. For handwriting, signs, objects seen at an angle.
+    image_rotate: float = field(default=0.0, metadata={"range": (0.0, 180.0)})
+    image_scale: float = field(default=0.0, metadata={"range": (0.0, 0.9)})
     # Training batches of whole groups of rows that share a media file (a picture asked several questions), so each
     # file is encoded once per batch for all its rows: on | off | auto (on when a file repeats on 2+ rows on average).
     # A file's rows then see the same augmented copy. Not in streamed training.

@@ -159,6 +159,8 @@ class Config:
             raise ConfigError(f"{path} must be one of {list(meta['choices'])}, not {value!r}{hint_}")
         if meta.get("positive") and value is not None and not 0 < value < math.inf:
             raise ConfigError(f"{path} must be a positive number, not {value!r}")
+        if "range" in meta and value is not None and not meta["range"][0] <= value <= meta["range"][1]:
+            raise ConfigError(f"{path} must be from {meta['range'][0]} to {meta['range'][1]}, not {value!r}")
         setattr(obj, name, value)
 
     def update(self, d: dict[str, Any], prefix: str = "") -> Config:

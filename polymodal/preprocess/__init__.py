@@ -273,12 +273,14 @@ class Preprocessor:
                 out[name] = SpectralWarp(*args, strength)
         return out
 
-    def video_augmenters(self) -> dict[str, Any]:
-        """A training-time `ClipAugment` for each video's frames: temporal jitter, image augmentation per clip (not
-        for a frozen encoder's, nor a readout's: see `audio_warps`)."""
+    def video_augmenters(self, train: Any = None) -> dict[str, Any]:
+        """A training-time `ClipAugment` for each video's frames: temporal jitter, image augmentation per clip, with
+        the train section's image_rotate and image_scale (not for a frozen encoder's, nor a readout's: see
+        `audio_warps`)."""
         from polymodal.preprocess.video import ClipAugment
 
-        return {n: ClipAugment(self.config.video_jitter) for n, m in self.schema.inputs.items()
+        affine = {"rotate": getattr(train, "image_rotate", 0.0), "scale": getattr(train, "image_scale", 0.0)}
+        return {n: ClipAugment(self.config.video_jitter, **affine) for n, m in self.schema.inputs.items()
                 if m is Modality.VIDEO and self.config.pretrained.get(n, {}).get("mode") != "frozen"
                 and n not in self.config.fixed}  # fmt: skip
 

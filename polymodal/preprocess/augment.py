@@ -10,21 +10,36 @@ import torch
 import torch.nn.functional as F
 
 
-def augment_images(x: torch.Tensor, max_shift: float = 0.1, jitter: float = 0.1) -> torch.Tensor:
-    """Random translation (up to `max_shift` of the side) and brightness/contrast jitter, per sample.
+def augment_images(x: torch.Tensor, max_shift: float = 0.1, jitter: float = 0.1, rotate: float = 0.0,
+                   scale: float = 0.0) -> torch.Tensor:  # fmt: skip
+    """Random translation (up to `max_shift` of the side) and brightness/contrast jitter, per sample; with
+    `rotate` (degrees) and `scale` (a fraction) also a rotation in +-rotate and a zoom by 1 +- scale
+    (train.image_rotate, train.image_scale: new handwriting or viewpoints; off by default, since a photo's framing
+    may carry the label).
 
     No flips: they change the meaning of digits and text in images.
     """
     n = x.shape[0]
-    theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
-    theta[:, 0, 0] = 1.0
-    theta[:, 1, 1] = 1.0
-    theta[:, :, 2] = (torch.rand(n, 2, device=x.device, dtype=x.dtype) * 2 - 1) * 2 * max_shift
+    dev, dt = x.device, x.dtype
+    # drawn only when asked for, so that the default augmentation's random stream is what it was
+    angle = (
+        (torch.rand(n, device=dev, dtype=dt) * 2 - 1) * (rotate * torch.pi / 180.0)
+        if rotate
+        else torch.zeros(n, device=dev, dtype=dt)
+    )
+    zoom = 1 + (torch.rand(n, device=dev, dtype=dt) * 2 - 1) * scale if scale else torch.ones(n, device=dev, dtype=dt)
+    theta = torch.zeros(n, 2, 3, device=dev, dtype=dt)
+    # the grid maps output to input points: dividing by the zoom enlarges the picture
+    theta[:, 0, 0] = torch.cos(angle) / zoom
+    theta[:, 0, 1] = -torch.sin(angle) / zoom
+    theta[:, 1, 0] = torch.sin(angle) / zoom
+    theta[:, 1, 1] = torch.cos(angle) / zoom
+    theta[:, :, 2] = (torch.rand(n, 2, device=dev, dtype=dt) * 2 - 1) * 2 * max_shift
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, padding_mode="border", align_corners=False)
-    scale = 1 + (torch.rand(n, 1, 1, 1, device=x.device, dtype=x.dtype) * 2 - 1) * jitter
-    shift = (torch.rand(n, 1, 1, 1, device=x.device, dtype=x.dtype) * 2 - 1) * jitter
-    return x * scale + shift
+    scale_ = 1 + (torch.rand(n, 1, 1, 1, device=dev, dtype=dt) * 2 - 1) * jitter
+    shift = (torch.rand(n, 1, 1, 1, device=dev, dtype=dt) * 2 - 1) * jitter
+    return x * scale_ + shift
 
 
 class SpectralWarp:

@@ -49,13 +49,14 @@ class ClipAugment:
 
     - temporal jitter: each kept frame is, with probability `jitter`, swapped for the frame sampled just before or
       after it, and the indices are sorted again, so the clip shows slightly different moments in the same order;
-    - the image augmentation of image columns (shift, brightness, contrast), drawn once per clip and applied to
-      all its frames alike (the frames are stacked as channels), so a digit does not jump between frames.
+    - the image augmentation of image columns (shift, brightness, contrast; rotation and zoom when asked for),
+      drawn once per clip and applied to all its frames alike (the frames are stacked as channels), so a digit
+      does not jump between frames.
 
     Returns floats in [0, 1], which the video encoder takes like uint8 frames."""
 
-    def __init__(self, jitter: float = 0.2):
-        self.jitter = float(jitter)
+    def __init__(self, jitter: float = 0.2, rotate: float = 0.0, scale: float = 0.0):
+        self.jitter, self.rotate, self.scale = float(jitter), float(rotate), float(scale)
 
     def __call__(self, x):
         import torch
@@ -71,7 +72,7 @@ class ClipAugment:
             idx = (idx + move * step).clamp(0, t - 1).sort(dim=1).values
             x = torch.gather(x, 1, idx[:, :, None, None, None].expand_as(x))
         flat = x.reshape(b, t * x.shape[2], *x.shape[3:])
-        return augment_images(flat).reshape(x.shape).clamp(0.0, 1.0)
+        return augment_images(flat, rotate=self.rotate, scale=self.scale).reshape(x.shape).clamp(0.0, 1.0)
 
 
 # VideoMAE's and TimeSformer's processors standardize with ImageNet's statistics unless their files say otherwise.

@@ -40,7 +40,7 @@ class LitAlign(pl.LightningModule):
         for name in self.net.input_names:
             x = inputs[name]
             if augment and name in self.image_inputs:
-                x = augment_images(x)
+                x = augment_images(x, rotate=self.cfg.image_rotate, scale=self.cfg.image_scale)
             if augment and name in self.augmenters:
                 x = self.augmenters[name](x)
             emb[name] = self.net.embed(name, x)

@@ -71,7 +71,7 @@ class LitMultimodal(pl.LightningModule):
         inputs, present = dict(batch["inputs"]), batch["present"]
         if self.cfg.augment:
             for name in self.image_inputs:
-                inputs[name] = augment_images(inputs[name])
+                inputs[name] = augment_images(inputs[name], rotate=self.cfg.image_rotate, scale=self.cfg.image_scale)
             for name, augment in self.augmenters.items():
                 inputs[name] = augment(inputs[name])
         if self.cfg.modality_dropout > 0 and present.shape[1] > 1:
