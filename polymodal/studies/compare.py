@@ -41,6 +41,7 @@ from polymodal.studies.leaderboard import (
     aggregate,
     finished_result,
     settings_hash,
+    used_folders,
     verdict,
     write_csv,
 )
@@ -155,7 +156,7 @@ def compare(
     base = {
         "version": __version__, "data": fingerprints, "schema": schema.to_dict(), "options": options,
         "test_fraction": test_fraction if test is None else None, "noise_levels": noise_levels,
-        "permutations": permutations, "noise_rows": noise_rows,
+        "permutations": permutations, "noise_rows": noise_rows, "folders": used_folders(template.config_),
     }  # fmt: skip
     if folds is not None:
         base |= {"cv": "groups", "folds": folds}

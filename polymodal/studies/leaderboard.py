@@ -43,6 +43,16 @@ def settings_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def used_folders(config: Any) -> dict[str, str]:
+    """The fitted model folders a config starts from or reads (encoders.init_from, encoders.readout), each with a
+    fingerprint that changes when the folder is fitted again: part of the settings hash, so an entry fitted on an
+    older branch is redone, not resumed."""
+    from polymodal.encoders.pretrained import fingerprint_folder
+
+    named = {**config.encoders.init_from, **config.encoders.readout}.values()
+    return {str(f): fingerprint_folder(Path(f)) if Path(f).is_dir() else "missing" for f in sorted(set(named))}
+
+
 def finished_result(folder: Path, settings: str) -> dict | None:
     """The entry's saved result if it was finished with these settings (else it is redone)."""
     path = folder / RESULT
