@@ -223,3 +223,32 @@ def test_readout_inputs_are_not_augmented(branches, monkeypatch):
     MultimodalPredictor(label="y", fusion="early", **opts).fit(branches / "train.csv")
     MultimodalPredictor(label="y", fusion="early", **opts, **readout_settings(branches)).fit(branches / "train.csv")
     assert "clip:frames" in seen[0] and not seen[1] & {"clip:frames", "clip:sound"}, seen
+
+
+def test_a_row_is_decoded_once_and_its_memoized_readout_is_the_same(branches, fused, monkeypatch):
+    """The readout is frozen and its input never augmented: each row's distributions are memoized by content, so
+    epochs after the first decode nothing, and a memoized row reads exactly as a fresh decoding."""
+    net = fused.engine.net
+    df = pd.read_csv(branches / "test.csv").dropna(subset=["clip"]).reset_index(drop=True)
+    pipeline = fused.engine.pipeline
+    media, frozen, _ = pipeline.decode(df, branches)
+    x = torch.from_numpy(pipeline.features(df, media, frozen).inputs["clip:sound"])
+    x = x + 0.01 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))  # the synthetic clips repeat
+    readout = net.encoders[net.keys["clip:sound"]]
+    readout._memo.clear()
+    fresh_p, fresh_real = readout._decode(x)
+    decoded = []
+    original = readout._decode
+    monkeypatch.setattr(readout, "_decode", lambda rows: decoded.append(len(rows)) or original(rows))
+    twice = torch.cat([x[:5], x[:5], x[5:]])  # a row twice in one batch: decoded once
+    p, real = readout.distributions(twice)
+    assert decoded == [len(x)]
+    torch.testing.assert_close(p[:5], p[5:10])
+    torch.testing.assert_close(p[5:], fresh_p, atol=1e-6, rtol=0)
+    assert torch.equal(real[5:], fresh_real)
+    again, _ = readout.distributions(x.flip(0))  # another epoch, another order: nothing decoded
+    assert decoded == [len(x)] and torch.equal(again, p[5:].flip(0))
+    changed = x.clone()
+    changed[0] += 0.5  # another clip: decoded
+    readout.distributions(changed[:1])
+    assert decoded == [len(x), 1]
