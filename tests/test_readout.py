@@ -188,7 +188,7 @@ def test_mistakes_are_named(branches):
 
 def test_a_readout_over_a_frozen_encoders_tokens(branches, tmp_path):
     """The text model read a frozen pretrained encoder's cached tokens: a pooled fusion's fit caches tokens too, so
-    the input is prepared as the readout needs it."""
+    the input is prepared as the readout needs it, from the folder alone (no encoder setting repeated)."""
     from polymodal import MultimodalPredictor
 
     frozen = dict(audio_encoder="speech-embedding", cache_dir=tmp_path / "cache")
@@ -197,14 +197,35 @@ def test_a_readout_over_a_frozen_encoders_tokens(branches, tmp_path):
     text.fit(branches / "train.csv").save(tmp_path / "spoken")
     assert text.input_specs_ is None and text.engine.preprocessor.input_specs()["clip:sound"]["sequence"]
     p = MultimodalPredictor(label="y", fusion="early", ignore=["clip:frames", "shown", "spoken"],
-                            **FAST | {"max_epochs": 1}, **frozen,
+                            **FAST | {"max_epochs": 1}, cache_dir=tmp_path / "cache",
                             **{"encoders.readout": {"clip:sound": str(tmp_path / "spoken")}})  # fmt: skip
     p.fit(branches / "train.csv")
     net = p.engine.net
     assert type(net.encoders[net.keys["clip:sound"]]).__name__ == "Readout"
     assert p.input_specs_["clip:sound"]["readout"]["input_specs"]["clip:sound"]["sequence"]
     assert p.engine.preprocessor.state["clip:sound"] == text.engine.preprocessor.state["clip:sound"]
+    assert any((tmp_path / "cache").rglob("shard-*.safetensors"))  # the tokens came through the feature cache
     assert len(p.predict(branches / "test.csv")) == 24
+
+
+def test_a_readout_over_a_fine_tuned_encoder_takes_the_raw_input(branches, tmp_path):
+    """The text model fine-tuned its pretrained encoder: the fused fit prepares the input as that fit did (the
+    waveform, no cache), though this fit names no encoder and keeps the default encoders.freeze."""
+    from polymodal import MultimodalPredictor
+
+    fine_tuned = dict(audio_encoder="speech-embedding", freeze=False)
+    text = MultimodalPredictor(label="spoken", ignore=["clip:frames", "shown", "y"], on_bad_rows="skip",
+                               **BRANCH | {"max_epochs": 1}, **fine_tuned)  # fmt: skip
+    text.fit(branches / "train.csv").save(tmp_path / "spoken")
+    assert "pretrained" in text.engine.preprocessor.input_specs()["clip:sound"]
+    p = MultimodalPredictor(label="y", fusion="early", ignore=["clip:frames", "shown", "spoken"],
+                            **FAST | {"max_epochs": 1}, cache_dir=tmp_path / "cache",
+                            **{"encoders.readout": {"clip:sound": str(tmp_path / "spoken")}})  # fmt: skip
+    p.fit(branches / "train.csv")
+    assert p.engine.preprocessor.config.pretrained["clip:sound"]["mode"] == "finetune"
+    assert "pretrained" in p.input_specs_["clip:sound"]["readout"]["input_specs"]["clip:sound"]
+    assert not any((tmp_path / "cache").rglob("shard-*.safetensors"))  # nothing cached: it reads the waveform
+    assert p.predict(branches / "test.csv").shape == (24,)
 
 
 def test_readout_inputs_are_not_augmented(branches, monkeypatch):

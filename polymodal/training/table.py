@@ -121,29 +121,41 @@ def _readout_reads_tokens(cfg: Config) -> bool:
     return False
 
 
-def readout_states(cfg: Config, schema: Schema) -> dict[str, dict[str, Any]]:
-    """The fitted preparation of each `encoders.readout` input, as its text model's folder holds it: the input must
-    reach the text model as it did in that fit (a folder that is not there is named later, by the network)."""
+def _readout_preparation(cfg: Config, schema: Schema) -> dict[str, dict[str, Any]]:
+    """{readout input: its text model's preprocess.json (its config and fitted state)}, for this table's inputs (a
+    folder that is not there is named later, by the network)."""
     from polymodal.model.artifact import read_json
 
     out = {}
     for name, folder in cfg.encoders.readout.items():
         path = Path(folder) / "preprocess.json"
         if name in schema.inputs and path.is_file():
-            state = read_json(path).get("state", {})
-            if name in state:
-                out[name] = state[name]
+            out[name] = read_json(path)
     return out
 
 
+def readout_states(cfg: Config, schema: Schema) -> dict[str, dict[str, Any]]:
+    """The fitted preparation of each `encoders.readout` input, as its text model's folder holds it: the input must
+    reach the text model as it did in that fit."""
+    prepared = _readout_preparation(cfg, schema)
+    return {n: p["state"][n] for n, p in prepared.items() if n in p.get("state", {})}
+
+
 def pretrained_config(cfg: Config, schema: Schema) -> dict[str, dict[str, Any]]:
-    """Resolve the pretrained encoder of each media column (nothing is loaded yet)."""
+    """Resolve the pretrained encoder of each media column (nothing is loaded yet). A readout input's is its text
+    model's (frozen tokens, fine-tuned, or none), whatever this fit's encoder settings: the folder decides how the
+    input is prepared, so the readout needs no settings repeated."""
     from polymodal.encoders.pretrained import pretrained_settings
     from polymodal.encoders.video_pretrained import video_frames_settings
 
     pretrained = pretrained_settings(cfg.encoders, schema.columns, tokens=frozen_tokens(cfg, schema))
     pretrained |= video_frames_settings(cfg.encoders, schema.columns)  # a video's frames: "COL:frames"
-    return {k: v for k, v in pretrained.items() if k in schema.inputs}  # not a video part left out (--ignore)
+    pretrained = {k: v for k, v in pretrained.items() if k in schema.inputs}  # not a video part left out (--ignore)
+    for name, prepared in _readout_preparation(cfg, schema).items():
+        pretrained.pop(name, None)
+        if (theirs := prepared.get("config", {}).get("pretrained", {}).get(name)) is not None:
+            pretrained[name] = theirs
+    return pretrained
 
 
 def start_pipeline(cfg: Config, table: TrainTable, cache_dir: Any, progress: bool) -> Any:
