@@ -247,8 +247,9 @@ def test_readout_inputs_are_not_augmented(branches, monkeypatch):
 
 
 def test_a_row_is_decoded_once_and_its_memoized_readout_is_the_same(branches, fused, monkeypatch):
-    """The readout is frozen and its input never augmented: each row's distributions are memoized by content, so
-    epochs after the first decode nothing, and a memoized row reads exactly as a fresh decoding."""
+    """The readout is frozen and its input never augmented: in training, each row's distributions are memoized by
+    content, so epochs after the first decode nothing, and a memoized row reads exactly as a fresh decoding. In
+    eval mode (validation, prediction, a server) nothing is kept."""
     net = fused.engine.net
     df = pd.read_csv(branches / "test.csv").dropna(subset=["clip"]).reset_index(drop=True)
     pipeline = fused.engine.pipeline
@@ -257,7 +258,10 @@ def test_a_row_is_decoded_once_and_its_memoized_readout_is_the_same(branches, fu
     x = x + 0.01 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))  # the synthetic clips repeat
     readout = net.encoders[net.keys["clip:sound"]]
     readout._memo.clear()
-    fresh_p, fresh_real = readout._decode(x)
+    readout.eval()
+    fresh_p, fresh_real = readout.distributions(x)
+    assert not readout._memo  # eval mode: nothing kept
+    readout.train()
     decoded = []
     original = readout._decode
     monkeypatch.setattr(readout, "_decode", lambda rows: decoded.append(len(rows)) or original(rows))
@@ -273,3 +277,4 @@ def test_a_row_is_decoded_once_and_its_memoized_readout_is_the_same(branches, fu
     changed[0] += 0.5  # another clip: decoded
     readout.distributions(changed[:1])
     assert decoded == [len(x), 1]
+    readout.eval()

@@ -122,6 +122,7 @@ def av_video(d: dict) -> str:
     share = d.get("decode_share_of_streamed_epoch")
     return (
         out
+        + av_video_branches(d)
         + av_video_reference(d)
         + f"\n\nDecoding (one PyAV pass per video, videos/s by loader workers): {speed}."
         + (
@@ -130,6 +131,17 @@ def av_video(d: dict) -> str:
             else ""
         )
     )
+
+
+def av_video_branches(d: dict) -> str:
+    """`--pretrain-branches` runs: each branch's last fit (the one the compare starts from or reads), on test."""
+    fits = [(b, stages[list(stages)[-1]]) for b, stages in (d.get("pretrained") or {}).items()]
+    if not fits or "wer" not in fits[0][1]["test"]:
+        return ""
+    rows = [[b, f["folder"].rsplit("/", 1)[-1], _f(f["test"]["wer"]), _f(f["test"]["exact_match"]), f["epochs"],
+             "reused" if f.get("reused") else _f(f["seconds"], 0)] for b, f in fits]  # fmt: skip
+    header = ["branch", "text model (folder)", "test WER", "exact digits", "epochs", "fit s"]
+    return "\n\nThe branches' text models on the test clips' captions:\n\n" + _table(header, rows)
 
 
 def av_video_reference(d: dict) -> str:

@@ -35,7 +35,7 @@ from polymodal.tasks.base import BOS, EOS, PAD, UNK
 from polymodal.tasks.text import SPECIALS
 
 log = logging.getLogger(__name__)
-MEMO_ROWS = 500_000  # rows' readouts memoized (about 200 bytes each at 3 steps of 14 words); then started afresh
+MEMO_ROWS = 200_000  # training rows' readouts memoized (under 1 kB each); past that, started afresh
 
 
 def readout_specs(cfg: Any, schema: Any, input_specs: dict[str, dict]) -> tuple[dict[str, dict], dict[str, dict]]:
@@ -125,10 +125,11 @@ class Readout(nn.Module):
     @torch.no_grad()
     def distributions(self, x: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """((batch, steps, words) the probabilities at each greedy step, (batch, steps) True up to the first
-        <eos>). Memoized by each row's content: the text model is frozen and its input never augmented, so a row
-        gives the same readout every epoch, and a fit decodes each training row once (a fine-tuned speech encoder
-        inside a readout costs about 17 ms a clip here)."""
-        if not isinstance(x, torch.Tensor) or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        <eos>). In training, memoized by each row's content: the text model is frozen and its input never
+        augmented, so a row gives the same readout every epoch, and a fit decodes each training row once (a
+        fine-tuned speech encoder inside a readout costs about 17 ms a clip here). Not in eval mode: validation
+        rows are few, and a served model must not grow with its requests."""
+        if not self.training or not isinstance(x, torch.Tensor) or torch.jit.is_tracing():
             return self._decode(x)
         raw = x.detach().cpu().contiguous().reshape(len(x), -1).view(torch.uint8).numpy()  # any dtype, as bytes
         keys = [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in raw]
