@@ -140,14 +140,21 @@ def test_tokens_are_word_distributions_by_step(branches, fused):
     assert torch.allclose(order_blind.forward_tokens(x).pooled, kept.sum(1))  # the bag of words
 
 
-def test_compare_entries_keep_their_own_readouts(branches, tmp_path):
+def test_compare_entries_keep_their_own_readouts(branches, tmp_path, monkeypatch):
     import polymodal
+    from polymodal.model.readout import Readout
 
+    decoded = []
+    original = Readout._decode
+    monkeypatch.setattr(Readout, "_decode", lambda self, x: decoded.append(len(x)) or original(self, x))
     board = polymodal.compare(
         branches / "train.csv", "y", tmp_path / "cmp", test=branches / "test.csv", fusions="relation", seeds=1,
         noise_levels=0, permutations=0, report=False, ignore=["shown", "spoken"],
         **FAST | {"max_epochs": 2}, **readout_settings(branches),
     )  # fmt: skip
+    # compare's cost of a frozen pass counts the readouts' decoding: the training rows in one batch, before any
+    # entry's fit (whose training batches hold batch_size rows)
+    assert board["encoder_pass_seconds"] > 0 and decoded[0] > FAST["batch_size"], decoded[:8]
     entries = {r["entry"] for r in board["results"]}
     assert {"clip:frames only", "clip:sound only", "relation", "relation order-blind"} <= entries, entries
     models = tmp_path / "cmp" / "models"
@@ -181,6 +188,10 @@ def test_mistakes_are_named(branches):
     ctc = MultimodalPredictor(label="spoken", ignore=["clip:frames", "shown", "y"], on_bad_rows="skip", **ctc_settings)
     ctc.fit(branches / "train.csv").save(branches / "ctc")
     cases.append(({"encoders.readout": {"clip:sound": str(branches / "ctc")}}, "decodes step by step"))
+    from polymodal.optimize.compress import compress
+
+    compress(branches / "shown", branches / "shown_int8", quantize="int8")
+    cases.append(({"encoders.readout": {"clip:frames": str(branches / "shown_int8")}}, "int8 model; read out its"))
     for settings, words in cases:
         with pytest.raises(UserError, match=words):
             MultimodalPredictor(label="y", **(opts | settings)).fit(branches / "train.csv")

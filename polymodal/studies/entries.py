@@ -299,18 +299,15 @@ class PeakMemory:
 
 
 def encoder_pass_seconds(sd: SeedData, template: Any) -> float:
-    """One forward pass of every (freshly built) encoder over all rows: what frozen encoders would cost once."""
+    """One forward pass of every (freshly built) encoder over all rows: what frozen encoders would cost once. A
+    readout input's encoder is its text model, decoding (polymodal/model/readout.py)."""
     import torch
 
     from polymodal.model.batch import iterate_batches
-    from polymodal.model.network import MultimodalNet
+    from polymodal.model.folder import build_net
 
-    cfg = template.config_
-    dims = {n: cfg.encoders.dim(m.value) for n, m in sd.schema.inputs.items()}
-    net = MultimodalNet(
-        sd.schema.inputs, sd.preprocessor.input_specs(), sd.task, UNIMODAL_FUSION, dims, cfg.fusion.hidden,
-        cfg.fusion.dropout,
-    ).eval()  # fmt: skip
+    net = build_net(template.config_, sd.schema, sd.preprocessor.input_specs(), sd.task, init=True,
+                    state=sd.preprocessor.state).eval()  # fmt: skip
     start = time.perf_counter()
     with torch.inference_mode():
         for feats in (sd.train_x, sd.valid_x, sd.test_x):
