@@ -233,5 +233,5 @@ def test_image_rotation_reaches_training_and_bad_ranges_are_refused(synth_split,
     assert seen and all(kw == {"rotate": 15.0, "scale": 0.1} for kw in seen)
     with pytest.raises(ConfigError, match=r"train.image_rotate must be from 0.0 to 180.0, not -5"):
         MultimodalPredictor(label="y", image_rotate=-5)
-    with pytest.raises(ConfigError, match=r"train.image_scale"):
+    with pytest.raises(ConfigError, match=r"train.image_scale must be from 0.0 to 0.9, not 1.5"):
         MultimodalPredictor(label="y", image_scale=1.5)

@@ -127,7 +127,7 @@ class Readout(nn.Module):
         """((batch, steps, words) the probabilities at each greedy step, (batch, steps) True up to the first
         <eos>). In training, memoized by each row's content: the text model is frozen and its input never
         augmented, so a row gives the same readout every epoch, and a fit decodes each training row once (a
-        fine-tuned speech encoder inside a readout costs about 17 ms a clip here). Not in eval mode: validation
+        fine-tuned speech encoder inside a readout costs about 19 ms a 2.6 s clip here). Not in eval mode: validation
         rows are few, and a served model must not grow with its requests."""
         if not self.training or not isinstance(x, torch.Tensor) or torch.jit.is_tracing():
             return self._decode(x)

@@ -106,19 +106,7 @@ def frozen_tokens(cfg: Config, schema: Schema | None = None) -> bool:
         return wanted
     text = schema is not None and schema.problem_type is ProblemType.TEXT
     decoder_reads = text and (cfg.decoder.memory == "tokens" or cfg.decoder.name == "ctc")
-    return (decoder_reads or bool(getattr(FUSIONS[cfg.fusion.name], "consumes_tokens", False))
-            or _readout_reads_tokens(cfg))  # fmt: skip
-
-
-def _readout_reads_tokens(cfg: Config) -> bool:
-    """An `encoders.readout` text model was fitted on a frozen encoder's cached tokens: its input needs them."""
-    from polymodal.model.artifact import read_json
-
-    for name, folder in cfg.encoders.readout.items():
-        path = Path(folder) / "config.json"
-        if path.is_file() and read_json(path).get("input_specs", {}).get(name, {}).get("sequence"):
-            return True
-    return False
+    return decoder_reads or bool(getattr(FUSIONS[cfg.fusion.name], "consumes_tokens", False))
 
 
 def _readout_preparation(cfg: Config, schema: Schema) -> dict[str, dict[str, Any]]:
